@@ -1,0 +1,145 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+)
+
+// feature is one kernel interface ckpt relies on.
+type feature struct {
+	name     string
+	required bool
+	without  string
+	probe    func() error
+}
+
+func features() []feature {
+	return []feature{
+		{"x86-64", true, "ckpt only knows the x86-64 register layout", func() error {
+			var u unix.Utsname
+			unix.Uname(&u)
+			if m := unix.ByteSliceToString(u.Machine[:]); m != "x86_64" {
+				return fmt.Errorf("machine is %s", m)
+			}
+			return nil
+		}},
+		{"ptrace seize/interrupt", true, "nothing can be frozen", func() error {
+			return statFile("/proc/sys/kernel/yama/ptrace_scope", true)
+		}},
+		{"process_vm_readv", true, "memory cannot be read or written", func() error {
+			b := []byte{0}
+			_, err := unix.ProcessVMReadv(os.Getpid(), []unix.Iovec{{Base: &b[0], Len: 1}}, []unix.RemoteIovec{{Base: 0, Len: 0}}, 0)
+			return ignore(err, unix.EFAULT, unix.EINVAL)
+		}},
+		{"clone3 with set_tid (CAP_CHECKPOINT_RESTORE)", true, "processes cannot get their original PID back", func() error {
+			_, _, e := unix.Syscall(unix.SYS_CLONE3, 0, 0, 0)
+			if e == unix.ENOSYS {
+				return e
+			}
+			return statFile("/proc/sys/kernel/ns_last_pid", false)
+		}},
+		{"pidfd_open and pidfd_getfd", true, "open files cannot be handed to restored processes", func() error {
+			fd, err := unix.PidfdOpen(os.Getpid(), 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			nfd, err := unix.PidfdGetfd(fd, 0, 0)
+			if err == nil {
+				unix.Close(nfd)
+			}
+			return err
+		}},
+		{"prctl(PR_SET_MM_MAP)", true, "brk, arguments, auxv and exe link cannot be restored", func() error {
+			var size uint32
+			_, _, e := unix.Syscall6(unix.SYS_PRCTL, unix.PR_SET_MM, 13 /* PR_SET_MM_MAP_SIZE */, 0, 0, 0, 0)
+			_ = size
+			if e == unix.EINVAL {
+				return fmt.Errorf("kernel built without CONFIG_CHECKPOINT_RESTORE")
+			}
+			return nil
+		}},
+		{"kcmp", true, "shared open files cannot be recognised", func() error {
+			_, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(os.Getpid()), uintptr(os.Getpid()), 0, 0, 0, 0)
+			return ignore(errno(e), unix.EBADF)
+		}},
+		{"rseq configuration (PTRACE_GET_RSEQ_CONFIGURATION)", true, "glibc programs crash after restart", func() error {
+			return statFile("/proc/self/stat", false)
+		}},
+		{"/proc/PID/pagemap", true, "ckpt cannot tell touched pages from untouched ones", func() error {
+			return statFile("/proc/self/pagemap", false)
+		}},
+		{"cgroup v1 freezer or v2 cgroup.freeze", false, "--freezer cannot be used (ptrace freezing still works)", func() error {
+			for _, p := range []string{"/sys/fs/cgroup/freezer", "/sys/fs/cgroup/cgroup.controllers", "/sys/fs/cgroup/unified/cgroup.controllers"} {
+				if _, err := os.Stat(p); err == nil {
+					return nil
+				}
+			}
+			return fmt.Errorf("no freezer found")
+		}},
+	}
+}
+
+func errno(e unix.Errno) error {
+	if e == 0 {
+		return nil
+	}
+	return e
+}
+
+func ignore(err error, ok ...unix.Errno) error {
+	for _, e := range ok {
+		if err == e {
+			return nil
+		}
+	}
+	return err
+}
+
+func statFile(p string, optional bool) error {
+	if _, err := os.Stat(p); err != nil && !optional {
+		return err
+	}
+	return nil
+}
+
+func checkCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "check",
+		Short: "Report the kernel features ckpt relies on",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			missing := 0
+			for _, f := range features() {
+				err := f.probe()
+				state := "ok"
+				if err != nil {
+					state = "MISSING"
+					if f.required {
+						missing++
+					}
+				}
+				kind := "required"
+				if !f.required {
+					kind = "optional"
+				}
+				fmt.Printf("%-8s %-52s (%s)", state, f.name, kind)
+				if err != nil {
+					fmt.Printf(": %v; without it %s", err, f.without)
+				}
+				fmt.Println()
+			}
+			if os.Geteuid() != 0 {
+				fmt.Println("note: not running as root; restoring original PIDs needs CAP_CHECKPOINT_RESTORE")
+			}
+			if missing > 0 {
+				return fmt.Errorf("check: %d required feature%s missing", missing, strings.Repeat("s", min(missing-1, 1)))
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,223 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ckpt/ckpt/image"
+	"github.com/ckpt/ckpt/image/pb"
+	"github.com/ckpt/ckpt/resource"
+)
+
+func inspectCmd() *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "inspect [--json] FILE",
+		Short: "Print every record of an image as text or JSON",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var in io.Reader = os.Stdin
+			if args[0] != "-" {
+				f, err := os.Open(args[0])
+				if err != nil {
+					return fmt.Errorf("inspect: %w", err)
+				}
+				defer f.Close()
+				in = f
+			}
+			if err := inspect(in, os.Stdout, asJSON); err != nil {
+				return fmt.Errorf("inspect %s: %w", args[0], err)
+			}
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON, one object per record")
+	return c
+}
+
+type jsonRecord struct {
+	Offset uint64          `json:"offset"`
+	Type   string          `json:"type"`
+	Length uint64          `json:"length"`
+	Data   json.RawMessage `json:"data,omitempty"`
+}
+
+func inspect(in io.Reader, out io.Writer, asJSON bool) error {
+	r, err := image.NewReader(in)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(out)
+	emit := func(off uint64, t image.Type, length uint64, m proto.Message) error {
+		rec := jsonRecord{Offset: off, Type: t.String(), Length: length}
+		if m != nil {
+			b, err := protojson.MarshalOptions{EmitUnpopulated: false}.Marshal(m)
+			if err != nil {
+				return err
+			}
+			rec.Data = b
+		}
+		return enc.Encode(rec)
+	}
+	h := r.Header
+	if asJSON {
+		if err := emit(16, image.TypeHeader, 0, h); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(out, "image format %d, %s, page size %d\n", h.FormatVersion, h.Arch, h.PageSize)
+		fmt.Fprintf(out, "  written by ckpt %s on %s at %s\n", h.ToolVersion, h.Hostname, time.Unix(0, h.TimeUnixNano).UTC().Format(time.RFC3339))
+		fmt.Fprintf(out, "  kernel %s\n", h.Kernel)
+		fmt.Fprintf(out, "  checkpoint of pid %d\n", h.RootPid)
+	}
+	var mms []*pb.Mm
+	pages := map[uint32]map[uint64]uint64{} // mm -> vma start -> pages
+	var files []*pb.File
+	for {
+		rec, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		var m proto.Message
+		switch rec.Type {
+		case image.TypeFile:
+			m = &pb.File{}
+		case image.TypeMm:
+			m = &pb.Mm{}
+		case image.TypeProcess:
+			m = &pb.Process{}
+		case image.TypePageMap:
+			m = &pb.PageMap{}
+		}
+		if m != nil {
+			if err := image.Unmarshal(rec, m); err != nil {
+				return err
+			}
+		}
+		if asJSON {
+			if err := emit(rec.Offset, rec.Type, rec.Len, m); err != nil {
+				return err
+			}
+		}
+		switch v := m.(type) {
+		case *pb.File:
+			files = append(files, v)
+		case *pb.Mm:
+			mms = append(mms, v)
+		case *pb.Process:
+			if !asJSON {
+				printProcess(out, v)
+			}
+		case *pb.PageMap:
+			for _, mm := range mms {
+				if mm.Id != v.MmId {
+					continue
+				}
+				if pages[mm.Id] == nil {
+					pages[mm.Id] = map[uint64]uint64{}
+				}
+				for _, run := range v.Runs {
+					if vma := resource.FindVma(mm, run.Addr, run.Npages*image.PageSize); vma != nil {
+						pages[mm.Id][vma.Start] += run.Npages
+					}
+				}
+			}
+		}
+	}
+	if asJSON {
+		return emit(0, image.TypeTail, 0, r.Tail)
+	}
+	for _, f := range files {
+		fmt.Fprintf(out, "file %d: %s %s flags %#o pos %d\n", f.Id, strings.ToLower(f.Kind.String()), f.Path, f.Flags, f.Pos)
+	}
+	for _, mm := range mms {
+		fmt.Fprintf(out, "address space %d: brk %#x-%#x, stack %#x, exe file %d\n", mm.Id, mm.StartBrk, mm.Brk, mm.StartStack, mm.ExeFileId)
+		var total uint64
+		for _, v := range mm.Vmas {
+			n := pages[mm.Id][v.Start]
+			total += n
+			kind := "private"
+			if v.Shared {
+				kind = "shared"
+			}
+			if v.Special != "" {
+				kind = "kernel"
+			}
+			fmt.Fprintf(out, "  %012x-%012x %s %-7s %7d/%-7d pages  %s\n", v.Start, v.End, protString(v.Prot), kind, n, (v.End-v.Start)/image.PageSize, v.Name)
+		}
+		fmt.Fprintf(out, "  %d pages stored (%d MiB)\n", total, total*image.PageSize>>20)
+	}
+	t := r.Tail
+	fmt.Fprintf(out, "complete: %d records, %d pages, %d bytes, crc32c %08x\n", t.Records, t.Pages, t.Bytes, t.Crc32C)
+	return nil
+}
+
+func protString(p uint32) string {
+	b := []byte("---")
+	if p&1 != 0 {
+		b[0] = 'r'
+	}
+	if p&2 != 0 {
+		b[1] = 'w'
+	}
+	if p&4 != 0 {
+		b[2] = 'x'
+	}
+	return string(b)
+}
+
+func printProcess(out io.Writer, p *pb.Process) {
+	fmt.Fprintf(out, "process %d (%s): parent %d, group %d, session %d\n", p.Pid, p.Comm, p.Ppid, p.Pgid, p.Sid)
+	if c := p.Creds; c != nil {
+		fmt.Fprintf(out, "  uid %d/%d/%d gid %d/%d/%d groups %v\n", c.Uid, c.Euid, c.Suid, c.Gid, c.Egid, c.Sgid, c.Groups)
+	}
+	fmt.Fprintf(out, "  cwd %s, root %s, umask %#o, personality %#x\n", p.Cwd, p.Root, p.Umask, p.Personality)
+	fds := append([]*pb.Fd(nil), p.Fds...)
+	sort.Slice(fds, func(i, j int) bool { return fds[i].Fd < fds[j].Fd })
+	for _, fd := range fds {
+		ce := ""
+		if fd.Cloexec {
+			ce = " cloexec"
+		}
+		fmt.Fprintf(out, "  fd %d -> file %d%s\n", fd.Fd, fd.FileId, ce)
+	}
+	for _, a := range p.Sigactions {
+		fmt.Fprintf(out, "  signal %d: handler %#x flags %#x mask %#x\n", a.Signo, a.Handler, a.Flags, a.Mask)
+	}
+	for _, it := range p.Itimers {
+		fmt.Fprintf(out, "  itimer %d: value %v interval %v\n", it.Which, time.Duration(it.ValueNs), time.Duration(it.IntervalNs))
+	}
+	if n := len(p.SharedPending); n > 0 {
+		fmt.Fprintf(out, "  %d process-wide pending signals\n", n)
+	}
+	for _, th := range p.Threads {
+		fmt.Fprintf(out, "  thread %d (%s)\n", th.Tid, th.Comm)
+		if regs, err := resource.ThreadRegs(th); err == nil {
+			fmt.Fprintf(out, "    rip %#x rsp %#x rax %#x orig_rax %d fs_base %#x\n", regs.Rip, regs.Rsp, regs.Rax, int64(regs.Orig_rax), regs.Fs_base)
+		}
+		fmt.Fprintf(out, "    xstate %d bytes, sigmask %#x, %d pending\n", len(th.Xstate), th.Sigmask, len(th.Pending))
+		if th.AltstackSize != 0 {
+			fmt.Fprintf(out, "    altstack %#x+%d\n", th.AltstackSp, th.AltstackSize)
+		}
+		fmt.Fprintf(out, "    rseq %#x+%d, robust list %#x, clear_child_tid %#x\n", th.RseqAddr, th.RseqLen, th.RobustList, th.ClearChildTid)
+		if rs := th.Restart; rs != nil {
+			fmt.Fprintf(out, "    in syscall %d, restarts", rs.Nr)
+			if rs.RemainingNs > 0 {
+				fmt.Fprintf(out, " with %v left", time.Duration(rs.RemainingNs))
+			}
+			fmt.Fprintln(out)
+		}
+	}
+}

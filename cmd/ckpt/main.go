@@ -1,0 +1,193 @@
+// Command ckpt checkpoints running Linux processes into an image stream and
+// restarts them from it.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/ckpt/ckpt/checkpoint"
+	"github.com/ckpt/ckpt/restart"
+)
+
+// exitError carries an exit code chosen by a subcommand.
+type exitError struct{ code int }
+
+func (e *exitError) Error() string { return fmt.Sprintf("exit %d", e.code) }
+
+func main() {
+	root := &cobra.Command{
+		Use:           "ckpt",
+		Short:         "Checkpoint and restart Linux processes",
+		Version:       checkpoint.Version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(checkpointCmd(), restartCmd(), inspectCmd(), checkCmd())
+	if err := root.Execute(); err != nil {
+		var ee *exitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.code)
+		}
+		fmt.Fprintf(os.Stderr, "ckpt: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func warn(s string) { fmt.Fprintf(os.Stderr, "ckpt: warning: %s\n", s) }
+
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+func checkpointCmd() *cobra.Command {
+	var out string
+	var kill, verbose bool
+	c := &cobra.Command{
+		Use:     "checkpoint [--kill] [-o FILE] PID",
+		Aliases: []string{"dump"},
+		Short:   "Write an image of a running process to FILE or stdout",
+		Long: `Checkpoint PID into FILE, or to standard output when -o is absent.
+
+The process is frozen only while it is dumped and keeps running afterwards,
+unless --kill is given: then it is killed once the image is complete, and ckpt
+waits until its PID is free, so that a restart can follow at once.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pid, err := strconv.Atoi(args[0])
+			if err != nil || pid <= 0 {
+				return fmt.Errorf("checkpoint: %q is not a process id", args[0])
+			}
+			if err := checkpoint.Preflight(pid); err != nil {
+				return fmt.Errorf("checkpoint %d: %w", pid, err)
+			}
+			var w io.Writer = os.Stdout
+			var f *os.File
+			if out != "" && out != "-" {
+				f, err = os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+				if err != nil {
+					return fmt.Errorf("checkpoint: %w", err)
+				}
+				w = f
+			} else if isTerminal(os.Stdout) {
+				return fmt.Errorf("checkpoint: refusing to write an image to a terminal; use -o FILE or redirect stdout")
+			}
+			st, err := checkpoint.Run(checkpoint.Options{Pid: pid, Kill: kill, Out: w, Warn: warn, Fault: os.Getenv("CKPT_FAULT")})
+			if f != nil {
+				if cerr := f.Close(); err == nil && cerr != nil {
+					err = fmt.Errorf("checkpoint: write %s: %w", out, cerr)
+				}
+				if err != nil {
+					os.Remove(out)
+				}
+			}
+			if err != nil {
+				return err
+			}
+			if verbose {
+				fmt.Fprintf(os.Stderr, "ckpt: checkpointed %d: %d bytes, frozen %v, total %v\n", pid, st.Bytes, st.Frozen, st.Total)
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVarP(&out, "output", "o", "", "write the image to `FILE` (default: standard output)")
+	c.Flags().BoolVar(&kill, "kill", false, "kill the process once the image is complete")
+	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "report size and timing on stderr")
+	return c
+}
+
+func restartCmd() *cobra.Command {
+	var detach, verbose bool
+	c := &cobra.Command{
+		Use:     "restart [--detach] [FILE]",
+		Aliases: []string{"restore"},
+		Short:   "Restart a process from an image (FILE, or stdin when absent or -)",
+		Long: `Restart the process saved in FILE (or read from standard input) with its
+original PID.
+
+Without --detach ckpt stays its parent: it forwards signals to it and exits
+with its exit status, as if it had run it. With --detach ckpt returns as soon
+as the process runs.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var in io.Reader = os.Stdin
+			if len(args) == 1 && args[0] != "-" {
+				f, err := os.Open(args[0])
+				if err != nil {
+					return fmt.Errorf("restart: %w", err)
+				}
+				defer f.Close()
+				in = f
+			} else if isTerminal(os.Stdin) {
+				return fmt.Errorf("restart: no image: give a FILE or pipe an image to standard input")
+			}
+			// Catch forwarded signals from now on, so none is lost between
+			// the release of the process and the wait.
+			sigs := make(chan os.Signal, 16)
+			if !detach {
+				signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGCONT, syscall.SIGWINCH)
+			}
+			res, err := restart.Run(restart.Options{In: in, Warn: warn, Fault: os.Getenv("CKPT_FAULT")})
+			if err != nil {
+				return err
+			}
+			if verbose {
+				fmt.Fprintf(os.Stderr, "ckpt: %s\n", res.Describe())
+			}
+			if detach {
+				return nil
+			}
+			return &exitError{code: waitChild(res.Pid, sigs)}
+		},
+	}
+	c.Flags().BoolVarP(&detach, "detach", "d", false, "return as soon as the process runs")
+	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "report timing on stderr")
+	return c
+}
+
+// waitChild forwards signals to pid until it ends and returns the exit code
+// a shell would report. A process killed by a signal makes ckpt die of the
+// same signal.
+func waitChild(pid int, sigs chan os.Signal) int {
+	done := make(chan unix.WaitStatus, 1)
+	go func() {
+		var ws unix.WaitStatus
+		for {
+			_, err := unix.Wait4(pid, &ws, 0, nil)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				ws = unix.WaitStatus(255 << 8)
+			}
+			done <- ws
+			return
+		}
+	}()
+	for {
+		select {
+		case s := <-sigs:
+			unix.Kill(pid, s.(syscall.Signal))
+		case ws := <-done:
+			signal.Reset()
+			if ws.Signaled() {
+				sig := ws.Signal()
+				if sig != unix.SIGKILL && sig != unix.SIGSTOP {
+					signal.Reset(sig)
+					unix.Kill(os.Getpid(), sig)
+				}
+				return 128 + int(sig)
+			}
+			return ws.ExitStatus()
+		}
+	}
+}

@@ -1,0 +1,228 @@
+package image
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"io"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ckpt/ckpt/image/pb"
+)
+
+// ErrNotImage is returned for a stream that does not start with the magic.
+var ErrNotImage = errors.New("not a ckpt image (bad magic)")
+
+// Reader reads an image stream sequentially and checks it as it goes.
+type Reader struct {
+	r       *bufio.Reader
+	crc     hash.Hash32
+	off     uint64
+	records uint64
+	pages   uint64
+	procs   uint32
+	// left is what remains unread of the current PAGES payload.
+	left   uint64
+	pad    uint64
+	Header *pb.Header
+	Tail   *pb.Tail
+}
+
+// Record is one record returned by Next. For TypePages, Payload is nil and
+// the page bytes are read with Reader.Read before the next call to Next.
+type Record struct {
+	Type    Type
+	Len     uint64
+	Payload []byte
+	// Offset is the stream offset of the record header.
+	Offset uint64
+}
+
+// NewReader checks the magic and version and reads the header record.
+func NewReader(r io.Reader) (*Reader, error) {
+	ir := &Reader{r: bufio.NewReaderSize(r, 1<<20), crc: crc32.New(castagnoli)}
+	var hdr [headerLen]byte
+	if _, err := io.ReadFull(ir.r, hdr[:]); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, fmt.Errorf("%w: stream is only %d bytes", ErrNotImage, len(bytes.TrimRight(hdr[:], "\x00")))
+		}
+		return nil, fmt.Errorf("read image: %w", err)
+	}
+	if string(hdr[:8]) != Magic {
+		return nil, ErrNotImage
+	}
+	ir.crc.Write(hdr[:])
+	ir.off = headerLen
+	if v := binary.LittleEndian.Uint32(hdr[8:]); v != FormatVersion {
+		return nil, fmt.Errorf("image format version %d is not supported (this ckpt reads version %d); convert it with a ckpt that knows it", v, FormatVersion)
+	}
+	rec, err := ir.Next()
+	if err != nil {
+		return nil, err
+	}
+	if rec.Type != TypeHeader {
+		return nil, fmt.Errorf("image damaged: first record is %v, not header", rec.Type)
+	}
+	h := &pb.Header{}
+	if err := proto.Unmarshal(rec.Payload, h); err != nil {
+		return nil, fmt.Errorf("image damaged: header record: %w", err)
+	}
+	if h.PageSize != PageSize {
+		return nil, fmt.Errorf("image has page size %d; this machine uses %d", h.PageSize, PageSize)
+	}
+	ir.Header = h
+	return ir, nil
+}
+
+func (r *Reader) readFull(b []byte, hashIt bool) error {
+	n, err := io.ReadFull(r.r, b)
+	if hashIt {
+		r.crc.Write(b[:n])
+	}
+	r.off += uint64(n)
+	if err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return fmt.Errorf("image truncated at byte %d: the checkpoint did not finish or the file was cut", r.off)
+		}
+		return fmt.Errorf("read image at byte %d: %w", r.off, err)
+	}
+	return nil
+}
+
+func (r *Reader) skip(n uint64) error {
+	var buf [PageSize]byte
+	for n > 0 {
+		c := min(n, PageSize)
+		if err := r.readFull(buf[:c], true); err != nil {
+			return err
+		}
+		n -= c
+	}
+	return nil
+}
+
+// Next returns the next record. After a valid tail it returns io.EOF. A
+// stream that ends with an error record returns that error.
+func (r *Reader) Next() (Record, error) {
+	if r.Tail != nil {
+		return Record{}, io.EOF
+	}
+	if r.left > 0 {
+		if err := r.skip(r.left); err != nil {
+			return Record{}, err
+		}
+		r.left = 0
+	}
+	if r.pad > 0 {
+		if err := r.skip(r.pad); err != nil {
+			return Record{}, err
+		}
+		r.pad = 0
+	}
+	for {
+		start := r.off
+		var h [recordHeaderLen]byte
+		if err := r.readFull(h[:], false); err != nil {
+			return Record{}, err
+		}
+		t := Type(binary.LittleEndian.Uint32(h[0:]))
+		length := binary.LittleEndian.Uint64(h[8:])
+		if t != TypeTail {
+			r.crc.Write(h[:])
+			r.records++
+		}
+		rec := Record{Type: t, Len: length, Offset: start}
+		switch t {
+		case TypePad:
+			if length > 2*PageSize {
+				return Record{}, fmt.Errorf("image damaged at byte %d: pad record of %d bytes", start, length)
+			}
+			if err := r.skip(length + pad8(length)); err != nil {
+				return Record{}, err
+			}
+			continue
+		case TypePages:
+			if length%PageSize != 0 || length > MaxPages {
+				return Record{}, fmt.Errorf("image damaged at byte %d: pages record of %d bytes", start, length)
+			}
+			r.left = length
+			r.pages += length / PageSize
+			return rec, nil
+		case TypeHeader, TypeFile, TypeMm, TypeProcess, TypePageMap, TypeError, TypeTail:
+		default:
+			return Record{}, fmt.Errorf("image damaged at byte %d: unknown record type %d", start, uint32(t))
+		}
+		if length > MaxMetadata {
+			return Record{}, fmt.Errorf("image damaged at byte %d: %v record of %d bytes", start, t, length)
+		}
+		sum := r.crc.Sum32()
+		hashIt := t != TypeTail
+		// Grow the buffer as bytes arrive, so a hostile length costs nothing
+		// until the data is really there.
+		rec.Payload = make([]byte, 0, min(length, 64<<10))
+		for got := uint64(0); got < length; {
+			n := min(length-got, 1<<20)
+			rec.Payload = append(rec.Payload, make([]byte, n)...)
+			if err := r.readFull(rec.Payload[got:got+n], hashIt); err != nil {
+				return Record{}, err
+			}
+			got += n
+		}
+		var p [8]byte
+		if err := r.readFull(p[:pad8(length)], hashIt); err != nil {
+			return Record{}, err
+		}
+		switch t {
+		case TypeProcess:
+			r.procs++
+		case TypeError:
+			e := &pb.Error{}
+			if err := proto.Unmarshal(rec.Payload, e); err != nil {
+				return Record{}, fmt.Errorf("image damaged: error record: %w", err)
+			}
+			return Record{}, fmt.Errorf("image is incomplete: the checkpoint failed: %s", e.Message)
+		case TypeTail:
+			tail := &pb.Tail{}
+			if err := proto.Unmarshal(rec.Payload, tail); err != nil {
+				return Record{}, fmt.Errorf("image damaged: tail record: %w", err)
+			}
+			if tail.Crc32C != sum || tail.Bytes != start || tail.Records != r.records || tail.Pages != r.pages || tail.Processes != r.procs {
+				return Record{}, fmt.Errorf("image damaged: checksum or counts do not match the tail (crc %08x, want %08x)", sum, tail.Crc32C)
+			}
+			if _, err := r.r.ReadByte(); err != io.EOF {
+				return Record{}, fmt.Errorf("image damaged: data after the tail at byte %d", r.off)
+			}
+			r.Tail = tail
+			return Record{}, io.EOF
+		}
+		return rec, nil
+	}
+}
+
+// Read reads page bytes of the current PAGES record.
+func (r *Reader) Read(b []byte) (int, error) {
+	if r.left == 0 {
+		return 0, io.EOF
+	}
+	if uint64(len(b)) > r.left {
+		b = b[:r.left]
+	}
+	if err := r.readFull(b, true); err != nil {
+		return 0, err
+	}
+	r.left -= uint64(len(b))
+	return len(b), nil
+}
+
+// Unmarshal decodes a metadata payload, naming the record on failure.
+func Unmarshal(rec Record, m proto.Message) error {
+	if err := proto.Unmarshal(rec.Payload, m); err != nil {
+		return fmt.Errorf("image damaged: %v record at byte %d: %w", rec.Type, rec.Offset, err)
+	}
+	return nil
+}

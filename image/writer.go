@@ -1,0 +1,181 @@
+package image
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"io"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ckpt/ckpt/image/pb"
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Writer writes an image stream. It buffers only a small window; page data
+// is copied straight through.
+type Writer struct {
+	w       *bufio.Writer
+	crc     hash.Hash32
+	off     uint64
+	records uint64
+	pages   uint64
+	procs   uint32
+	err     error
+	closed  bool
+}
+
+// NewWriter starts an image on w by writing the magic and version.
+func NewWriter(w io.Writer) (*Writer, error) {
+	iw := &Writer{w: bufio.NewWriterSize(w, 1<<20), crc: crc32.New(castagnoli)}
+	var hdr [headerLen]byte
+	copy(hdr[:], Magic)
+	binary.LittleEndian.PutUint32(hdr[8:], FormatVersion)
+	if err := iw.write(hdr[:]); err != nil {
+		return nil, err
+	}
+	return iw, nil
+}
+
+func (w *Writer) write(b []byte) error {
+	if w.err != nil {
+		return w.err
+	}
+	n, err := w.w.Write(b)
+	w.crc.Write(b[:n])
+	w.off += uint64(n)
+	if err != nil {
+		w.err = fmt.Errorf("write image: %w", err)
+	}
+	return w.err
+}
+
+func (w *Writer) recordHeader(t Type, length uint64) error {
+	var h [recordHeaderLen]byte
+	binary.LittleEndian.PutUint32(h[0:], uint32(t))
+	binary.LittleEndian.PutUint64(h[8:], length)
+	w.records++
+	return w.write(h[:])
+}
+
+var zeros [PageSize]byte
+
+func (w *Writer) padTo8(n uint64) error {
+	if p := pad8(n); p != 0 {
+		return w.write(zeros[:p])
+	}
+	return nil
+}
+
+// Message writes one metadata record.
+func (w *Writer) Message(t Type, m proto.Message) error {
+	b, err := proto.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("encode %v record: %w", t, err)
+	}
+	if t == TypeProcess {
+		w.procs++
+	}
+	if err := w.recordHeader(t, uint64(len(b))); err != nil {
+		return err
+	}
+	if err := w.write(b); err != nil {
+		return err
+	}
+	return w.padTo8(uint64(len(b)))
+}
+
+// Pages writes a PAGEMAP record for runs, then a PAGES record whose payload
+// starts 4 KiB-aligned, and calls fill to produce exactly the pages' bytes.
+// fill receives a writer that accepts page data; it must write all of it.
+func (w *Writer) Pages(pm *pb.PageMap, fill func(io.Writer) error) error {
+	var n uint64
+	for _, r := range pm.Runs {
+		n += r.Npages
+	}
+	if err := w.Message(TypePageMap, pm); err != nil {
+		return err
+	}
+	// Pad so that the PAGES payload lands on a page boundary.
+	payloadAt := w.off + recordHeaderLen
+	if gap := (PageSize - payloadAt%PageSize) % PageSize; gap != 0 {
+		if gap < recordHeaderLen {
+			gap += PageSize
+		}
+		if err := w.recordHeader(TypePad, gap-recordHeaderLen); err != nil {
+			return err
+		}
+		for left := gap - recordHeaderLen; left > 0; {
+			c := min(left, PageSize)
+			if err := w.write(zeros[:c]); err != nil {
+				return err
+			}
+			left -= c
+		}
+	}
+	if err := w.recordHeader(TypePages, n*PageSize); err != nil {
+		return err
+	}
+	cw := &countWriter{w: w}
+	if err := fill(cw); err != nil {
+		if w.err != nil {
+			return w.err
+		}
+		return err
+	}
+	if cw.n != n*PageSize {
+		return fmt.Errorf("pages record: wrote %d bytes, announced %d", cw.n, n*PageSize)
+	}
+	w.pages += n
+	return nil
+}
+
+type countWriter struct {
+	w *Writer
+	n uint64
+}
+
+func (c *countWriter) Write(b []byte) (int, error) {
+	if err := c.w.write(b); err != nil {
+		return 0, err
+	}
+	c.n += uint64(len(b))
+	return len(b), nil
+}
+
+// Fail writes an error record so that a reader learns why the stream ends,
+// and flushes. The image stays incomplete: no tail is written.
+func (w *Writer) Fail(cause error) error {
+	if w.closed {
+		return nil
+	}
+	w.closed = true
+	w.err = nil // a previous write error may have been transient; try once
+	if err := w.Message(TypeError, &pb.Error{Message: cause.Error()}); err != nil {
+		return err
+	}
+	return w.w.Flush()
+}
+
+// Close writes the tail and flushes. Only an image closed without error is
+// complete.
+func (w *Writer) Close() error {
+	if w.closed {
+		return fmt.Errorf("image already closed")
+	}
+	w.closed = true
+	tail := &pb.Tail{Records: w.records, Pages: w.pages, Bytes: w.off, Crc32C: w.crc.Sum32(), Processes: w.procs}
+	if err := w.Message(TypeTail, tail); err != nil {
+		return err
+	}
+	if err := w.w.Flush(); err != nil {
+		return fmt.Errorf("write image: %w", err)
+	}
+	return nil
+}
+
+// Offset is the number of bytes written so far.
+func (w *Writer) Offset() uint64 { return w.off }

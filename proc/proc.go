@@ -1,0 +1,299 @@
+// Package proc parses the /proc files ckpt reads a process's state from.
+// Every parser takes the file's content, so that it can be tested on text.
+package proc
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// Path returns /proc/PID/name.
+func Path(pid int, name string) string {
+	return "/proc/" + strconv.Itoa(pid) + "/" + name
+}
+
+// Vma is one line of /proc/PID/smaps with its flags.
+type Vma struct {
+	Start, End uint64
+	Perms      string // "rwxp"
+	Offset     uint64
+	Major      uint32
+	Minor      uint32
+	Inode      uint64
+	Name       string
+	VmFlags    []string
+}
+
+func (v *Vma) Read() bool    { return v.Perms[0] == 'r' }
+func (v *Vma) Write() bool   { return v.Perms[1] == 'w' }
+func (v *Vma) Exec() bool    { return v.Perms[2] == 'x' }
+func (v *Vma) Shared() bool  { return v.Perms[3] == 's' }
+func (v *Vma) Pages() uint64 { return (v.End - v.Start) / 4096 }
+
+// HasFlag reports whether VmFlags includes f (e.g. "gd" for grows-down).
+func (v *Vma) HasFlag(f string) bool {
+	for _, x := range v.VmFlags {
+		if x == f {
+			return true
+		}
+	}
+	return false
+}
+
+// ReadSmaps reads and parses /proc/PID/smaps.
+func ReadSmaps(pid int) ([]Vma, error) {
+	b, err := os.ReadFile(Path(pid, "smaps"))
+	if err != nil {
+		return nil, err
+	}
+	return ParseSmaps(b)
+}
+
+// ParseSmaps parses smaps (or maps) text.
+func ParseSmaps(b []byte) ([]Vma, error) {
+	var out []Vma
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "VmFlags:") {
+			if len(out) > 0 {
+				out[len(out)-1].VmFlags = strings.Fields(line[len("VmFlags:"):])
+			}
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) < 5 || !strings.Contains(f[0], "-") || strings.HasSuffix(f[0], ":") {
+			continue
+		}
+		v, err := parseMapsLine(line, f)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, sc.Err()
+}
+
+func parseMapsLine(line string, f []string) (Vma, error) {
+	var v Vma
+	se := strings.SplitN(f[0], "-", 2)
+	s, err1 := strconv.ParseUint(se[0], 16, 64)
+	e, err2 := strconv.ParseUint(se[1], 16, 64)
+	off, err3 := strconv.ParseUint(f[2], 16, 64)
+	mm := strings.SplitN(f[3], ":", 2)
+	if len(mm) != 2 || len(f[1]) != 4 {
+		return v, fmt.Errorf("bad maps line %q", line)
+	}
+	maj, err4 := strconv.ParseUint(mm[0], 16, 32)
+	min, err5 := strconv.ParseUint(mm[1], 16, 32)
+	ino, err6 := strconv.ParseUint(f[4], 10, 64)
+	for _, err := range []error{err1, err2, err3, err4, err5, err6} {
+		if err != nil {
+			return v, fmt.Errorf("bad maps line %q: %w", line, err)
+		}
+	}
+	v = Vma{Start: s, End: e, Perms: f[1], Offset: off, Major: uint32(maj), Minor: uint32(min), Inode: ino}
+	if len(f) > 5 {
+		// The name is the rest of the line after the fifth column; it may
+		// contain spaces.
+		rest := line
+		for i := 0; i < 5; i++ {
+			rest = strings.TrimLeft(rest, " ")
+			rest = rest[strings.IndexByte(rest, ' ')+1:]
+		}
+		v.Name = strings.TrimLeft(rest, " ")
+	}
+	return v, nil
+}
+
+// Stat holds the fields of /proc/PID/stat that ckpt uses.
+type Stat struct {
+	Pid        int
+	Comm       string
+	State      byte
+	Ppid       int
+	Pgrp       int
+	Session    int
+	Flags      uint64
+	NumThreads int
+	StartTime  uint64
+	StartCode  uint64
+	EndCode    uint64
+	StartStack uint64
+	StartData  uint64
+	EndData    uint64
+	StartBrk   uint64
+	ArgStart   uint64
+	ArgEnd     uint64
+	EnvStart   uint64
+	EnvEnd     uint64
+	ExitSignal int
+}
+
+// ReadStat reads /proc/PID/stat.
+func ReadStat(pid int) (*Stat, error) {
+	b, err := os.ReadFile(Path(pid, "stat"))
+	if err != nil {
+		return nil, err
+	}
+	return ParseStat(b)
+}
+
+// ParseStat parses /proc/PID/stat text. The comm field may hold spaces and
+// parentheses; it ends at the last ')'.
+func ParseStat(b []byte) (*Stat, error) {
+	s := string(b)
+	open := strings.IndexByte(s, '(')
+	end := strings.LastIndexByte(s, ')')
+	if open < 0 || end < open || end+2 > len(s) {
+		return nil, fmt.Errorf("bad stat %q", s)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(s[:open]))
+	if err != nil {
+		return nil, fmt.Errorf("bad stat pid: %w", err)
+	}
+	f := strings.Fields(s[end+2:])
+	// f[0] is field 3 (state).
+	if len(f) < 50 {
+		return nil, fmt.Errorf("stat has %d fields, want 52", len(f)+2)
+	}
+	n := func(field int) uint64 {
+		v, _ := strconv.ParseUint(f[field-3], 10, 64)
+		return v
+	}
+	i := func(field int) int {
+		v, _ := strconv.Atoi(f[field-3])
+		return v
+	}
+	return &Stat{
+		Pid: pid, Comm: s[open+1 : end], State: f[0][0],
+		Ppid: i(4), Pgrp: i(5), Session: i(6), Flags: n(9), NumThreads: i(20), StartTime: n(22),
+		StartCode: n(26), EndCode: n(27), StartStack: n(28), ExitSignal: i(38),
+		StartData: n(45), EndData: n(46), StartBrk: n(47),
+		ArgStart: n(48), ArgEnd: n(49), EnvStart: n(50), EnvEnd: n(51),
+	}, nil
+}
+
+// Status is /proc/PID/status as key/value pairs.
+type Status map[string]string
+
+// ReadStatus reads /proc/PID/status.
+func ReadStatus(pid int) (Status, error) {
+	b, err := os.ReadFile(Path(pid, "status"))
+	if err != nil {
+		return nil, err
+	}
+	return ParseStatus(b), nil
+}
+
+// ParseStatus parses status text.
+func ParseStatus(b []byte) Status {
+	st := Status{}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if ok {
+			st[k] = strings.TrimSpace(v)
+		}
+	}
+	return st
+}
+
+// Uints returns the whitespace-separated numbers of field k.
+func (s Status) Uints(k string, base int) ([]uint64, error) {
+	var out []uint64
+	for _, f := range strings.Fields(s[k]) {
+		v, err := strconv.ParseUint(f, base, 64)
+		if err != nil {
+			return nil, fmt.Errorf("status field %s: %w", k, err)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// FdInfo is /proc/PID/fdinfo/FD.
+type FdInfo struct {
+	Pos   int64
+	Flags uint32
+	MntID int
+}
+
+// ParseFdInfo parses fdinfo text.
+func ParseFdInfo(b []byte) (FdInfo, error) {
+	var fi FdInfo
+	st := ParseStatus(b)
+	pos, err := strconv.ParseInt(st["pos"], 10, 64)
+	if err != nil {
+		return fi, fmt.Errorf("fdinfo pos: %w", err)
+	}
+	fl, err := strconv.ParseUint(st["flags"], 8, 32)
+	if err != nil {
+		return fi, fmt.Errorf("fdinfo flags: %w", err)
+	}
+	mnt, _ := strconv.Atoi(st["mnt_id"])
+	return FdInfo{Pos: pos, Flags: uint32(fl), MntID: mnt}, nil
+}
+
+// Tasks lists the thread IDs of pid.
+func Tasks(pid int) ([]int, error) {
+	ents, err := os.ReadDir(Path(pid, "task"))
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, e := range ents {
+		if t, err := strconv.Atoi(e.Name()); err == nil {
+			out = append(out, t)
+		}
+	}
+	return out, nil
+}
+
+// Children lists the child PIDs of every thread of pid.
+func Children(pid int) ([]int, error) {
+	tids, err := Tasks(pid)
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, t := range tids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, t))
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if c, err := strconv.Atoi(f); err == nil {
+				out = append(out, c)
+			}
+		}
+	}
+	return out, nil
+}
+
+// Pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
+const (
+	PMPresent    = 1 << 63
+	PMSwapped    = 1 << 62
+	PMFileShared = 1 << 61
+	PMExclusive  = 1 << 56
+)
+
+// ReadPagemap returns the pagemap entries of [start, end).
+func ReadPagemap(f *os.File, start, end uint64) ([]uint64, error) {
+	n := (end - start) / 4096
+	buf := make([]byte, n*8)
+	if _, err := f.ReadAt(buf, int64(start/4096*8)); err != nil {
+		return nil, fmt.Errorf("read pagemap %#x-%#x: %w", start, end, err)
+	}
+	out := make([]uint64, n)
+	for i := range out {
+		out[i] = binary.LittleEndian.Uint64(buf[i*8:])
+	}
+	return out, nil
+}

@@ -1,0 +1,47 @@
+package proc
+
+import "testing"
+
+func TestParseSmaps(t *testing.T) {
+	text := `55ccffb32000-55ccffb34000 r--p 00000000 fe:00 247766                     /usr/bin/my prog
+Size:                  8 kB
+VmFlags: rd mr mw me sd
+7ffe9be4c000-7ffe9be6d000 rw-p 00000000 00:00 0                          [stack]
+VmFlags: rd wr mr mw me gd ac
+7f8590164000-7f8590167000 rw-p 00000000 00:00 0 
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
+`
+	vmas, err := ParseSmaps([]byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		name  string
+		start uint64
+		gd    bool
+	}{
+		{"/usr/bin/my prog", 0x55ccffb32000, false},
+		{"[stack]", 0x7ffe9be4c000, true},
+		{"", 0x7f8590164000, false},
+		{"[vsyscall]", 0xffffffffff600000, false},
+	}
+	if len(vmas) != len(want) {
+		t.Fatalf("got %d vmas, want %d", len(vmas), len(want))
+	}
+	for i, w := range want {
+		if vmas[i].Name != w.name || vmas[i].Start != w.start || vmas[i].HasFlag("gd") != w.gd {
+			t.Errorf("vma %d = %+v, want %+v", i, vmas[i], w)
+		}
+	}
+}
+
+func TestParseStat(t *testing.T) {
+	line := "1234 (a b) c)) S 1 1234 1234 0 -1 4194560 96 0 0 0 0 0 0 0 20 0 1 0 123 2240512 211 18446744073709551615 94 95 140 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 96 97 98 99 100 101 102 0\n"
+	st, err := ParseStat([]byte(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Pid != 1234 || st.Comm != "a b) c)" || st.State != 'S' || st.Ppid != 1 || st.StartCode != 94 || st.StartBrk != 98 || st.EnvEnd != 102 || st.ExitSignal != 17 {
+		t.Fatalf("got %+v", st)
+	}
+}

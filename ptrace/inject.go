@@ -1,0 +1,207 @@
+package ptrace
+
+import (
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
+
+// Injector runs system calls inside one stopped thread.
+//
+// Preconditions:
+//   - called from inside Run;
+//   - the thread is in a ptrace stop (an interrupt stop or a syscall-exit stop).
+type Injector struct {
+	Tid int
+	// SyscallAddr is the address of a `syscall` instruction in the tracee.
+	SyscallAddr uint64
+	// Base supplies the registers an injected call does not set.
+	Base Regs
+	// atExit records that the last stop was a syscall-exit stop, where the
+	// kernel does not run its syscall-restart logic on resume.
+	atExit bool
+}
+
+// Syscall runs nr(args...) in the thread and returns the raw result. A
+// negative errno result is returned as an error.
+func (in *Injector) Syscall(nr uintptr, args ...uint64) (uint64, error) {
+	r, err := in.Raw(nr, args...)
+	if err != nil {
+		return 0, err
+	}
+	if e := Errno(r); e != nil {
+		return r, e
+	}
+	return r, nil
+}
+
+// Raw runs nr(args...) and returns rax as the kernel left it.
+func (in *Injector) Raw(nr uintptr, args ...uint64) (uint64, error) {
+	if len(args) > 6 {
+		panic("ptrace: more than 6 syscall arguments")
+	}
+	var a [6]uint64
+	copy(a[:], args)
+	regs := in.Base
+	regs.Rip = in.SyscallAddr
+	regs.Rax = uint64(nr)
+	// orig_rax = -1 keeps the kernel from applying syscall-restart logic to
+	// our registers when the thread leaves a signal-related stop.
+	regs.Orig_rax = ^uint64(0)
+	regs.Rdi, regs.Rsi, regs.Rdx, regs.R10, regs.R8, regs.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
+	if err := SetRegs(in.Tid, &regs); err != nil {
+		return 0, err
+	}
+	if err := in.step(true); err != nil {
+		return 0, fmt.Errorf("syscall %d entry: %w", nr, err)
+	}
+	if err := in.step(false); err != nil {
+		return 0, fmt.Errorf("syscall %d exit: %w", nr, err)
+	}
+	out, err := GetRegs(in.Tid)
+	if err != nil {
+		return 0, err
+	}
+	in.atExit = true
+	return out.Rax, nil
+}
+
+// step resumes to the next syscall stop.
+func (in *Injector) step(entry bool) error {
+	if err := ResumeSyscall(in.Tid, 0); err != nil {
+		return err
+	}
+	for {
+		ws, err := Wait(in.Tid)
+		if err != nil {
+			return err
+		}
+		if !ws.Stopped() {
+			continue
+		}
+		if int(ws.StopSignal()) == syscallStop {
+			return nil
+		}
+		if ws.TrapCause() > 0 {
+			// A ptrace event (fork, clone, interrupt) stops on the way: the
+			// caller handles clone events through Clone; others are passed.
+			if err := ResumeSyscall(in.Tid, 0); err != nil {
+				return err
+			}
+			continue
+		}
+		// A signal arrived although the injector's caller blocked signals:
+		// only a synchronous fault can do that, which means a bad call.
+		return fmt.Errorf("%w: got %v at rip", errNoStop, ws.StopSignal())
+	}
+}
+
+// Clone runs a clone3 in the thread and returns the TID of the child, which
+// is auto-attached and left in its first stop.
+func (in *Injector) Clone(argsAddr, size uint64) (int, error) {
+	regs := in.Base
+	regs.Rip = in.SyscallAddr
+	regs.Rax = unix.SYS_CLONE3
+	regs.Orig_rax = ^uint64(0)
+	regs.Rdi, regs.Rsi = argsAddr, size
+	if err := SetRegs(in.Tid, &regs); err != nil {
+		return 0, err
+	}
+	if err := in.step(true); err != nil {
+		return 0, fmt.Errorf("clone3 entry: %w", err)
+	}
+	if err := ResumeSyscall(in.Tid, 0); err != nil {
+		return 0, err
+	}
+	child := 0
+	for {
+		ws, err := Wait(in.Tid)
+		if err != nil {
+			return 0, err
+		}
+		if !ws.Stopped() {
+			continue
+		}
+		if c := ws.TrapCause(); c == unix.PTRACE_EVENT_CLONE || c == unix.PTRACE_EVENT_FORK || c == unix.PTRACE_EVENT_VFORK {
+			m, err := GetEventMsg(in.Tid)
+			if err != nil {
+				return 0, err
+			}
+			child = int(m)
+			if err := ResumeSyscall(in.Tid, 0); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		if int(ws.StopSignal()) == syscallStop {
+			break
+		}
+		return 0, fmt.Errorf("clone3: %w: got %v", errNoStop, ws.StopSignal())
+	}
+	out, err := GetRegs(in.Tid)
+	if err != nil {
+		return 0, err
+	}
+	in.atExit = true
+	if e := Errno(out.Rax); e != nil {
+		return 0, e
+	}
+	if child == 0 {
+		child = int(out.Rax)
+	}
+	// The child starts with a stop of its own (SIGSTOP or an event stop).
+	if _, err := WaitSignalStop(child); err != nil {
+		return 0, fmt.Errorf("first stop of new process %d: %w", child, err)
+	}
+	return child, nil
+}
+
+// ReturnToInterruptStop moves a thread that is at the syscall-exit stop of
+// an injected call back into an interrupt stop inside signal delivery. Only
+// there does setting its original registers (with a pending -ERESTART*
+// result) make the kernel restart its interrupted system call on resume.
+func (in *Injector) ReturnToInterruptStop() error {
+	if !in.atExit {
+		return nil
+	}
+	if err := Interrupt(in.Tid); err != nil {
+		return err
+	}
+	// Should the trap not happen first, the thread would run from here:
+	// point it at a harmless getpid so that it stops at that syscall instead.
+	regs := in.Base
+	regs.Rip = in.SyscallAddr
+	regs.Rax = unix.SYS_GETPID
+	regs.Orig_rax = ^uint64(0)
+	if err := SetRegs(in.Tid, &regs); err != nil {
+		return err
+	}
+	if err := ResumeSyscall(in.Tid, 0); err != nil {
+		return err
+	}
+	for {
+		ws, err := Wait(in.Tid)
+		if err != nil {
+			return err
+		}
+		if !ws.Stopped() {
+			continue
+		}
+		if ws.TrapCause() == unix.PTRACE_EVENT_STOP {
+			in.atExit = false
+			return nil
+		}
+		if int(ws.StopSignal()) == syscallStop {
+			// It reached the getpid instead: point it back at the same
+			// getpid (never at the code after it) and try again.
+			if err := SetRegs(in.Tid, &regs); err != nil {
+				return err
+			}
+			if err := ResumeSyscall(in.Tid, 0); err != nil {
+				return err
+			}
+			continue
+		}
+		return fmt.Errorf("return %d to its stop: unexpected %v", in.Tid, ws.StopSignal())
+	}
+}

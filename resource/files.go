@@ -1,0 +1,325 @@
+package resource
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ckpt/ckpt/image/pb"
+	"github.com/ckpt/ckpt/proc"
+)
+
+// ErrUnsupported marks state this version of ckpt cannot checkpoint. Such a
+// process is refused before it is touched.
+var ErrUnsupported = errors.New("not supported")
+
+// FileSet collects the File records of a checkpoint and gives each open
+// file description one id, however many descriptors or mappings use it.
+type FileSet struct {
+	Files []*pb.File
+	// byPath dedupes mapped files, which are reopened read-only by path.
+	byPath map[string]uint32
+	// owners remembers one (pid, fd) per description, for kcmp.
+	owners map[uint32][2]int
+}
+
+// NewFileSet returns an empty set.
+func NewFileSet() *FileSet {
+	return &FileSet{byPath: map[string]uint32{}, owners: map[uint32][2]int{}}
+}
+
+func (s *FileSet) add(f *pb.File) uint32 {
+	f.Id = uint32(len(s.Files) + 1)
+	s.Files = append(s.Files, f)
+	return f.Id
+}
+
+// charDevs are the character devices ckpt reopens by path.
+var charDevs = map[uint64]string{
+	unix.Mkdev(1, 3): "/dev/null",
+	unix.Mkdev(1, 5): "/dev/zero",
+	unix.Mkdev(1, 8): "/dev/random",
+	unix.Mkdev(1, 9): "/dev/urandom",
+}
+
+// Preflight checks, without touching the process, that every descriptor is
+// of a kind ckpt can checkpoint.
+func PreflightFiles(pid int) error {
+	fds, err := listFds(pid)
+	if err != nil {
+		return err
+	}
+	for _, fd := range fds {
+		if _, err := describeFd(pid, fd); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func listFds(pid int) ([]int, error) {
+	ents, err := os.ReadDir(proc.Path(pid, "fd"))
+	if err != nil {
+		return nil, fmt.Errorf("list descriptors of %d: %w", pid, err)
+	}
+	var fds []int
+	for _, e := range ents {
+		if n, err := strconv.Atoi(e.Name()); err == nil {
+			fds = append(fds, n)
+		}
+	}
+	sort.Ints(fds)
+	return fds, nil
+}
+
+// describeFd builds the File record of one descriptor.
+func describeFd(pid, fd int) (*pb.File, error) {
+	link := proc.Path(pid, "fd/"+strconv.Itoa(fd))
+	target, err := os.Readlink(link)
+	if err != nil {
+		return nil, fmt.Errorf("read fd %d of %d: %w", fd, pid, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(link, &st); err != nil {
+		return nil, fmt.Errorf("stat fd %d (%s) of %d: %w", fd, target, pid, err)
+	}
+	info, err := os.ReadFile(proc.Path(pid, "fdinfo/"+strconv.Itoa(fd)))
+	if err != nil {
+		return nil, err
+	}
+	fi, err := proc.ParseFdInfo(info)
+	if err != nil {
+		return nil, fmt.Errorf("fd %d of %d: %w", fd, pid, err)
+	}
+	f := &pb.File{Path: target, Flags: fi.Flags &^ unix.O_CLOEXEC, Pos: fi.Pos, Size: st.Size, Mode: st.Mode, Rdev: st.Rdev}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG, unix.S_IFDIR:
+		if !strings.HasPrefix(target, "/") {
+			return nil, fmt.Errorf("fd %d of process %d is %s: %w yet", fd, pid, target, ErrUnsupported)
+		}
+		if strings.HasSuffix(target, " (deleted)") {
+			return nil, fmt.Errorf("fd %d of process %d is the deleted file %s: %w yet (keep the file until the checkpoint)", fd, pid, strings.TrimSuffix(target, " (deleted)"), ErrUnsupported)
+		}
+		f.Kind = pb.File_REGULAR
+		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			f.Kind = pb.File_DIRECTORY
+		}
+	case unix.S_IFCHR:
+		path, ok := charDevs[st.Rdev]
+		if !ok {
+			return nil, fmt.Errorf("fd %d of process %d is the device %s: %w yet (ckpt handles /dev/null, zero, random, urandom)", fd, pid, target, ErrUnsupported)
+		}
+		f.Kind, f.Path = pb.File_CHARDEV, path
+	default:
+		return nil, fmt.Errorf("fd %d of process %d is %s: %w yet", fd, pid, target, ErrUnsupported)
+	}
+	return f, nil
+}
+
+// DumpFiles records the descriptor table of pid. Descriptors that share one
+// open file description (dup, fork) get one File record (found with kcmp).
+func DumpFiles(pid int, p *pb.Process, s *FileSet) error {
+	fds, err := listFds(pid)
+	if err != nil {
+		return err
+	}
+	for _, fd := range fds {
+		f, err := describeFd(pid, fd)
+		if err != nil {
+			return err
+		}
+		fdflags, err := fdFlags(pid, fd)
+		if err != nil {
+			return err
+		}
+		id := s.sameDescription(pid, fd, f)
+		if id == 0 {
+			id = s.add(f)
+			s.owners[id] = [2]int{pid, fd}
+		}
+		p.Fds = append(p.Fds, &pb.Fd{Fd: int32(fd), FileId: id, Cloexec: fdflags&unix.O_CLOEXEC != 0})
+	}
+	return nil
+}
+
+func fdFlags(pid, fd int) (uint32, error) {
+	info, err := os.ReadFile(proc.Path(pid, "fdinfo/"+strconv.Itoa(fd)))
+	if err != nil {
+		return 0, err
+	}
+	fi, err := proc.ParseFdInfo(info)
+	return fi.Flags, err
+}
+
+func (s *FileSet) sameDescription(pid, fd int, f *pb.File) uint32 {
+	for id, o := range s.owners {
+		g := s.Files[id-1]
+		if g.Path != f.Path || g.Rdev != f.Rdev {
+			continue
+		}
+		const kcmpFile = 0
+		r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(pid), uintptr(o[0]), kcmpFile, uintptr(fd), uintptr(o[1]), 0)
+		if e == 0 && r == 0 {
+			return id
+		}
+	}
+	return 0
+}
+
+// MappedFile returns the id of a file mapped at path, added on first use.
+func (s *FileSet) MappedFile(path string) (uint32, error) {
+	if id, ok := s.byPath[path]; ok {
+		return id, nil
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("mapped file %s: %w", path, err)
+	}
+	id := s.add(&pb.File{Kind: pb.File_REGULAR, Path: path, Flags: unix.O_RDONLY, Size: st.Size, Mode: st.Mode})
+	s.byPath[path] = id
+	return id, nil
+}
+
+// OpenFiles are the image's files, opened in ckpt's own process; stubs take
+// their copies with pidfd_getfd.
+type OpenFiles struct {
+	byID map[uint32]*os.File
+	recs map[uint32]*pb.File
+}
+
+// NewOpenFiles returns an empty table.
+func NewOpenFiles() *OpenFiles {
+	return &OpenFiles{byID: map[uint32]*os.File{}, recs: map[uint32]*pb.File{}}
+}
+
+// Add records a File from the image; it is opened on first use.
+func (o *OpenFiles) Add(f *pb.File) error {
+	if f.Id == 0 || o.recs[f.Id] != nil {
+		return fmt.Errorf("image damaged: file id %d defined twice or zero", f.Id)
+	}
+	o.recs[f.Id] = f
+	return nil
+}
+
+// Get opens (once) and returns the file with id.
+func (o *OpenFiles) Get(id uint32) (*os.File, *pb.File, error) {
+	rec := o.recs[id]
+	if rec == nil {
+		return nil, nil, fmt.Errorf("image damaged: file id %d used before it is defined", id)
+	}
+	if f := o.byID[id]; f != nil {
+		return f, rec, nil
+	}
+	flags := int(rec.Flags) &^ (unix.O_CREAT | unix.O_TRUNC | unix.O_EXCL | unix.O_NOCTTY | unix.O_CLOEXEC)
+	if rec.Kind == pb.File_DIRECTORY {
+		flags |= unix.O_DIRECTORY
+	}
+	f, err := os.OpenFile(rec.Path, flags|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reopen %s: %w (the file must exist at restart as it was at checkpoint)", rec.Path, err)
+	}
+	if rec.Kind == pb.File_REGULAR || rec.Kind == pb.File_DIRECTORY {
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size < rec.Pos {
+			f.Close()
+			return nil, nil, fmt.Errorf("reopen %s: file is now %d bytes, but the process had read to offset %d; restore the file", rec.Path, st.Size, rec.Pos)
+		}
+		if rec.Pos != 0 {
+			if _, err := unix.Seek(int(f.Fd()), rec.Pos, 0); err != nil {
+				f.Close()
+				return nil, nil, fmt.Errorf("seek %s to %d: %w", rec.Path, rec.Pos, err)
+			}
+		}
+	}
+	o.byID[id] = f
+	return f, rec, nil
+}
+
+// Close closes every file ckpt opened.
+func (o *OpenFiles) Close() {
+	for _, f := range o.byID {
+		f.Close()
+	}
+}
+
+// FdPuller copies descriptors from ckpt into a stub.
+type FdPuller struct {
+	t *Target
+	// pidfd is the stub's pidfd for ckpt's process.
+	pidfd uint64
+}
+
+// highFd bounds descriptor numbers in an image.
+const highFd = 1 << 20
+
+// NewFdPuller opens, in the stub, a pidfd for ckpt itself, numbered at
+// least minFd so that it is out of the way of the descriptors to restore.
+func NewFdPuller(t *Target, minFd uint64) (*FdPuller, error) {
+	fd, err := t.Syscall(unix.SYS_PIDFD_OPEN, uint64(os.Getpid()), 0)
+	if err != nil {
+		return nil, fmt.Errorf("pidfd_open in stub: %w", err)
+	}
+	hi, err := t.Syscall(unix.SYS_FCNTL, fd, unix.F_DUPFD_CLOEXEC, minFd)
+	if err != nil {
+		return nil, fmt.Errorf("move stub pidfd: %w", err)
+	}
+	if _, err := t.Syscall(unix.SYS_CLOSE, fd); err != nil {
+		return nil, err
+	}
+	return &FdPuller{t: t, pidfd: hi}, nil
+}
+
+// Pull copies ckpt's descriptor fd into the stub and returns its number
+// there (close-on-exec set).
+func (p *FdPuller) Pull(f *os.File) (uint64, error) {
+	n, err := p.t.Syscall(unix.SYS_PIDFD_GETFD, p.pidfd, uint64(f.Fd()), 0)
+	if err != nil {
+		return 0, fmt.Errorf("pidfd_getfd %s: %w", f.Name(), err)
+	}
+	return n, nil
+}
+
+// Close closes the stub's pidfd.
+func (p *FdPuller) Close() error {
+	_, err := p.t.Syscall(unix.SYS_CLOSE, p.pidfd)
+	return err
+}
+
+// RestoreFiles rebuilds the descriptor table of the stub.
+func RestoreFiles(t *Target, pl *FdPuller, files *OpenFiles, p *pb.Process) error {
+	for _, fd := range p.Fds {
+		if fd.Fd < 0 || fd.Fd >= highFd {
+			return fmt.Errorf("image damaged: descriptor %d", fd.Fd)
+		}
+		f, rec, err := files.Get(fd.FileId)
+		if err != nil {
+			return fmt.Errorf("fd %d: %w", fd.Fd, err)
+		}
+		tmp, err := pl.Pull(f)
+		if err != nil {
+			return fmt.Errorf("fd %d (%s): %w", fd.Fd, rec.Path, err)
+		}
+		flags := uint64(0)
+		if fd.Cloexec {
+			flags = unix.O_CLOEXEC
+		}
+		if tmp == uint64(fd.Fd) {
+			if _, err := t.Syscall(unix.SYS_FCNTL, tmp, unix.F_SETFD, flags/unix.O_CLOEXEC); err != nil {
+				return fmt.Errorf("fd %d: %w", fd.Fd, err)
+			}
+			continue
+		}
+		if _, err := t.Syscall(unix.SYS_DUP3, tmp, uint64(fd.Fd), flags); err != nil {
+			return fmt.Errorf("fd %d (%s): dup3: %w", fd.Fd, rec.Path, err)
+		}
+		if _, err := t.Syscall(unix.SYS_CLOSE, tmp); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,385 @@
+package resource
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ckpt/ckpt/image"
+	"github.com/ckpt/ckpt/image/pb"
+	"github.com/ckpt/ckpt/proc"
+)
+
+const pageSize = image.PageSize
+
+// specialNames are the kernel-provided areas moved into place at restart.
+var specialNames = map[string]bool{"[vdso]": true, "[vvar]": true, "[vvar_vclock]": true}
+
+// PreflightMm checks, without touching the process, that every memory area
+// is of a kind ckpt can checkpoint.
+func PreflightMm(pid int) ([]proc.Vma, error) {
+	vmas, err := proc.ReadSmaps(pid)
+	if err != nil {
+		return nil, fmt.Errorf("read memory map of %d: %w", pid, err)
+	}
+	for _, v := range vmas {
+		if err := checkVma(pid, &v); err != nil {
+			return nil, err
+		}
+	}
+	return vmas, nil
+}
+
+func checkVma(pid int, v *proc.Vma) error {
+	switch {
+	case v.Name == "[vsyscall]" || specialNames[v.Name]:
+		return nil
+	case v.Inode == 0 && v.Shared():
+		return fmt.Errorf("process %d has shared anonymous memory at %#x-%#x: %w yet", pid, v.Start, v.End, ErrUnsupported)
+	case v.Inode == 0:
+		if strings.HasPrefix(v.Name, "[") && v.Name != "[heap]" && v.Name != "[stack]" && !strings.HasPrefix(v.Name, "[anon:") {
+			return fmt.Errorf("process %d has the kernel area %s at %#x-%#x: %w yet", pid, v.Name, v.Start, v.End, ErrUnsupported)
+		}
+		return nil
+	case strings.HasSuffix(v.Name, " (deleted)") || !strings.HasPrefix(v.Name, "/"):
+		return fmt.Errorf("process %d maps %q at %#x-%#x: %w yet (deleted files, memfd and SysV memory come later)", pid, v.Name, v.Start, v.End, ErrUnsupported)
+	}
+	return nil
+}
+
+// DumpMm describes the address space. brk is the exact program break, read
+// by the caller with an injected brk(0).
+func DumpMm(pid int, brk uint64, files *FileSet) (*pb.Mm, error) {
+	vmas, err := PreflightMm(pid)
+	if err != nil {
+		return nil, err
+	}
+	st, err := proc.ReadStat(pid)
+	if err != nil {
+		return nil, err
+	}
+	auxv, err := os.ReadFile(proc.Path(pid, "auxv"))
+	if err != nil {
+		return nil, err
+	}
+	exe, err := os.Readlink(proc.Path(pid, "exe"))
+	if err != nil {
+		return nil, err
+	}
+	exeID, err := files.MappedFile(exe)
+	if err != nil {
+		return nil, err
+	}
+	mm := &pb.Mm{
+		Id:        1,
+		StartCode: st.StartCode, EndCode: st.EndCode, StartData: st.StartData, EndData: st.EndData,
+		StartBrk: st.StartBrk, Brk: brk, StartStack: st.StartStack,
+		ArgStart: st.ArgStart, ArgEnd: st.ArgEnd, EnvStart: st.EnvStart, EnvEnd: st.EnvEnd,
+		Auxv: auxv, ExeFileId: exeID,
+	}
+	for _, v := range vmas {
+		if v.Name == "[vsyscall]" {
+			continue
+		}
+		pv := &pb.Vma{Start: v.Start, End: v.End, Shared: v.Shared(), Growsdown: v.HasFlag("gd"), Name: v.Name, Pgoff: v.Offset / pageSize}
+		if v.Read() {
+			pv.Prot |= unix.PROT_READ
+		}
+		if v.Write() {
+			pv.Prot |= unix.PROT_WRITE
+		}
+		if v.Exec() {
+			pv.Prot |= unix.PROT_EXEC
+		}
+		switch {
+		case specialNames[v.Name]:
+			pv.Special = v.Name
+		case v.Inode != 0:
+			id, err := files.MappedFile(v.Name)
+			if err != nil {
+				return nil, err
+			}
+			if v.Shared() && v.Write() {
+				files.Files[id-1].Flags = unix.O_RDWR
+			}
+			pv.FileId = id
+		}
+		mm.Vmas = append(mm.Vmas, pv)
+	}
+	return mm, nil
+}
+
+// dumpWindow bounds the pagemap read and page record for one step, so that
+// ckpt's memory use does not grow with the target's.
+const dumpWindow = 64 << 20
+
+// DumpPages writes the pages of every private area that hold data of their
+// own: for anonymous areas the present or swapped pages (never-touched ones
+// and the shared zero page are left out), for file areas only the pages that
+// became anonymous (clean pages come back from the file).
+func DumpPages(t *Target, mm *pb.Mm, w *image.Writer) error {
+	pm, err := os.Open(proc.Path(t.Pid, "pagemap"))
+	if err != nil {
+		return fmt.Errorf("open pagemap of %d: %w", t.Pid, err)
+	}
+	defer pm.Close()
+	mem, err := os.Open(proc.Path(t.Pid, "mem"))
+	if err != nil {
+		return fmt.Errorf("open memory of %d: %w", t.Pid, err)
+	}
+	defer mem.Close()
+	buf := make([]byte, 4<<20)
+	for _, v := range mm.Vmas {
+		if v.Special != "" || v.Shared {
+			continue
+		}
+		for start := v.Start; start < v.End; start += dumpWindow {
+			end := min(start+dumpWindow, v.End)
+			ents, err := proc.ReadPagemap(pm, start, end)
+			if err != nil {
+				return err
+			}
+			var runs []*pb.PageRun
+			for i, e := range ents {
+				if e&(proc.PMPresent|proc.PMSwapped) == 0 || e&proc.PMFileShared != 0 && e&proc.PMSwapped == 0 {
+					continue
+				}
+				addr := start + uint64(i)*pageSize
+				if n := len(runs); n > 0 && runs[n-1].Addr+runs[n-1].Npages*pageSize == addr {
+					runs[n-1].Npages++
+				} else {
+					runs = append(runs, &pb.PageRun{Addr: addr, Npages: 1})
+				}
+			}
+			if len(runs) == 0 {
+				continue
+			}
+			readable := v.Prot&unix.PROT_READ != 0
+			err = w.Pages(&pb.PageMap{MmId: mm.Id, Runs: runs}, func(out io.Writer) error {
+				for _, r := range runs {
+					for off := uint64(0); off < r.Npages*pageSize; {
+						n := min(uint64(len(buf)), r.Npages*pageSize-off)
+						b := buf[:n]
+						if readable {
+							err = t.ReadMem(r.Addr+off, b)
+						} else {
+							// process_vm_readv honours protections; /proc/PID/mem
+							// reads PROT_NONE memory too.
+							_, err = mem.ReadAt(b, int64(r.Addr+off))
+						}
+						if err != nil {
+							return fmt.Errorf("read pages %#x-%#x: %w", r.Addr+off, r.Addr+off+n, err)
+						}
+						if _, err := out.Write(b); err != nil {
+							return err
+						}
+						off += n
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("dump vma %#x-%#x (%s): %w", v.Start, v.End, v.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// ValidateMm checks an image address space before anything is built.
+func ValidateMm(mm *pb.Mm) error {
+	var prev uint64
+	for _, v := range mm.Vmas {
+		if v.Start%pageSize != 0 || v.End%pageSize != 0 || v.End <= v.Start || v.Start < prev || v.End > 1<<47 {
+			return fmt.Errorf("image damaged: vma %#x-%#x", v.Start, v.End)
+		}
+		if v.Prot&^uint32(unix.PROT_READ|unix.PROT_WRITE|unix.PROT_EXEC) != 0 {
+			return fmt.Errorf("image damaged: vma %#x-%#x protection %#x", v.Start, v.End, v.Prot)
+		}
+		prev = v.End
+	}
+	return nil
+}
+
+// FindVma returns the area of mm holding [addr, addr+n), or nil.
+func FindVma(mm *pb.Mm, addr, n uint64) *pb.Vma {
+	i := sort.Search(len(mm.Vmas), func(i int) bool { return mm.Vmas[i].End > addr })
+	if i < len(mm.Vmas) && mm.Vmas[i].Start <= addr && addr+n <= mm.Vmas[i].End && addr+n > addr {
+		return mm.Vmas[i]
+	}
+	return nil
+}
+
+// MoveSpecials moves the stub's vdso and vvar areas to where the image had
+// them. The restoring kernel's own vdso is used, so images move between
+// machines that run the same kernel; a different layout is refused.
+// tmp is a free range large enough to hold all of them at once.
+func MoveSpecials(t *Target, mm *pb.Mm, have []proc.Vma, tmp uint64) error {
+	want := map[string]*pb.Vma{}
+	for _, v := range mm.Vmas {
+		if v.Special != "" {
+			if !specialNames[v.Special] {
+				return fmt.Errorf("image damaged: special area %q", v.Special)
+			}
+			want[v.Special] = v
+		}
+	}
+	type move struct{ from, size, to uint64 }
+	var moves []move
+	for _, h := range have {
+		if !specialNames[h.Name] {
+			continue
+		}
+		w := want[h.Name]
+		if w == nil || w.End-w.Start != h.End-h.Start {
+			return fmt.Errorf("the vdso layout differs from the image's (%s); restart on a machine with the same kernel as the checkpoint", h.Name)
+		}
+		moves = append(moves, move{h.Start, h.End - h.Start, w.Start})
+		delete(want, h.Name)
+	}
+	for name := range want {
+		return fmt.Errorf("the image has %s but this kernel does not provide it; restart on the same kernel as the checkpoint", name)
+	}
+	// Two steps, through tmp, so that no move lands on an area not yet moved.
+	at := tmp
+	for i := range moves {
+		if _, err := t.Syscall(unix.SYS_MREMAP, moves[i].from, moves[i].size, moves[i].size, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, at); err != nil {
+			return fmt.Errorf("move vdso area %#x: %w", moves[i].from, err)
+		}
+		moves[i].from = at
+		at += moves[i].size
+	}
+	for _, m := range moves {
+		if _, err := t.Syscall(unix.SYS_MREMAP, m.from, m.size, m.size, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, m.to); err != nil {
+			return fmt.Errorf("move vdso area to %#x: %w", m.to, err)
+		}
+	}
+	return nil
+}
+
+// MapVmas creates every non-special area of mm in the stub, writable so
+// that pages can be filled; FinishMm sets the final protections.
+func MapVmas(t *Target, mm *pb.Mm, files *OpenFiles, pl *FdPuller) error {
+	for _, v := range mm.Vmas {
+		if v.Special != "" {
+			continue
+		}
+		length := v.End - v.Start
+		prot := uint64(v.Prot)
+		flags := uint64(unix.MAP_FIXED)
+		fd := ^uint64(0)
+		if v.Shared {
+			flags |= unix.MAP_SHARED
+		} else {
+			flags |= unix.MAP_PRIVATE
+			prot |= unix.PROT_READ | unix.PROT_WRITE
+		}
+		if v.Growsdown {
+			flags |= unix.MAP_GROWSDOWN
+		}
+		if v.FileId == 0 {
+			flags |= unix.MAP_ANONYMOUS
+		} else {
+			f, rec, err := files.Get(v.FileId)
+			if err != nil {
+				return fmt.Errorf("vma %#x-%#x: %w", v.Start, v.End, err)
+			}
+			var st unix.Stat_t
+			if err := unix.Fstat(int(f.Fd()), &st); err == nil && st.Size != rec.Size {
+				return fmt.Errorf("restore vma %#x-%#x: %s changed since the checkpoint (%d bytes, was %d); restore the original file", v.Start, v.End, rec.Path, st.Size, rec.Size)
+			}
+			if fd, err = pl.Pull(f); err != nil {
+				return fmt.Errorf("vma %#x-%#x: %w", v.Start, v.End, err)
+			}
+		}
+		_, err := t.Syscall(unix.SYS_MMAP, v.Start, length, prot, flags, fd, v.Pgoff*pageSize)
+		if fd != ^uint64(0) {
+			t.Syscall(unix.SYS_CLOSE, fd)
+		}
+		if err != nil {
+			return fmt.Errorf("restore vma %#x-%#x (%s): %w", v.Start, v.End, v.Name, err)
+		}
+	}
+	return nil
+}
+
+// RestorePages copies the pages of one PAGES record into the stub.
+func RestorePages(t *Target, mm *pb.Mm, pm *pb.PageMap, r io.Reader, buf []byte) error {
+	for _, run := range pm.Runs {
+		size := run.Npages * pageSize
+		v := FindVma(mm, run.Addr, size)
+		if v == nil || v.Special != "" || v.Shared || run.Addr%pageSize != 0 {
+			return fmt.Errorf("image damaged: pages %#x+%d outside any private area", run.Addr, run.Npages)
+		}
+		for off := uint64(0); off < size; {
+			n := min(uint64(len(buf)), size-off)
+			if _, err := io.ReadFull(r, buf[:n]); err != nil {
+				return err
+			}
+			if err := t.WriteMem(run.Addr+off, buf[:n]); err != nil {
+				return fmt.Errorf("restore pages %#x-%#x: %w", run.Addr+off, run.Addr+off+n, err)
+			}
+			off += n
+		}
+	}
+	return nil
+}
+
+type prctlMmMap struct {
+	StartCode, EndCode, StartData, EndData uint64
+	StartBrk, Brk, StartStack              uint64
+	ArgStart, ArgEnd, EnvStart, EnvEnd     uint64
+	Auxv                                   uint64
+	AuxvSize                               uint32
+	ExeFd                                  uint32
+}
+
+const prSetMmMap = 14
+
+// FinishMm sets the final protections and the mm fields (brk, arg/env,
+// auxv, exe).
+func FinishMm(t *Target, mm *pb.Mm, files *OpenFiles, pl *FdPuller) error {
+	for _, v := range mm.Vmas {
+		if v.Special != "" || v.Shared {
+			continue
+		}
+		if _, err := t.Syscall(unix.SYS_MPROTECT, v.Start, v.End-v.Start, uint64(v.Prot)); err != nil {
+			return fmt.Errorf("protect vma %#x-%#x: %w", v.Start, v.End, err)
+		}
+	}
+	exe, _, err := files.Get(mm.ExeFileId)
+	if err != nil {
+		return fmt.Errorf("exe: %w", err)
+	}
+	exeFd, err := pl.Pull(exe)
+	if err != nil {
+		return err
+	}
+	defer t.Syscall(unix.SYS_CLOSE, exeFd)
+	if len(mm.Auxv) > 1024 || len(mm.Auxv)%16 != 0 {
+		return fmt.Errorf("image damaged: auxv of %d bytes", len(mm.Auxv))
+	}
+	auxv, err := t.Put(1024, mm.Auxv)
+	if err != nil {
+		return err
+	}
+	m := prctlMmMap{
+		StartCode: mm.StartCode, EndCode: mm.EndCode, StartData: mm.StartData, EndData: mm.EndData,
+		StartBrk: mm.StartBrk, Brk: mm.Brk, StartStack: mm.StartStack,
+		ArgStart: mm.ArgStart, ArgEnd: mm.ArgEnd, EnvStart: mm.EnvStart, EnvEnd: mm.EnvEnd,
+		Auxv: auxv, AuxvSize: uint32(len(mm.Auxv)), ExeFd: uint32(exeFd),
+	}
+	addr, err := t.Put(0, bytesOf(&m))
+	if err != nil {
+		return err
+	}
+	if _, err := t.Syscall(unix.SYS_PRCTL, unix.PR_SET_MM, prSetMmMap, addr, uint64(unsafe.Sizeof(m))); err != nil {
+		return fmt.Errorf("set mm layout (brk %#x, exe %s): %w", mm.Brk, exe.Name(), err)
+	}
+	return nil
+}

@@ -1,0 +1,190 @@
+package resource
+
+import (
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ckpt/ckpt/image/pb"
+	"github.com/ckpt/ckpt/ptrace"
+)
+
+// kernelSigaction is the x86-64 struct the rt_sigaction syscall takes.
+type kernelSigaction struct {
+	Handler  uint64
+	Flags    uint64
+	Restorer uint64
+	Mask     uint64
+}
+
+type stackT struct {
+	Sp    uint64
+	Flags int32
+	_     int32
+	Size  uint64
+}
+
+type itimerval struct {
+	IntervalSec, IntervalUsec int64
+	ValueSec, ValueUsec       int64
+}
+
+const ssOnstack = 1
+
+// DumpSignals reads the process's signal dispositions, interval timers and
+// process-wide pending signals into p.
+func DumpSignals(t *Target, p *pb.Process) error {
+	for sig := 1; sig <= 64; sig++ {
+		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
+			continue
+		}
+		if _, err := t.Syscall(unix.SYS_RT_SIGACTION, uint64(sig), 0, t.Scratch, 8); err != nil {
+			return fmt.Errorf("read handler of signal %d: %w", sig, err)
+		}
+		var act kernelSigaction
+		if err := t.ReadMem(t.Scratch, bytesOf(&act)); err != nil {
+			return err
+		}
+		if act == (kernelSigaction{}) {
+			continue
+		}
+		p.Sigactions = append(p.Sigactions, &pb.Sigaction{Signo: uint32(sig), Handler: act.Handler, Flags: act.Flags, Restorer: act.Restorer, Mask: act.Mask})
+	}
+	for which := 0; which < 3; which++ {
+		if _, err := t.Syscall(unix.SYS_GETITIMER, uint64(which), t.Scratch); err != nil {
+			return fmt.Errorf("read interval timer %d: %w", which, err)
+		}
+		var it itimerval
+		if err := t.ReadMem(t.Scratch, bytesOf(&it)); err != nil {
+			return err
+		}
+		if it == (itimerval{}) {
+			continue
+		}
+		p.Itimers = append(p.Itimers, &pb.Itimer{
+			Which:      uint32(which),
+			IntervalNs: it.IntervalSec*1e9 + it.IntervalUsec*1e3,
+			ValueNs:    it.ValueSec*1e9 + it.ValueUsec*1e3,
+		})
+	}
+	shared, err := ptrace.PeekSiginfo(t.Pid, true)
+	if err != nil {
+		return err
+	}
+	p.SharedPending = shared
+	return nil
+}
+
+// DumpThreadSignals reads a thread's alternate stack, mask and own pending
+// signals.
+func DumpThreadSignals(t *Target, th *pb.Thread) error {
+	if _, err := t.Syscall(unix.SYS_SIGALTSTACK, 0, t.Scratch); err != nil {
+		return fmt.Errorf("read alternate signal stack: %w", err)
+	}
+	var ss stackT
+	if err := t.ReadMem(t.Scratch, bytesOf(&ss)); err != nil {
+		return err
+	}
+	th.AltstackSp, th.AltstackSize, th.AltstackFlags = ss.Sp, ss.Size, ss.Flags
+	pending, err := ptrace.PeekSiginfo(int(th.Tid), false)
+	if err != nil {
+		return err
+	}
+	th.Pending = pending
+	return nil
+}
+
+// RestoreSignals installs the dispositions. Timers and pending signals come
+// later (RestorePendingAndTimers), once nothing else is left to inject.
+func RestoreSignals(t *Target, p *pb.Process) error {
+	for _, a := range p.Sigactions {
+		if a.Signo < 1 || a.Signo > 64 || a.Signo == uint32(unix.SIGKILL) || a.Signo == uint32(unix.SIGSTOP) {
+			return fmt.Errorf("image damaged: handler for signal %d", a.Signo)
+		}
+		act := kernelSigaction{Handler: a.Handler, Flags: a.Flags, Restorer: a.Restorer, Mask: a.Mask}
+		addr, err := t.Put(0, bytesOf(&act))
+		if err != nil {
+			return err
+		}
+		if _, err := t.Syscall(unix.SYS_RT_SIGACTION, uint64(a.Signo), addr, 0, 8); err != nil {
+			return fmt.Errorf("restore handler of signal %d: %w", a.Signo, err)
+		}
+	}
+	return nil
+}
+
+// RestoreThreadSignals sets the thread's alternate stack.
+func RestoreThreadSignals(t *Target, th *pb.Thread) error {
+	if th.AltstackSp == 0 && th.AltstackSize == 0 {
+		return nil
+	}
+	ss := stackT{Sp: th.AltstackSp, Size: th.AltstackSize, Flags: th.AltstackFlags &^ ssOnstack}
+	addr, err := t.Put(0, bytesOf(&ss))
+	if err != nil {
+		return err
+	}
+	if _, err := t.Syscall(unix.SYS_SIGALTSTACK, addr, 0); err != nil {
+		return fmt.Errorf("restore alternate signal stack %#x+%d: %w", ss.Sp, ss.Size, err)
+	}
+	return nil
+}
+
+// RestorePendingAndTimers queues the pending signals again and arms the
+// interval timers. The caller keeps every signal blocked until the final
+// mask is set, so none is delivered before the process is whole.
+func RestorePendingAndTimers(t *Target, p *pb.Process) error {
+	queue := func(info []byte, tid int) error {
+		if len(info) != ptrace.SiginfoSize {
+			return fmt.Errorf("image damaged: siginfo of %d bytes", len(info))
+		}
+		sig := binary.LittleEndian.Uint32(info)
+		if sig < 1 || sig > 64 {
+			return fmt.Errorf("image damaged: pending signal %d", sig)
+		}
+		addr, err := t.Put(0, info)
+		if err != nil {
+			return err
+		}
+		if tid == 0 {
+			_, err = t.Syscall(unix.SYS_RT_SIGQUEUEINFO, uint64(p.Pid), uint64(sig), addr)
+		} else {
+			_, err = t.Syscall(unix.SYS_RT_TGSIGQUEUEINFO, uint64(p.Pid), uint64(tid), uint64(sig), addr)
+		}
+		if err != nil {
+			return fmt.Errorf("queue pending signal %d: %w", sig, err)
+		}
+		return nil
+	}
+	for _, info := range p.SharedPending {
+		if err := queue(info, 0); err != nil {
+			return err
+		}
+	}
+	for _, th := range p.Threads {
+		for _, info := range th.Pending {
+			if err := queue(info, int(th.Tid)); err != nil {
+				return err
+			}
+		}
+	}
+	for _, it := range p.Itimers {
+		if it.Which > 2 {
+			return fmt.Errorf("image damaged: interval timer %d", it.Which)
+		}
+		iv, v := time.Duration(it.IntervalNs), time.Duration(it.ValueNs)
+		val := itimerval{
+			IntervalSec: int64(iv / time.Second), IntervalUsec: int64(iv%time.Second) / 1e3,
+			ValueSec: int64(v / time.Second), ValueUsec: int64(v%time.Second) / 1e3,
+		}
+		addr, err := t.Put(0, bytesOf(&val))
+		if err != nil {
+			return err
+		}
+		if _, err := t.Syscall(unix.SYS_SETITIMER, uint64(it.Which), addr, 0); err != nil {
+			return fmt.Errorf("restore interval timer %d: %w", it.Which, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,159 @@
+package resource
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ckpt/ckpt/image/pb"
+	"github.com/ckpt/ckpt/proc"
+)
+
+// numRlimits is RLIM_NLIMITS on Linux.
+const numRlimits = 16
+
+// DumpTask reads what a process has besides memory, files, threads and
+// signals: name, personality, umask, limits, credentials, cwd and root.
+func DumpTask(pid int, p *pb.Process) error {
+	comm, err := os.ReadFile(proc.Path(pid, "comm"))
+	if err != nil {
+		return err
+	}
+	p.Comm = strings.TrimSuffix(string(comm), "\n")
+	pers, err := os.ReadFile(proc.Path(pid, "personality"))
+	if err != nil {
+		return err
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(pers)), 16, 32)
+	if err != nil {
+		return fmt.Errorf("personality: %w", err)
+	}
+	p.Personality = uint32(v)
+	st, err := proc.ReadStatus(pid)
+	if err != nil {
+		return err
+	}
+	um, err := strconv.ParseUint(st["Umask"], 8, 32)
+	if err != nil {
+		return fmt.Errorf("umask: %w", err)
+	}
+	p.Umask = uint32(um)
+	uids, err := st.Uints("Uid", 10)
+	if err != nil || len(uids) != 4 {
+		return fmt.Errorf("uids of %d: %q", pid, st["Uid"])
+	}
+	gids, err := st.Uints("Gid", 10)
+	if err != nil || len(gids) != 4 {
+		return fmt.Errorf("gids of %d: %q", pid, st["Gid"])
+	}
+	groups, err := st.Uints("Groups", 10)
+	if err != nil {
+		return err
+	}
+	c := &pb.Creds{Uid: uint32(uids[0]), Euid: uint32(uids[1]), Suid: uint32(uids[2]), Fsuid: uint32(uids[3]),
+		Gid: uint32(gids[0]), Egid: uint32(gids[1]), Sgid: uint32(gids[2]), Fsgid: uint32(gids[3])}
+	for _, g := range groups {
+		c.Groups = append(c.Groups, uint32(g))
+	}
+	p.Creds = c
+	for r := 0; r < numRlimits; r++ {
+		var lim unix.Rlimit
+		if err := unix.Prlimit(pid, r, nil, &lim); err != nil {
+			return fmt.Errorf("read rlimit %d of %d: %w", r, pid, err)
+		}
+		p.Rlimits = append(p.Rlimits, &pb.Rlimit{Resource: uint32(r), Cur: lim.Cur, Max: lim.Max})
+	}
+	if p.Cwd, err = os.Readlink(proc.Path(pid, "cwd")); err != nil {
+		return err
+	}
+	if p.Root, err = os.Readlink(proc.Path(pid, "root")); err != nil {
+		return err
+	}
+	return nil
+}
+
+// RestoreTask sets name, personality, umask, limits, cwd and root in the
+// stub. Credentials are set last of all, by RestoreCreds.
+func RestoreTask(t *Target, p *pb.Process) error {
+	if _, err := t.Syscall(unix.SYS_PERSONALITY, uint64(p.Personality)); err != nil {
+		return fmt.Errorf("set personality %#x: %w", p.Personality, err)
+	}
+	if _, err := t.Syscall(unix.SYS_UMASK, uint64(p.Umask)); err != nil {
+		return fmt.Errorf("set umask: %w", err)
+	}
+	name := p.Comm
+	if len(name) > 15 {
+		name = name[:15]
+	}
+	addr, err := t.PutString(0, name)
+	if err != nil {
+		return err
+	}
+	if _, err := t.Syscall(unix.SYS_PRCTL, unix.PR_SET_NAME, addr); err != nil {
+		return fmt.Errorf("set name %q: %w", name, err)
+	}
+	for _, r := range p.Rlimits {
+		if r.Resource >= numRlimits {
+			return fmt.Errorf("image damaged: rlimit %d", r.Resource)
+		}
+		lim := unix.Rlimit{Cur: r.Cur, Max: r.Max}
+		if err := unix.Prlimit(t.Pid, int(r.Resource), &lim, nil); err != nil {
+			var cur unix.Rlimit
+			unix.Prlimit(t.Pid, int(r.Resource), nil, &cur)
+			return fmt.Errorf("set rlimit %d to %d/%d (hard limit here is %d; raise it before restarting): %w", r.Resource, r.Cur, r.Max, cur.Max, err)
+		}
+	}
+	if addr, err = t.PutString(0, p.Cwd); err != nil {
+		return err
+	}
+	if _, err := t.Syscall(unix.SYS_CHDIR, addr); err != nil {
+		return fmt.Errorf("change directory to %s (it must exist at restart): %w", p.Cwd, err)
+	}
+	if p.Root != "/" && p.Root != "" {
+		if addr, err = t.PutString(0, p.Root); err != nil {
+			return err
+		}
+		if _, err := t.Syscall(unix.SYS_CHROOT, addr); err != nil {
+			return fmt.Errorf("change root to %s: %w", p.Root, err)
+		}
+	}
+	return nil
+}
+
+// RestoreCreds gives the stub the process's credentials. It comes after
+// everything that needs ckpt's privileges.
+func RestoreCreds(t *Target, c *pb.Creds) error {
+	if c == nil {
+		return nil
+	}
+	groups := make([]byte, 4*len(c.Groups))
+	for i, g := range c.Groups {
+		groups[4*i], groups[4*i+1], groups[4*i+2], groups[4*i+3] = byte(g), byte(g>>8), byte(g>>16), byte(g>>24)
+	}
+	var addr uint64
+	if len(groups) > 0 {
+		var err error
+		if addr, err = t.Put(0, groups); err != nil {
+			return err
+		}
+	}
+	if _, err := t.Syscall(unix.SYS_SETGROUPS, uint64(len(c.Groups)), addr); err != nil {
+		return fmt.Errorf("set groups: %w", err)
+	}
+	if _, err := t.Syscall(unix.SYS_SETRESGID, uint64(c.Gid), uint64(c.Egid), uint64(c.Sgid)); err != nil {
+		return fmt.Errorf("set gids %d/%d/%d: %w", c.Gid, c.Egid, c.Sgid, err)
+	}
+	if _, err := t.Syscall(unix.SYS_SETFSGID, uint64(c.Fsgid)); err != nil {
+		return fmt.Errorf("set fsgid: %w", err)
+	}
+	if _, err := t.Syscall(unix.SYS_SETRESUID, uint64(c.Uid), uint64(c.Euid), uint64(c.Suid)); err != nil {
+		return fmt.Errorf("set uids %d/%d/%d: %w", c.Uid, c.Euid, c.Suid, err)
+	}
+	if _, err := t.Syscall(unix.SYS_SETFSUID, uint64(c.Fsuid)); err != nil {
+		return fmt.Errorf("set fsuid: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,262 @@
+package resource
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ckpt/ckpt/image/pb"
+	"github.com/ckpt/ckpt/proc"
+	"github.com/ckpt/ckpt/ptrace"
+)
+
+// Kernel-internal syscall results a thread shows when it was stopped inside
+// a system call that the kernel means to restart.
+const (
+	errRestartSys          = 512
+	errRestartNoIntr       = 513
+	errRestartNoHand       = 514
+	errRestartRestartBlock = 516
+)
+
+const timerAbstime = 1
+
+// RegsSize is sizeof(struct user_regs_struct).
+const RegsSize = int(unsafe.Sizeof(ptrace.Regs{}))
+
+// DumpThread reads a stopped thread's registers and per-thread kernel state.
+// regs are the thread's registers as found at the stop; sigmask its mask
+// from before ckpt blocked signals for injection.
+func DumpThread(t *Target, tid int, regs ptrace.Regs, sigmask uint64) (*pb.Thread, error) {
+	th := &pb.Thread{Tid: uint32(tid), Sigmask: sigmask}
+	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/comm", t.Pid, tid))
+	if err != nil {
+		return nil, err
+	}
+	th.Comm = strings.TrimSuffix(string(comm), "\n")
+	th.Regs = append([]byte(nil), bytesOf(&regs)...)
+	if th.Xstate, err = ptrace.GetXstate(tid); err != nil {
+		return nil, err
+	}
+	rs, err := ptrace.GetRseq(tid)
+	if err != nil {
+		return nil, err
+	}
+	th.RseqAddr, th.RseqLen, th.RseqSig = rs.Addr, rs.Len, rs.Sig
+	var head, hlen uint64
+	if _, _, e := unix.Syscall(unix.SYS_GET_ROBUST_LIST, uintptr(tid), uintptr(unsafe.Pointer(&head)), uintptr(unsafe.Pointer(&hlen))); e != 0 {
+		return nil, fmt.Errorf("get robust futex list of %d: %w", tid, e)
+	}
+	th.RobustList, th.RobustListLen = head, hlen
+	if _, err := t.Syscall(unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, t.Scratch); err != nil {
+		return nil, fmt.Errorf("read clear_child_tid of %d: %w", tid, err)
+	}
+	var b [8]byte
+	if err := t.ReadMem(t.Scratch, b[:]); err != nil {
+		return nil, err
+	}
+	th.ClearChildTid = binary.LittleEndian.Uint64(b[:])
+	if err := DumpThreadSignals(t, th); err != nil {
+		return nil, err
+	}
+	th.Restart, err = dumpRestart(t, regs)
+	if err != nil {
+		return nil, err
+	}
+	return th, nil
+}
+
+// dumpRestart describes the system call the thread was stopped in, if the
+// kernel meant to restart it. For a relative sleep it reads the remaining
+// time, which the kernel stores at the caller's remainder pointer when it
+// interrupts the sleep.
+func dumpRestart(t *Target, r ptrace.Regs) (*pb.SyscallRestart, error) {
+	if int64(r.Orig_rax) < 0 {
+		return nil, nil
+	}
+	switch -int64(r.Rax) {
+	case errRestartSys, errRestartNoIntr, errRestartNoHand, errRestartRestartBlock:
+	default:
+		return nil, nil
+	}
+	rs := &pb.SyscallRestart{Nr: int64(r.Orig_rax)}
+	if -int64(r.Rax) != errRestartRestartBlock {
+		return rs, nil
+	}
+	var req, rem uint64
+	switch r.Orig_rax {
+	case unix.SYS_NANOSLEEP:
+		req, rem = r.Rdi, r.Rsi
+	case unix.SYS_CLOCK_NANOSLEEP:
+		if r.Rsi&timerAbstime != 0 {
+			return rs, nil // an absolute deadline is simply re-armed
+		}
+		req, rem = r.Rdx, r.R10
+	default:
+		return rs, nil
+	}
+	var ts [16]byte
+	from := req
+	if rem != 0 {
+		from = rem
+		rs.KnownRemaining = true
+	}
+	if err := t.ReadMem(from, ts[:]); err != nil {
+		return nil, fmt.Errorf("read sleep time: %w", err)
+	}
+	sec, nsec := int64(binary.LittleEndian.Uint64(ts[:])), int64(binary.LittleEndian.Uint64(ts[8:]))
+	rs.RemainingNs = sec*1e9 + nsec
+	return rs, nil
+}
+
+// RestoreThread restores rseq, the robust futex list and clear_child_tid.
+func RestoreThread(t *Target, th *pb.Thread) error {
+	if th.RseqLen != 0 {
+		if _, err := t.Syscall(unix.SYS_RSEQ, th.RseqAddr, uint64(th.RseqLen), 0, uint64(th.RseqSig)); err != nil {
+			return fmt.Errorf("register rseq area %#x: %w", th.RseqAddr, err)
+		}
+	}
+	if th.RobustList != 0 {
+		if _, err := t.Syscall(unix.SYS_SET_ROBUST_LIST, th.RobustList, th.RobustListLen); err != nil {
+			return fmt.Errorf("set robust futex list %#x: %w", th.RobustList, err)
+		}
+	}
+	if _, err := t.Syscall(unix.SYS_SET_TID_ADDRESS, th.ClearChildTid); err != nil {
+		return fmt.Errorf("set clear_child_tid %#x: %w", th.ClearChildTid, err)
+	}
+	if err := RestoreThreadSignals(t, th); err != nil {
+		return err
+	}
+	return nil
+}
+
+// ThreadRegs decodes the registers of an image thread.
+func ThreadRegs(th *pb.Thread) (ptrace.Regs, error) {
+	var r ptrace.Regs
+	if len(th.Regs) != RegsSize {
+		return r, fmt.Errorf("image damaged: thread %d registers are %d bytes, want %d", th.Tid, len(th.Regs), RegsSize)
+	}
+	copy(bytesOf(&r), th.Regs)
+	return r, nil
+}
+
+// ResumeRegs returns the registers the thread must return to user space
+// with, when it is released from a syscall-exit stop (where the kernel does
+// not restart system calls by itself): an interrupted call is rewound to
+// run again.
+func ResumeRegs(th *pb.Thread) (ptrace.Regs, error) {
+	r, err := ThreadRegs(th)
+	if err != nil {
+		return r, err
+	}
+	switch rs := th.Restart; {
+	case rs == nil:
+	case rs.KnownRemaining && rs.RemainingNs == 0:
+		r.Rax = 0 // the sleep was over: it completed
+	default:
+		r.Rip -= 2
+		r.Rax = uint64(rs.Nr)
+	}
+	r.Orig_rax = ^uint64(0)
+	return r, nil
+}
+
+// NeedsSleepRestart reports whether the thread was in a relative sleep that
+// must resume with its remaining time, rather than from the start.
+func NeedsSleepRestart(th *pb.Thread) bool {
+	rs := th.Restart
+	return rs != nil && rs.RemainingNs > 0 && (rs.Nr == unix.SYS_NANOSLEEP || rs.Nr == unix.SYS_CLOCK_NANOSLEEP)
+}
+
+// RestartSleep re-creates, in a restored thread stopped at a syscall-exit
+// stop, the kernel state of a sleep interrupted by the freezer: it starts
+// the same sleep for the remaining time, interrupts it, and leaves the
+// thread in the interrupt stop with its original registers, so that on
+// release the kernel resumes it through restart_syscall exactly as it would
+// have without the checkpoint.
+func RestartSleep(t *Target, th *pb.Thread) error {
+	orig, err := ThreadRegs(th)
+	if err != nil {
+		return err
+	}
+	rs := th.Restart
+	// The remaining time goes below the red zone of the thread's stack; the
+	// bytes there are put back afterwards.
+	tsAddr := orig.Rsp - 128 - 16
+	saved := make([]byte, 16)
+	if err := t.ReadMem(tsAddr, saved); err != nil {
+		return err
+	}
+	var ts [16]byte
+	binary.LittleEndian.PutUint64(ts[:], uint64(rs.RemainingNs/1e9))
+	binary.LittleEndian.PutUint64(ts[8:], uint64(rs.RemainingNs%1e9))
+	if err := t.WriteMem(tsAddr, ts[:]); err != nil {
+		return err
+	}
+	r := orig
+	r.Rip -= 2
+	r.Rax = uint64(rs.Nr)
+	r.Orig_rax = ^uint64(0)
+	switch rs.Nr {
+	case unix.SYS_NANOSLEEP:
+		r.Rdi = tsAddr
+	case unix.SYS_CLOCK_NANOSLEEP:
+		r.Rsi = 0
+		r.Rdx = tsAddr
+	default:
+		return fmt.Errorf("image damaged: sleep restart for syscall %d", rs.Nr)
+	}
+	if err := ptrace.SetRegs(int(th.Tid), &r); err != nil {
+		return err
+	}
+	if err := ptrace.Cont(int(th.Tid), 0); err != nil {
+		return err
+	}
+	// Wait until the thread sleeps in the call, then interrupt it.
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		st, err := proc.ReadStat(int(th.Tid))
+		if err != nil {
+			return err
+		}
+		sc, _ := os.ReadFile(proc.Path(int(th.Tid), "syscall"))
+		if st.State == 'S' && strings.HasPrefix(string(sc), fmt.Sprint(rs.Nr)+" ") {
+			break
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
+	// SIGSTOP interrupts the sleep whatever the mask; the tracer sees it
+	// as a signal-delivery stop inside signal handling, and the release
+	// (which discards it) runs the kernel's restart logic.
+	if err := unix.Tgkill(t.Pid, int(th.Tid), unix.SIGSTOP); err != nil {
+		return fmt.Errorf("interrupt restored sleep: %w", err)
+	}
+	for {
+		ws, err := ptrace.Wait(int(th.Tid))
+		if err != nil {
+			return err
+		}
+		if ws.Stopped() && ws.StopSignal() == unix.SIGSTOP {
+			break
+		}
+		return fmt.Errorf("restored sleep of %d: unexpected stop %v", th.Tid, ws.StopSignal())
+	}
+	if err := t.WriteMem(tsAddr, saved); err != nil {
+		return err
+	}
+	now, err := ptrace.GetRegs(int(th.Tid))
+	if err != nil {
+		return err
+	}
+	if -int64(now.Rax) != errRestartRestartBlock {
+		// The sleep ended before the interrupt: it completed.
+		orig.Rax = now.Rax
+		orig.Orig_rax = ^uint64(0)
+	}
+	return ptrace.SetRegs(int(th.Tid), &orig)
+}

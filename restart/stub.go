@@ -1,0 +1,204 @@
+package restart
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ckpt/ckpt/proc"
+	"github.com/ckpt/ckpt/ptrace"
+	"github.com/ckpt/ckpt/resource"
+)
+
+// The stub is the empty shell every restored process is built in: a static
+// ELF of one page whose only code is `syscall; int3`. ckpt starts it traced,
+// never lets it run freely, and drives it with injected system calls until
+// it has become the checkpointed process.
+
+const stubBase = 0x10000
+const stubCodeOff = 0x80
+
+// stubCode is `syscall; int3; jmp .-3`. Injected calls stop at syscall exit
+// and never reach the int3; it is there in case anything ever does.
+var stubCode = []byte{0x0f, 0x05, 0xcc, 0xeb, 0xfb}
+
+// stubELF builds the stub executable.
+func stubELF() []byte {
+	b := make([]byte, stubCodeOff+len(stubCode))
+	copy(b, "\x7fELF")
+	b[4], b[5], b[6] = 2, 1, 1 // 64-bit, little endian, version 1
+	le := binary.LittleEndian
+	le.PutUint16(b[16:], 2)  // ET_EXEC
+	le.PutUint16(b[18:], 62) // EM_X86_64
+	le.PutUint32(b[20:], 1)
+	le.PutUint64(b[24:], stubBase+stubCodeOff) // entry
+	le.PutUint64(b[32:], 64)                   // phoff
+	le.PutUint16(b[52:], 64)                   // ehsize
+	le.PutUint16(b[54:], 56)                   // phentsize
+	le.PutUint16(b[56:], 1)                    // phnum
+	ph := b[64:]
+	le.PutUint32(ph[0:], 1) // PT_LOAD
+	le.PutUint32(ph[4:], 5) // R+X
+	le.PutUint64(ph[16:], stubBase)
+	le.PutUint64(ph[24:], stubBase)
+	le.PutUint64(ph[32:], uint64(len(b)))
+	le.PutUint64(ph[40:], uint64(len(b)))
+	le.PutUint64(ph[48:], 0x1000)
+	copy(b[stubCodeOff:], stubCode)
+	return b
+}
+
+// stub is a process being restored.
+type stub struct {
+	pid int
+	t   *resource.Target
+	// code is the page holding the syscall instruction, scratch the memory
+	// after it.
+	code uint64
+}
+
+// scratchPages is the size of a stub's scratch area.
+const scratchPages = 4
+
+// startStub0 starts the first stub, a plain child of ckpt whose only job is
+// to clone the restored process with its original PID.
+//
+// Preconditions: called from inside ptrace.Run (the child's tracer is the
+// calling thread).
+func startStub0() (*stub, error) {
+	fd, err := unix.MemfdCreate("ckpt-stub", unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("create stub: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "ckpt-stub")
+	defer f.Close()
+	if _, err := f.Write(stubELF()); err != nil {
+		return nil, fmt.Errorf("write stub: %w", err)
+	}
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return nil, err
+	}
+	defer devnull.Close()
+	pid, err := syscall.ForkExec(fmt.Sprintf("/proc/self/fd/%d", fd), []string{"ckpt-stub"}, &syscall.ProcAttr{
+		Env:   []string{},
+		Files: []uintptr{devnull.Fd(), devnull.Fd(), devnull.Fd()},
+		Sys:   &syscall.SysProcAttr{Ptrace: true, Pdeathsig: syscall.SIGKILL},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start stub: %w", err)
+	}
+	s := &stub{pid: pid, code: stubBase + stubCodeOff}
+	if _, err := ptrace.WaitSignalStop(pid); err != nil {
+		s.kill()
+		return nil, fmt.Errorf("start stub: %w", err)
+	}
+	if err := ptrace.SetOptions(pid, ptrace.StubOptions); err != nil {
+		s.kill()
+		return nil, err
+	}
+	regs, err := ptrace.GetRegs(pid)
+	if err != nil {
+		s.kill()
+		return nil, err
+	}
+	inj := &ptrace.Injector{Tid: pid, SyscallAddr: s.code, Base: regs}
+	// Until relocation, scratch memory is the stub's initial stack.
+	s.t = &resource.Target{Pid: pid, Inj: inj, Scratch: (regs.Rsp - 8192) &^ 15, ScratchLen: 4096}
+	return s, nil
+}
+
+// cloneArgs is struct clone_args (clone3).
+type cloneArgs struct {
+	Flags, Pidfd, ChildTid, ParentTid, ExitSignal uint64
+	Stack, StackSize, TLS, SetTid, SetTidSize    uint64
+	Cgroup                                       uint64
+}
+
+// clone makes the stub create a new stub with the given PID. The new
+// process is ckpt's child (CLONE_PARENT), so that ckpt can wait for it.
+func (s *stub) clone(pid int) (*stub, error) {
+	var tid [8]byte
+	binary.LittleEndian.PutUint64(tid[:], uint64(pid))
+	tidAddr, err := s.t.Put(256, tid[:])
+	if err != nil {
+		return nil, err
+	}
+	args := cloneArgs{Flags: unix.CLONE_PARENT, SetTid: tidAddr, SetTidSize: 1}
+	addr, err := s.t.Put(0, bytesOfClone(&args))
+	if err != nil {
+		return nil, err
+	}
+	child, err := s.t.Inj.Clone(addr, uint64(len(bytesOfClone(&args))))
+	if err != nil {
+		return nil, fmt.Errorf("create process %d: %w", pid, err)
+	}
+	c := &stub{pid: child, code: s.code}
+	if child != pid {
+		c.kill()
+		return nil, fmt.Errorf("create process %d: got pid %d", pid, child)
+	}
+	regs, err := ptrace.GetRegs(child)
+	if err != nil {
+		c.kill()
+		return nil, err
+	}
+	inj := &ptrace.Injector{Tid: child, SyscallAddr: s.code, Base: regs}
+	c.t = &resource.Target{Pid: child, Inj: inj, Scratch: s.t.Scratch, ScratchLen: s.t.ScratchLen}
+	return c, nil
+}
+
+// relocate moves the stub's code and scratch into anonymous memory at at,
+// a range free in the image's layout, and unmaps everything else the stub
+// had except the kernel's vdso areas (returned, to be moved into place).
+// The exe file must not stay mapped, or PR_SET_MM_MAP refuses a new exe.
+func (s *stub) relocate(at uint64) ([]proc.Vma, error) {
+	size := uint64(1+scratchPages) * 4096
+	if _, err := s.t.Syscall(unix.SYS_MMAP, at, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0); err != nil {
+		return nil, fmt.Errorf("map stub at %#x: %w", at, err)
+	}
+	if err := s.t.WriteMem(at, stubCode); err != nil {
+		return nil, err
+	}
+	if _, err := s.t.Syscall(unix.SYS_MPROTECT, at, 4096, unix.PROT_READ|unix.PROT_EXEC); err != nil {
+		return nil, fmt.Errorf("protect stub code: %w", err)
+	}
+	s.code = at
+	s.t.Inj.SyscallAddr = at
+	s.t.Scratch, s.t.ScratchLen = at+4096, scratchPages*4096
+	vmas, err := proc.ReadSmaps(s.pid)
+	if err != nil {
+		return nil, err
+	}
+	var specials []proc.Vma
+	for _, v := range vmas {
+		switch {
+		case v.Start >= at && v.End <= at+size || v.Name == "[vsyscall]":
+		case v.Name == "[vdso]" || v.Name == "[vvar]" || v.Name == "[vvar_vclock]":
+			specials = append(specials, v)
+		default:
+			if _, err := s.t.Syscall(unix.SYS_MUNMAP, v.Start, v.End-v.Start); err != nil {
+				return nil, fmt.Errorf("unmap stub area %#x-%#x: %w", v.Start, v.End, err)
+			}
+		}
+	}
+	return specials, nil
+}
+
+// kill ends the stub and reaps it.
+func (s *stub) kill() {
+	unix.Kill(s.pid, unix.SIGKILL)
+	var ws unix.WaitStatus
+	for {
+		_, err := unix.Wait4(s.pid, &ws, unix.WALL, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || ws.Exited() || ws.Signaled() {
+			return
+		}
+	}
+}
