@@ -75,6 +75,10 @@ func DumpThread(t *Target, tid int, regs ptrace.Regs, sigmask uint64) (*pb.Threa
 // kernel meant to restart it. For a relative sleep it reads the remaining
 // time, which the kernel stores at the caller's remainder pointer when it
 // interrupts the sleep.
+//
+// A sleep already restarted once (after a signal or an earlier checkpoint)
+// shows restart_syscall instead of its own number; guessRestartedSleep
+// recovers it from the arguments still in the registers.
 func dumpRestart(t *Target, r ptrace.Regs) (*pb.SyscallRestart, error) {
 	if int64(r.Orig_rax) < 0 {
 		return nil, nil
@@ -88,8 +92,13 @@ func dumpRestart(t *Target, r ptrace.Regs) (*pb.SyscallRestart, error) {
 	if -int64(r.Rax) != errRestartRestartBlock {
 		return rs, nil
 	}
+	nr := r.Orig_rax
+	if nr == unix.SYS_RESTART_SYSCALL {
+		nr = guessRestartedSleep(t, r)
+		rs.Nr = int64(nr)
+	}
 	var req, rem uint64
-	switch r.Orig_rax {
+	switch nr {
 	case unix.SYS_NANOSLEEP:
 		req, rem = r.Rdi, r.Rsi
 	case unix.SYS_CLOCK_NANOSLEEP:
@@ -259,4 +268,26 @@ func RestartSleep(t *Target, th *pb.Thread) error {
 		orig.Orig_rax = ^uint64(0)
 	}
 	return ptrace.SetRegs(int(th.Tid), &orig)
+}
+
+// guessRestartedSleep tells which call a thread in restart_syscall made, from
+// the arguments it left in its registers: clock_nanosleep(clock id < 16,
+// flags 0, req, rem) or nanosleep(req, rem), each req a valid timespec. Any
+// other call (futex, poll with timeouts) stays restart_syscall, which the
+// restored kernel answers with EINTR.
+func guessRestartedSleep(t *Target, r ptrace.Regs) uint64 {
+	validTs := func(addr uint64) bool {
+		var ts [16]byte
+		if addr == 0 || t.ReadMem(addr, ts[:]) != nil {
+			return false
+		}
+		return int64(binary.LittleEndian.Uint64(ts[:])) >= 0 && binary.LittleEndian.Uint64(ts[8:]) < 1e9
+	}
+	switch {
+	case r.Rdi < 16 && r.Rsi == 0 && validTs(r.Rdx) && (r.R10 == 0 || validTs(r.R10)):
+		return unix.SYS_CLOCK_NANOSLEEP
+	case validTs(r.Rdi) && (r.Rsi == 0 || validTs(r.Rsi)):
+		return unix.SYS_NANOSLEEP
+	}
+	return unix.SYS_RESTART_SYSCALL
 }

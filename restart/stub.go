@@ -114,8 +114,8 @@ func startStub0() (*stub, error) {
 // cloneArgs is struct clone_args (clone3).
 type cloneArgs struct {
 	Flags, Pidfd, ChildTid, ParentTid, ExitSignal uint64
-	Stack, StackSize, TLS, SetTid, SetTidSize    uint64
-	Cgroup                                       uint64
+	Stack, StackSize, TLS, SetTid, SetTidSize     uint64
+	Cgroup                                        uint64
 }
 
 // clone makes the stub create a new stub with the given PID. The new

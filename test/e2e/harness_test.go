@@ -1,0 +1,290 @@
+// Package e2e checkpoints and restarts real processes with the ckpt binary,
+// in the spirit of CRIU's zdtm: each workload (test/workloads) sets up some
+// state, says READY, is checkpointed and restarted by the harness, then
+// verifies its own state on SIGUSR2 and says PASS or FAIL.
+//
+// The tests need root (ptrace of any process, clone3 with set_tid). They
+// leave nothing behind: every process they start is reaped.
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+var (
+	ckptBin  string
+	buildDir string
+	repoRoot string
+)
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Println("e2e: skipped, needs root")
+		os.Exit(0)
+	}
+	// Descriptors inherited from whoever ran the tests must not leak into
+	// workloads (ckpt would rightly refuse an unknown pipe).
+	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+	_, file, _, _ := runtime.Caller(0)
+	repoRoot = filepath.Join(filepath.Dir(file), "..", "..")
+	var err error
+	buildDir, err = os.MkdirTemp("", "ckpt-e2e-")
+	if err != nil {
+		panic(err)
+	}
+	ckptBin = filepath.Join(buildDir, "ckpt")
+	out, err := exec.Command("go", "build", "-o", ckptBin, filepath.Join(repoRoot, "cmd", "ckpt")).CombinedOutput()
+	if err != nil {
+		fmt.Printf("build ckpt: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(buildDir)
+	os.Exit(code)
+}
+
+var compiled sync.Map // source name -> binary path or error
+
+// compile builds test/workloads/NAME.c with the system gcc, once per run.
+// Line 1 of the source ("// build: FLAGS") gives extra flags.
+func compile(t *testing.T, name string, extra ...string) string {
+	t.Helper()
+	key := name + strings.Join(extra, " ")
+	if v, ok := compiled.Load(key); ok {
+		if err, bad := v.(error); bad {
+			t.Fatal(err)
+		}
+		return v.(string)
+	}
+	src := filepath.Join(repoRoot, "test", "workloads", name+".c")
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	flags := strings.Fields(strings.TrimPrefix(first, "// build:"))
+	out := filepath.Join(buildDir, name+strings.ReplaceAll(strings.Join(extra, ""), "-", "_"))
+	args := append([]string{"-O2", "-Wall", "-o", out, src}, flags...)
+	args = append(args, extra...)
+	if msg, err := exec.Command("gcc", args...).CombinedOutput(); err != nil {
+		err = fmt.Errorf("gcc %v: %v\n%s", args, err, msg)
+		compiled.Store(key, err)
+		t.Fatal(err)
+	}
+	compiled.Store(key, out)
+	return out
+}
+
+// proc is a workload process started by the harness.
+type proc struct {
+	t    *testing.T
+	pid  int
+	dir  string
+	log  string
+	cmd  *exec.Cmd
+	// exit reports the original process's end (the harness is its parent).
+	exit *exited
+}
+
+// exited is closed-channel completion with the result, so that any number
+// of waiters (test body and cleanups) can wait for one exit.
+type exited struct {
+	done chan struct{}
+	err  error
+}
+
+func newExited(wait func() error) *exited {
+	e := &exited{done: make(chan struct{})}
+	go func() { e.err = wait(); close(e.done) }()
+	return e
+}
+
+// wait waits up to timeout and reports whether the process ended.
+func (e *exited) wait(timeout time.Duration) bool {
+	select {
+	case <-e.done:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
+// startWorkload starts argv in a fresh directory and its own session, with
+// stdout and stderr to a log, and waits for READY.
+func startWorkload(t *testing.T, argv ...string) *proc {
+	t.Helper()
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{t: t, pid: cmd.Process.Pid, dir: dir, log: logPath, cmd: cmd, exit: newExited(cmd.Wait)}
+	t.Cleanup(p.cleanup)
+	p.waitLog("READY", 20*time.Second)
+	return p
+}
+
+// cleanup kills whatever still runs under the workload's PID and reaps it.
+func (p *proc) cleanup() {
+	syscall.Kill(p.pid, syscall.SIGKILL)
+	p.exit.wait(5 * time.Second)
+	waitPidGone(p.pid, 5*time.Second)
+}
+
+func (p *proc) logText() string {
+	b, _ := os.ReadFile(p.log)
+	return string(b)
+}
+
+func (p *proc) waitLog(word string, timeout time.Duration) {
+	p.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if hasLine(p.logText(), word) {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	p.t.Fatalf("workload %d did not print %s within %v; log:\n%s", p.pid, word, timeout, p.logText())
+}
+
+func hasLine(text, word string) bool {
+	for _, l := range strings.Split(text, "\n") {
+		if strings.TrimSpace(l) == word {
+			return true
+		}
+	}
+	return false
+}
+
+// ckpt runs the ckpt binary and returns its combined output and error.
+func ckpt(env []string, args ...string) (string, error) {
+	cmd := exec.Command(ckptBin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// restarted is a `ckpt restart` run (not detached): the parent of the
+// restored process, which exits with its status.
+type restarted struct {
+	cmd    *exec.Cmd
+	exit   *exited
+	stderr bytes.Buffer
+}
+
+// restart starts `ckpt restart -v IMG` and waits until the process runs.
+func (p *proc) restart(img string, env ...string) *restarted {
+	p.t.Helper()
+	r := &restarted{cmd: exec.Command(ckptBin, "restart", "-v", img)}
+	r.cmd.Env = append(os.Environ(), env...)
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	stderr, err := r.cmd.StderrPipe()
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	if err := r.cmd.Start(); err != nil {
+		p.t.Fatal(err)
+	}
+	ready := make(chan bool, 1)
+	r.exit = newExited(func() error {
+		sc := bufio.NewScanner(stderr)
+		ok := false
+		for sc.Scan() {
+			r.stderr.WriteString(sc.Text() + "\n")
+			if strings.HasPrefix(sc.Text(), "ckpt: restored ") && !ok {
+				ok = true
+				ready <- true
+			}
+		}
+		if !ok {
+			ready <- false
+		}
+		return r.cmd.Wait()
+	})
+	if !<-ready {
+		r.exit.wait(10 * time.Second)
+		p.t.Fatalf("restart of %d failed: %v\n%s\nworkload log:\n%s", p.pid, r.exit.err, r.stderr.String(), p.logText())
+	}
+	p.t.Cleanup(func() {
+		syscall.Kill(p.pid, syscall.SIGKILL)
+		r.exit.wait(10 * time.Second)
+	})
+	return r
+}
+
+// waitPidGone waits until no process (not even a zombie) has pid.
+func waitPidGone(pid int, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); os.IsNotExist(err) {
+			return true
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return false
+}
+
+// alive reports whether pid runs (exists and is not a zombie).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
+}
+
+// status returns a field of /proc/PID/status.
+func status(pid int, key string) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && k == key {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+// verifyExit sends SIGUSR2 (when signal is true) and waits for the process
+// to end with PASS, through whichever channel reports its exit.
+func (p *proc) verifyExit(e *exited, signal bool, timeout time.Duration) {
+	p.t.Helper()
+	if signal {
+		if err := syscall.Kill(p.pid, syscall.SIGUSR2); err != nil {
+			p.t.Fatalf("signal workload %d: %v\nlog:\n%s", p.pid, err, p.logText())
+		}
+	}
+	if !e.wait(timeout) {
+		p.t.Fatalf("workload %d did not finish within %v\nlog:\n%s", p.pid, timeout, p.logText())
+	}
+	if e.err != nil || !hasLine(p.logText(), "PASS") {
+		p.t.Fatalf("workload %d: exit %v\nlog:\n%s", p.pid, e.err, p.logText())
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }

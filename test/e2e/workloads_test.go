@@ -1,0 +1,112 @@
+package e2e
+
+import (
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// workload describes how to start one test program.
+type workload struct {
+	name string
+	// argv returns the command line.
+	argv func(t *testing.T) []string
+	// signal: the workload verifies on SIGUSR2; otherwise it ends by itself.
+	signal bool
+	// settle is how long it runs after READY before the first checkpoint.
+	settle time.Duration
+	// sleep3s marks the 3 s sleep workload, whose timing the harness checks.
+	sleep3s bool
+}
+
+func cWorkload(name string, extra ...string) func(t *testing.T) []string {
+	return func(t *testing.T) []string { return []string{compile(t, name, extra...)} }
+}
+
+func workloads() []workload {
+	return []workload{
+		{name: "busy", argv: cWorkload("busy"), signal: true, settle: 100 * time.Millisecond},
+		{name: "busy-static", argv: cWorkload("busy", "-static"), signal: true, settle: 100 * time.Millisecond},
+		{name: "files", argv: cWorkload("files"), signal: true, settle: 50 * time.Millisecond},
+		{name: "fpu", argv: cWorkload("fpu"), signal: true, settle: 100 * time.Millisecond},
+		{name: "signals", argv: cWorkload("signals"), signal: true, settle: 100 * time.Millisecond},
+		{name: "sleep-rel", argv: func(t *testing.T) []string { return []string{compile(t, "sleep"), "rel"} }, settle: time.Second, sleep3s: true},
+		{name: "sleep-abs", argv: func(t *testing.T) []string { return []string{compile(t, "sleep"), "abs"} }, settle: time.Second, sleep3s: true},
+		{name: "python3", argv: func(t *testing.T) []string {
+			py, err := exec.LookPath("python3")
+			if err != nil {
+				t.Skip("no python3")
+			}
+			return []string{py, filepath.Join(repoRoot, "test", "workloads", "counter.py")}
+		}, signal: true, settle: 100 * time.Millisecond},
+	}
+}
+
+// TestWorkloads runs every workload in the three harness modes:
+// kill — checkpoint --kill, then restart from the image;
+// running — checkpoint and leave it running: the original must carry on;
+// twice — two kill+restart cycles in a row.
+func TestWorkloads(t *testing.T) {
+	for _, w := range workloads() {
+		for _, mode := range []string{"kill", "running", "twice"} {
+			t.Run(w.name+"/"+mode, func(t *testing.T) { runWorkload(t, w, mode) })
+		}
+	}
+}
+
+func runWorkload(t *testing.T, w workload, mode string) {
+	argv := w.argv(t)
+	p := startWorkload(t, argv...)
+	started := time.Now()
+	time.Sleep(w.settle)
+	img := filepath.Join(p.dir, "img")
+	switch mode {
+	case "running":
+		if out, err := ckpt(nil, "checkpoint", "-o", img, itoa(p.pid)); err != nil {
+			t.Fatalf("checkpoint: %v\n%s", err, out)
+		}
+		p.verifyExit(p.exit, w.signal, 10*time.Second)
+		if w.sleep3s {
+			if el := time.Since(started); el > 4*time.Second {
+				t.Errorf("sleep took %v with a checkpoint in the middle, want about 3 s", el)
+			}
+		}
+	case "kill", "twice":
+		cycles := 1
+		if mode == "twice" {
+			cycles = 2
+		}
+		var r *restarted
+		ran := time.Duration(0) // time the workload has run, for the sleep check
+		for i := 0; i < cycles; i++ {
+			ran += time.Since(started)
+			if out, err := ckpt(nil, "checkpoint", "--kill", "-o", img, itoa(p.pid)); err != nil {
+				t.Fatalf("checkpoint %d: %v\n%s\nlog:\n%s", i+1, err, out, p.logText())
+			}
+			if i == 0 {
+				p.exit.wait(10 * time.Second) // the harness was its parent and reaps it
+			}
+			if alive(p.pid) {
+				t.Fatalf("process %d still runs after checkpoint --kill", p.pid)
+			}
+			r = p.restart(img)
+			started = time.Now()
+			if i+1 < cycles {
+				time.Sleep(w.settle / 2)
+			}
+		}
+		p.verifyExit(r.exit, w.signal, 10*time.Second)
+		if w.sleep3s {
+			want := 3*time.Second - ran
+			got := time.Since(started)
+			if got < want-300*time.Millisecond || got > want+700*time.Millisecond {
+				t.Errorf("after the last restart it slept %v more, want about %v (3 s minus the %v it ran before)", got, want, ran)
+			}
+		}
+	}
+	if !strings.Contains(p.logText(), "PASS") {
+		t.Fatalf("no PASS in log:\n%s", p.logText())
+	}
+}
