@@ -91,11 +91,11 @@ func compile(t *testing.T, name string, extra ...string) string {
 
 // proc is a workload process started by the harness.
 type proc struct {
-	t    *testing.T
-	pid  int
-	dir  string
-	log  string
-	cmd  *exec.Cmd
+	t   *testing.T
+	pid int
+	dir string
+	log string
+	cmd *exec.Cmd
 	// exit reports the original process's end (the harness is its parent).
 	exit *exited
 }
