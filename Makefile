@@ -1,0 +1,43 @@
+# ckpt — checkpoint/restart for Linux processes.
+# `make demo` and `make test` are the two commands a newcomer runs (as root).
+
+GO      ?= go
+BIN     := bin/ckpt
+PKGS    := ./...
+FUZZTIME ?= 10s
+
+.PHONY: all build test unit e2e fuzz demo bench lint proto deps clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/ckpt
+
+# deps installs what building and testing need on a fresh Debian machine.
+deps:
+	@./scripts/deps.sh
+
+test: deps build
+	$(GO) vet $(PKGS)
+	$(GO) test -count=1 -timeout 15m $(PKGS)
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzReader -fuzztime $(FUZZTIME) ./image
+
+demo: deps build
+	./scripts/demo.sh
+
+bench: deps build
+	$(GO) run ./test/bench
+
+lint:
+	@test -z "$$(gofmt -l .)" || (gofmt -l . && exit 1)
+	$(GO) vet $(PKGS)
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
+
+# proto regenerates image/pb from image/pb/image.proto.
+proto:
+	@command -v protoc >/dev/null || apt-get install -y protobuf-compiler
+	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+	PATH="$$PATH:$$($(GO) env GOPATH)/bin" protoc --go_out=. --go_opt=paths=source_relative image/pb/image.proto
+
+clean:
+	rm -rf bin
