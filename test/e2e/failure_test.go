@@ -1,0 +1,282 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// mapsOf returns /proc/PID/maps, to prove a failed checkpoint left no
+// mapping behind.
+func mapsOf(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + itoa(pid) + "/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// assertUntouched checks that a process runs, untraced, with the memory
+// layout it had before.
+func assertUntouched(t *testing.T, p *proc, maps string) {
+	t.Helper()
+	// A tracer that died is detached by the kernel; give it a moment.
+	deadline := time.Now().Add(3 * time.Second)
+	for status(p.pid, "TracerPid") != "0" && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if tp := status(p.pid, "TracerPid"); tp != "0" {
+		t.Fatalf("process %d still traced by %s", p.pid, tp)
+	}
+	if st := status(p.pid, "State"); !strings.HasPrefix(st, "R") && !strings.HasPrefix(st, "S") {
+		t.Fatalf("process %d is in state %q after the failed checkpoint", p.pid, st)
+	}
+	if got := mapsOf(t, p.pid); got != maps {
+		t.Fatalf("memory map of %d changed:\nbefore:\n%s\nafter:\n%s", p.pid, maps, got)
+	}
+}
+
+// TestCheckpointFailureLeavesTargetRunning makes checkpoints fail at each
+// stage — with an error, and with ckpt killed by SIGKILL — and checks that
+// the target then runs on exactly as before and still passes its own checks.
+func TestCheckpointFailureLeavesTargetRunning(t *testing.T) {
+	faults := []string{"seized", "injected", "pages", "tail", "seized:kill", "pages:kill", "tail:kill"}
+	for _, wl := range []string{"signals", "busy"} {
+		for _, fault := range faults {
+			t.Run(wl+"/"+fault, func(t *testing.T) {
+				p := startWorkload(t, compile(t, wl))
+				time.Sleep(50 * time.Millisecond)
+				maps := mapsOf(t, p.pid)
+				img := filepath.Join(p.dir, "img")
+				out, err := ckpt([]string{"CKPT_FAULT=" + fault}, "checkpoint", "--kill", "-o", img, itoa(p.pid))
+				if err == nil {
+					t.Fatalf("checkpoint with fault %s succeeded:\n%s", fault, out)
+				}
+				if !strings.HasSuffix(fault, ":kill") && !strings.Contains(out, "injected failure") {
+					t.Errorf("error does not name the failure: %s", out)
+				}
+				if _, err := os.Stat(img); err == nil && !strings.HasSuffix(fault, ":kill") {
+					t.Errorf("failed checkpoint left an image file")
+				}
+				assertUntouched(t, p, maps)
+				p.verifyExit(p.exit, true, 10*time.Second)
+			})
+		}
+	}
+}
+
+// TestRestartFailureLeavesNothing makes restarts fail at each stage and
+// checks that no process is left with the image's PID, and that a clean
+// restart from the same image then works.
+func TestRestartFailureLeavesNothing(t *testing.T) {
+	p := startWorkload(t, compile(t, "busy"))
+	time.Sleep(50 * time.Millisecond)
+	img := filepath.Join(p.dir, "img")
+	if out, err := ckpt(nil, "checkpoint", "--kill", "-o", img, itoa(p.pid)); err != nil {
+		t.Fatalf("checkpoint: %v\n%s", err, out)
+	}
+	p.exit.wait(10 * time.Second)
+	for _, fault := range []string{"stub", "mapped", "pages", "final", "pages:kill", "final:kill"} {
+		out, err := ckpt([]string{"CKPT_FAULT=" + fault}, "restart", img)
+		if err == nil {
+			t.Fatalf("restart with fault %s succeeded:\n%s", fault, out)
+		}
+		if !strings.HasSuffix(fault, ":kill") && !strings.Contains(out, "injected failure") {
+			t.Errorf("fault %s: error does not name the failure: %s", fault, out)
+		}
+		// Stubs die with ckpt (PTRACE_O_EXITKILL); an orphaned zombie may
+		// wait for init to reap it.
+		if !waitPidGone(p.pid, 5*time.Second) {
+			t.Fatalf("fault %s: pid %d still exists after the failed restart (state %s)", fault, p.pid, status(p.pid, "State"))
+		}
+	}
+	r := p.restart(img)
+	p.verifyExit(r.exit, true, 10*time.Second)
+}
+
+// TestRefusesUnsupported checks that processes ckpt cannot handle yet are
+// refused before anything is touched, with the object named.
+func TestRefusesUnsupported(t *testing.T) {
+	tests := []struct {
+		name string
+		cmd  func() *exec.Cmd
+		want string
+	}{
+		{"pipe", func() *exec.Cmd {
+			c := exec.Command("sleep", "100")
+			r, w, _ := os.Pipe()
+			c.Stdin = r
+			t.Cleanup(func() { r.Close(); w.Close() })
+			return c
+		}, "fd 0 of process"},
+		{"child", func() *exec.Cmd { return exec.Command("sh", "-c", "sleep 100; exit 0") }, "has child process"},
+		{"threads", func() *exec.Cmd {
+			return exec.Command("python3", "-c", "import threading,time\nthreading.Thread(target=time.sleep,args=(100,)).start()\ntime.sleep(100)")
+		}, "has 2 threads"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := tt.cmd()
+			c.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+			if err := c.Start(); err != nil {
+				t.Fatal(err)
+			}
+			e := newExited(c.Wait)
+			t.Cleanup(func() { syscall.Kill(-c.Process.Pid, syscall.SIGKILL); e.wait(5 * time.Second) })
+			time.Sleep(300 * time.Millisecond)
+			maps := mapsOf(t, c.Process.Pid)
+			img := filepath.Join(t.TempDir(), "img")
+			out, err := ckpt(nil, "checkpoint", "--kill", "-o", img, itoa(c.Process.Pid))
+			if err == nil {
+				t.Fatalf("checkpoint succeeded, want refusal")
+			}
+			if !strings.Contains(out, tt.want) || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+				t.Fatalf("error %q, want one line containing %q", out, tt.want)
+			}
+			if _, err := os.Stat(img); err == nil {
+				t.Errorf("refused checkpoint left an image")
+			}
+			assertUntouched(t, &proc{t: t, pid: c.Process.Pid}, maps)
+		})
+	}
+}
+
+// TestDamagedImages feeds truncated, corrupted and foreign images to
+// restart and inspect: one-line errors, no process left.
+func TestDamagedImages(t *testing.T) {
+	p := startWorkload(t, compile(t, "busy"))
+	img := filepath.Join(p.dir, "img")
+	if out, err := ckpt(nil, "checkpoint", "--kill", "-o", img, itoa(p.pid)); err != nil {
+		t.Fatalf("checkpoint: %v\n%s", err, out)
+	}
+	p.exit.wait(10 * time.Second)
+	good, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flip := func(off int) []byte {
+		b := append([]byte(nil), good...)
+		b[off] ^= 0x55
+		return b
+	}
+	cases := []struct {
+		name string
+		data []byte
+		want string
+	}{
+		{"empty", nil, "not a ckpt image"},
+		{"foreign", []byte("\x7fELF\x02\x01\x01 this is not an image at all"), "not a ckpt image"},
+		{"truncated-header", good[:100], "truncated"},
+		{"truncated-pages", good[:len(good)/2], "truncated"},
+		{"truncated-tail", good[:len(good)-8], "truncated"},
+		{"corrupt-metadata", flip(200), "damaged"},
+		{"corrupt-page", flip(len(good) - 5000), "damaged"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			bad := filepath.Join(t.TempDir(), "bad")
+			if err := os.WriteFile(bad, c.data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			for _, cmd := range [][]string{{"restart", bad}, {"inspect", bad}} {
+				out, err := ckpt(nil, cmd...)
+				if err == nil {
+					t.Fatalf("%s accepted a %s image", cmd[0], c.name)
+				}
+				if cmd[0] == "inspect" {
+					// inspect prints what it could read before the error.
+					lines := strings.Split(strings.TrimSpace(out), "\n")
+					out = lines[len(lines)-1]
+				}
+				if !strings.Contains(out, c.want) || strings.Count(strings.TrimSpace(out), "\n") != 0 || strings.Contains(out, "panic") {
+					t.Fatalf("%s: error %q, want one line containing %q", cmd[0], out, c.want)
+				}
+			}
+			if !waitPidGone(p.pid, 5*time.Second) {
+				t.Fatalf("pid %d exists after restarting a %s image", p.pid, c.name)
+			}
+		})
+	}
+}
+
+// TestPipeline is the README's migration pipeline: checkpoint to stdout
+// through gzip, then restart from stdin.
+func TestPipeline(t *testing.T) {
+	if _, err := exec.LookPath("gzip"); err != nil {
+		t.Skip("no gzip")
+	}
+	p := startWorkload(t, compile(t, "busy"))
+	gz := filepath.Join(p.dir, "img.gz")
+	out, err := exec.Command("sh", "-c", ckptBin+" checkpoint --kill "+itoa(p.pid)+" | gzip -1 > "+gz).CombinedOutput()
+	if err != nil {
+		t.Fatalf("checkpoint | gzip: %v\n%s", err, out)
+	}
+	p.exit.wait(10 * time.Second)
+	r := &restarted{cmd: exec.Command("sh", "-c", "zcat "+gz+" | "+ckptBin+" restart")}
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r.exit = newExited(r.cmd.Wait)
+	t.Cleanup(func() { syscall.Kill(p.pid, syscall.SIGKILL); r.exit.wait(5 * time.Second) })
+	deadline := time.Now().Add(10 * time.Second)
+	for !(alive(p.pid) && status(p.pid, "TracerPid") == "0") && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	p.verifyExit(r.exit, true, 10*time.Second)
+}
+
+// TestPidTaken restarts an image while its process still runs: the error
+// names the PID and its holder.
+func TestPidTaken(t *testing.T) {
+	p := startWorkload(t, compile(t, "busy"))
+	img := filepath.Join(p.dir, "img")
+	if out, err := ckpt(nil, "checkpoint", "-o", img, itoa(p.pid)); err != nil {
+		t.Fatalf("checkpoint: %v\n%s", err, out)
+	}
+	out, err := ckpt(nil, "restart", img)
+	if err == nil {
+		t.Fatal("restart over a running process succeeded")
+	}
+	want := "pid " + itoa(p.pid) + " is taken by \"busy\""
+	if !strings.Contains(out, want) {
+		t.Fatalf("error %q, want it to contain %q", out, want)
+	}
+	p.verifyExit(p.exit, true, 10*time.Second)
+}
+
+// TestInspect checks the text and JSON views of an image and its mode.
+func TestInspect(t *testing.T) {
+	p := startWorkload(t, compile(t, "busy"))
+	img := filepath.Join(p.dir, "img")
+	if out, err := ckpt(nil, "checkpoint", "-o", img, itoa(p.pid)); err != nil {
+		t.Fatalf("checkpoint: %v\n%s", err, out)
+	}
+	text, err := ckpt(nil, "inspect", img)
+	if err != nil {
+		t.Fatalf("inspect: %v\n%s", err, text)
+	}
+	for _, want := range []string{"process " + itoa(p.pid) + " (busy)", "[heap]", "[vdso]", "rip ", "xstate ", "complete:"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("inspect output lacks %q:\n%s", want, text)
+		}
+	}
+	js, err := ckpt(nil, "inspect", "--json", img)
+	if err != nil {
+		t.Fatalf("inspect --json: %v\n%s", err, js)
+	}
+	for _, want := range []string{`"type":"header"`, `"type":"process"`, `"type":"pages"`, `"type":"tail"`} {
+		if !strings.Contains(js, want) {
+			t.Errorf("inspect --json lacks %s", want)
+		}
+	}
+	if img, err := os.Stat(img); err != nil || img.Mode().Perm() != 0o600 {
+		t.Errorf("image mode %v, want 0600", img.Mode())
+	}
+	p.verifyExit(p.exit, true, 10*time.Second)
+}
