@@ -174,6 +174,13 @@ func RestorePendingAndTimers(t *Target, p *pb.Process) error {
 			return fmt.Errorf("image damaged: interval timer %d", it.Which)
 		}
 		iv, v := time.Duration(it.IntervalNs), time.Duration(it.ValueNs)
+		if v == 0 && iv != 0 {
+			// The timer expired while the process was frozen: its signal is
+			// pending and the kernel re-arms the timer only when that
+			// signal is taken. setitimer with a zero value would disarm it
+			// for good, so arm it for one interval instead.
+			v = iv
+		}
 		val := itimerval{
 			IntervalSec: int64(iv / time.Second), IntervalUsec: int64(iv%time.Second) / 1e3,
 			ValueSec: int64(v / time.Second), ValueUsec: int64(v%time.Second) / 1e3,
