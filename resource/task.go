@@ -59,12 +59,14 @@ func DumpTask(pid int, p *pb.Process) error {
 		c.Groups = append(c.Groups, uint32(g))
 	}
 	p.Creds = c
-	for r := 0; r < numRlimits; r++ {
-		var lim unix.Rlimit
-		if err := unix.Prlimit(pid, r, nil, &lim); err != nil {
-			return fmt.Errorf("read rlimit %d of %d: %w", r, pid, err)
-		}
-		p.Rlimits = append(p.Rlimits, &pb.Rlimit{Resource: uint32(r), Cur: lim.Cur, Max: lim.Max})
+	// /proc/PID/limits rather than prlimit(2): the latter needs
+	// CAP_SYS_RESOURCE for another user's process.
+	limits, err := os.ReadFile(proc.Path(pid, "limits"))
+	if err != nil {
+		return err
+	}
+	if p.Rlimits, err = parseLimits(string(limits)); err != nil {
+		return fmt.Errorf("limits of %d: %w", pid, err)
 	}
 	if p.Cwd, err = os.Readlink(proc.Path(pid, "cwd")); err != nil {
 		return err
@@ -156,4 +158,39 @@ func RestoreCreds(t *Target, c *pb.Creds) error {
 		return fmt.Errorf("set fsuid: %w", err)
 	}
 	return nil
+}
+
+// parseLimits parses /proc/PID/limits, whose lines follow the RLIMIT_*
+// numbering: "Max open files  1024  1048576  files".
+func parseLimits(text string) ([]*pb.Rlimit, error) {
+	lines := strings.Split(strings.TrimSpace(text), "\n")
+	if len(lines) < numRlimits+1 {
+		return nil, fmt.Errorf("%d lines, want %d", len(lines), numRlimits+1)
+	}
+	val := func(s string) (uint64, bool) {
+		if s == "unlimited" {
+			return unix.RLIM_INFINITY, true
+		}
+		v, err := strconv.ParseUint(s, 10, 64)
+		return v, err == nil
+	}
+	var out []*pb.Rlimit
+	for r, line := range lines[1 : numRlimits+1] {
+		f := strings.Fields(line)
+		if len(f) > 0 {
+			if _, ok := val(f[len(f)-1]); !ok {
+				f = f[:len(f)-1] // units
+			}
+		}
+		if len(f) < 2 {
+			return nil, fmt.Errorf("bad line %q", line)
+		}
+		cur, ok1 := val(f[len(f)-2])
+		max, ok2 := val(f[len(f)-1])
+		if !ok1 || !ok2 {
+			return nil, fmt.Errorf("bad line %q", line)
+		}
+		out = append(out, &pb.Rlimit{Resource: uint32(r), Cur: cur, Max: max})
+	}
+	return out, nil
 }

@@ -8,8 +8,11 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -32,7 +35,15 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(checkpointCmd(), restartCmd(), inspectCmd(), checkCmd())
+	// CKPT_CPUPROFILE=FILE writes a Go CPU profile, for performance work.
+	if p := os.Getenv("CKPT_CPUPROFILE"); p != "" {
+		if f, err := os.Create(p); err == nil {
+			pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
+	}
 	if err := root.Execute(); err != nil {
+		pprof.StopCPUProfile()
 		var ee *exitError
 		if errors.As(err, &ee) {
 			os.Exit(ee.code)
@@ -94,7 +105,7 @@ waits until its PID is free, so that a restart can follow at once.`,
 				return err
 			}
 			if verbose {
-				fmt.Fprintf(os.Stderr, "ckpt: checkpointed %d: %d bytes, frozen %v, total %v\n", pid, st.Bytes, st.Frozen, st.Total)
+				fmt.Fprintf(os.Stderr, "ckpt: checkpointed %d: %d bytes, frozen %v, total %v, peak memory %s\n", pid, st.Bytes, st.Frozen, st.Total, peakMemory())
 			}
 			return nil
 		},
@@ -141,7 +152,7 @@ as the process runs.`,
 				return err
 			}
 			if verbose {
-				fmt.Fprintf(os.Stderr, "ckpt: %s\n", res.Describe())
+				fmt.Fprintf(os.Stderr, "ckpt: %s, peak memory %s\n", res.Describe(), peakMemory())
 			}
 			if detach {
 				return nil
@@ -182,12 +193,30 @@ func waitChild(pid int, sigs chan os.Signal) int {
 			if ws.Signaled() {
 				sig := ws.Signal()
 				if sig != unix.SIGKILL && sig != unix.SIGSTOP {
+					// Die of the same signal, as a shell would see it. The
+					// runtime's handler does that once nothing is notified;
+					// give it the moment it needs.
 					signal.Reset(sig)
 					unix.Kill(os.Getpid(), sig)
+					time.Sleep(time.Second)
 				}
 				return 128 + int(sig)
 			}
 			return ws.ExitStatus()
 		}
 	}
+}
+
+// peakMemory is ckpt's own peak resident set (VmHWM), for -v reports.
+func peakMemory() string {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return "unknown"
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
 }

@@ -280,3 +280,61 @@ func TestInspect(t *testing.T) {
 	}
 	p.verifyExit(p.exit, true, 10*time.Second)
 }
+
+// TestRestartIsParent checks `ckpt restart` without --detach: it forwards
+// signals to the restored process and dies of the signal that killed it.
+func TestRestartIsParent(t *testing.T) {
+	p := startWorkload(t, compile(t, "busy"))
+	img := filepath.Join(p.dir, "img")
+	if out, err := ckpt(nil, "checkpoint", "--kill", "-o", img, itoa(p.pid)); err != nil {
+		t.Fatalf("checkpoint: %v\n%s", err, out)
+	}
+	p.exit.wait(10 * time.Second)
+	r := p.restart(img)
+	if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if !r.exit.wait(10 * time.Second) {
+		t.Fatal("ckpt restart did not exit after SIGTERM")
+	}
+	ws := r.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+		t.Fatalf("ckpt restart ended with %v, want death by SIGTERM", r.cmd.ProcessState)
+	}
+	if !waitPidGone(p.pid, 5*time.Second) {
+		t.Fatalf("restored process %d survived the forwarded SIGTERM", p.pid)
+	}
+}
+
+// TestCredentials checkpoints a process of another user and checks that it
+// comes back with its own uids, gids and groups, not ckpt's.
+func TestCredentials(t *testing.T) {
+	bin := compile(t, "busy")
+	dir := t.TempDir()
+	logf, err := os.Create(filepath.Join(dir, "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin)
+	cmd.Dir, cmd.Stdout, cmd.Stderr = "/", logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: &syscall.Credential{Uid: 65534, Gid: 65533, Groups: []uint32{65532}}}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{t: t, pid: cmd.Process.Pid, dir: dir, log: logf.Name(), cmd: cmd, exit: newExited(cmd.Wait)}
+	t.Cleanup(p.cleanup)
+	p.waitLog("READY", 20*time.Second)
+	before := []string{status(p.pid, "Uid"), status(p.pid, "Gid"), status(p.pid, "Groups")}
+	img := filepath.Join(dir, "img")
+	if out, err := ckpt(nil, "checkpoint", "--kill", "-o", img, itoa(p.pid)); err != nil {
+		t.Fatalf("checkpoint: %v\n%s", err, out)
+	}
+	p.exit.wait(10 * time.Second)
+	r := p.restart(img)
+	after := []string{status(p.pid, "Uid"), status(p.pid, "Gid"), status(p.pid, "Groups")}
+	if strings.Join(before, "|") != strings.Join(after, "|") {
+		t.Fatalf("credentials %q after restart, want %q", after, before)
+	}
+	p.verifyExit(r.exit, true, 10*time.Second)
+}

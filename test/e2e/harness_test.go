@@ -46,6 +46,7 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
+	os.Chmod(buildDir, 0o755) // workloads also run as other users
 	ckptBin = filepath.Join(buildDir, "ckpt")
 	out, err := exec.Command("go", "build", "-o", ckptBin, filepath.Join(repoRoot, "cmd", "ckpt")).CombinedOutput()
 	if err != nil {

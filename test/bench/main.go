@@ -1,0 +1,260 @@
+// Command bench measures ckpt's checkpoint and restart against baselines
+// measured in the same run on the same machine, and prints medians.
+//
+// Baselines, interleaved with the ckpt runs so that the machine's drift hits
+// both: memcpy bandwidth; W, writing N bytes from a touched buffer into a new
+// file in the image directory; R, reading that file into fresh populated
+// anonymous memory. Run as root: `make bench`.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const workload = `
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
+int main(int argc, char **argv) {
+	size_t n = strtoull(argv[1], 0, 10) << 20;
+	if (n) {
+		uint64_t *p = mmap(0, n, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_POPULATE, -1, 0);
+		uint64_t s = 88172645463325252ULL;
+		for (size_t i = 0; i < n / 8; i++) { s ^= s << 13; s ^= s >> 7; s ^= s << 17; p[i] = s; }
+	}
+	printf("READY\n");
+	fflush(stdout);
+	for (;;) pause();
+}
+`
+
+var (
+	ckpt  = flag.String("ckpt", "bin/ckpt", "ckpt binary")
+	dir   = flag.String("dir", "/dev/shm", "directory for images (tmpfs gives the figures of docs/performance.md)")
+	runs  = flag.Int("runs", 5, "runs per figure (the median is reported)")
+	bigMB = flag.Int("mb", 1024, "size of the big process in MiB")
+)
+
+func main() {
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		fatal(fmt.Errorf("run as root"))
+	}
+	work, err := os.MkdirTemp(*dir, "ckpt-bench-")
+	if err != nil {
+		fatal(err)
+	}
+	defer os.RemoveAll(work)
+	bin := filepath.Join(work, "wl")
+	src := bin + ".c"
+	os.WriteFile(src, []byte(workload), 0o644)
+	if out, err := exec.Command("gcc", "-O2", "-o", bin, src).CombinedOutput(); err != nil {
+		fatal(fmt.Errorf("gcc: %v\n%s", err, out))
+	}
+	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+
+	fmt.Printf("ckpt bench: %d runs each, medians; images in %s\n\n", *runs, *dir)
+	memcpy := median(*runs, func() float64 { return memcpyGBs(256 << 20) })
+	fmt.Printf("memcpy bandwidth                  %8.2f GB/s\n", memcpy)
+
+	for _, sz := range []int{0, *bigMB} {
+		var ck, rs, frozen, size, rssCk, rssRs, w, r []float64
+		for i := 0; i < *runs; i++ {
+			res := cycle(bin, work, sz)
+			ck, rs, frozen = append(ck, res.ckpt), append(rs, res.restart), append(frozen, res.frozen)
+			size, rssCk, rssRs = append(size, res.size), append(rssCk, res.rssCkpt), append(rssRs, res.rssRestart)
+			if sz > 0 {
+				w = append(w, baselineW(work, uint64(sz)<<20))
+				r = append(r, baselineR(work, uint64(sz)<<20))
+			}
+		}
+		name := "tiny process"
+		if sz > 0 {
+			name = fmt.Sprintf("%d MiB process", sz)
+		}
+		fmt.Printf("\n%s\n", name)
+		fmt.Printf("  checkpoint (--kill, to file)    %8.1f ms   (frozen %.1f ms)\n", med(ck)*1e3, med(frozen)*1e3)
+		fmt.Printf("  restart (--detach)              %8.1f ms\n", med(rs)*1e3)
+		fmt.Printf("  image size                      %8.2f MiB\n", med(size)/(1<<20))
+		fmt.Printf("  ckpt peak RSS                   %8.1f MiB checkpoint, %.1f MiB restart\n", med(rssCk)/1024, med(rssRs)/1024)
+		if sz > 0 {
+			gb := float64(uint64(sz)<<20) / 1e9
+			fmt.Printf("  checkpoint throughput           %8.2f GB/s = %.2f x baseline W (%.2f GB/s), %.2f x memcpy\n", gb/med(ck), gb/med(ck)/(gb/med(w)), gb/med(w), gb/med(ck)/memcpy)
+			fmt.Printf("  restart throughput              %8.2f GB/s = %.2f x baseline R (%.2f GB/s), %.2f x memcpy\n", gb/med(rs), gb/med(rs)/(gb/med(r)), gb/med(r), gb/med(rs)/memcpy)
+		}
+	}
+}
+
+type result struct {
+	ckpt, restart, frozen, size, rssCkpt, rssRestart float64
+}
+
+// cycle starts the workload, checkpoints it with --kill and restarts it.
+func cycle(bin, work string, mb int) result {
+	cmd := exec.Command(bin, fmt.Sprint(mb))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	logPath := filepath.Join(work, "log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		fatal(err)
+	}
+	cmd.Stdout = logf
+	err = cmd.Start()
+	logf.Close()
+	if err != nil {
+		fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Millisecond) {
+		if b, _ := os.ReadFile(logPath); strings.HasPrefix(string(b), "READY") {
+			break
+		}
+		if time.Now().After(deadline) {
+			fatal(fmt.Errorf("workload did not start"))
+		}
+	}
+	pid := cmd.Process.Pid
+	go cmd.Wait()
+	img := filepath.Join(work, "img")
+	var res result
+	t0 := time.Now()
+	c := exec.Command(*ckpt, "checkpoint", "-v", "--kill", "-o", img, fmt.Sprint(pid))
+	msg, err := c.CombinedOutput()
+	res.ckpt = time.Since(t0).Seconds()
+	if err != nil {
+		fatal(fmt.Errorf("checkpoint: %v: %s", err, msg))
+	}
+	res.rssCkpt = peakKiB(string(msg))
+	if i := strings.Index(string(msg), "frozen "); i >= 0 {
+		var d time.Duration
+		f := strings.Fields(string(msg[i+7:]))
+		if len(f) > 0 {
+			d, _ = time.ParseDuration(strings.TrimSuffix(f[0], ","))
+		}
+		res.frozen = d.Seconds()
+	}
+	st, _ := os.Stat(img)
+	res.size = float64(st.Size())
+	t0 = time.Now()
+	c = exec.Command(*ckpt, "restart", "-v", "--detach", img)
+	msg, err = c.CombinedOutput()
+	if err != nil {
+		fatal(fmt.Errorf("restart: %v: %s", err, msg))
+	}
+	res.restart = time.Since(t0).Seconds()
+	res.rssRestart = peakKiB(string(msg))
+	unix.Kill(pid, unix.SIGKILL)
+	for i := 0; i < 5000; i++ { // the restored process's parent was ckpt: init reaps it
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); os.IsNotExist(err) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	os.Remove(img)
+	return res
+}
+
+func memcpyGBs(n int) float64 {
+	a, b := make([]byte, n), make([]byte, n)
+	for i := range a {
+		a[i] = byte(i)
+	}
+	copy(b, a)
+	t0 := time.Now()
+	copy(b, a)
+	return float64(n) / time.Since(t0).Seconds() / 1e9
+}
+
+// baselineW writes n bytes from a touched buffer into a new file; it
+// returns seconds.
+func baselineW(work string, n uint64) float64 {
+	buf := make([]byte, 4<<20)
+	for i := range buf {
+		buf[i] = byte(i * 7)
+	}
+	p := filepath.Join(work, "w")
+	t0 := time.Now()
+	f, err := os.Create(p)
+	if err != nil {
+		fatal(err)
+	}
+	for left := n; left > 0; left -= uint64(len(buf)) {
+		if _, err := f.Write(buf); err != nil {
+			fatal(err)
+		}
+	}
+	f.Close()
+	return time.Since(t0).Seconds()
+}
+
+// baselineR reads the file baselineW wrote into fresh populated anonymous
+// memory; it returns seconds.
+func baselineR(work string, n uint64) float64 {
+	p := filepath.Join(work, "w")
+	defer os.Remove(p)
+	t0 := time.Now()
+	mem, err := unix.Mmap(-1, 0, int(n), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
+	if err != nil {
+		fatal(err)
+	}
+	defer unix.Munmap(mem)
+	f, err := os.Open(p)
+	if err != nil {
+		fatal(err)
+	}
+	defer f.Close()
+	for off := 0; off < len(mem); {
+		k, err := f.Read(mem[off:min(off+(4<<20), len(mem))])
+		if err != nil {
+			fatal(err)
+		}
+		off += k
+	}
+	return time.Since(t0).Seconds()
+}
+
+func median(n int, f func() float64) float64 {
+	var v []float64
+	for i := 0; i < n; i++ {
+		v = append(v, f())
+	}
+	return med(v)
+}
+
+func med(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "bench:", err)
+	os.Exit(1)
+}
+
+// peakKiB extracts "peak memory N kB" from ckpt -v output. (The rusage of a
+// child is no use here: its maxrss starts from the parent's at fork.)
+func peakKiB(msg string) float64 {
+	i := strings.Index(msg, "peak memory ")
+	if i < 0 {
+		return 0
+	}
+	var kb float64
+	fmt.Sscanf(msg[i+len("peak memory "):], "%f", &kb)
+	return kb
+}
