@@ -245,14 +245,11 @@ func RestartSleep(t *Target, th *pb.Thread) error {
 	if err := unix.Tgkill(t.Pid, int(th.Tid), unix.SIGSTOP); err != nil {
 		return fmt.Errorf("interrupt restored sleep: %w", err)
 	}
-	for {
-		ws, err := ptrace.Wait(int(th.Tid))
-		if err != nil {
-			return err
-		}
-		if ws.Stopped() && ws.StopSignal() == unix.SIGSTOP {
-			break
-		}
+	ws, err := ptrace.Wait(int(th.Tid))
+	if err != nil {
+		return err
+	}
+	if !ws.Stopped() || ws.StopSignal() != unix.SIGSTOP {
 		return fmt.Errorf("restored sleep of %d: unexpected stop %v", th.Tid, ws.StopSignal())
 	}
 	if err := t.WriteMem(tsAddr, saved); err != nil {

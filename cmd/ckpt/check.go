@@ -3,10 +3,14 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
+	"unsafe"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
+
+	"github.com/ckpt/ckpt/ptrace"
 )
 
 // feature is one kernel interface ckpt relies on.
@@ -27,9 +31,7 @@ func features() []feature {
 			}
 			return nil
 		}},
-		{"ptrace seize/interrupt", true, "nothing can be frozen", func() error {
-			return statFile("/proc/sys/kernel/yama/ptrace_scope", true)
-		}},
+		{"ptrace seize/interrupt, registers, xstate", true, "nothing can be frozen or read", probePtrace},
 		{"process_vm_readv", true, "memory cannot be read or written", func() error {
 			b := []byte{0}
 			_, err := unix.ProcessVMReadv(os.Getpid(), []unix.Iovec{{Base: &b[0], Len: 1}}, []unix.RemoteIovec{{Base: 0, Len: 0}}, 0)
@@ -56,9 +58,8 @@ func features() []feature {
 		}},
 		{"prctl(PR_SET_MM_MAP)", true, "brk, arguments, auxv and exe link cannot be restored", func() error {
 			var size uint32
-			_, _, e := unix.Syscall6(unix.SYS_PRCTL, unix.PR_SET_MM, 13 /* PR_SET_MM_MAP_SIZE */, 0, 0, 0, 0)
-			_ = size
-			if e == unix.EINVAL {
+			_, _, e := unix.Syscall6(unix.SYS_PRCTL, unix.PR_SET_MM, 15 /* PR_SET_MM_MAP_SIZE */, uintptr(unsafe.Pointer(&size)), 0, 0, 0)
+			if e != 0 || size == 0 {
 				return fmt.Errorf("kernel built without CONFIG_CHECKPOINT_RESTORE")
 			}
 			return nil
@@ -67,9 +68,7 @@ func features() []feature {
 			_, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(os.Getpid()), uintptr(os.Getpid()), 0, 0, 0, 0)
 			return ignore(errno(e), unix.EBADF)
 		}},
-		{"rseq configuration (PTRACE_GET_RSEQ_CONFIGURATION)", true, "glibc programs crash after restart", func() error {
-			return statFile("/proc/self/stat", false)
-		}},
+		{"rseq configuration (PTRACE_GET_RSEQ_CONFIGURATION)", true, "glibc programs crash after restart", probeRseq},
 		{"/proc/PID/pagemap", true, "ckpt cannot tell touched pages from untouched ones", func() error {
 			return statFile("/proc/self/pagemap", false)
 		}},
@@ -82,6 +81,55 @@ func features() []feature {
 			return fmt.Errorf("no freezer found")
 		}},
 	}
+}
+
+// probeTracee starts a sleeping child, freezes it the way a checkpoint
+// does, runs f on it, and releases and reaps it.
+func probeTracee(f func(pid int) error) error {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		return fmt.Errorf("no sleep program to probe with")
+	}
+	cmd := exec.Command(sleep, "10")
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	pid := cmd.Process.Pid
+	return ptrace.Run(func() error {
+		if err := ptrace.Seize(pid); err != nil {
+			return err
+		}
+		defer ptrace.Detach(pid, 0)
+		if err := ptrace.Interrupt(pid); err != nil {
+			return err
+		}
+		if err := ptrace.WaitInterrupted(pid); err != nil {
+			return err
+		}
+		return f(pid)
+	})
+}
+
+func probePtrace() error {
+	return probeTracee(func(pid int) error {
+		if _, err := ptrace.GetRegs(pid); err != nil {
+			return err
+		}
+		if _, err := ptrace.GetXstate(pid); err != nil {
+			return err
+		}
+		_, err := ptrace.PeekSiginfo(pid, false)
+		return err
+	})
+}
+
+func probeRseq() error {
+	return probeTracee(func(pid int) error {
+		_, err := ptrace.GetRseq(pid)
+		return err
+	})
 }
 
 func errno(e unix.Errno) error {

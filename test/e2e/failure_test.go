@@ -338,3 +338,15 @@ func TestCredentials(t *testing.T) {
 	}
 	p.verifyExit(r.exit, true, 10*time.Second)
 }
+
+// TestCheck runs `ckpt check` on this machine, which has every required
+// feature.
+func TestCheck(t *testing.T) {
+	out, err := ckpt(nil, "check")
+	if err != nil || strings.Contains(out, "MISSING  ") && !strings.Contains(out, "(optional)") {
+		t.Fatalf("check: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "ok       ptrace") {
+		t.Fatalf("check output lacks the ptrace probe:\n%s", out)
+	}
+}
