@@ -81,6 +81,9 @@ waits until its PID is free, so that a restart can follow at once.`,
 			if err := checkpoint.Preflight(pid); err != nil {
 				return fmt.Errorf("checkpoint %d: %w", pid, err)
 			}
+			// A reader that goes away (`| head`) must fail the checkpoint
+			// with an error, not kill ckpt with SIGPIPE.
+			signal.Ignore(syscall.SIGPIPE)
 			var w io.Writer = os.Stdout
 			var f *os.File
 			if out != "" && out != "-" {
