@@ -90,13 +90,6 @@ func Preflight(pid int) error {
 	if st.Flags&0x00200000 != 0 { // PF_KTHREAD
 		return fmt.Errorf("process %d (%s) is a kernel thread", pid, st.Comm)
 	}
-	tids, err := proc.Tasks(pid)
-	if err != nil {
-		return err
-	}
-	if len(tids) != 1 {
-		return fmt.Errorf("process %d (%s) has %d threads: multi-threaded processes are %w yet", pid, st.Comm, len(tids), resource.ErrUnsupported)
-	}
 	kids, err := proc.Children(pid)
 	if err != nil {
 		return err
@@ -132,39 +125,113 @@ func Run(opts Options) (*Stats, error) {
 // can undo exactly that.
 type frozen struct {
 	pid       int
-	seized    bool
-	regs      ptrace.Regs
-	sigmask   uint64
-	maskSet   bool
-	inj       *ptrace.Injector
-	scratch   uint64
-	savedMem  []byte
-	target    *resource.Target
+	threads   []*frozenThread // in seize order; threads[0] is the main thread
 	released  bool
 	frozenAt  time.Time
 	frozenFor time.Duration
 }
 
-// release puts the target back as it was and lets it run.
+// frozenThread is one stopped thread and what ckpt borrowed from it.
+type frozenThread struct {
+	tid      int
+	regs     ptrace.Regs
+	sigmask  uint64
+	maskSet  bool
+	inj      *ptrace.Injector
+	savedMem []byte // scratch bytes below the red zone, to put back
+	target   *resource.Target
+}
+
+// release puts every thread back as it was and lets the process run.
 func (f *frozen) release() error {
-	if !f.seized || f.released {
+	if len(f.threads) == 0 || f.released {
 		return nil
 	}
 	f.released = true
 	var errs []error
-	if f.inj != nil {
-		if f.savedMem != nil {
-			errs = append(errs, f.target.WriteMem(f.scratch, f.savedMem))
-		}
-		errs = append(errs, f.inj.ReturnToInterruptStop())
-		errs = append(errs, ptrace.SetRegs(f.pid, &f.regs))
+	for _, th := range f.threads {
+		errs = append(errs, th.restore())
+		errs = append(errs, ptrace.Detach(th.tid, 0))
 	}
-	if f.maskSet {
-		errs = append(errs, ptrace.SetSigmask(f.pid, f.sigmask))
-	}
-	errs = append(errs, ptrace.Detach(f.pid, 0))
 	f.frozenFor = time.Since(f.frozenAt)
 	return errors.Join(errs...)
+}
+
+// restore undoes injection: scratch bytes, back into the interrupt stop,
+// registers, signal mask.
+func (th *frozenThread) restore() error {
+	var errs []error
+	if th.inj != nil {
+		if th.savedMem != nil {
+			errs = append(errs, th.target.WriteMem(th.target.Scratch, th.savedMem))
+			th.savedMem = nil
+		}
+		errs = append(errs, th.inj.ReturnToInterruptStop())
+		errs = append(errs, ptrace.SetRegs(th.tid, &th.regs))
+		th.inj = nil
+	}
+	if th.maskSet {
+		errs = append(errs, ptrace.SetSigmask(th.tid, th.sigmask))
+		th.maskSet = false
+	}
+	return errors.Join(errs...)
+}
+
+// freeze seizes and stops every thread of pid, listing the threads again
+// until no new one appears (a running thread may start others meanwhile;
+// stopped ones cannot).
+func (f *frozen) freeze() error {
+	seen := map[int]bool{}
+	for {
+		tids, err := proc.Tasks(f.pid)
+		if err != nil {
+			return fmt.Errorf("list threads: %w", err)
+		}
+		fresh := 0
+		for _, tid := range tids {
+			if seen[tid] {
+				continue
+			}
+			seen[tid] = true
+			fresh++
+			if err := ptrace.Seize(tid); err != nil {
+				if errors.Is(err, unix.ESRCH) {
+					continue // the thread ended meanwhile
+				}
+				if errors.Is(err, unix.EPERM) {
+					return fmt.Errorf("%w (run ckpt as root or as the owner, and check kernel.yama.ptrace_scope)", err)
+				}
+				return err
+			}
+			if len(f.threads) == 0 {
+				f.frozenAt = time.Now()
+			}
+			th := &frozenThread{tid: tid}
+			f.threads = append(f.threads, th)
+			if err := ptrace.Interrupt(tid); err != nil {
+				return err
+			}
+			if err := ptrace.WaitInterrupted(tid); err != nil {
+				return err
+			}
+		}
+		if fresh == 0 {
+			break
+		}
+	}
+	if len(f.threads) == 0 || f.threads[0].tid != f.pid {
+		return fmt.Errorf("main thread of %d has exited; processes whose main thread ended are %w", f.pid, resource.ErrUnsupported)
+	}
+	for _, th := range f.threads {
+		var err error
+		if th.regs, err = ptrace.GetRegs(th.tid); err != nil {
+			return err
+		}
+		if th.sigmask, err = ptrace.GetSigmask(th.tid); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func dump(opts *Options, stats *Stats) (err error) {
@@ -176,38 +243,17 @@ func dump(opts *Options, stats *Stats) (err error) {
 		}
 		stats.Frozen = f.frozenFor
 	}()
-	if err := ptrace.Seize(pid); err != nil {
-		if errors.Is(err, unix.EPERM) {
-			return fmt.Errorf("%w (run ckpt as root or as the owner, and check kernel.yama.ptrace_scope)", err)
-		}
-		return err
-	}
-	f.seized = true
-	f.frozenAt = time.Now()
-	if err := ptrace.Interrupt(pid); err != nil {
-		return err
-	}
-	if err := ptrace.WaitInterrupted(pid); err != nil {
+	if err := f.freeze(); err != nil {
 		return err
 	}
 	if err := opts.fault("seized"); err != nil {
 		return err
 	}
-	// The process could have forked or started threads between preflight
-	// and the freeze.
-	if tids, _ := proc.Tasks(pid); len(tids) != 1 {
-		return fmt.Errorf("process started threads during the checkpoint: multi-threaded processes are %w yet", resource.ErrUnsupported)
-	}
+	// The process could have forked between preflight and the freeze.
 	if kids, _ := proc.Children(pid); len(kids) != 0 {
 		return fmt.Errorf("process forked %d during the checkpoint: process trees are %w yet", kids[0], resource.ErrUnsupported)
 	}
 
-	if f.regs, err = ptrace.GetRegs(pid); err != nil {
-		return err
-	}
-	if f.sigmask, err = ptrace.GetSigmask(pid); err != nil {
-		return err
-	}
 	p := &pb.Process{Pid: uint32(pid)}
 	var brk uint64
 	if err := collectInjected(opts, f, p, &brk); err != nil {
@@ -250,65 +296,62 @@ func dump(opts *Options, stats *Stats) (err error) {
 		if err := unix.Kill(pid, unix.SIGKILL); err != nil {
 			return fmt.Errorf("kill %d: %w", pid, err)
 		}
-		ptrace.Wait(pid) // consume the tracer's exit report so the parent can reap
+		// Consume the tracer's exit reports so that the parent can reap:
+		// other threads first, the leader is reported only after them.
+		for i := len(f.threads) - 1; i >= 0; i-- {
+			ptrace.Wait(f.threads[i].tid)
+		}
 		return waitGone(pid, opts.Warn)
 	}
 	return nil
 }
 
 // collectInjected reads what only the process itself can tell, with
-// system calls injected into it, and puts its registers back.
+// system calls injected into each thread, and puts the registers back.
 func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64) error {
-	pid := f.pid
-	addr, err := syscallInsn(pid, &f.regs)
+	addr, err := syscallInsn(f.pid, &f.threads[0].regs)
 	if err != nil {
 		return err
 	}
-	// Scratch memory for results: just below the stack's red zone.
-	f.scratch = f.regs.Rsp - 128 - 256
-	f.target = &resource.Target{Pid: pid, Scratch: f.scratch, ScratchLen: 256}
-	saved := make([]byte, 256)
-	if err := f.target.ReadMem(f.scratch, saved); err != nil {
-		return fmt.Errorf("stack of %d has no room below %#x: %w", pid, f.regs.Rsp, err)
+	for i, th := range f.threads {
+		// Scratch memory for results: just below the red zone of the
+		// thread's own stack.
+		scratch := th.regs.Rsp - 128 - 256
+		th.target = &resource.Target{Pid: f.pid, Scratch: scratch, ScratchLen: 256}
+		saved := make([]byte, 256)
+		if err := th.target.ReadMem(scratch, saved); err != nil {
+			return fmt.Errorf("stack of thread %d has no room below %#x: %w", th.tid, th.regs.Rsp, err)
+		}
+		th.savedMem = saved
+		// Block signals while injecting, so none is delivered at our calls.
+		if err := ptrace.SetSigmask(th.tid, ^uint64(0)); err != nil {
+			return err
+		}
+		th.maskSet = true
+		th.inj = &ptrace.Injector{Tid: th.tid, SyscallAddr: addr, Base: th.regs}
+		th.target.Inj = th.inj
+		if i == 0 {
+			if *brk, err = th.target.Syscall(unix.SYS_BRK, 0); err != nil {
+				return fmt.Errorf("read brk: %w", err)
+			}
+			if err := resource.DumpSignals(th.target, p); err != nil {
+				return err
+			}
+		}
+		dt, err := resource.DumpThread(th.target, th.tid, th.regs, th.sigmask)
+		if err != nil {
+			return fmt.Errorf("thread %d: %w", th.tid, err)
+		}
+		p.Threads = append(p.Threads, dt)
 	}
-	f.savedMem = saved
-	// Block signals while injecting, so none is delivered at our syscalls.
-	if err := ptrace.SetSigmask(pid, ^uint64(0)); err != nil {
-		return err
-	}
-	f.maskSet = true
-	f.inj = &ptrace.Injector{Tid: pid, SyscallAddr: addr, Base: f.regs}
-	f.target.Inj = f.inj
-	if *brk, err = f.target.Syscall(unix.SYS_BRK, 0); err != nil {
-		return fmt.Errorf("read brk: %w", err)
-	}
-	if err := resource.DumpSignals(f.target, p); err != nil {
-		return err
-	}
-	th, err := resource.DumpThread(f.target, pid, f.regs, f.sigmask)
-	if err != nil {
-		return err
-	}
-	p.Threads = append(p.Threads, th)
 	if err := opts.fault("injected"); err != nil {
 		return err
 	}
-	// Undo: scratch bytes, back into the interrupt stop, registers, mask.
-	if err := f.target.WriteMem(f.scratch, saved); err != nil {
-		return err
+	for _, th := range f.threads {
+		if err := th.restore(); err != nil {
+			return fmt.Errorf("thread %d: %w", th.tid, err)
+		}
 	}
-	f.savedMem = nil
-	if err := f.inj.ReturnToInterruptStop(); err != nil {
-		return err
-	}
-	if err := ptrace.SetRegs(pid, &f.regs); err != nil {
-		return err
-	}
-	f.inj = nil
-	if err := ptrace.SetSigmask(pid, f.sigmask); err != nil {
-		return err
-	}
-	f.maskSet = false
 	return nil
 }
 

@@ -131,42 +131,51 @@ func RestoreThreadSignals(t *Target, th *pb.Thread) error {
 	return nil
 }
 
-// RestorePendingAndTimers queues the pending signals again and arms the
-// interval timers. The caller keeps every signal blocked until the final
-// mask is set, so none is delivered before the process is whole.
+// queueSignal queues one saved siginfo again, from inside the process: to
+// the process (tid 0) or to one thread. A thread can only queue kernel- or
+// tgkill-style siginfo to itself, so per-thread signals must be queued by an
+// injection into that very thread.
+func queueSignal(t *Target, pid int, info []byte, tid int) error {
+	if len(info) != ptrace.SiginfoSize {
+		return fmt.Errorf("image damaged: siginfo of %d bytes", len(info))
+	}
+	sig := binary.LittleEndian.Uint32(info)
+	if sig < 1 || sig > 64 {
+		return fmt.Errorf("image damaged: pending signal %d", sig)
+	}
+	addr, err := t.Put(0, info)
+	if err != nil {
+		return err
+	}
+	if tid == 0 {
+		_, err = t.Syscall(unix.SYS_RT_SIGQUEUEINFO, uint64(pid), uint64(sig), addr)
+	} else {
+		_, err = t.Syscall(unix.SYS_RT_TGSIGQUEUEINFO, uint64(pid), uint64(tid), uint64(sig), addr)
+	}
+	if err != nil {
+		return fmt.Errorf("queue pending signal %d: %w", sig, err)
+	}
+	return nil
+}
+
+// RestoreThreadPending queues a thread's own pending signals; t must be
+// that thread. The caller keeps every signal blocked until the final mask
+// is set, so none is delivered before the process is whole.
+func RestoreThreadPending(t *Target, pid int, th *pb.Thread) error {
+	for _, info := range th.Pending {
+		if err := queueSignal(t, pid, info, int(th.Tid)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RestorePendingAndTimers queues the process-wide pending signals again and
+// arms the interval timers.
 func RestorePendingAndTimers(t *Target, p *pb.Process) error {
-	queue := func(info []byte, tid int) error {
-		if len(info) != ptrace.SiginfoSize {
-			return fmt.Errorf("image damaged: siginfo of %d bytes", len(info))
-		}
-		sig := binary.LittleEndian.Uint32(info)
-		if sig < 1 || sig > 64 {
-			return fmt.Errorf("image damaged: pending signal %d", sig)
-		}
-		addr, err := t.Put(0, info)
-		if err != nil {
-			return err
-		}
-		if tid == 0 {
-			_, err = t.Syscall(unix.SYS_RT_SIGQUEUEINFO, uint64(p.Pid), uint64(sig), addr)
-		} else {
-			_, err = t.Syscall(unix.SYS_RT_TGSIGQUEUEINFO, uint64(p.Pid), uint64(tid), uint64(sig), addr)
-		}
-		if err != nil {
-			return fmt.Errorf("queue pending signal %d: %w", sig, err)
-		}
-		return nil
-	}
 	for _, info := range p.SharedPending {
-		if err := queue(info, 0); err != nil {
+		if err := queueSignal(t, int(p.Pid), info, 0); err != nil {
 			return err
-		}
-	}
-	for _, th := range p.Threads {
-		for _, info := range th.Pending {
-			if err := queue(info, int(th.Tid)); err != nil {
-				return err
-			}
 		}
 	}
 	for _, it := range p.Itimers {

@@ -123,8 +123,20 @@ func dumpRestart(t *Target, r ptrace.Regs) (*pb.SyscallRestart, error) {
 	return rs, nil
 }
 
-// RestoreThread restores rseq, the robust futex list and clear_child_tid.
+// RestoreThread restores the thread's name, rseq, robust futex list,
+// clear_child_tid and alternate stack.
 func RestoreThread(t *Target, th *pb.Thread) error {
+	name := th.Comm
+	if len(name) > 15 {
+		name = name[:15]
+	}
+	addr, err := t.PutString(0, name)
+	if err != nil {
+		return err
+	}
+	if _, err := t.Syscall(unix.SYS_PRCTL, unix.PR_SET_NAME, addr); err != nil {
+		return fmt.Errorf("set thread name %q: %w", name, err)
+	}
 	if th.RseqLen != 0 {
 		if _, err := t.Syscall(unix.SYS_RSEQ, th.RseqAddr, uint64(th.RseqLen), 0, uint64(th.RseqSig)); err != nil {
 			return fmt.Errorf("register rseq area %#x: %w", th.RseqAddr, err)
@@ -154,24 +166,27 @@ func ThreadRegs(th *pb.Thread) (ptrace.Regs, error) {
 	return r, nil
 }
 
-// ResumeRegs returns the registers the thread must return to user space
-// with, when it is released from a syscall-exit stop (where the kernel does
-// not restart system calls by itself): an interrupted call is rewound to
-// run again.
-func ResumeRegs(th *pb.Thread) (ptrace.Regs, error) {
+// releaseRegs returns the registers a thread is released with from a
+// signal-delivery stop. There the kernel finishes its signal handling as if
+// the thread had never stopped: an interrupted call (rax = -ERESTART*,
+// orig_rax = its number) restarts, or fails with EINTR if a handler runs
+// first and the call says so — exactly what would have happened without the
+// checkpoint.
+func releaseRegs(th *pb.Thread) (ptrace.Regs, error) {
 	r, err := ThreadRegs(th)
 	if err != nil {
 		return r, err
 	}
-	switch rs := th.Restart; {
+	rs := th.Restart
+	switch {
 	case rs == nil:
 	case rs.KnownRemaining && rs.RemainingNs == 0:
-		r.Rax = 0 // the sleep was over: it completed
-	default:
-		r.Rip -= 2
-		r.Rax = uint64(rs.Nr)
+		r.Rax, r.Orig_rax = 0, ^uint64(0) // the sleep was over: it completed
+	case -int64(r.Rax) == errRestartRestartBlock:
+		// The kernel's restart block did not survive: run the call again
+		// from the start rather than fail it with EINTR.
+		r.Rax, r.Orig_rax = ^uint64(errRestartNoIntr-1), uint64(rs.Nr)
 	}
-	r.Orig_rax = ^uint64(0)
 	return r, nil
 }
 
@@ -182,13 +197,58 @@ func NeedsSleepRestart(th *pb.Thread) bool {
 	return rs != nil && rs.RemainingNs > 0 && (rs.Nr == unix.SYS_NANOSLEEP || rs.Nr == unix.SYS_CLOCK_NANOSLEEP)
 }
 
-// RestartSleep re-creates, in a restored thread stopped at a syscall-exit
+// stopForRelease moves a thread from a syscall-exit stop into a SIGSTOP
+// signal-delivery stop. SIGSTOP cannot be blocked, and while the thread's
+// other signals stay blocked it is the only one dequeued.
+func stopForRelease(t *Target, tid int) error {
+	if err := unix.Tgkill(t.Pid, tid, unix.SIGSTOP); err != nil {
+		return fmt.Errorf("stop thread %d: %w", tid, err)
+	}
+	if err := ptrace.Cont(tid, 0); err != nil {
+		return err
+	}
+	ws, err := ptrace.Wait(tid)
+	if err != nil {
+		return err
+	}
+	if !ws.Stopped() || ws.StopSignal() != unix.SIGSTOP {
+		return fmt.Errorf("thread %d: unexpected stop %v, want SIGSTOP", tid, ws.StopSignal())
+	}
+	return nil
+}
+
+// FinishThread leaves a restored thread, now at a syscall-exit stop with
+// injected registers, in a SIGSTOP signal-delivery stop with the registers
+// it is released with. The caller then sets its mask and detaches it,
+// suppressing the SIGSTOP.
+func FinishThread(t *Target, th *pb.Thread) error {
+	if NeedsSleepRestart(th) {
+		return restartSleep(t, th)
+	}
+	regs, err := releaseRegs(th)
+	if err != nil {
+		return err
+	}
+	// Should the thread reach user space before its stop (it cannot, with
+	// SIGSTOP pending), it would at least be on its own code.
+	safe := regs
+	safe.Orig_rax = ^uint64(0)
+	if err := ptrace.SetRegs(int(th.Tid), &safe); err != nil {
+		return err
+	}
+	if err := stopForRelease(t, int(th.Tid)); err != nil {
+		return err
+	}
+	return ptrace.SetRegs(int(th.Tid), &regs)
+}
+
+// restartSleep re-creates, in a restored thread stopped at a syscall-exit
 // stop, the kernel state of a sleep interrupted by the freezer: it starts
 // the same sleep for the remaining time, interrupts it, and leaves the
 // thread in the interrupt stop with its original registers, so that on
 // release the kernel resumes it through restart_syscall exactly as it would
 // have without the checkpoint.
-func RestartSleep(t *Target, th *pb.Thread) error {
+func restartSleep(t *Target, th *pb.Thread) error {
 	orig, err := ThreadRegs(th)
 	if err != nil {
 		return err

@@ -129,8 +129,8 @@ func restore(opts *Options) (res *Result, err error) {
 			if err := image.Unmarshal(rec, p); err != nil {
 				return nil, err
 			}
-			if mm == nil || p.MmId != mm.Id || len(p.Threads) != 1 || p.Threads[0].Tid != p.Pid {
-				return nil, fmt.Errorf("image damaged: process %d has no address space or not exactly one thread", p.Pid)
+			if err := validateProcess(p, mm); err != nil {
+				return nil, err
 			}
 			if s, pull, err = build(opts, p, mm, files); err != nil {
 				return nil, fmt.Errorf("process %d (%s): %w", p.Pid, p.Comm, err)
@@ -171,6 +171,26 @@ func restore(opts *Options) (res *Result, err error) {
 	return &Result{Pid: int(p.Pid), Comm: p.Comm}, nil
 }
 
+func validateProcess(p *pb.Process, mm *pb.Mm) error {
+	if mm == nil || p.MmId != mm.Id {
+		return fmt.Errorf("image damaged: process %d has no address space", p.Pid)
+	}
+	if len(p.Threads) == 0 || p.Threads[0].Tid != p.Pid {
+		return fmt.Errorf("image damaged: process %d does not list its main thread first", p.Pid)
+	}
+	seen := map[uint32]bool{}
+	for _, th := range p.Threads {
+		if th.Tid == 0 || th.Tid > 1<<22 || seen[th.Tid] {
+			return fmt.Errorf("image damaged: process %d has thread id %d twice or out of range", p.Pid, th.Tid)
+		}
+		seen[th.Tid] = true
+		if _, err := resource.ThreadRegs(th); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // checkPidFree explains who holds a PID the image needs, waiting a little
 // for a zombie to be reaped.
 func checkPidFree(pid int) error {
@@ -195,8 +215,10 @@ func checkPidFree(pid int) error {
 
 // build creates the process and its address space, ready for pages.
 func build(opts *Options, p *pb.Process, mm *pb.Mm, files *resource.OpenFiles) (*stub, *resource.FdPuller, error) {
-	if err := checkPidFree(int(p.Pid)); err != nil {
-		return nil, nil, err
+	for _, th := range p.Threads {
+		if err := checkPidFree(int(th.Tid)); err != nil {
+			return nil, nil, err
+		}
 	}
 	s0, err := startStub0()
 	if err != nil {
@@ -294,11 +316,10 @@ func freeRange(mm *pb.Mm, also []proc.Vma, size uint64) (uint64, error) {
 	return cand, nil
 }
 
-// finish restores everything but memory contents, then the registers, and
-// releases the process.
+// finish restores everything but memory contents, creates the other
+// threads, sets every thread's registers, and releases the process.
 func finish(opts *Options, s *stub, p *pb.Process, mm *pb.Mm, files *resource.OpenFiles, pull *resource.FdPuller) error {
 	t := s.t
-	th := p.Threads[0]
 	if err := resource.FinishMm(t, mm, files, pull); err != nil {
 		return err
 	}
@@ -311,50 +332,69 @@ func finish(opts *Options, s *stub, p *pb.Process, mm *pb.Mm, files *resource.Op
 	if err := resource.RestoreSignals(t, p); err != nil {
 		return err
 	}
-	if err := resource.RestoreThread(t, th); err != nil {
-		return err
-	}
 	if err := pull.Close(); err != nil {
 		return err
 	}
-	if err := resource.RestoreCreds(t, p.Creds); err != nil {
-		return err
+	// Threads share everything set so far; what is per thread comes next,
+	// then credentials (per thread in Linux), last of all privileges.
+	targets := []*resource.Target{t}
+	for _, th := range p.Threads[1:] {
+		tt, err := s.cloneThread(int(th.Tid))
+		s.tids = append(s.tids, int(th.Tid))
+		if err != nil {
+			return err
+		}
+		targets = append(targets, tt)
+	}
+	for i, th := range p.Threads {
+		if err := resource.RestoreThread(targets[i], th); err != nil {
+			return fmt.Errorf("thread %d: %w", th.Tid, err)
+		}
+	}
+	for i, th := range p.Threads {
+		if err := resource.RestoreCreds(targets[i], p.Creds); err != nil {
+			return fmt.Errorf("thread %d: %w", th.Tid, err)
+		}
+		if err := resource.RestoreThreadPending(targets[i], int(p.Pid), th); err != nil {
+			return fmt.Errorf("thread %d: %w", th.Tid, err)
+		}
 	}
 	if err := resource.RestorePendingAndTimers(t, p); err != nil {
 		return err
 	}
-	if err := ptrace.SetXstate(s.pid, th.Xstate); err != nil {
-		return err
+	for _, th := range p.Threads {
+		if err := ptrace.SetXstate(int(th.Tid), th.Xstate); err != nil {
+			return err
+		}
 	}
 	if err := opts.fault("final"); err != nil {
 		return err
 	}
 	// Unmap the stub last: the final munmap stops at syscall exit, before
-	// returning to the page it removed; the registers are set there.
+	// returning to the page it removed; the registers are set there. The
+	// other threads sit at their own syscall-exit stops and never run stub
+	// code again either.
 	if _, err := t.Syscall(unix.SYS_MUNMAP, s.code+4096, scratchPages*4096); err != nil {
 		return fmt.Errorf("unmap stub scratch: %w", err)
 	}
 	if _, err := t.Syscall(unix.SYS_MUNMAP, s.code, 4096); err != nil {
 		return fmt.Errorf("unmap stub code: %w", err)
 	}
-	if resource.NeedsSleepRestart(th) {
-		if err := resource.RestartSleep(t, th); err != nil {
-			return err
+	for i, th := range p.Threads {
+		if err := resource.FinishThread(targets[i], th); err != nil {
+			return fmt.Errorf("thread %d: %w", th.Tid, err)
 		}
-	} else {
-		regs, err := resource.ResumeRegs(th)
-		if err != nil {
-			return err
-		}
-		if err := ptrace.SetRegs(s.pid, &regs); err != nil {
+	}
+	for _, th := range p.Threads {
+		if err := ptrace.SetSigmask(int(th.Tid), th.Sigmask); err != nil {
 			return err
 		}
 	}
-	if err := ptrace.SetSigmask(s.pid, th.Sigmask); err != nil {
-		return err
-	}
-	if err := ptrace.Detach(s.pid, 0); err != nil {
-		return err
+	// Release the other threads first, the main thread last.
+	for i := len(p.Threads) - 1; i >= 0; i-- {
+		if err := ptrace.Detach(int(p.Threads[i].Tid), 0); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -58,6 +58,8 @@ type stub struct {
 	// code is the page holding the syscall instruction, scratch the memory
 	// after it.
 	code uint64
+	// tids are the threads created besides the main one.
+	tids []int
 }
 
 // scratchPages is the size of a stub's scratch area.
@@ -151,6 +153,39 @@ func (s *stub) clone(pid int) (*stub, error) {
 	return c, nil
 }
 
+// threadFlags make a clone3 child a thread of the stub.
+const threadFlags = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLONE_SIGHAND | unix.CLONE_THREAD | unix.CLONE_SYSVSEM
+
+// cloneThread makes the stub start a thread with the given TID. The
+// thread stops before it runs any code; it shares the stub's code and
+// scratch memory, which is safe because injections run one at a time.
+func (s *stub) cloneThread(tid int) (*resource.Target, error) {
+	var tb [8]byte
+	binary.LittleEndian.PutUint64(tb[:], uint64(tid))
+	tidAddr, err := s.t.Put(256, tb[:])
+	if err != nil {
+		return nil, err
+	}
+	args := cloneArgs{Flags: threadFlags, SetTid: tidAddr, SetTidSize: 1}
+	addr, err := s.t.Put(0, bytesOfClone(&args))
+	if err != nil {
+		return nil, err
+	}
+	child, err := s.t.Inj.Clone(addr, uint64(len(bytesOfClone(&args))))
+	if err != nil {
+		return nil, fmt.Errorf("create thread %d: %w", tid, err)
+	}
+	if child != tid {
+		return nil, fmt.Errorf("create thread %d: got tid %d", tid, child)
+	}
+	regs, err := ptrace.GetRegs(child)
+	if err != nil {
+		return nil, err
+	}
+	inj := &ptrace.Injector{Tid: child, SyscallAddr: s.code, Base: regs}
+	return &resource.Target{Pid: s.pid, Inj: inj, Scratch: s.t.Scratch, ScratchLen: s.t.ScratchLen}, nil
+}
+
 // relocate moves the stub's code and scratch into anonymous memory at at,
 // a range free in the image's layout, and unmaps everything else the stub
 // had except the kernel's vdso areas (returned, to be moved into place).
@@ -188,17 +223,24 @@ func (s *stub) relocate(at uint64) ([]proc.Vma, error) {
 	return specials, nil
 }
 
-// kill ends the stub and reaps it.
+// kill ends the stub and reaps it. Its other threads are reaped first:
+// the kernel reports a traced thread-group leader only after them.
 func (s *stub) kill() {
 	unix.Kill(s.pid, unix.SIGKILL)
-	var ws unix.WaitStatus
-	for {
-		_, err := unix.Wait4(s.pid, &ws, unix.WALL, nil)
-		if err == unix.EINTR {
-			continue
+	for i := len(s.tids) - 1; i >= -1; i-- {
+		tid := s.pid
+		if i >= 0 {
+			tid = s.tids[i]
 		}
-		if err != nil || ws.Exited() || ws.Signaled() {
-			return
+		var ws unix.WaitStatus
+		for {
+			_, err := unix.Wait4(tid, &ws, unix.WALL, nil)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil || ws.Exited() || ws.Signaled() {
+				break
+			}
 		}
 	}
 }

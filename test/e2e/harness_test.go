@@ -281,7 +281,7 @@ func (p *proc) verifyExit(e *exited, signal bool, timeout time.Duration) {
 		}
 	}
 	if !e.wait(timeout) {
-		p.t.Fatalf("workload %d did not finish within %v\nlog:\n%s", p.pid, timeout, p.logText())
+		p.t.Fatalf("workload %d did not finish within %v\nlog:\n%s\nthreads:\n%s", p.pid, timeout, p.logText(), taskStates(p.pid))
 	}
 	if e.err != nil || !hasLine(p.logText(), "PASS") {
 		p.t.Fatalf("workload %d: exit %v\nlog:\n%s", p.pid, e.err, p.logText())
@@ -289,3 +289,22 @@ func (p *proc) verifyExit(e *exited, signal bool, timeout time.Duration) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// taskStates describes every thread of pid, for failure reports.
+func taskStates(pid int) string {
+	var b strings.Builder
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*", pid))
+	for _, t := range tasks {
+		st, _ := os.ReadFile(t + "/status")
+		sc, _ := os.ReadFile(t + "/syscall")
+		for _, l := range strings.Split(string(st), "\n") {
+			for _, k := range []string{"Name:", "State:", "TracerPid:", "SigPnd:", "ShdPnd:", "SigBlk:"} {
+				if strings.HasPrefix(l, k) {
+					b.WriteString(strings.Join(strings.Fields(l), " ") + "  ")
+				}
+			}
+		}
+		b.WriteString("syscall " + strings.TrimSpace(string(sc)) + "\n")
+	}
+	return b.String()
+}

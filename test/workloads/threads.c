@@ -1,0 +1,116 @@
+// build: -pthread
+// threads: four threads, each in a different kind of wait or work, with its
+// own TLS value, name, signal mask and (for one) a pending thread-directed
+// signal. On SIGUSR2 every thread checks its own state and the main thread
+// reports PASS or FAIL.
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NT 4
+static __thread uint64_t tls_value;
+static pid_t tids[NT];
+static char fails[NT][200];
+static atomic_int ready, verify, done;
+static volatile sig_atomic_t usr2;
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+static pthread_t th[NT];
+
+static void on_usr2(int s) { (void)s; usr2 = 1; }
+
+static void check_common(int i) {
+	char name[16], want[16];
+	snprintf(want, sizeof want, "wl-t%d", i);
+	pthread_getname_np(pthread_self(), name, sizeof name);
+	if (strcmp(name, want) != 0)
+		snprintf(fails[i], sizeof fails[i], "thread %d name %s, want %s", i, name, want);
+	else if (tls_value != 0x1000 + (uint64_t)i)
+		snprintf(fails[i], sizeof fails[i], "thread %d TLS %#lx, want %#lx", i, tls_value, 0x1000 + (uint64_t)i);
+	else if (syscall(SYS_gettid) != tids[i])
+		snprintf(fails[i], sizeof fails[i], "thread %d tid %ld, want %d", i, syscall(SYS_gettid), tids[i]);
+}
+
+static void *worker(void *arg) {
+	int i = (int)(intptr_t)arg;
+	char name[16];
+	snprintf(name, sizeof name, "wl-t%d", i);
+	pthread_setname_np(pthread_self(), name);
+	tls_value = 0x1000 + i;
+	tids[i] = syscall(SYS_gettid);
+	sigset_t m;
+	sigemptyset(&m);
+	sigaddset(&m, SIGUSR2);
+	if (i == 1) sigaddset(&m, SIGRTMIN + 2);
+	if (i == 3) sigaddset(&m, SIGUSR1);
+	pthread_sigmask(SIG_BLOCK, &m, NULL);
+	atomic_fetch_add(&ready, 1);
+	uint64_t n = 0, acc = 0;
+	switch (i) {
+	case 0: // busy
+		while (!atomic_load(&verify)) { n++; acc += n; }
+		if (acc != (n % 2 ? n * ((n + 1) / 2) : (n / 2) * (n + 1)))
+			snprintf(fails[i], sizeof fails[i], "busy thread sum wrong");
+		break;
+	case 1: // sleeps in nanosleep, with a pending thread-directed signal
+		while (!atomic_load(&verify)) {
+			struct timespec ts = {0, 10000000};
+			if (nanosleep(&ts, NULL) != 0) snprintf(fails[i], sizeof fails[i], "nanosleep failed: %m");
+			n++;
+		}
+		sigset_t p;
+		sigpending(&p);
+		if (!sigismember(&p, SIGRTMIN + 2)) snprintf(fails[i], sizeof fails[i], "thread 1 lost its pending SIGRTMIN+2");
+		break;
+	case 2: // blocked on a condition variable (futex wait without timeout)
+		pthread_mutex_lock(&mu);
+		while (!atomic_load(&verify)) pthread_cond_wait(&cond, &mu);
+		pthread_mutex_unlock(&mu);
+		break;
+	case 3: { // blocked in sigwaitinfo
+		sigset_t w;
+		sigemptyset(&w);
+		sigaddset(&w, SIGUSR1);
+		siginfo_t si;
+		int s;
+		while ((s = sigwaitinfo(&w, &si)) < 0) ;
+		if (s != SIGUSR1) snprintf(fails[i], sizeof fails[i], "sigwaitinfo got %d", s);
+		break;
+	}
+	}
+	sigset_t cur;
+	pthread_sigmask(SIG_BLOCK, NULL, &cur);
+	if (!sigismember(&cur, SIGUSR2) || sigismember(&cur, SIGUSR1) != (i == 3))
+		snprintf(fails[i], sizeof fails[i], "thread %d signal mask changed", i);
+	if (!fails[i][0]) check_common(i);
+	atomic_fetch_add(&done, 1);
+	return NULL;
+}
+
+int main(void) {
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	struct sigaction sa = {.sa_handler = on_usr2};
+	sigaction(SIGUSR2, &sa, NULL);
+	for (int i = 0; i < NT; i++) pthread_create(&th[i], NULL, worker, (void *)(intptr_t)i);
+	while (atomic_load(&ready) < NT) usleep(1000);
+	pthread_kill(th[1], SIGRTMIN + 2);
+	printf("READY\n");
+	while (!usr2) pause();
+	atomic_store(&verify, 1);
+	pthread_mutex_lock(&mu);
+	pthread_cond_broadcast(&cond);
+	pthread_mutex_unlock(&mu);
+	pthread_kill(th[3], SIGUSR1);
+	for (int i = 0; i < NT; i++) pthread_join(th[i], NULL);
+	for (int i = 0; i < NT; i++)
+		if (fails[i][0]) { printf("FAIL: %s\n", fails[i]); return 1; }
+	printf("PASS\n");
+	return 0;
+}
