@@ -337,6 +337,9 @@ func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64) error
 			if err := resource.DumpSignals(th.target, p); err != nil {
 				return err
 			}
+			if err := resource.SyncTimerfds(th.target); err != nil {
+				return err
+			}
 		}
 		dt, err := resource.DumpThread(th.target, th.tid, th.regs, th.sigmask)
 		if err != nil {

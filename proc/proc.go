@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 )
@@ -246,12 +247,19 @@ func Tasks(pid int) ([]int, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []int
+	// The main thread first, then by number (ReadDir sorts names as text).
+	out := []int{}
 	for _, e := range ents {
 		if t, err := strconv.Atoi(e.Name()); err == nil {
 			out = append(out, t)
 		}
 	}
+	sort.Slice(out, func(i, j int) bool {
+		if (out[i] == pid) != (out[j] == pid) {
+			return out[i] == pid
+		}
+		return out[i] < out[j]
+	})
 	return out, nil
 }
 

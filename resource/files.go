@@ -116,6 +116,15 @@ func describeFd(pid, fd int) (*pb.File, error) {
 		}
 		f.Kind, f.Path = pb.File_CHARDEV, path
 	default:
+		if strings.HasPrefix(target, "anon_inode:") {
+			if err := describeAnon(f, target, info); err != nil {
+				if errors.Is(err, ErrUnsupported) {
+					return nil, fmt.Errorf("fd %d of process %d is %s: %w yet", fd, pid, target, ErrUnsupported)
+				}
+				return nil, fmt.Errorf("fd %d (%s) of process %d: %w", fd, target, pid, err)
+			}
+			return f, nil
+		}
 		return nil, fmt.Errorf("fd %d of process %d is %s: %w yet", fd, pid, target, ErrUnsupported)
 	}
 	return f, nil
@@ -206,14 +215,34 @@ func (o *OpenFiles) Add(f *pb.File) error {
 	return nil
 }
 
-// Get opens (once) and returns the file with id.
-func (o *OpenFiles) Get(id uint32) (*os.File, *pb.File, error) {
+// Record returns the image record of a file id.
+func (o *OpenFiles) Record(id uint32) (*pb.File, error) {
 	rec := o.recs[id]
 	if rec == nil {
-		return nil, nil, fmt.Errorf("image damaged: file id %d used before it is defined", id)
+		return nil, fmt.Errorf("image damaged: file id %d used before it is defined", id)
+	}
+	return rec, nil
+}
+
+// Get opens (once) and returns the file with id.
+func (o *OpenFiles) Get(id uint32) (*os.File, *pb.File, error) {
+	rec, err := o.Record(id)
+	if err != nil {
+		return nil, nil, err
 	}
 	if f := o.byID[id]; f != nil {
 		return f, rec, nil
+	}
+	switch rec.Kind {
+	case pb.File_EVENTFD, pb.File_TIMERFD, pb.File_SIGNALFD:
+		f, err := openAnon(rec)
+		if err != nil {
+			return nil, nil, err
+		}
+		o.byID[id] = f
+		return f, rec, nil
+	case pb.File_EPOLL:
+		return nil, nil, fmt.Errorf("epoll file %d cannot be opened outside its process", id)
 	}
 	flags := int(rec.Flags) &^ (unix.O_CREAT | unix.O_TRUNC | unix.O_EXCL | unix.O_NOCTTY | unix.O_CLOEXEC)
 	if rec.Kind == pb.File_DIRECTORY {
@@ -290,24 +319,44 @@ func (p *FdPuller) Close() error {
 	return err
 }
 
-// RestoreFiles rebuilds the descriptor table of the stub.
+// RestoreFiles rebuilds the descriptor table of the stub. Descriptors of
+// one open file description are placed once and duplicated; epoll items are
+// registered last, when every descriptor they name exists.
 func RestoreFiles(t *Target, pl *FdPuller, files *OpenFiles, p *pb.Process) error {
+	placed := map[uint32]int32{} // file id -> first descriptor holding it
+	var epolls []uint32
 	for _, fd := range p.Fds {
 		if fd.Fd < 0 || fd.Fd >= highFd {
 			return fmt.Errorf("image damaged: descriptor %d", fd.Fd)
-		}
-		f, rec, err := files.Get(fd.FileId)
-		if err != nil {
-			return fmt.Errorf("fd %d: %w", fd.Fd, err)
-		}
-		tmp, err := pl.Pull(f)
-		if err != nil {
-			return fmt.Errorf("fd %d (%s): %w", fd.Fd, rec.Path, err)
 		}
 		flags := uint64(0)
 		if fd.Cloexec {
 			flags = unix.O_CLOEXEC
 		}
+		if prev, ok := placed[fd.FileId]; ok {
+			if _, err := t.Syscall(unix.SYS_DUP3, uint64(prev), uint64(fd.Fd), flags); err != nil {
+				return fmt.Errorf("fd %d: dup3 of fd %d: %w", fd.Fd, prev, err)
+			}
+			continue
+		}
+		rec, err := files.Record(fd.FileId)
+		if err != nil {
+			return fmt.Errorf("fd %d: %w", fd.Fd, err)
+		}
+		var tmp uint64
+		if rec.Kind == pb.File_EPOLL {
+			tmp, err = createEpoll(t)
+			epolls = append(epolls, fd.FileId)
+		} else {
+			var f *os.File
+			if f, _, err = files.Get(fd.FileId); err == nil {
+				tmp, err = pl.Pull(f)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("fd %d (%s): %w", fd.Fd, rec.Path, err)
+		}
+		placed[fd.FileId] = fd.Fd
 		if tmp == uint64(fd.Fd) {
 			if _, err := t.Syscall(unix.SYS_FCNTL, tmp, unix.F_SETFD, flags/unix.O_CLOEXEC); err != nil {
 				return fmt.Errorf("fd %d: %w", fd.Fd, err)
@@ -318,6 +367,12 @@ func RestoreFiles(t *Target, pl *FdPuller, files *OpenFiles, p *pb.Process) erro
 			return fmt.Errorf("fd %d (%s): dup3: %w", fd.Fd, rec.Path, err)
 		}
 		if _, err := t.Syscall(unix.SYS_CLOSE, tmp); err != nil {
+			return err
+		}
+	}
+	for _, id := range epolls {
+		rec, _ := files.Record(id)
+		if err := restoreEpollItems(t, placed[id], rec); err != nil {
 			return err
 		}
 	}

@@ -83,3 +83,5 @@ func (t *Target) PutString(off uint64, s string) (uint64, error) {
 func bytesOf[T any](v *T) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(v)), unsafe.Sizeof(*v))
 }
+
+func unsafePointer[T any](v *T) unsafe.Pointer { return unsafe.Pointer(v) }

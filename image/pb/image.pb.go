@@ -35,6 +35,10 @@ const (
 	File_REGULAR   File_Kind = 1
 	File_DIRECTORY File_Kind = 2
 	File_CHARDEV   File_Kind = 3
+	File_EVENTFD   File_Kind = 4
+	File_EPOLL     File_Kind = 5
+	File_TIMERFD   File_Kind = 6
+	File_SIGNALFD  File_Kind = 7
 )
 
 // Enum value maps for File_Kind.
@@ -44,12 +48,20 @@ var (
 		1: "REGULAR",
 		2: "DIRECTORY",
 		3: "CHARDEV",
+		4: "EVENTFD",
+		5: "EPOLL",
+		6: "TIMERFD",
+		7: "SIGNALFD",
 	}
 	File_Kind_value = map[string]int32{
 		"UNKNOWN":   0,
 		"REGULAR":   1,
 		"DIRECTORY": 2,
 		"CHARDEV":   3,
+		"EVENTFD":   4,
+		"EPOLL":     5,
+		"TIMERFD":   6,
+		"SIGNALFD":  7,
 	}
 )
 
@@ -192,9 +204,23 @@ type File struct {
 	Flags uint32 `protobuf:"varint,4,opt,name=flags,proto3" json:"flags,omitempty"`
 	Pos   int64  `protobuf:"varint,5,opt,name=pos,proto3" json:"pos,omitempty"`
 	// size, mode and rdev as they were at checkpoint, to detect a changed file.
-	Size          int64  `protobuf:"varint,6,opt,name=size,proto3" json:"size,omitempty"`
-	Mode          uint32 `protobuf:"varint,7,opt,name=mode,proto3" json:"mode,omitempty"`
-	Rdev          uint64 `protobuf:"varint,8,opt,name=rdev,proto3" json:"rdev,omitempty"`
+	Size int64  `protobuf:"varint,6,opt,name=size,proto3" json:"size,omitempty"`
+	Mode uint32 `protobuf:"varint,7,opt,name=mode,proto3" json:"mode,omitempty"`
+	Rdev uint64 `protobuf:"varint,8,opt,name=rdev,proto3" json:"rdev,omitempty"`
+	// eventfd: the counter and EFD_SEMAPHORE.
+	EventfdCount     uint64 `protobuf:"varint,9,opt,name=eventfd_count,json=eventfdCount,proto3" json:"eventfd_count,omitempty"`
+	EventfdSemaphore bool   `protobuf:"varint,10,opt,name=eventfd_semaphore,json=eventfdSemaphore,proto3" json:"eventfd_semaphore,omitempty"`
+	// epoll: the registered descriptors. They are added again once the
+	// owner's descriptor table is rebuilt.
+	EpollItems []*EpollItem `protobuf:"bytes,11,rep,name=epoll_items,json=epollItems,proto3" json:"epoll_items,omitempty"`
+	// timerfd: clock, expirations not yet read, time to the next expiry
+	// (relative) and the interval.
+	TimerfdClock      int32  `protobuf:"varint,12,opt,name=timerfd_clock,json=timerfdClock,proto3" json:"timerfd_clock,omitempty"`
+	TimerfdTicks      uint64 `protobuf:"varint,13,opt,name=timerfd_ticks,json=timerfdTicks,proto3" json:"timerfd_ticks,omitempty"`
+	TimerfdValueNs    int64  `protobuf:"varint,14,opt,name=timerfd_value_ns,json=timerfdValueNs,proto3" json:"timerfd_value_ns,omitempty"`
+	TimerfdIntervalNs int64  `protobuf:"varint,15,opt,name=timerfd_interval_ns,json=timerfdIntervalNs,proto3" json:"timerfd_interval_ns,omitempty"`
+	// signalfd: the signals it reads.
+	SignalfdMask  uint64 `protobuf:"varint,16,opt,name=signalfd_mask,json=signalfdMask,proto3" json:"signalfd_mask,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -285,6 +311,122 @@ func (x *File) GetRdev() uint64 {
 	return 0
 }
 
+func (x *File) GetEventfdCount() uint64 {
+	if x != nil {
+		return x.EventfdCount
+	}
+	return 0
+}
+
+func (x *File) GetEventfdSemaphore() bool {
+	if x != nil {
+		return x.EventfdSemaphore
+	}
+	return false
+}
+
+func (x *File) GetEpollItems() []*EpollItem {
+	if x != nil {
+		return x.EpollItems
+	}
+	return nil
+}
+
+func (x *File) GetTimerfdClock() int32 {
+	if x != nil {
+		return x.TimerfdClock
+	}
+	return 0
+}
+
+func (x *File) GetTimerfdTicks() uint64 {
+	if x != nil {
+		return x.TimerfdTicks
+	}
+	return 0
+}
+
+func (x *File) GetTimerfdValueNs() int64 {
+	if x != nil {
+		return x.TimerfdValueNs
+	}
+	return 0
+}
+
+func (x *File) GetTimerfdIntervalNs() int64 {
+	if x != nil {
+		return x.TimerfdIntervalNs
+	}
+	return 0
+}
+
+func (x *File) GetSignalfdMask() uint64 {
+	if x != nil {
+		return x.SignalfdMask
+	}
+	return 0
+}
+
+type EpollItem struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Fd            int32                  `protobuf:"varint,1,opt,name=fd,proto3" json:"fd,omitempty"`
+	Events        uint32                 `protobuf:"varint,2,opt,name=events,proto3" json:"events,omitempty"`
+	Data          uint64                 `protobuf:"varint,3,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EpollItem) Reset() {
+	*x = EpollItem{}
+	mi := &file_image_pb_image_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EpollItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EpollItem) ProtoMessage() {}
+
+func (x *EpollItem) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EpollItem.ProtoReflect.Descriptor instead.
+func (*EpollItem) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *EpollItem) GetFd() int32 {
+	if x != nil {
+		return x.Fd
+	}
+	return 0
+}
+
+func (x *EpollItem) GetEvents() uint32 {
+	if x != nil {
+		return x.Events
+	}
+	return 0
+}
+
+func (x *EpollItem) GetData() uint64 {
+	if x != nil {
+		return x.Data
+	}
+	return 0
+}
+
 // Vma is one memory area of an address space.
 type Vma struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -310,7 +452,7 @@ type Vma struct {
 
 func (x *Vma) Reset() {
 	*x = Vma{}
-	mi := &file_image_pb_image_proto_msgTypes[2]
+	mi := &file_image_pb_image_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -322,7 +464,7 @@ func (x *Vma) String() string {
 func (*Vma) ProtoMessage() {}
 
 func (x *Vma) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[2]
+	mi := &file_image_pb_image_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -335,7 +477,7 @@ func (x *Vma) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Vma.ProtoReflect.Descriptor instead.
 func (*Vma) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{2}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Vma) GetStart() uint64 {
@@ -433,7 +575,7 @@ type Mm struct {
 
 func (x *Mm) Reset() {
 	*x = Mm{}
-	mi := &file_image_pb_image_proto_msgTypes[3]
+	mi := &file_image_pb_image_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -445,7 +587,7 @@ func (x *Mm) String() string {
 func (*Mm) ProtoMessage() {}
 
 func (x *Mm) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[3]
+	mi := &file_image_pb_image_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -458,7 +600,7 @@ func (x *Mm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mm.ProtoReflect.Descriptor instead.
 func (*Mm) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{3}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Mm) GetId() uint32 {
@@ -579,7 +721,7 @@ type Sigaction struct {
 
 func (x *Sigaction) Reset() {
 	*x = Sigaction{}
-	mi := &file_image_pb_image_proto_msgTypes[4]
+	mi := &file_image_pb_image_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -591,7 +733,7 @@ func (x *Sigaction) String() string {
 func (*Sigaction) ProtoMessage() {}
 
 func (x *Sigaction) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[4]
+	mi := &file_image_pb_image_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -604,7 +746,7 @@ func (x *Sigaction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sigaction.ProtoReflect.Descriptor instead.
 func (*Sigaction) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{4}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Sigaction) GetSigno() uint32 {
@@ -654,7 +796,7 @@ type Itimer struct {
 
 func (x *Itimer) Reset() {
 	*x = Itimer{}
-	mi := &file_image_pb_image_proto_msgTypes[5]
+	mi := &file_image_pb_image_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -666,7 +808,7 @@ func (x *Itimer) String() string {
 func (*Itimer) ProtoMessage() {}
 
 func (x *Itimer) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[5]
+	mi := &file_image_pb_image_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -679,7 +821,7 @@ func (x *Itimer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Itimer.ProtoReflect.Descriptor instead.
 func (*Itimer) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{5}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Itimer) GetWhich() uint32 {
@@ -714,7 +856,7 @@ type Rlimit struct {
 
 func (x *Rlimit) Reset() {
 	*x = Rlimit{}
-	mi := &file_image_pb_image_proto_msgTypes[6]
+	mi := &file_image_pb_image_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -726,7 +868,7 @@ func (x *Rlimit) String() string {
 func (*Rlimit) ProtoMessage() {}
 
 func (x *Rlimit) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[6]
+	mi := &file_image_pb_image_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -739,7 +881,7 @@ func (x *Rlimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rlimit.ProtoReflect.Descriptor instead.
 func (*Rlimit) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{6}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Rlimit) GetResource() uint32 {
@@ -780,7 +922,7 @@ type SyscallRestart struct {
 
 func (x *SyscallRestart) Reset() {
 	*x = SyscallRestart{}
-	mi := &file_image_pb_image_proto_msgTypes[7]
+	mi := &file_image_pb_image_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -792,7 +934,7 @@ func (x *SyscallRestart) String() string {
 func (*SyscallRestart) ProtoMessage() {}
 
 func (x *SyscallRestart) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[7]
+	mi := &file_image_pb_image_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -805,7 +947,7 @@ func (x *SyscallRestart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyscallRestart.ProtoReflect.Descriptor instead.
 func (*SyscallRestart) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{7}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SyscallRestart) GetNr() int64 {
@@ -856,7 +998,7 @@ type Thread struct {
 
 func (x *Thread) Reset() {
 	*x = Thread{}
-	mi := &file_image_pb_image_proto_msgTypes[8]
+	mi := &file_image_pb_image_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -868,7 +1010,7 @@ func (x *Thread) String() string {
 func (*Thread) ProtoMessage() {}
 
 func (x *Thread) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[8]
+	mi := &file_image_pb_image_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -881,7 +1023,7 @@ func (x *Thread) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Thread.ProtoReflect.Descriptor instead.
 func (*Thread) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{8}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Thread) GetTid() uint32 {
@@ -1007,7 +1149,7 @@ type Fd struct {
 
 func (x *Fd) Reset() {
 	*x = Fd{}
-	mi := &file_image_pb_image_proto_msgTypes[9]
+	mi := &file_image_pb_image_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1019,7 +1161,7 @@ func (x *Fd) String() string {
 func (*Fd) ProtoMessage() {}
 
 func (x *Fd) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[9]
+	mi := &file_image_pb_image_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1032,7 +1174,7 @@ func (x *Fd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fd.ProtoReflect.Descriptor instead.
 func (*Fd) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{9}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Fd) GetFd() int32 {
@@ -1073,7 +1215,7 @@ type Creds struct {
 
 func (x *Creds) Reset() {
 	*x = Creds{}
-	mi := &file_image_pb_image_proto_msgTypes[10]
+	mi := &file_image_pb_image_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1085,7 +1227,7 @@ func (x *Creds) String() string {
 func (*Creds) ProtoMessage() {}
 
 func (x *Creds) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[10]
+	mi := &file_image_pb_image_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1098,7 +1240,7 @@ func (x *Creds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Creds.ProtoReflect.Descriptor instead.
 func (*Creds) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{10}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Creds) GetUid() uint32 {
@@ -1192,7 +1334,7 @@ type Process struct {
 
 func (x *Process) Reset() {
 	*x = Process{}
-	mi := &file_image_pb_image_proto_msgTypes[11]
+	mi := &file_image_pb_image_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1204,7 +1346,7 @@ func (x *Process) String() string {
 func (*Process) ProtoMessage() {}
 
 func (x *Process) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[11]
+	mi := &file_image_pb_image_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1217,7 +1359,7 @@ func (x *Process) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Process.ProtoReflect.Descriptor instead.
 func (*Process) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{11}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Process) GetPid() uint32 {
@@ -1356,7 +1498,7 @@ type PageRun struct {
 
 func (x *PageRun) Reset() {
 	*x = PageRun{}
-	mi := &file_image_pb_image_proto_msgTypes[12]
+	mi := &file_image_pb_image_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1368,7 +1510,7 @@ func (x *PageRun) String() string {
 func (*PageRun) ProtoMessage() {}
 
 func (x *PageRun) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[12]
+	mi := &file_image_pb_image_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1381,7 +1523,7 @@ func (x *PageRun) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PageRun.ProtoReflect.Descriptor instead.
 func (*PageRun) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{12}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PageRun) GetAddr() uint64 {
@@ -1410,7 +1552,7 @@ type PageMap struct {
 
 func (x *PageMap) Reset() {
 	*x = PageMap{}
-	mi := &file_image_pb_image_proto_msgTypes[13]
+	mi := &file_image_pb_image_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1422,7 +1564,7 @@ func (x *PageMap) String() string {
 func (*PageMap) ProtoMessage() {}
 
 func (x *PageMap) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[13]
+	mi := &file_image_pb_image_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1435,7 +1577,7 @@ func (x *PageMap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PageMap.ProtoReflect.Descriptor instead.
 func (*PageMap) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{13}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PageMap) GetMmId() uint32 {
@@ -1463,7 +1605,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_image_pb_image_proto_msgTypes[14]
+	mi := &file_image_pb_image_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1475,7 +1617,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[14]
+	mi := &file_image_pb_image_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1488,7 +1630,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{14}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Error) GetMessage() string {
@@ -1514,7 +1656,7 @@ type Tail struct {
 
 func (x *Tail) Reset() {
 	*x = Tail{}
-	mi := &file_image_pb_image_proto_msgTypes[15]
+	mi := &file_image_pb_image_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1526,7 +1668,7 @@ func (x *Tail) String() string {
 func (*Tail) ProtoMessage() {}
 
 func (x *Tail) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[15]
+	mi := &file_image_pb_image_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1539,7 +1681,7 @@ func (x *Tail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tail.ProtoReflect.Descriptor instead.
 func (*Tail) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{15}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Tail) GetRecords() uint64 {
@@ -1590,7 +1732,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\ftool_version\x18\x05 \x01(\tR\vtoolVersion\x12$\n" +
 	"\x0etime_unix_nano\x18\x06 \x01(\x03R\ftimeUnixNano\x12\x1a\n" +
 	"\bhostname\x18\a \x01(\tR\bhostname\x12\x19\n" +
-	"\broot_pid\x18\b \x01(\rR\arootPid\"\xfa\x01\n" +
+	"\broot_pid\x18\b \x01(\rR\arootPid\"\x83\x05\n" +
 	"\x04File\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12,\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x18.ckpt.image.v1.File.KindR\x04kind\x12\x12\n" +
@@ -1599,12 +1741,30 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x03pos\x18\x05 \x01(\x03R\x03pos\x12\x12\n" +
 	"\x04size\x18\x06 \x01(\x03R\x04size\x12\x12\n" +
 	"\x04mode\x18\a \x01(\rR\x04mode\x12\x12\n" +
-	"\x04rdev\x18\b \x01(\x04R\x04rdev\"<\n" +
+	"\x04rdev\x18\b \x01(\x04R\x04rdev\x12#\n" +
+	"\reventfd_count\x18\t \x01(\x04R\feventfdCount\x12+\n" +
+	"\x11eventfd_semaphore\x18\n" +
+	" \x01(\bR\x10eventfdSemaphore\x129\n" +
+	"\vepoll_items\x18\v \x03(\v2\x18.ckpt.image.v1.EpollItemR\n" +
+	"epollItems\x12#\n" +
+	"\rtimerfd_clock\x18\f \x01(\x05R\ftimerfdClock\x12#\n" +
+	"\rtimerfd_ticks\x18\r \x01(\x04R\ftimerfdTicks\x12(\n" +
+	"\x10timerfd_value_ns\x18\x0e \x01(\x03R\x0etimerfdValueNs\x12.\n" +
+	"\x13timerfd_interval_ns\x18\x0f \x01(\x03R\x11timerfdIntervalNs\x12#\n" +
+	"\rsignalfd_mask\x18\x10 \x01(\x04R\fsignalfdMask\"o\n" +
 	"\x04Kind\x12\v\n" +
 	"\aUNKNOWN\x10\x00\x12\v\n" +
 	"\aREGULAR\x10\x01\x12\r\n" +
 	"\tDIRECTORY\x10\x02\x12\v\n" +
-	"\aCHARDEV\x10\x03\"\xea\x01\n" +
+	"\aCHARDEV\x10\x03\x12\v\n" +
+	"\aEVENTFD\x10\x04\x12\t\n" +
+	"\x05EPOLL\x10\x05\x12\v\n" +
+	"\aTIMERFD\x10\x06\x12\f\n" +
+	"\bSIGNALFD\x10\a\"G\n" +
+	"\tEpollItem\x12\x0e\n" +
+	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x16\n" +
+	"\x06events\x18\x02 \x01(\rR\x06events\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\x04R\x04data\"\xea\x01\n" +
 	"\x03Vma\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\x04R\x03end\x12\x12\n" +
@@ -1741,42 +1901,44 @@ func file_image_pb_image_proto_rawDescGZIP() []byte {
 }
 
 var file_image_pb_image_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_image_pb_image_proto_goTypes = []any{
 	(File_Kind)(0),         // 0: ckpt.image.v1.File.Kind
 	(*Header)(nil),         // 1: ckpt.image.v1.Header
 	(*File)(nil),           // 2: ckpt.image.v1.File
-	(*Vma)(nil),            // 3: ckpt.image.v1.Vma
-	(*Mm)(nil),             // 4: ckpt.image.v1.Mm
-	(*Sigaction)(nil),      // 5: ckpt.image.v1.Sigaction
-	(*Itimer)(nil),         // 6: ckpt.image.v1.Itimer
-	(*Rlimit)(nil),         // 7: ckpt.image.v1.Rlimit
-	(*SyscallRestart)(nil), // 8: ckpt.image.v1.SyscallRestart
-	(*Thread)(nil),         // 9: ckpt.image.v1.Thread
-	(*Fd)(nil),             // 10: ckpt.image.v1.Fd
-	(*Creds)(nil),          // 11: ckpt.image.v1.Creds
-	(*Process)(nil),        // 12: ckpt.image.v1.Process
-	(*PageRun)(nil),        // 13: ckpt.image.v1.PageRun
-	(*PageMap)(nil),        // 14: ckpt.image.v1.PageMap
-	(*Error)(nil),          // 15: ckpt.image.v1.Error
-	(*Tail)(nil),           // 16: ckpt.image.v1.Tail
+	(*EpollItem)(nil),      // 3: ckpt.image.v1.EpollItem
+	(*Vma)(nil),            // 4: ckpt.image.v1.Vma
+	(*Mm)(nil),             // 5: ckpt.image.v1.Mm
+	(*Sigaction)(nil),      // 6: ckpt.image.v1.Sigaction
+	(*Itimer)(nil),         // 7: ckpt.image.v1.Itimer
+	(*Rlimit)(nil),         // 8: ckpt.image.v1.Rlimit
+	(*SyscallRestart)(nil), // 9: ckpt.image.v1.SyscallRestart
+	(*Thread)(nil),         // 10: ckpt.image.v1.Thread
+	(*Fd)(nil),             // 11: ckpt.image.v1.Fd
+	(*Creds)(nil),          // 12: ckpt.image.v1.Creds
+	(*Process)(nil),        // 13: ckpt.image.v1.Process
+	(*PageRun)(nil),        // 14: ckpt.image.v1.PageRun
+	(*PageMap)(nil),        // 15: ckpt.image.v1.PageMap
+	(*Error)(nil),          // 16: ckpt.image.v1.Error
+	(*Tail)(nil),           // 17: ckpt.image.v1.Tail
 }
 var file_image_pb_image_proto_depIdxs = []int32{
 	0,  // 0: ckpt.image.v1.File.kind:type_name -> ckpt.image.v1.File.Kind
-	3,  // 1: ckpt.image.v1.Mm.vmas:type_name -> ckpt.image.v1.Vma
-	8,  // 2: ckpt.image.v1.Thread.restart:type_name -> ckpt.image.v1.SyscallRestart
-	10, // 3: ckpt.image.v1.Process.fds:type_name -> ckpt.image.v1.Fd
-	5,  // 4: ckpt.image.v1.Process.sigactions:type_name -> ckpt.image.v1.Sigaction
-	6,  // 5: ckpt.image.v1.Process.itimers:type_name -> ckpt.image.v1.Itimer
-	7,  // 6: ckpt.image.v1.Process.rlimits:type_name -> ckpt.image.v1.Rlimit
-	9,  // 7: ckpt.image.v1.Process.threads:type_name -> ckpt.image.v1.Thread
-	11, // 8: ckpt.image.v1.Process.creds:type_name -> ckpt.image.v1.Creds
-	13, // 9: ckpt.image.v1.PageMap.runs:type_name -> ckpt.image.v1.PageRun
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	3,  // 1: ckpt.image.v1.File.epoll_items:type_name -> ckpt.image.v1.EpollItem
+	4,  // 2: ckpt.image.v1.Mm.vmas:type_name -> ckpt.image.v1.Vma
+	9,  // 3: ckpt.image.v1.Thread.restart:type_name -> ckpt.image.v1.SyscallRestart
+	11, // 4: ckpt.image.v1.Process.fds:type_name -> ckpt.image.v1.Fd
+	6,  // 5: ckpt.image.v1.Process.sigactions:type_name -> ckpt.image.v1.Sigaction
+	7,  // 6: ckpt.image.v1.Process.itimers:type_name -> ckpt.image.v1.Itimer
+	8,  // 7: ckpt.image.v1.Process.rlimits:type_name -> ckpt.image.v1.Rlimit
+	10, // 8: ckpt.image.v1.Process.threads:type_name -> ckpt.image.v1.Thread
+	12, // 9: ckpt.image.v1.Process.creds:type_name -> ckpt.image.v1.Creds
+	14, // 10: ckpt.image.v1.PageMap.runs:type_name -> ckpt.image.v1.PageRun
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_image_pb_image_proto_init() }
@@ -1790,7 +1952,7 @@ func file_image_pb_image_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_image_pb_image_proto_rawDesc), len(file_image_pb_image_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -90,6 +90,28 @@ func compile(t *testing.T, name string, extra ...string) string {
 	return out
 }
 
+// compileGo builds the Go workload test/workloads/NAME, once per run.
+func compileGo(t *testing.T, name string) string {
+	t.Helper()
+	key := "go:" + name
+	if v, ok := compiled.Load(key); ok {
+		if err, bad := v.(error); bad {
+			t.Fatal(err)
+		}
+		return v.(string)
+	}
+	out := filepath.Join(buildDir, name)
+	cmd := exec.Command("go", "build", "-o", out, "./test/workloads/"+name)
+	cmd.Dir = repoRoot
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		err = fmt.Errorf("go build %s: %v\n%s", name, err, msg)
+		compiled.Store(key, err)
+		t.Fatal(err)
+	}
+	compiled.Store(key, out)
+	return out
+}
+
 // proc is a workload process started by the harness.
 type proc struct {
 	t   *testing.T

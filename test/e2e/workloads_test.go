@@ -35,6 +35,8 @@ func workloads() []workload {
 		{name: "fpu", argv: cWorkload("fpu"), signal: true, settle: 100 * time.Millisecond},
 		{name: "signals", argv: cWorkload("signals"), signal: true, settle: 100 * time.Millisecond},
 		{name: "threads", argv: cWorkload("threads"), signal: true, settle: 100 * time.Millisecond},
+		{name: "evloop", argv: cWorkload("evloop"), signal: true, settle: 50 * time.Millisecond},
+		{name: "go", argv: func(t *testing.T) []string { return []string{compileGo(t, "goprog")} }, signal: true, settle: 200 * time.Millisecond},
 		{name: "sleep-rel", argv: func(t *testing.T) []string { return []string{compile(t, "sleep"), "rel"} }, settle: time.Second, sleep: "rel"},
 		{name: "sleep-abs", argv: func(t *testing.T) []string { return []string{compile(t, "sleep"), "abs"} }, settle: time.Second, sleep: "abs"},
 		{name: "python3", argv: func(t *testing.T) []string {
