@@ -19,6 +19,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"sort"
 	"syscall"
 	"time"
 
@@ -68,8 +69,8 @@ func (o *Options) fault(point string) error {
 	return nil
 }
 
-// Preflight checks, without touching the process, that ckpt can
-// checkpoint it.
+// Preflight checks, without touching them, that ckpt can checkpoint pid
+// and its descendants.
 func Preflight(pid int) error {
 	if pid <= 0 {
 		return fmt.Errorf("invalid pid %d", pid)
@@ -90,20 +91,55 @@ func Preflight(pid int) error {
 	if st.Flags&0x00200000 != 0 { // PF_KTHREAD
 		return fmt.Errorf("process %d (%s) is a kernel thread", pid, st.Comm)
 	}
-	kids, err := proc.Children(pid)
+	pids, err := tree(pid)
 	if err != nil {
 		return err
 	}
-	if len(kids) > 0 {
-		return fmt.Errorf("process %d (%s) has child process %d: process trees are %w yet", pid, st.Comm, kids[0], resource.ErrUnsupported)
-	}
-	if err := resource.PreflightFiles(pid); err != nil {
-		return err
-	}
-	if _, err := resource.PreflightMm(pid); err != nil {
-		return err
+	for _, p := range pids {
+		if p == os.Getpid() {
+			return fmt.Errorf("ckpt itself (pid %d) is a descendant of %d; run ckpt from outside the tree it checkpoints", p, pid)
+		}
+		st, err := proc.ReadStat(p)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // a short-lived child that is gone already
+		}
+		if err != nil {
+			return fmt.Errorf("read process %d: %w", p, err)
+		}
+		if st.State == 'Z' {
+			continue
+		}
+		if err := resource.PreflightFiles(p); err != nil && !gone(p) {
+			return err
+		}
+		if _, err := resource.PreflightMm(p); err != nil && !gone(p) {
+			return err
+		}
 	}
 	return nil
+}
+
+// gone reports whether a process has vanished (exited and been reaped).
+func gone(pid int) bool {
+	_, err := os.Stat(proc.Path(pid, "stat"))
+	return errors.Is(err, os.ErrNotExist)
+}
+
+// tree lists pid and its descendants, parents before children.
+func tree(pid int) ([]int, error) {
+	out := []int{pid}
+	for i := 0; i < len(out); i++ {
+		kids, err := proc.Children(out[i])
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) && i > 0 {
+				continue // ended meanwhile
+			}
+			return nil, fmt.Errorf("list children of %d: %w", out[i], err)
+		}
+		sort.Ints(kids)
+		out = append(out, kids...)
+	}
+	return out, nil
 }
 
 // Run checkpoints one process into opts.Out.
@@ -234,76 +270,155 @@ func (f *frozen) freeze() error {
 	return nil
 }
 
-func dump(opts *Options, stats *Stats) (err error) {
-	pid := opts.Pid
-	f := &frozen{pid: pid}
-	defer func() {
-		if rerr := f.release(); rerr != nil && err == nil {
-			err = fmt.Errorf("release process: %w", rerr)
+// frozenTree is every process of the checkpoint, in tree order.
+type frozenTree struct {
+	procs   []*frozen
+	zombies []*proc.Stat
+}
+
+func (ft *frozenTree) release() error {
+	var errs []error
+	for _, f := range ft.procs {
+		errs = append(errs, f.release())
+	}
+	return errors.Join(errs...)
+}
+
+// freeze stops the whole tree, walking it again until no process appears
+// that is not frozen (a running process can fork until it is stopped).
+func (ft *frozenTree) freeze(root int) error {
+	seen := map[int]bool{}
+	for {
+		pids, err := tree(root)
+		if err != nil {
+			return err
 		}
-		stats.Frozen = f.frozenFor
+		fresh := false
+		for _, pid := range pids {
+			if seen[pid] {
+				continue
+			}
+			seen[pid], fresh = true, true
+			st, err := proc.ReadStat(pid)
+			if err != nil {
+				if pid != root && errors.Is(err, os.ErrNotExist) {
+					continue
+				}
+				return err
+			}
+			if st.State == 'Z' {
+				ft.zombies = append(ft.zombies, st)
+				continue
+			}
+			f := &frozen{pid: pid}
+			ft.procs = append(ft.procs, f)
+			if err := f.freeze(); err != nil {
+				return fmt.Errorf("process %d: %w", pid, err)
+			}
+		}
+		if !fresh {
+			return nil
+		}
+	}
+}
+
+func dump(opts *Options, stats *Stats) (err error) {
+	ft := &frozenTree{}
+	defer func() {
+		if rerr := ft.release(); rerr != nil && err == nil {
+			err = fmt.Errorf("release processes: %w", rerr)
+		}
+		if len(ft.procs) > 0 {
+			stats.Frozen = ft.procs[0].frozenFor
+		}
 	}()
-	if err := f.freeze(); err != nil {
+	if err := ft.freeze(opts.Pid); err != nil {
 		return err
 	}
 	if err := opts.fault("seized"); err != nil {
 		return err
 	}
-	// The process could have forked between preflight and the freeze.
-	if kids, _ := proc.Children(pid); len(kids) != 0 {
-		return fmt.Errorf("process forked %d during the checkpoint: process trees are %w yet", kids[0], resource.ErrUnsupported)
-	}
-
-	p := &pb.Process{Pid: uint32(pid)}
-	var brk uint64
-	if err := collectInjected(opts, f, p, &brk); err != nil {
-		return err
-	}
-
-	st, err := proc.ReadStat(pid)
-	if err != nil {
-		return err
-	}
-	p.Ppid, p.Pgid, p.Sid, p.ExitSignal = uint32(st.Ppid), uint32(st.Pgrp), uint32(st.Session), uint32(st.ExitSignal)
-	if err := resource.DumpTask(pid, p); err != nil {
-		return err
-	}
 	files := resource.NewFileSet()
-	if err := resource.DumpFiles(pid, p, files); err != nil {
-		return err
+	var procs []*pb.Process
+	var mms []*pb.Mm
+	for i, f := range ft.procs {
+		p, mm, err := collect(opts, f, files, uint32(i+1))
+		if err != nil {
+			return fmt.Errorf("process %d: %w", f.pid, err)
+		}
+		procs, mms = append(procs, p), append(mms, mm)
 	}
-	mm, err := resource.DumpMm(pid, brk, files)
-	if err != nil {
-		return err
+	for _, z := range ft.zombies {
+		procs = append(procs, &pb.Process{Pid: uint32(z.Pid), Ppid: uint32(z.Ppid), Pgid: uint32(z.Pgrp), Sid: uint32(z.Session),
+			Comm: z.Comm, ExitSignal: uint32(z.ExitSignal), Zombie: true, ExitCode: uint32(z.ExitCode)})
 	}
-	p.MmId = mm.Id
 
 	w, err := image.NewWriter(opts.Out)
 	if err != nil {
 		return err
 	}
-	if err := writeImage(opts, w, f, p, mm, files); err != nil {
+	if err := writeImage(opts, w, ft, procs, mms, files); err != nil {
 		if ferr := w.Fail(err); ferr != nil && opts.Warn != nil {
 			opts.Warn("could not record the failure in the image: " + ferr.Error())
 		}
 		return err
 	}
-	stats.Pages, stats.Bytes = 0, w.Offset()
+	stats.Bytes = w.Offset()
 	if opts.Kill {
-		// Kill while still stopped: the process never runs past the image.
-		f.released = true
-		f.frozenFor = time.Since(f.frozenAt)
-		if err := unix.Kill(pid, unix.SIGKILL); err != nil {
-			return fmt.Errorf("kill %d: %w", pid, err)
+		// Kill while still stopped: no process runs past the image.
+		for _, f := range ft.procs {
+			f.released = true
+			f.frozenFor = time.Since(f.frozenAt)
+			if err := unix.Kill(f.pid, unix.SIGKILL); err != nil {
+				return fmt.Errorf("kill %d: %w", f.pid, err)
+			}
 		}
-		// Consume the tracer's exit reports so that the parent can reap:
-		// other threads first, the leader is reported only after them.
-		for i := len(f.threads) - 1; i >= 0; i-- {
-			ptrace.Wait(f.threads[i].tid)
+		// Consume the tracer's exit reports so that parents can reap:
+		// other threads first, a leader is reported only after them.
+		for _, f := range ft.procs {
+			for i := len(f.threads) - 1; i >= 0; i-- {
+				ptrace.Wait(f.threads[i].tid)
+			}
 		}
-		return waitGone(pid, opts.Warn)
+		for _, f := range ft.procs {
+			if err := waitGone(f.pid, opts.Warn); err != nil {
+				return err
+			}
+		}
+		for _, z := range ft.zombies {
+			if err := waitGone(z.Pid, opts.Warn); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
+}
+
+// collect reads one frozen process.
+func collect(opts *Options, f *frozen, files *resource.FileSet, mmID uint32) (*pb.Process, *pb.Mm, error) {
+	p := &pb.Process{Pid: uint32(f.pid)}
+	var brk uint64
+	if err := collectInjected(opts, f, p, &brk); err != nil {
+		return nil, nil, err
+	}
+	st, err := proc.ReadStat(f.pid)
+	if err != nil {
+		return nil, nil, err
+	}
+	p.Ppid, p.Pgid, p.Sid, p.ExitSignal = uint32(st.Ppid), uint32(st.Pgrp), uint32(st.Session), uint32(st.ExitSignal)
+	if err := resource.DumpTask(f.pid, p); err != nil {
+		return nil, nil, err
+	}
+	if err := resource.DumpFiles(f.pid, p, files); err != nil {
+		return nil, nil, err
+	}
+	mm, err := resource.DumpMm(f.pid, brk, files)
+	if err != nil {
+		return nil, nil, err
+	}
+	mm.Id = mmID
+	p.MmId = mm.Id
+	return p, mm, nil
 }
 
 // collectInjected reads what only the process itself can tell, with
@@ -358,7 +473,7 @@ func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64) error
 	return nil
 }
 
-func writeImage(opts *Options, w *image.Writer, f *frozen, p *pb.Process, mm *pb.Mm, files *resource.FileSet) error {
+func writeImage(opts *Options, w *image.Writer, ft *frozenTree, procs []*pb.Process, mms []*pb.Mm, files *resource.FileSet) error {
 	host, _ := os.Hostname()
 	var uts unix.Utsname
 	unix.Uname(&uts)
@@ -375,18 +490,26 @@ func writeImage(opts *Options, w *image.Writer, f *frozen, p *pb.Process, mm *pb
 			return err
 		}
 	}
-	if err := w.Message(image.TypeMm, mm); err != nil {
-		return err
+	// Every process before any page, so that a restorer can build the
+	// whole tree, then stream pages into it.
+	for _, mm := range mms {
+		if err := w.Message(image.TypeMm, mm); err != nil {
+			return err
+		}
 	}
-	if err := w.Message(image.TypeProcess, p); err != nil {
-		return err
+	for _, p := range procs {
+		if err := w.Message(image.TypeProcess, p); err != nil {
+			return err
+		}
 	}
 	if err := opts.fault("pages"); err != nil {
 		return err
 	}
-	t := &resource.Target{Pid: f.pid}
-	if err := resource.DumpPages(t, mm, w); err != nil {
-		return err
+	for i, f := range ft.procs {
+		t := &resource.Target{Pid: f.pid}
+		if err := resource.DumpPages(t, mms[i], w); err != nil {
+			return fmt.Errorf("process %d: %w", f.pid, err)
+		}
 	}
 	if err := opts.fault("tail"); err != nil {
 		return err

@@ -135,6 +135,7 @@ type Stat struct {
 	EnvStart   uint64
 	EnvEnd     uint64
 	ExitSignal int
+	ExitCode   int
 }
 
 // ReadStat reads /proc/PID/stat.
@@ -177,7 +178,7 @@ func ParseStat(b []byte) (*Stat, error) {
 		Ppid: i(4), Pgrp: i(5), Session: i(6), Flags: n(9), NumThreads: i(20), StartTime: n(22),
 		StartCode: n(26), EndCode: n(27), StartStack: n(28), ExitSignal: i(38),
 		StartData: n(45), EndData: n(46), StartBrk: n(47),
-		ArgStart: n(48), ArgEnd: n(49), EnvStart: n(50), EnvEnd: n(51),
+		ArgStart: n(48), ArgEnd: n(49), EnvStart: n(50), EnvEnd: n(51), ExitCode: i(52),
 	}, nil
 }
 

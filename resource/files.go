@@ -26,11 +26,13 @@ type FileSet struct {
 	byPath map[string]uint32
 	// owners remembers one (pid, fd) per description, for kcmp.
 	owners map[uint32][2]int
+	// pipes records the pipes whose data is already saved.
+	pipes map[uint64]bool
 }
 
 // NewFileSet returns an empty set.
 func NewFileSet() *FileSet {
-	return &FileSet{byPath: map[string]uint32{}, owners: map[uint32][2]int{}}
+	return &FileSet{byPath: map[string]uint32{}, owners: map[uint32][2]int{}, pipes: map[uint64]bool{}}
 }
 
 func (s *FileSet) add(f *pb.File) uint32 {
@@ -109,6 +111,12 @@ func describeFd(pid, fd int) (*pb.File, error) {
 		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
 			f.Kind = pb.File_DIRECTORY
 		}
+	case unix.S_IFIFO:
+		ino, ok := pipeIno(target)
+		if !ok {
+			return nil, fmt.Errorf("fd %d of process %d is the FIFO %s: %w yet", fd, pid, target, ErrUnsupported)
+		}
+		f.Kind, f.PipeIno = pb.File_PIPE, ino
 	case unix.S_IFCHR:
 		path, ok := charDevs[st.Rdev]
 		if !ok {
@@ -148,6 +156,12 @@ func DumpFiles(pid int, p *pb.Process, s *FileSet) error {
 		}
 		id := s.sameDescription(pid, fd, f)
 		if id == 0 {
+			if f.Kind == pb.File_PIPE && !s.pipes[f.PipeIno] {
+				s.pipes[f.PipeIno] = true
+				if f.PipeData, f.PipeSize, err = dumpPipeData(pid, fd); err != nil {
+					return err
+				}
+			}
 			id = s.add(f)
 			s.owners[id] = [2]int{pid, fd}
 		}
@@ -197,13 +211,14 @@ func (s *FileSet) MappedFile(path string) (uint32, error) {
 // OpenFiles are the image's files, opened in ckpt's own process; stubs take
 // their copies with pidfd_getfd.
 type OpenFiles struct {
-	byID map[uint32]*os.File
-	recs map[uint32]*pb.File
+	byID  map[uint32]*os.File
+	recs  map[uint32]*pb.File
+	pipes map[uint64]*openPipe
 }
 
 // NewOpenFiles returns an empty table.
 func NewOpenFiles() *OpenFiles {
-	return &OpenFiles{byID: map[uint32]*os.File{}, recs: map[uint32]*pb.File{}}
+	return &OpenFiles{byID: map[uint32]*os.File{}, recs: map[uint32]*pb.File{}, pipes: map[uint64]*openPipe{}}
 }
 
 // Add records a File from the image; it is opened on first use.
@@ -243,6 +258,13 @@ func (o *OpenFiles) Get(id uint32) (*os.File, *pb.File, error) {
 		return f, rec, nil
 	case pb.File_EPOLL:
 		return nil, nil, fmt.Errorf("epoll file %d cannot be opened outside its process", id)
+	case pb.File_PIPE:
+		f, err := o.openPipeEnd(rec)
+		if err != nil {
+			return nil, nil, err
+		}
+		o.byID[id] = f
+		return f, rec, nil
 	}
 	flags := int(rec.Flags) &^ (unix.O_CREAT | unix.O_TRUNC | unix.O_EXCL | unix.O_NOCTTY | unix.O_CLOEXEC)
 	if rec.Kind == pb.File_DIRECTORY {
@@ -273,6 +295,10 @@ func (o *OpenFiles) Get(id uint32) (*os.File, *pb.File, error) {
 func (o *OpenFiles) Close() {
 	for _, f := range o.byID {
 		f.Close()
+	}
+	for _, p := range o.pipes {
+		p.r.Close()
+		p.w.Close()
 	}
 }
 

@@ -73,6 +73,16 @@ func Run(opts Options) (*Result, error) {
 	return res, nil
 }
 
+// task is one process of the image during its restore.
+type task struct {
+	p        *pb.Process
+	mm       *pb.Mm
+	s        *stub
+	pull     *resource.FdPuller
+	children []*task
+	targets  []*resource.Target // one per thread, filled by finish
+}
+
 func restore(opts *Options) (res *Result, err error) {
 	r, err := image.NewReader(opts.In)
 	if err != nil {
@@ -80,18 +90,19 @@ func restore(opts *Options) (res *Result, err error) {
 	}
 	files := resource.NewOpenFiles()
 	defer files.Close()
-	var (
-		mm   *pb.Mm
-		p    *pb.Process
-		s    *stub
-		pm   *pb.PageMap
-		pull *resource.FdPuller
-	)
+	mms := map[uint32]*pb.Mm{}
+	var tasks []*task
+	byMm := map[uint32]*task{}
+	built := false
+	var created []*stub // every stub, in creation order, for cleanup
 	defer func() {
-		if err != nil && s != nil {
-			s.kill()
+		if err != nil {
+			for i := len(created) - 1; i >= 0; i-- {
+				created[i].kill()
+			}
 		}
 	}()
+	var pm *pb.PageMap
 	buf := make([]byte, 4<<20)
 	for {
 		rec, err := r.Next()
@@ -100,6 +111,9 @@ func restore(opts *Options) (res *Result, err error) {
 		}
 		if err != nil {
 			return nil, err
+		}
+		if built && (rec.Type == image.TypeFile || rec.Type == image.TypeMm || rec.Type == image.TypeProcess) {
+			return nil, fmt.Errorf("image damaged: %v record at byte %d after the pages began", rec.Type, rec.Offset)
 		}
 		switch rec.Type {
 		case image.TypeFile:
@@ -111,38 +125,52 @@ func restore(opts *Options) (res *Result, err error) {
 				return nil, err
 			}
 		case image.TypeMm:
-			if mm != nil {
-				return nil, fmt.Errorf("image has several address spaces: process trees need a newer ckpt")
-			}
-			mm = &pb.Mm{}
+			mm := &pb.Mm{}
 			if err := image.Unmarshal(rec, mm); err != nil {
 				return nil, err
 			}
 			if err := resource.ValidateMm(mm); err != nil {
 				return nil, err
 			}
-		case image.TypeProcess:
-			if p != nil {
-				return nil, fmt.Errorf("image has several processes: process trees need a newer ckpt")
+			if mm.Id == 0 || mms[mm.Id] != nil {
+				return nil, fmt.Errorf("image damaged: address space id %d twice or zero", mm.Id)
 			}
-			p = &pb.Process{}
+			mms[mm.Id] = mm
+		case image.TypeProcess:
+			p := &pb.Process{}
 			if err := image.Unmarshal(rec, p); err != nil {
 				return nil, err
 			}
-			if err := validateProcess(p, mm); err != nil {
-				return nil, err
+			t := &task{p: p}
+			if !p.Zombie {
+				t.mm = mms[p.MmId]
+				if err := validateProcess(p, t.mm); err != nil {
+					return nil, err
+				}
+				if byMm[p.MmId] != nil {
+					return nil, fmt.Errorf("image damaged: address space %d used by two processes", p.MmId)
+				}
+				byMm[p.MmId] = t
 			}
-			if s, pull, err = build(opts, p, mm, files); err != nil {
-				return nil, fmt.Errorf("process %d (%s): %w", p.Pid, p.Comm, err)
-			}
+			tasks = append(tasks, t)
 		case image.TypePageMap:
+			if !built {
+				if created, err = build(opts, r.Header, tasks, files); err != nil {
+					return nil, err
+				}
+				built = true
+			}
 			pm = &pb.PageMap{}
 			if err := image.Unmarshal(rec, pm); err != nil {
 				return nil, err
 			}
 		case image.TypePages:
-			if s == nil || pm == nil || pm.MmId != mm.Id {
-				return nil, fmt.Errorf("image damaged: pages at byte %d before their process", rec.Offset)
+			t := byMm[0]
+			if pm != nil {
+				t = byMm[pm.MmId]
+			}
+			if t == nil || t.s == nil {
+				return nil, fmt.Errorf("image damaged: pages at byte %d for no process", rec.Offset)
 			}
 			var n uint64
 			for _, run := range pm.Runs {
@@ -151,8 +179,8 @@ func restore(opts *Options) (res *Result, err error) {
 			if n*image.PageSize != rec.Len {
 				return nil, fmt.Errorf("image damaged: pages record at byte %d does not match its page map", rec.Offset)
 			}
-			if err := resource.RestorePages(s.t, mm, pm, r, buf); err != nil {
-				return nil, err
+			if err := resource.RestorePages(t.s.t, t.mm, pm, r, buf); err != nil {
+				return nil, fmt.Errorf("process %d: %w", t.p.Pid, err)
 			}
 			pm = nil
 			if err := opts.fault("pages"); err != nil {
@@ -162,17 +190,31 @@ func restore(opts *Options) (res *Result, err error) {
 			return nil, fmt.Errorf("image damaged: unexpected %v record at byte %d", rec.Type, rec.Offset)
 		}
 	}
-	if s == nil {
-		return nil, fmt.Errorf("image holds no process")
+	if !built {
+		if created, err = build(opts, r.Header, tasks, files); err != nil {
+			return nil, err
+		}
 	}
-	if err := finish(opts, s, p, mm, files, pull); err != nil {
-		return nil, fmt.Errorf("process %d (%s): %w", p.Pid, p.Comm, err)
+	for _, t := range tasks {
+		if t.p.Zombie {
+			continue
+		}
+		if err := finish(opts, t, files); err != nil {
+			return nil, fmt.Errorf("process %d (%s): %w", t.p.Pid, t.p.Comm, err)
+		}
 	}
-	return &Result{Pid: int(p.Pid), Comm: p.Comm}, nil
+	// Everything is in place: let every process go, the root last.
+	for i := len(tasks) - 1; i >= 0; i-- {
+		if err := release(tasks[i]); err != nil {
+			return nil, err
+		}
+	}
+	root := tasks[0]
+	return &Result{Pid: int(root.p.Pid), Comm: root.p.Comm}, nil
 }
 
 func validateProcess(p *pb.Process, mm *pb.Mm) error {
-	if mm == nil || p.MmId != mm.Id {
+	if mm == nil {
 		return fmt.Errorf("image damaged: process %d has no address space", p.Pid)
 	}
 	if len(p.Threads) == 0 || p.Threads[0].Tid != p.Pid {
@@ -213,50 +255,146 @@ func checkPidFree(pid int) error {
 	}
 }
 
-// build creates the process and its address space, ready for pages.
-func build(opts *Options, p *pb.Process, mm *pb.Mm, files *resource.OpenFiles) (*stub, *resource.FdPuller, error) {
-	for _, th := range p.Threads {
-		if err := checkPidFree(int(th.Tid)); err != nil {
-			return nil, nil, err
+// build creates every process of the image with its original PID, parent,
+// session and group, turns zombies into zombies, and prepares each live
+// process's address space for its pages. It returns the stubs created.
+func build(opts *Options, hdr *pb.Header, tasks []*task, files *resource.OpenFiles) (created []*stub, err error) {
+	if len(tasks) == 0 {
+		return nil, fmt.Errorf("image holds no process")
+	}
+	byPid := map[uint32]*task{}
+	for _, t := range tasks {
+		if byPid[t.p.Pid] != nil {
+			return nil, fmt.Errorf("image damaged: pid %d twice", t.p.Pid)
 		}
+		byPid[t.p.Pid] = t
 	}
-	s0, err := startStub0()
-	if err != nil {
-		return nil, nil, err
+	root := tasks[0]
+	if root.p.Pid != hdr.RootPid || root.p.Zombie {
+		return nil, fmt.Errorf("image damaged: first process %d is not the live root %d", root.p.Pid, hdr.RootPid)
 	}
-	defer s0.kill()
-	s, err := s0.clone(int(p.Pid))
-	if err != nil {
-		if errors.Is(err, unix.EEXIST) {
-			if perr := checkPidFree(int(p.Pid)); perr != nil {
-				return nil, nil, perr
+	for _, t := range tasks[1:] {
+		parent := byPid[t.p.Ppid]
+		if parent == nil || parent.p.Zombie {
+			return nil, fmt.Errorf("image damaged: parent %d of process %d is not in the image", t.p.Ppid, t.p.Pid)
+		}
+		parent.children = append(parent.children, t)
+	}
+	for _, t := range tasks {
+		ids := []uint32{t.p.Pid}
+		for _, th := range t.p.Threads {
+			ids = append(ids, th.Tid)
+		}
+		for _, id := range ids {
+			if err := checkPidFree(int(id)); err != nil {
+				return nil, err
 			}
 		}
-		return nil, nil, err
 	}
-	ok := false
 	defer func() {
-		if !ok {
-			s.kill()
+		if err != nil {
+			for i := len(created) - 1; i >= 0; i-- {
+				created[i].kill()
+			}
+			created = nil
 		}
 	}()
+	s0, err := startStub0()
+	if err != nil {
+		return nil, err
+	}
+	defer s0.kill()
+	if root.s, err = s0.clone(int(root.p.Pid), unix.CLONE_PARENT, 0); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			if perr := checkPidFree(int(root.p.Pid)); perr != nil {
+				return nil, perr
+			}
+		}
+		return nil, err
+	}
+	created = append(created, root.s)
+	if err := ptrace.SetSigmask(root.s.pid, ^uint64(0)); err != nil {
+		return created, err
+	}
+	// Parents before children; a session leader calls setsid before its
+	// children exist, so that they inherit the session.
+	for i := 0; i < len(tasks); i++ {
+		t := tasks[i]
+		if t.s == nil {
+			continue // not reached: parent missing (checked above)
+		}
+		if t.p.Sid == t.p.Pid {
+			if _, err := t.s.t.Syscall(unix.SYS_SETSID); err != nil {
+				return created, fmt.Errorf("process %d: setsid: %w", t.p.Pid, err)
+			}
+		}
+		for _, c := range t.children {
+			exitSig := uint64(c.p.ExitSignal)
+			if c.s, err = t.s.clone(int(c.p.Pid), 0, exitSig); err != nil {
+				return created, fmt.Errorf("process %d: %w", t.p.Pid, err)
+			}
+			created = append(created, c.s)
+		}
+	}
 	if err := opts.fault("stub"); err != nil {
-		return nil, nil, err
+		return created, err
 	}
-	if err := ptrace.SetSigmask(s.pid, ^uint64(0)); err != nil {
-		return nil, nil, err
+	// Process groups: leaders first, then members join them. A group whose
+	// leader is not in the image keeps the group inherited from the parent;
+	// a root that was not a session leader stays in ckpt's session, like a
+	// job started from the shell ckpt runs in.
+	for pass := 0; pass < 2; pass++ {
+		for _, t := range tasks {
+			if t.p.Sid == t.p.Pid || (pass == 0) != (t.p.Pgid == t.p.Pid) {
+				continue
+			}
+			if leader := byPid[t.p.Pgid]; pass == 1 && (leader == nil || leader.p.Sid != t.p.Sid) {
+				continue
+			}
+			if _, err := t.s.t.Syscall(unix.SYS_SETPGID, 0, uint64(t.p.Pgid)); err != nil {
+				return created, fmt.Errorf("process %d: join process group %d: %w", t.p.Pid, t.p.Pgid, err)
+			}
+		}
 	}
+	for _, t := range tasks {
+		if t.p.Zombie {
+			if err := t.s.becomeZombie(t.p.ExitCode); err != nil {
+				return created, fmt.Errorf("zombie %d: %w", t.p.Pid, err)
+			}
+			if err := byPid[t.p.Ppid].s.drainSigchld(); err != nil {
+				return created, err
+			}
+			continue
+		}
+	}
+	for _, t := range tasks {
+		if t.p.Zombie {
+			continue
+		}
+		if err := prepare(t, files); err != nil {
+			return created, fmt.Errorf("process %d (%s): %w", t.p.Pid, t.p.Comm, err)
+		}
+	}
+	if err := opts.fault("mapped"); err != nil {
+		return created, err
+	}
+	return created, nil
+}
+
+// prepare empties a stub and maps the process's areas, ready for pages.
+func prepare(t *task, files *resource.OpenFiles) error {
+	s, mm, p := t.s, t.mm, t.p
 	stubSize := uint64(1+scratchPages) * 4096
 	at, err := freeRange(mm, nil, stubSize)
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
 	specials, err := s.relocate(at)
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
 	if _, err := s.t.Syscall(unix.SYS_CLOSE_RANGE, 0, ^uint64(0)>>33, 0); err != nil {
-		return nil, nil, fmt.Errorf("close stub descriptors: %w", err)
+		return fmt.Errorf("close stub descriptors: %w", err)
 	}
 	var specialSize uint64
 	for _, v := range specials {
@@ -264,27 +402,19 @@ func build(opts *Options, p *pb.Process, mm *pb.Mm, files *resource.OpenFiles) (
 	}
 	tmp, err := freeRange(mm, append(specials, proc.Vma{Start: at, End: at + stubSize}), specialSize)
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
 	if err := resource.MoveSpecials(s.t, mm, specials, tmp); err != nil {
-		return nil, nil, err
+		return err
 	}
 	maxFd := int32(0)
 	for _, fd := range p.Fds {
 		maxFd = max(maxFd, fd.Fd)
 	}
-	pull, err := resource.NewFdPuller(s.t, uint64(maxFd)+1)
-	if err != nil {
-		return nil, nil, err
+	if t.pull, err = resource.NewFdPuller(s.t, uint64(maxFd)+1); err != nil {
+		return err
 	}
-	if err := resource.MapVmas(s.t, mm, files, pull); err != nil {
-		return nil, nil, err
-	}
-	if err := opts.fault("mapped"); err != nil {
-		return nil, nil, err
-	}
-	ok = true
-	return s, pull, nil
+	return resource.MapVmas(s.t, mm, files, t.pull)
 }
 
 // freeRange finds size bytes of address space that no image area and none
@@ -317,8 +447,10 @@ func freeRange(mm *pb.Mm, also []proc.Vma, size uint64) (uint64, error) {
 }
 
 // finish restores everything but memory contents, creates the other
-// threads, sets every thread's registers, and releases the process.
-func finish(opts *Options, s *stub, p *pb.Process, mm *pb.Mm, files *resource.OpenFiles, pull *resource.FdPuller) error {
+// threads and leaves every thread stopped with its final registers; release
+// lets it go.
+func finish(opts *Options, tk *task, files *resource.OpenFiles) error {
+	s, p, mm, pull := tk.s, tk.p, tk.mm, tk.pull
 	t := s.t
 	if err := resource.FinishMm(t, mm, files, pull); err != nil {
 		return err
@@ -385,12 +517,22 @@ func finish(opts *Options, s *stub, p *pb.Process, mm *pb.Mm, files *resource.Op
 			return fmt.Errorf("thread %d: %w", th.Tid, err)
 		}
 	}
+	tk.targets = targets
+	return nil
+}
+
+// release sets each thread's final signal mask and detaches it (the other
+// threads first, the main thread last).
+func release(tk *task) error {
+	p := tk.p
+	if p.Zombie {
+		return nil
+	}
 	for _, th := range p.Threads {
 		if err := ptrace.SetSigmask(int(th.Tid), th.Sigmask); err != nil {
 			return err
 		}
 	}
-	// Release the other threads first, the main thread last.
 	for i := len(p.Threads) - 1; i >= 0; i-- {
 		if err := ptrace.Detach(int(p.Threads[i].Tid), 0); err != nil {
 			return err

@@ -2,6 +2,7 @@ package restart
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"syscall"
@@ -120,16 +121,18 @@ type cloneArgs struct {
 	Cgroup                                        uint64
 }
 
-// clone makes the stub create a new stub with the given PID. The new
-// process is ckpt's child (CLONE_PARENT), so that ckpt can wait for it.
-func (s *stub) clone(pid int) (*stub, error) {
+// clone makes the stub create a new stub process with the given PID.
+// With CLONE_PARENT in flags the new process is ckpt's own child (so that
+// ckpt can wait for it); otherwise it is the stub's child and sends
+// exitSignal to it when it ends.
+func (s *stub) clone(pid int, flags, exitSignal uint64) (*stub, error) {
 	var tid [8]byte
 	binary.LittleEndian.PutUint64(tid[:], uint64(pid))
 	tidAddr, err := s.t.Put(256, tid[:])
 	if err != nil {
 		return nil, err
 	}
-	args := cloneArgs{Flags: unix.CLONE_PARENT, SetTid: tidAddr, SetTidSize: 1}
+	args := cloneArgs{Flags: flags, ExitSignal: exitSignal, SetTid: tidAddr, SetTidSize: 1}
 	addr, err := s.t.Put(0, bytesOfClone(&args))
 	if err != nil {
 		return nil, err
@@ -221,6 +224,82 @@ func (s *stub) relocate(at uint64) ([]proc.Vma, error) {
 		}
 	}
 	return specials, nil
+}
+
+// becomeZombie ends a stub the way a zombie of the image ended: status is
+// its wait status (exit code << 8, or the number of the signal that killed
+// it). Its parent is a stub that does not reap, so it stays a zombie.
+func (s *stub) becomeZombie(status uint32) error {
+	if sig := int(status & 0x7f); sig != 0 {
+		// Die of the signal, without a core dump, with its default action.
+		unix.Prlimit(s.pid, unix.RLIMIT_CORE, &unix.Rlimit{}, nil)
+		if err := ptrace.SetSigmask(s.pid, 0); err != nil {
+			return err
+		}
+		if err := unix.Tgkill(s.pid, s.pid, unix.Signal(sig)); err != nil {
+			return err
+		}
+		deliver := 0
+		for {
+			if err := ptrace.Cont(s.pid, deliver); err != nil {
+				return err
+			}
+			ws, err := ptrace.Wait(s.pid)
+			var ee *ptrace.ExitError
+			if errors.As(err, &ee) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			deliver = 0
+			if ws.Stopped() && int(ws.StopSignal()) == sig {
+				deliver = sig
+			}
+		}
+	}
+	regs := s.t.Inj.Base
+	regs.Rip, regs.Rax, regs.Rdi, regs.Orig_rax = s.code, unix.SYS_EXIT_GROUP, uint64(status>>8&0xff), ^uint64(0)
+	if err := ptrace.SetRegs(s.pid, &regs); err != nil {
+		return err
+	}
+	if err := ptrace.Cont(s.pid, 0); err != nil {
+		return err
+	}
+	for {
+		_, err := ptrace.Wait(s.pid)
+		var ee *ptrace.ExitError
+		if errors.As(err, &ee) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := ptrace.Cont(s.pid, 0); err != nil {
+			return err
+		}
+	}
+}
+
+// drainSigchld takes back the SIGCHLD a stub got when a child of it became
+// a zombie at restore: the original parent had dealt with it already (or
+// has it recorded among its pending signals).
+func (s *stub) drainSigchld() error {
+	var set [8]byte
+	binary.LittleEndian.PutUint64(set[:], 1<<(unix.SIGCHLD-1))
+	var ts [16]byte
+	setAddr, err := s.t.Put(0, set[:])
+	if err != nil {
+		return err
+	}
+	tsAddr, err := s.t.Put(64, ts[:])
+	if err != nil {
+		return err
+	}
+	if _, err := s.t.Inj.Raw(unix.SYS_RT_SIGTIMEDWAIT, setAddr, 0, tsAddr, 8); err != nil {
+		return err
+	}
+	return nil
 }
 
 // kill ends the stub and reaps it. Its other threads are reaped first:

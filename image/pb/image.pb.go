@@ -39,6 +39,7 @@ const (
 	File_EPOLL     File_Kind = 5
 	File_TIMERFD   File_Kind = 6
 	File_SIGNALFD  File_Kind = 7
+	File_PIPE      File_Kind = 8
 )
 
 // Enum value maps for File_Kind.
@@ -52,6 +53,7 @@ var (
 		5: "EPOLL",
 		6: "TIMERFD",
 		7: "SIGNALFD",
+		8: "PIPE",
 	}
 	File_Kind_value = map[string]int32{
 		"UNKNOWN":   0,
@@ -62,6 +64,7 @@ var (
 		"EPOLL":     5,
 		"TIMERFD":   6,
 		"SIGNALFD":  7,
+		"PIPE":      8,
 	}
 )
 
@@ -220,7 +223,12 @@ type File struct {
 	TimerfdValueNs    int64  `protobuf:"varint,14,opt,name=timerfd_value_ns,json=timerfdValueNs,proto3" json:"timerfd_value_ns,omitempty"`
 	TimerfdIntervalNs int64  `protobuf:"varint,15,opt,name=timerfd_interval_ns,json=timerfdIntervalNs,proto3" json:"timerfd_interval_ns,omitempty"`
 	// signalfd: the signals it reads.
-	SignalfdMask  uint64 `protobuf:"varint,16,opt,name=signalfd_mask,json=signalfdMask,proto3" json:"signalfd_mask,omitempty"`
+	SignalfdMask uint64 `protobuf:"varint,16,opt,name=signalfd_mask,json=signalfdMask,proto3" json:"signalfd_mask,omitempty"`
+	// pipe: one end of the pipe with inode pipe_ino. pipe_data, the unread
+	// bytes, and pipe_size, its capacity, are on the first end written.
+	PipeIno       uint64 `protobuf:"varint,17,opt,name=pipe_ino,json=pipeIno,proto3" json:"pipe_ino,omitempty"`
+	PipeData      []byte `protobuf:"bytes,18,opt,name=pipe_data,json=pipeData,proto3" json:"pipe_data,omitempty"`
+	PipeSize      uint32 `protobuf:"varint,19,opt,name=pipe_size,json=pipeSize,proto3" json:"pipe_size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -363,6 +371,27 @@ func (x *File) GetTimerfdIntervalNs() int64 {
 func (x *File) GetSignalfdMask() uint64 {
 	if x != nil {
 		return x.SignalfdMask
+	}
+	return 0
+}
+
+func (x *File) GetPipeIno() uint64 {
+	if x != nil {
+		return x.PipeIno
+	}
+	return 0
+}
+
+func (x *File) GetPipeData() []byte {
+	if x != nil {
+		return x.PipeData
+	}
+	return nil
+}
+
+func (x *File) GetPipeSize() uint32 {
+	if x != nil {
+		return x.PipeSize
 	}
 	return 0
 }
@@ -1327,7 +1356,11 @@ type Process struct {
 	Threads       []*Thread `protobuf:"bytes,16,rep,name=threads,proto3" json:"threads,omitempty"`
 	Creds         *Creds    `protobuf:"bytes,17,opt,name=creds,proto3" json:"creds,omitempty"`
 	// exit_signal is sent to the parent when the process ends (normally SIGCHLD).
-	ExitSignal    uint32 `protobuf:"varint,18,opt,name=exit_signal,json=exitSignal,proto3" json:"exit_signal,omitempty"`
+	ExitSignal uint32 `protobuf:"varint,18,opt,name=exit_signal,json=exitSignal,proto3" json:"exit_signal,omitempty"`
+	// zombie marks a process that has exited but was not reaped; exit_code is
+	// its wait status (exit code << 8, or the signal that killed it).
+	Zombie        bool   `protobuf:"varint,19,opt,name=zombie,proto3" json:"zombie,omitempty"`
+	ExitCode      uint32 `protobuf:"varint,20,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1484,6 +1517,20 @@ func (x *Process) GetCreds() *Creds {
 func (x *Process) GetExitSignal() uint32 {
 	if x != nil {
 		return x.ExitSignal
+	}
+	return 0
+}
+
+func (x *Process) GetZombie() bool {
+	if x != nil {
+		return x.Zombie
+	}
+	return false
+}
+
+func (x *Process) GetExitCode() uint32 {
+	if x != nil {
+		return x.ExitCode
 	}
 	return 0
 }
@@ -1732,7 +1779,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\ftool_version\x18\x05 \x01(\tR\vtoolVersion\x12$\n" +
 	"\x0etime_unix_nano\x18\x06 \x01(\x03R\ftimeUnixNano\x12\x1a\n" +
 	"\bhostname\x18\a \x01(\tR\bhostname\x12\x19\n" +
-	"\broot_pid\x18\b \x01(\rR\arootPid\"\x83\x05\n" +
+	"\broot_pid\x18\b \x01(\rR\arootPid\"\xe2\x05\n" +
 	"\x04File\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12,\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x18.ckpt.image.v1.File.KindR\x04kind\x12\x12\n" +
@@ -1751,7 +1798,10 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\rtimerfd_ticks\x18\r \x01(\x04R\ftimerfdTicks\x12(\n" +
 	"\x10timerfd_value_ns\x18\x0e \x01(\x03R\x0etimerfdValueNs\x12.\n" +
 	"\x13timerfd_interval_ns\x18\x0f \x01(\x03R\x11timerfdIntervalNs\x12#\n" +
-	"\rsignalfd_mask\x18\x10 \x01(\x04R\fsignalfdMask\"o\n" +
+	"\rsignalfd_mask\x18\x10 \x01(\x04R\fsignalfdMask\x12\x19\n" +
+	"\bpipe_ino\x18\x11 \x01(\x04R\apipeIno\x12\x1b\n" +
+	"\tpipe_data\x18\x12 \x01(\fR\bpipeData\x12\x1b\n" +
+	"\tpipe_size\x18\x13 \x01(\rR\bpipeSize\"y\n" +
 	"\x04Kind\x12\v\n" +
 	"\aUNKNOWN\x10\x00\x12\v\n" +
 	"\aREGULAR\x10\x01\x12\r\n" +
@@ -1760,7 +1810,8 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\aEVENTFD\x10\x04\x12\t\n" +
 	"\x05EPOLL\x10\x05\x12\v\n" +
 	"\aTIMERFD\x10\x06\x12\f\n" +
-	"\bSIGNALFD\x10\a\"G\n" +
+	"\bSIGNALFD\x10\a\x12\b\n" +
+	"\x04PIPE\x10\b\"G\n" +
 	"\tEpollItem\x12\x0e\n" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x16\n" +
 	"\x06events\x18\x02 \x01(\rR\x06events\x12\x12\n" +
@@ -1849,7 +1900,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x04egid\x18\x06 \x01(\rR\x04egid\x12\x12\n" +
 	"\x04sgid\x18\a \x01(\rR\x04sgid\x12\x14\n" +
 	"\x05fsgid\x18\b \x01(\rR\x05fsgid\x12\x16\n" +
-	"\x06groups\x18\t \x03(\rR\x06groups\"\xc2\x04\n" +
+	"\x06groups\x18\t \x03(\rR\x06groups\"\xf7\x04\n" +
 	"\aProcess\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x12\n" +
 	"\x04ppid\x18\x02 \x01(\rR\x04ppid\x12\x12\n" +
@@ -1872,7 +1923,9 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\athreads\x18\x10 \x03(\v2\x15.ckpt.image.v1.ThreadR\athreads\x12*\n" +
 	"\x05creds\x18\x11 \x01(\v2\x14.ckpt.image.v1.CredsR\x05creds\x12\x1f\n" +
 	"\vexit_signal\x18\x12 \x01(\rR\n" +
-	"exitSignal\"5\n" +
+	"exitSignal\x12\x16\n" +
+	"\x06zombie\x18\x13 \x01(\bR\x06zombie\x12\x1b\n" +
+	"\texit_code\x18\x14 \x01(\rR\bexitCode\"5\n" +
 	"\aPageRun\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\x04R\x04addr\x12\x16\n" +
 	"\x06npages\x18\x02 \x01(\x04R\x06npages\"J\n" +

@@ -107,14 +107,16 @@ func TestRefusesUnsupported(t *testing.T) {
 		cmd  func() *exec.Cmd
 		want string
 	}{
-		{"pipe", func() *exec.Cmd {
-			c := exec.Command("sleep", "100")
-			r, w, _ := os.Pipe()
-			c.Stdin = r
-			t.Cleanup(func() { r.Close(); w.Close() })
-			return c
-		}, "fd 0 of process"},
-		{"child", func() *exec.Cmd { return exec.Command("sh", "-c", "sleep 100; exit 0") }, "has child process"},
+		{"fifo", func() *exec.Cmd {
+			fifo := filepath.Join(t.TempDir(), "fifo")
+			if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return exec.Command("python3", "-c", "import os,time\nfd=os.open('"+fifo+"', os.O_RDWR)\ntime.sleep(100)")
+		}, "is the FIFO "},
+		{"deleted", func() *exec.Cmd {
+			return exec.Command("python3", "-c", "import os,time\nf=open('/tmp/ckpt-e2e-deleted','w')\nos.unlink('/tmp/ckpt-e2e-deleted')\ntime.sleep(100)")
+		}, "is the deleted file /tmp/ckpt-e2e-deleted"},
 		{"socket", func() *exec.Cmd {
 			return exec.Command("python3", "-c", "import socket,time\ns=socket.socket()\ntime.sleep(100)")
 		}, "is socket:["},

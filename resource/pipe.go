@@ -1,0 +1,116 @@
+package resource
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ckpt/ckpt/image/pb"
+	"github.com/ckpt/ckpt/proc"
+)
+
+// Pipes. Each end is its own open file description (File record, kind
+// PIPE) with the pipe's inode number; the unread bytes travel once, on the
+// first end written. ckpt reads them without consuming them: it opens the
+// pipe again through /proc/PID/fd/N (which gives a fresh read end even for
+// a write end) and tee(2)s its content into a pipe of its own. At restart
+// the pipe is created in ckpt's process, refilled, and its ends handed to
+// the processes like any file; an end no restored process holds is closed.
+
+// pipeIno parses "pipe:[1234]".
+func pipeIno(target string) (uint64, bool) {
+	s, ok := strings.CutPrefix(target, "pipe:[")
+	if !ok || !strings.HasSuffix(s, "]") {
+		return 0, false
+	}
+	ino, err := strconv.ParseUint(strings.TrimSuffix(s, "]"), 10, 64)
+	return ino, err == nil
+}
+
+// dumpPipeData reads the unread bytes and capacity of the pipe behind
+// /proc/PID/fd/FD without consuming them.
+func dumpPipeData(pid, fd int) ([]byte, uint32, error) {
+	src, err := os.OpenFile(proc.Path(pid, "fd/"+strconv.Itoa(fd)), os.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, 0, fmt.Errorf("open pipe fd %d of %d: %w", fd, pid, err)
+	}
+	defer src.Close()
+	size, err := unix.FcntlInt(src.Fd(), unix.F_GETPIPE_SZ, 0)
+	if err != nil {
+		return nil, 0, fmt.Errorf("pipe size: %w", err)
+	}
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		return nil, 0, err
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	if _, err := unix.FcntlInt(uintptr(p[1]), unix.F_SETPIPE_SZ, size); err != nil {
+		return nil, 0, fmt.Errorf("size a pipe to %d bytes for the copy: %w", size, err)
+	}
+	n, err := unix.Tee(int(src.Fd()), p[1], size, unix.SPLICE_F_NONBLOCK)
+	if err == unix.EAGAIN {
+		return nil, uint32(size), nil // empty
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("copy pipe data: %w", err)
+	}
+	data := make([]byte, n)
+	for got := 0; got < int(n); {
+		k, err := unix.Read(p[0], data[got:])
+		if err != nil {
+			return nil, 0, fmt.Errorf("read pipe copy: %w", err)
+		}
+		got += k
+	}
+	return data, uint32(size), nil
+}
+
+// openPipe is a pipe re-created in ckpt's process.
+type openPipe struct {
+	r, w *os.File
+}
+
+// openPipeEnd returns ckpt's copy of the end rec describes, creating and
+// refilling the pipe on first use. data holds the pipe's unread bytes (from
+// whichever end record carried them).
+func (o *OpenFiles) openPipeEnd(rec *pb.File) (*os.File, error) {
+	pp := o.pipes[rec.PipeIno]
+	if pp == nil {
+		var p [2]int
+		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+			return nil, fmt.Errorf("create pipe: %w", err)
+		}
+		pp = &openPipe{r: os.NewFile(uintptr(p[0]), "pipe"), w: os.NewFile(uintptr(p[1]), "pipe")}
+		o.pipes[rec.PipeIno] = pp
+		var data []byte
+		var size uint32
+		for _, r := range o.recs {
+			if r.Kind == pb.File_PIPE && r.PipeIno == rec.PipeIno && (len(r.PipeData) > 0 || r.PipeSize > 0) {
+				data, size = r.PipeData, r.PipeSize
+			}
+		}
+		if size > 0 {
+			if _, err := unix.FcntlInt(pp.w.Fd(), unix.F_SETPIPE_SZ, int(size)); err != nil {
+				return nil, fmt.Errorf("size pipe to %d bytes: %w", size, err)
+			}
+		}
+		if len(data) > 0 {
+			if _, err := pp.w.Write(data); err != nil {
+				return nil, fmt.Errorf("refill pipe with %d bytes: %w", len(data), err)
+			}
+		}
+	}
+	f := pp.r
+	if rec.Flags&unix.O_ACCMODE == unix.O_WRONLY {
+		f = pp.w
+	}
+	// Status flags (O_NONBLOCK) belong to each end's description.
+	if _, err := unix.FcntlInt(f.Fd(), unix.F_SETFL, int(rec.Flags&unix.O_NONBLOCK)); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
