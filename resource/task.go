@@ -86,17 +86,11 @@ func RestoreTask(t *Target, p *pb.Process) error {
 	if _, err := t.Syscall(unix.SYS_UMASK, uint64(p.Umask)); err != nil {
 		return fmt.Errorf("set umask: %w", err)
 	}
-	name := p.Comm
-	if len(name) > 15 {
-		name = name[:15]
-	}
-	addr, err := t.PutString(0, name)
-	if err != nil {
+	if err := SetName(t, p.Comm); err != nil {
 		return err
 	}
-	if _, err := t.Syscall(unix.SYS_PRCTL, unix.PR_SET_NAME, addr); err != nil {
-		return fmt.Errorf("set name %q: %w", name, err)
-	}
+	var addr uint64
+	var err error
 	for _, r := range p.Rlimits {
 		if r.Resource >= numRlimits {
 			return fmt.Errorf("image damaged: rlimit %d", r.Resource)
@@ -193,4 +187,19 @@ func parseLimits(text string) ([]*pb.Rlimit, error) {
 		out = append(out, &pb.Rlimit{Resource: uint32(r), Cur: cur, Max: max})
 	}
 	return out, nil
+}
+
+// SetName sets the name (comm) of the thread t runs in.
+func SetName(t *Target, name string) error {
+	if len(name) > 15 {
+		name = name[:15]
+	}
+	addr, err := t.PutString(0, name)
+	if err != nil {
+		return err
+	}
+	if _, err := t.Syscall(unix.SYS_PRCTL, unix.PR_SET_NAME, addr); err != nil {
+		return fmt.Errorf("set name %q: %w", name, err)
+	}
+	return nil
 }

@@ -126,16 +126,8 @@ func dumpRestart(t *Target, r ptrace.Regs) (*pb.SyscallRestart, error) {
 // RestoreThread restores the thread's name, rseq, robust futex list,
 // clear_child_tid and alternate stack.
 func RestoreThread(t *Target, th *pb.Thread) error {
-	name := th.Comm
-	if len(name) > 15 {
-		name = name[:15]
-	}
-	addr, err := t.PutString(0, name)
-	if err != nil {
+	if err := SetName(t, th.Comm); err != nil {
 		return err
-	}
-	if _, err := t.Syscall(unix.SYS_PRCTL, unix.PR_SET_NAME, addr); err != nil {
-		return fmt.Errorf("set thread name %q: %w", name, err)
 	}
 	if th.RseqLen != 0 {
 		if _, err := t.Syscall(unix.SYS_RSEQ, th.RseqAddr, uint64(th.RseqLen), 0, uint64(th.RseqSig)); err != nil {

@@ -358,6 +358,9 @@ func build(opts *Options, hdr *pb.Header, tasks []*task, files *resource.OpenFil
 	}
 	for _, t := range tasks {
 		if t.p.Zombie {
+			if err := resource.SetName(t.s.t, t.p.Comm); err != nil {
+				return created, err
+			}
 			if err := t.s.becomeZombie(t.p.ExitCode); err != nil {
 				return created, fmt.Errorf("zombie %d: %w", t.p.Pid, err)
 			}

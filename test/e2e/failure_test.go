@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,7 +47,7 @@ func assertUntouched(t *testing.T, p *proc, maps string) {
 // the target then runs on exactly as before and still passes its own checks.
 func TestCheckpointFailureLeavesTargetRunning(t *testing.T) {
 	faults := []string{"seized", "injected", "pages", "tail", "seized:kill", "pages:kill", "tail:kill"}
-	for _, wl := range []string{"signals", "busy"} {
+	for _, wl := range []string{"signals", "busy", "tree"} {
 		for _, fault := range faults {
 			t.Run(wl+"/"+fault, func(t *testing.T) {
 				p := startWorkload(t, compile(t, wl))
@@ -64,18 +65,41 @@ func TestCheckpointFailureLeavesTargetRunning(t *testing.T) {
 					t.Errorf("failed checkpoint left an image file")
 				}
 				assertUntouched(t, p, maps)
+				for _, pid := range descendants(p.pid) {
+					if tp := status(pid, "TracerPid"); tp != "0" && tp != "" {
+						t.Fatalf("process %d of the tree still traced by %s", pid, tp)
+					}
+				}
 				p.verifyExit(p.exit, true, 10*time.Second)
 			})
 		}
 	}
 }
 
-// TestRestartFailureLeavesNothing makes restarts fail at each stage and
-// checks that no process is left with the image's PID, and that a clean
-// restart from the same image then works.
+// descendants lists pid's descendants.
+func descendants(pid int) []int {
+	var out []int
+	queue := []int{pid}
+	for len(queue) > 0 {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", queue[0], queue[0]))
+		queue = queue[1:]
+		for _, f := range strings.Fields(string(b)) {
+			var n int
+			fmt.Sscan(f, &n)
+			out = append(out, n)
+			queue = append(queue, n)
+		}
+	}
+	return out
+}
+
+// TestRestartFailureLeavesNothing makes restarts of a process tree fail at
+// each stage and checks that no process is left with any of the image's
+// PIDs, and that a clean restart from the same image then works.
 func TestRestartFailureLeavesNothing(t *testing.T) {
-	p := startWorkload(t, compile(t, "busy"))
+	p := startWorkload(t, compile(t, "tree"))
 	time.Sleep(50 * time.Millisecond)
+	tree := append([]int{p.pid}, descendants(p.pid)...)
 	img := filepath.Join(p.dir, "img")
 	if out, err := ckpt(nil, "checkpoint", "--kill", "-o", img, itoa(p.pid)); err != nil {
 		t.Fatalf("checkpoint: %v\n%s", err, out)
@@ -91,8 +115,10 @@ func TestRestartFailureLeavesNothing(t *testing.T) {
 		}
 		// Stubs die with ckpt (PTRACE_O_EXITKILL); an orphaned zombie may
 		// wait for init to reap it.
-		if !waitPidGone(p.pid, 5*time.Second) {
-			t.Fatalf("fault %s: pid %d still exists after the failed restart (state %s)", fault, p.pid, status(p.pid, "State"))
+		for _, pid := range tree {
+			if !waitPidGone(pid, 5*time.Second) {
+				t.Fatalf("fault %s: pid %d still exists after the failed restart (state %s)", fault, pid, status(pid, "State"))
+			}
 		}
 	}
 	r := p.restart(img)

@@ -1,9 +1,12 @@
 package e2e
 
 import (
+	"os"
 	"os/exec"
+	"strconv"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -21,6 +24,9 @@ type workload struct {
 	// harness checks: a relative sleep owes 3 s of running time, downtime
 	// excluded; an absolute one ends 3 s after it started, downtime included.
 	sleep string
+	// verifier, if set, picks the process that gets SIGUSR2 (default: the
+	// root).
+	verifier func(t *testing.T, root int) int
 }
 
 func cWorkload(name string, extra ...string) func(t *testing.T) []string {
@@ -36,6 +42,11 @@ func workloads() []workload {
 		{name: "signals", argv: cWorkload("signals"), signal: true, settle: 100 * time.Millisecond},
 		{name: "threads", argv: cWorkload("threads"), signal: true, settle: 100 * time.Millisecond},
 		{name: "evloop", argv: cWorkload("evloop"), signal: true, settle: 50 * time.Millisecond},
+		{name: "tree", argv: cWorkload("tree"), signal: true, settle: 50 * time.Millisecond},
+		{name: "tree-bigmem", argv: func(t *testing.T) []string { return []string{compile(t, "tree"), "big"} }, signal: true, settle: 50 * time.Millisecond},
+		{name: "shell-pipeline", argv: func(t *testing.T) []string {
+			return []string{"bash", "-c", "i=0; while :; do echo $i; i=$((i+1)); done | " + compile(t, "seqcheck")}
+		}, signal: true, settle: 100 * time.Millisecond, verifier: childNamed("seqcheck")},
 		{name: "go", argv: func(t *testing.T) []string { return []string{compileGo(t, "goprog")} }, signal: true, settle: 200 * time.Millisecond},
 		{name: "sleep-rel", argv: func(t *testing.T) []string { return []string{compile(t, "sleep"), "rel"} }, settle: time.Second, sleep: "rel"},
 		{name: "sleep-abs", argv: func(t *testing.T) []string { return []string{compile(t, "sleep"), "abs"} }, settle: time.Second, sleep: "abs"},
@@ -46,6 +57,26 @@ func workloads() []workload {
 			}
 			return []string{py, filepath.Join(repoRoot, "test", "workloads", "counter.py")}
 		}, signal: true, settle: 100 * time.Millisecond},
+	}
+}
+
+// childNamed finds the descendant of root whose name is comm.
+func childNamed(comm string) func(t *testing.T, root int) int {
+	return func(t *testing.T, root int) int {
+		t.Helper()
+		pids := []int{root}
+		for i := 0; i < len(pids); i++ {
+			if status(pids[i], "Name") == comm {
+				return pids[i]
+			}
+			b, _ := os.ReadFile("/proc/" + itoa(pids[i]) + "/task/" + itoa(pids[i]) + "/children")
+			for _, f := range strings.Fields(string(b)) {
+				n, _ := strconv.Atoi(f)
+				pids = append(pids, n)
+			}
+		}
+		t.Fatalf("no process named %s under %d", comm, root)
+		return 0
 	}
 }
 
@@ -73,7 +104,7 @@ func runWorkload(t *testing.T, w workload, mode string) {
 		if out, err := ckpt(nil, "checkpoint", "-o", img, itoa(p.pid)); err != nil {
 			t.Fatalf("checkpoint: %v\n%s", err, out)
 		}
-		p.verifyExit(p.exit, w.signal, 10*time.Second)
+		p.verifyExitOf(p.exit, w, 10*time.Second)
 		if w.sleep != "" {
 			if el := time.Since(started); el > 4*time.Second {
 				t.Errorf("sleep took %v with a checkpoint in the middle, want about 3 s", el)
@@ -103,7 +134,7 @@ func runWorkload(t *testing.T, w workload, mode string) {
 				time.Sleep(w.settle / 2)
 			}
 		}
-		p.verifyExit(r.exit, w.signal, 10*time.Second)
+		p.verifyExitOf(r.exit, w, 10*time.Second)
 		if w.sleep != "" {
 			want := 3*time.Second - ran
 			got := time.Since(started)
@@ -118,4 +149,19 @@ func runWorkload(t *testing.T, w workload, mode string) {
 	if !strings.Contains(p.logText(), "PASS") {
 		t.Fatalf("no PASS in log:\n%s", p.logText())
 	}
+}
+
+// verifyExitOf asks the workload's verifier process to check itself and
+// waits for the workload's end with PASS.
+func (p *proc) verifyExitOf(e *exited, w workload, timeout time.Duration) {
+	p.t.Helper()
+	if w.verifier == nil {
+		p.verifyExit(e, w.signal, timeout)
+		return
+	}
+	v := w.verifier(p.t, p.pid)
+	if err := syscall.Kill(v, syscall.SIGUSR2); err != nil {
+		p.t.Fatalf("signal verifier %d: %v", v, err)
+	}
+	p.verifyExit(e, false, timeout)
 }
