@@ -406,6 +406,9 @@ func collect(opts *Options, f *frozen, files *resource.FileSet, mmID uint32) (*p
 		return nil, nil, err
 	}
 	p.Ppid, p.Pgid, p.Sid, p.ExitSignal = uint32(st.Ppid), uint32(st.Pgrp), uint32(st.Session), uint32(st.ExitSignal)
+	if st.TtyNr != 0 && st.Tpgid > 0 {
+		p.TtyFgPgid = uint32(st.Tpgid)
+	}
 	if err := resource.DumpTask(f.pid, p); err != nil {
 		return nil, nil, err
 	}

@@ -121,6 +121,8 @@ type Stat struct {
 	Ppid       int
 	Pgrp       int
 	Session    int
+	TtyNr      int
+	Tpgid      int
 	Flags      uint64
 	NumThreads int
 	StartTime  uint64
@@ -175,7 +177,7 @@ func ParseStat(b []byte) (*Stat, error) {
 	}
 	return &Stat{
 		Pid: pid, Comm: s[open+1 : end], State: f[0][0],
-		Ppid: i(4), Pgrp: i(5), Session: i(6), Flags: n(9), NumThreads: i(20), StartTime: n(22),
+		Ppid: i(4), Pgrp: i(5), Session: i(6), TtyNr: i(7), Tpgid: i(8), Flags: n(9), NumThreads: i(20), StartTime: n(22),
 		StartCode: n(26), EndCode: n(27), StartStack: n(28), ExitSignal: i(38),
 		StartData: n(45), EndData: n(46), StartBrk: n(47),
 		ArgStart: n(48), ArgEnd: n(49), EnvStart: n(50), EnvEnd: n(51), ExitCode: i(52),

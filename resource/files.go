@@ -49,6 +49,21 @@ var charDevs = map[uint64]string{
 	unix.Mkdev(1, 9): "/dev/urandom",
 }
 
+// IsTTY reports whether a character device is a terminal: a pty slave,
+// a virtual console, a serial line or /dev/tty and /dev/console.
+func IsTTY(rdev uint64) bool {
+	major, minor := unix.Major(rdev), unix.Minor(rdev)
+	switch {
+	case major >= 136 && major <= 143: // pty slaves
+		return true
+	case major == 4: // ttyN, ttySN
+		return true
+	case major == 5 && (minor == 0 || minor == 1): // /dev/tty, /dev/console
+		return true
+	}
+	return false
+}
+
 // Preflight checks, without touching the process, that every descriptor is
 // of a kind ckpt can checkpoint.
 func PreflightFiles(pid int) error {
@@ -118,6 +133,10 @@ func describeFd(pid, fd int) (*pb.File, error) {
 		}
 		f.Kind, f.PipeIno = pb.File_PIPE, ino
 	case unix.S_IFCHR:
+		if IsTTY(st.Rdev) {
+			f.Kind = pb.File_TTY
+			break
+		}
 		path, ok := charDevs[st.Rdev]
 		if !ok {
 			return nil, fmt.Errorf("fd %d of process %d is the device %s: %w yet (ckpt handles /dev/null, zero, random, urandom)", fd, pid, target, ErrUnsupported)
@@ -214,6 +233,9 @@ type OpenFiles struct {
 	byID  map[uint32]*os.File
 	recs  map[uint32]*pb.File
 	pipes map[uint64]*openPipe
+	// Terminal is the terminal ckpt restart runs in; descriptors that were
+	// on a terminal are reopened on it. Nil when ckpt has none.
+	Terminal *os.File
 }
 
 // NewOpenFiles returns an empty table.
@@ -258,6 +280,17 @@ func (o *OpenFiles) Get(id uint32) (*os.File, *pb.File, error) {
 		return f, rec, nil
 	case pb.File_EPOLL:
 		return nil, nil, fmt.Errorf("epoll file %d cannot be opened outside its process", id)
+	case pb.File_TTY:
+		if o.Terminal == nil {
+			return nil, nil, fmt.Errorf("the process used the terminal %s; run ckpt restart from a terminal, which takes its place", rec.Path)
+		}
+		flags := int(rec.Flags) &^ (unix.O_CREAT | unix.O_TRUNC | unix.O_EXCL | unix.O_CLOEXEC)
+		f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", o.Terminal.Fd()), flags|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, nil, fmt.Errorf("open terminal for %s: %w", rec.Path, err)
+		}
+		o.byID[id] = f
+		return f, rec, nil
 	case pb.File_PIPE:
 		f, err := o.openPipeEnd(rec)
 		if err != nil {

@@ -36,6 +36,12 @@ type Options struct {
 	Warn func(string)
 	// Fault, for tests: fail at a named point (see fault).
 	Fault string
+	// Terminal, if set, is the terminal descriptors that were on a terminal
+	// are reopened on (the one ckpt restart runs in).
+	Terminal *os.File
+	// Foreground makes the restored job the terminal's foreground process
+	// group, if it was the foreground of its terminal at checkpoint.
+	Foreground bool
 }
 
 // Result describes a restored process.
@@ -89,6 +95,7 @@ func restore(opts *Options) (res *Result, err error) {
 		return nil, err
 	}
 	files := resource.NewOpenFiles()
+	files.Terminal = opts.Terminal
 	defer files.Close()
 	mms := map[uint32]*pb.Mm{}
 	var tasks []*task
@@ -203,13 +210,20 @@ func restore(opts *Options) (res *Result, err error) {
 			return nil, fmt.Errorf("process %d (%s): %w", t.p.Pid, t.p.Comm, err)
 		}
 	}
+	root := tasks[0]
+	if fg := root.p.TtyFgPgid; opts.Foreground && opts.Terminal != nil && fg != 0 && fg == root.p.Pgid && fg == root.p.Pid {
+		// Before the release, so that the job's first read of the terminal
+		// does not stop it with SIGTTIN.
+		if err := unix.IoctlSetPointerInt(int(opts.Terminal.Fd()), unix.TIOCSPGRP, int(fg)); err != nil {
+			return nil, fmt.Errorf("make process group %d the terminal's foreground: %w", fg, err)
+		}
+	}
 	// Everything is in place: let every process go, the root last.
 	for i := len(tasks) - 1; i >= 0; i-- {
 		if err := release(tasks[i]); err != nil {
 			return nil, err
 		}
 	}
-	root := tasks[0]
 	return &Result{Pid: int(root.p.Pid), Comm: root.p.Comm}, nil
 }
 

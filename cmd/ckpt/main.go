@@ -150,7 +150,21 @@ as the process runs.`,
 			if !detach {
 				signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGCONT, syscall.SIGWINCH)
 			}
-			res, err := restart.Run(restart.Options{In: in, Warn: warn, Fault: os.Getenv("CKPT_FAULT")})
+			// Descriptors that were on a terminal come back on ours.
+			var term *os.File
+			for _, f := range []*os.File{os.Stdin, os.Stdout, os.Stderr} {
+				if isTerminal(f) {
+					term = f
+					break
+				}
+			}
+			if term != nil && !detach {
+				// Taking the terminal back when the job ends is done from
+				// the background; SIGTTOU must not stop ckpt then.
+				signal.Ignore(syscall.SIGTTOU)
+				defer unix.IoctlSetPointerInt(int(term.Fd()), unix.TIOCSPGRP, unix.Getpgrp())
+			}
+			res, err := restart.Run(restart.Options{In: in, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Terminal: term, Foreground: !detach})
 			if err != nil {
 				return err
 			}

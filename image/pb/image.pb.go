@@ -40,6 +40,9 @@ const (
 	File_TIMERFD   File_Kind = 6
 	File_SIGNALFD  File_Kind = 7
 	File_PIPE      File_Kind = 8
+	// TTY is a terminal; at restart it becomes the terminal ckpt restart
+	// runs in (like a shell job).
+	File_TTY File_Kind = 9
 )
 
 // Enum value maps for File_Kind.
@@ -54,6 +57,7 @@ var (
 		6: "TIMERFD",
 		7: "SIGNALFD",
 		8: "PIPE",
+		9: "TTY",
 	}
 	File_Kind_value = map[string]int32{
 		"UNKNOWN":   0,
@@ -65,6 +69,7 @@ var (
 		"TIMERFD":   6,
 		"SIGNALFD":  7,
 		"PIPE":      8,
+		"TTY":       9,
 	}
 )
 
@@ -1359,8 +1364,11 @@ type Process struct {
 	ExitSignal uint32 `protobuf:"varint,18,opt,name=exit_signal,json=exitSignal,proto3" json:"exit_signal,omitempty"`
 	// zombie marks a process that has exited but was not reaped; exit_code is
 	// its wait status (exit code << 8, or the signal that killed it).
-	Zombie        bool   `protobuf:"varint,19,opt,name=zombie,proto3" json:"zombie,omitempty"`
-	ExitCode      uint32 `protobuf:"varint,20,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	Zombie   bool   `protobuf:"varint,19,opt,name=zombie,proto3" json:"zombie,omitempty"`
+	ExitCode uint32 `protobuf:"varint,20,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	// tty_fg_pgid is the foreground process group of the process's
+	// controlling terminal at checkpoint (0 without one).
+	TtyFgPgid     uint32 `protobuf:"varint,21,opt,name=tty_fg_pgid,json=ttyFgPgid,proto3" json:"tty_fg_pgid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1531,6 +1539,13 @@ func (x *Process) GetZombie() bool {
 func (x *Process) GetExitCode() uint32 {
 	if x != nil {
 		return x.ExitCode
+	}
+	return 0
+}
+
+func (x *Process) GetTtyFgPgid() uint32 {
+	if x != nil {
+		return x.TtyFgPgid
 	}
 	return 0
 }
@@ -1779,7 +1794,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\ftool_version\x18\x05 \x01(\tR\vtoolVersion\x12$\n" +
 	"\x0etime_unix_nano\x18\x06 \x01(\x03R\ftimeUnixNano\x12\x1a\n" +
 	"\bhostname\x18\a \x01(\tR\bhostname\x12\x19\n" +
-	"\broot_pid\x18\b \x01(\rR\arootPid\"\xe2\x05\n" +
+	"\broot_pid\x18\b \x01(\rR\arootPid\"\xec\x05\n" +
 	"\x04File\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12,\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x18.ckpt.image.v1.File.KindR\x04kind\x12\x12\n" +
@@ -1801,7 +1816,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\rsignalfd_mask\x18\x10 \x01(\x04R\fsignalfdMask\x12\x19\n" +
 	"\bpipe_ino\x18\x11 \x01(\x04R\apipeIno\x12\x1b\n" +
 	"\tpipe_data\x18\x12 \x01(\fR\bpipeData\x12\x1b\n" +
-	"\tpipe_size\x18\x13 \x01(\rR\bpipeSize\"y\n" +
+	"\tpipe_size\x18\x13 \x01(\rR\bpipeSize\"\x82\x01\n" +
 	"\x04Kind\x12\v\n" +
 	"\aUNKNOWN\x10\x00\x12\v\n" +
 	"\aREGULAR\x10\x01\x12\r\n" +
@@ -1811,7 +1826,8 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x05EPOLL\x10\x05\x12\v\n" +
 	"\aTIMERFD\x10\x06\x12\f\n" +
 	"\bSIGNALFD\x10\a\x12\b\n" +
-	"\x04PIPE\x10\b\"G\n" +
+	"\x04PIPE\x10\b\x12\a\n" +
+	"\x03TTY\x10\t\"G\n" +
 	"\tEpollItem\x12\x0e\n" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x16\n" +
 	"\x06events\x18\x02 \x01(\rR\x06events\x12\x12\n" +
@@ -1900,7 +1916,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x04egid\x18\x06 \x01(\rR\x04egid\x12\x12\n" +
 	"\x04sgid\x18\a \x01(\rR\x04sgid\x12\x14\n" +
 	"\x05fsgid\x18\b \x01(\rR\x05fsgid\x12\x16\n" +
-	"\x06groups\x18\t \x03(\rR\x06groups\"\xf7\x04\n" +
+	"\x06groups\x18\t \x03(\rR\x06groups\"\x97\x05\n" +
 	"\aProcess\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x12\n" +
 	"\x04ppid\x18\x02 \x01(\rR\x04ppid\x12\x12\n" +
@@ -1925,7 +1941,8 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\vexit_signal\x18\x12 \x01(\rR\n" +
 	"exitSignal\x12\x16\n" +
 	"\x06zombie\x18\x13 \x01(\bR\x06zombie\x12\x1b\n" +
-	"\texit_code\x18\x14 \x01(\rR\bexitCode\"5\n" +
+	"\texit_code\x18\x14 \x01(\rR\bexitCode\x12\x1e\n" +
+	"\vtty_fg_pgid\x18\x15 \x01(\rR\tttyFgPgid\"5\n" +
 	"\aPageRun\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\x04R\x04addr\x12\x16\n" +
 	"\x06npages\x18\x02 \x01(\x04R\x06npages\"J\n" +
