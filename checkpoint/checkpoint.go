@@ -48,6 +48,9 @@ type Options struct {
 	// Fault, for tests, makes the checkpoint fail at a named point (see
 	// faultPoint); a ":kill" suffix makes ckpt SIGKILL itself there instead.
 	Fault string
+	// Freezer, if set, is a freezer cgroup holding the tree, used to stop
+	// it all at once (see freezer.go).
+	Freezer string
 }
 
 // Stats describes a finished checkpoint.
@@ -255,6 +258,11 @@ func (f *frozen) freeze() error {
 			break
 		}
 	}
+	return f.readRegs()
+}
+
+// readRegs records each stopped thread's registers and mask.
+func (f *frozen) readRegs() error {
 	if len(f.threads) == 0 || f.threads[0].tid != f.pid {
 		return fmt.Errorf("main thread of %d has exited; processes whose main thread ended are %w", f.pid, resource.ErrUnsupported)
 	}
@@ -270,6 +278,36 @@ func (f *frozen) freeze() error {
 	return nil
 }
 
+// seizeAll seizes and interrupts every thread of a process frozen by a
+// cgroup (which cannot start threads), without waiting for the stops.
+func (f *frozen) seizeAll() error {
+	tids, err := proc.Tasks(f.pid)
+	if err != nil {
+		return fmt.Errorf("list threads: %w", err)
+	}
+	f.frozenAt = time.Now()
+	for _, tid := range tids {
+		if err := ptrace.Seize(tid); err != nil {
+			return err
+		}
+		f.threads = append(f.threads, &frozenThread{tid: tid})
+		if err := ptrace.Interrupt(tid); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// waitStopped waits for the interrupt stops seizeAll asked for.
+func (f *frozen) waitStopped() error {
+	for _, th := range f.threads {
+		if err := ptrace.WaitInterrupted(th.tid); err != nil {
+			return err
+		}
+	}
+	return f.readRegs()
+}
+
 // frozenTree is every process of the checkpoint, in tree order.
 type frozenTree struct {
 	procs   []*frozen
@@ -282,6 +320,39 @@ func (ft *frozenTree) release() error {
 		errs = append(errs, f.release())
 	}
 	return errors.Join(errs...)
+}
+
+// freezeWith seizes and interrupts every task of a tree frozen by a
+// cgroup, calls thaw, and waits for all the interrupt stops.
+func (ft *frozenTree) freezeWith(root int, thaw func() error) error {
+	pids, err := tree(root)
+	if err != nil {
+		return err
+	}
+	for _, pid := range pids {
+		st, err := proc.ReadStat(pid)
+		if err != nil {
+			return err
+		}
+		if st.State == 'Z' {
+			ft.zombies = append(ft.zombies, st)
+			continue
+		}
+		f := &frozen{pid: pid}
+		ft.procs = append(ft.procs, f)
+		if err := f.seizeAll(); err != nil {
+			return fmt.Errorf("process %d: %w", pid, err)
+		}
+	}
+	if err := thaw(); err != nil {
+		return err
+	}
+	for _, f := range ft.procs {
+		if err := f.waitStopped(); err != nil {
+			return fmt.Errorf("process %d: %w", f.pid, err)
+		}
+	}
+	return nil
 }
 
 // freeze stops the whole tree, walking it again until no process appears
@@ -324,15 +395,46 @@ func (ft *frozenTree) freeze(root int) error {
 
 func dump(opts *Options, stats *Stats) (err error) {
 	ft := &frozenTree{}
+	var fz *freezer
+	if opts.Freezer != "" {
+		if fz, err = openFreezer(opts.Freezer); err != nil {
+			return err
+		}
+		if !fz.contains(opts.Pid) {
+			return fmt.Errorf("process %d is not in the freezer cgroup %s", opts.Pid, opts.Freezer)
+		}
+	}
 	defer func() {
+		// Tasks the user froze stay frozen: freeze again before releasing.
+		if fz != nil && fz.wasFrozen && !opts.Kill {
+			if ferr := fz.set(true); ferr != nil && err == nil {
+				err = ferr
+			}
+		}
 		if rerr := ft.release(); rerr != nil && err == nil {
 			err = fmt.Errorf("release processes: %w", rerr)
+		}
+		if fz != nil && fz.wasFrozen && opts.Kill {
+			fz.set(false) // killed tasks must be thawed to die
 		}
 		if len(ft.procs) > 0 {
 			stats.Frozen = ft.procs[0].frozenFor
 		}
 	}()
-	if err := ft.freeze(opts.Pid); err != nil {
+	if fz != nil && !fz.wasFrozen {
+		if err := fz.set(true); err != nil {
+			return err
+		}
+	}
+	if fz != nil {
+		// Seize the frozen tasks (the interrupt stops wait for the thaw),
+		// then thaw: every task goes straight into its ptrace stop.
+		err := ft.freezeWith(opts.Pid, func() error { return fz.set(false) })
+		if err != nil {
+			fz.set(false)
+			return err
+		}
+	} else if err := ft.freeze(opts.Pid); err != nil {
 		return err
 	}
 	if err := opts.fault("seized"); err != nil {

@@ -61,10 +61,10 @@ func isTerminal(f *os.File) bool {
 }
 
 func checkpointCmd() *cobra.Command {
-	var out string
+	var out, freezerDir string
 	var kill, verbose bool
 	c := &cobra.Command{
-		Use:     "checkpoint [--kill] [-o FILE] PID",
+		Use:     "checkpoint [--kill] [--freezer DIR] [-o FILE] PID",
 		Aliases: []string{"dump"},
 		Short:   "Write an image of a running process to FILE or stdout",
 		Long: `Checkpoint PID into FILE, or to standard output when -o is absent.
@@ -95,7 +95,7 @@ waits until its PID is free, so that a restart can follow at once.`,
 			} else if isTerminal(os.Stdout) {
 				return fmt.Errorf("checkpoint: refusing to write an image to a terminal; use -o FILE or redirect stdout")
 			}
-			st, err := checkpoint.Run(checkpoint.Options{Pid: pid, Kill: kill, Out: w, Warn: warn, Fault: os.Getenv("CKPT_FAULT")})
+			st, err := checkpoint.Run(checkpoint.Options{Pid: pid, Kill: kill, Out: w, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Freezer: freezerDir})
 			if f != nil {
 				if cerr := f.Close(); err == nil && cerr != nil {
 					err = fmt.Errorf("checkpoint: write %s: %w", out, cerr)
@@ -115,6 +115,7 @@ waits until its PID is free, so that a restart can follow at once.`,
 	}
 	c.Flags().StringVarP(&out, "output", "o", "", "write the image to `FILE` (default: standard output)")
 	c.Flags().BoolVar(&kill, "kill", false, "kill the process once the image is complete")
+	c.Flags().StringVar(&freezerDir, "freezer", "", "stop the tree with the freezer cgroup `DIR` (v1 freezer.state or v2 cgroup.freeze) that holds it; tasks the user froze stay frozen")
 	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "report size and timing on stderr")
 	return c
 }
