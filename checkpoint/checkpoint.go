@@ -616,6 +616,9 @@ func writeImage(opts *Options, w *image.Writer, ft *frozenTree, procs []*pb.Proc
 			return fmt.Errorf("process %d: %w", f.pid, err)
 		}
 	}
+	if err := resource.DumpShmem(files, w); err != nil {
+		return err
+	}
 	if err := opts.fault("tail"); err != nil {
 		return err
 	}

@@ -28,11 +28,16 @@ type FileSet struct {
 	owners map[uint32][2]int
 	// pipes records the pipes whose data is already saved.
 	pipes map[uint64]bool
+	// shmem maps shared memory objects to their SHMEM File, and shmemSrc
+	// says where to read each one's content.
+	shmem    map[shmemKey]uint32
+	shmemSrc map[uint32]shmemSource
 }
 
 // NewFileSet returns an empty set.
 func NewFileSet() *FileSet {
-	return &FileSet{byPath: map[string]uint32{}, owners: map[uint32][2]int{}, pipes: map[uint64]bool{}}
+	return &FileSet{byPath: map[string]uint32{}, owners: map[uint32][2]int{}, pipes: map[uint64]bool{},
+		shmem: map[shmemKey]uint32{}, shmemSrc: map[uint32]shmemSource{}}
 }
 
 func (s *FileSet) add(f *pb.File) uint32 {
@@ -116,6 +121,10 @@ func describeFd(pid, fd int) (*pb.File, error) {
 	f := &pb.File{Path: target, Flags: fi.Flags &^ unix.O_CLOEXEC, Pos: fi.Pos, Size: st.Size, Mode: st.Mode, Rdev: st.Rdev}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG, unix.S_IFDIR:
+		if st.Mode&unix.S_IFMT == unix.S_IFREG && isShmemName(target) && strings.HasPrefix(target, "/memfd:") {
+			f.Kind = pb.File_MEMFD
+			break
+		}
 		if !strings.HasPrefix(target, "/") {
 			return nil, fmt.Errorf("fd %d of process %d is %s: %w yet", fd, pid, target, ErrUnsupported)
 		}
@@ -172,6 +181,11 @@ func DumpFiles(pid int, p *pb.Process, s *FileSet) error {
 		fdflags, err := fdFlags(pid, fd)
 		if err != nil {
 			return err
+		}
+		if f.Kind == pb.File_MEMFD {
+			if f.ShmemId, err = s.shmemObject(proc.Path(pid, "fd/"+strconv.Itoa(fd)), f.Path); err != nil {
+				return err
+			}
 		}
 		id := s.sameDescription(pid, fd, f)
 		if id == 0 {
@@ -280,6 +294,33 @@ func (o *OpenFiles) Get(id uint32) (*os.File, *pb.File, error) {
 		return f, rec, nil
 	case pb.File_EPOLL:
 		return nil, nil, fmt.Errorf("epoll file %d cannot be opened outside its process", id)
+	case pb.File_SHMEM:
+		f, err := openShmem(rec)
+		if err != nil {
+			return nil, nil, err
+		}
+		o.byID[id] = f
+		return f, rec, nil
+	case pb.File_MEMFD:
+		obj, orec, err := o.Get(rec.ShmemId)
+		if err != nil || orec.Kind != pb.File_SHMEM {
+			return nil, nil, fmt.Errorf("image damaged: memfd %d without its shared memory (%v)", id, err)
+		}
+		// A new description of the same memfd, with this one's flags and
+		// offset.
+		flags := int(rec.Flags) &^ (unix.O_CREAT | unix.O_TRUNC | unix.O_EXCL | unix.O_CLOEXEC)
+		f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", obj.Fd()), flags|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, nil, fmt.Errorf("reopen %s: %w", rec.Path, err)
+		}
+		if rec.Pos != 0 {
+			if _, err := unix.Seek(int(f.Fd()), rec.Pos, 0); err != nil {
+				f.Close()
+				return nil, nil, err
+			}
+		}
+		o.byID[id] = f
+		return f, rec, nil
 	case pb.File_TTY:
 		if o.Terminal == nil {
 			return nil, nil, fmt.Errorf("the process used the terminal %s; run ckpt restart from a terminal, which takes its place", rec.Path)

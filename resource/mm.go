@@ -39,8 +39,8 @@ func checkVma(pid int, v *proc.Vma) error {
 	switch {
 	case v.Name == "[vsyscall]" || specialNames[v.Name]:
 		return nil
-	case v.Inode == 0 && v.Shared():
-		return fmt.Errorf("process %d has shared anonymous memory at %#x-%#x: %w yet", pid, v.Start, v.End, ErrUnsupported)
+	case v.Inode != 0 && isShmemName(v.Name):
+		return nil
 	case v.Inode == 0:
 		if strings.HasPrefix(v.Name, "[") && v.Name != "[heap]" && v.Name != "[stack]" && !strings.HasPrefix(v.Name, "[anon:") {
 			return fmt.Errorf("process %d has the kernel area %s at %#x-%#x: %w yet", pid, v.Name, v.Start, v.End, ErrUnsupported)
@@ -53,7 +53,8 @@ func checkVma(pid int, v *proc.Vma) error {
 }
 
 // DumpMm describes the address space. brk is the exact program break, read
-// by the caller with an injected brk(0).
+// by the caller with an injected brk(0). Shared memory objects go into
+// files as SHMEM records.
 func DumpMm(pid int, brk uint64, files *FileSet) (*pb.Mm, error) {
 	vmas, err := PreflightMm(pid)
 	if err != nil {
@@ -99,6 +100,15 @@ func DumpMm(pid int, brk uint64, files *FileSet) (*pb.Mm, error) {
 		switch {
 		case specialNames[v.Name]:
 			pv.Special = v.Name
+		case isShmemName(v.Name):
+			if !v.Shared() {
+				return nil, fmt.Errorf("process %d maps %s privately at %#x-%#x: %w yet", pid, v.Name, v.Start, v.End, ErrUnsupported)
+			}
+			id, err := files.shmemObject(mapFilesPath(pid, v.Start, v.End), v.Name)
+			if err != nil {
+				return nil, err
+			}
+			pv.FileId = id
 		case v.Inode != 0:
 			id, err := files.MappedFile(v.Name)
 			if err != nil {

@@ -172,12 +172,8 @@ func restore(opts *Options) (res *Result, err error) {
 				return nil, err
 			}
 		case image.TypePages:
-			t := byMm[0]
-			if pm != nil {
-				t = byMm[pm.MmId]
-			}
-			if t == nil || t.s == nil {
-				return nil, fmt.Errorf("image damaged: pages at byte %d for no process", rec.Offset)
+			if pm == nil {
+				return nil, fmt.Errorf("image damaged: pages at byte %d without a page map", rec.Offset)
 			}
 			var n uint64
 			for _, run := range pm.Runs {
@@ -186,8 +182,18 @@ func restore(opts *Options) (res *Result, err error) {
 			if n*image.PageSize != rec.Len {
 				return nil, fmt.Errorf("image damaged: pages record at byte %d does not match its page map", rec.Offset)
 			}
-			if err := resource.RestorePages(t.s.t, t.mm, pm, r, buf); err != nil {
-				return nil, fmt.Errorf("process %d: %w", t.p.Pid, err)
+			if pm.ShmemId != 0 {
+				if err := resource.RestoreShmemPages(files, pm, r, buf); err != nil {
+					return nil, err
+				}
+			} else {
+				t := byMm[pm.MmId]
+				if t == nil || t.s == nil {
+					return nil, fmt.Errorf("image damaged: pages at byte %d for no process", rec.Offset)
+				}
+				if err := resource.RestorePages(t.s.t, t.mm, pm, r, buf); err != nil {
+					return nil, fmt.Errorf("process %d: %w", t.p.Pid, err)
+				}
 			}
 			pm = nil
 			if err := opts.fault("pages"); err != nil {

@@ -43,21 +43,29 @@ const (
 	// TTY is a terminal; at restart it becomes the terminal ckpt restart
 	// runs in (like a shell job).
 	File_TTY File_Kind = 9
+	// SHMEM is a shared memory object (MAP_SHARED|MAP_ANONYMOUS, shared
+	// /dev/zero, memfd): size bytes, its pages in PAGES records whose page
+	// map names it (shmem_id). Mappings refer to it by file_id.
+	File_SHMEM File_Kind = 10
+	// MEMFD is an open descriptor of a SHMEM object (shmem_id).
+	File_MEMFD File_Kind = 11
 )
 
 // Enum value maps for File_Kind.
 var (
 	File_Kind_name = map[int32]string{
-		0: "UNKNOWN",
-		1: "REGULAR",
-		2: "DIRECTORY",
-		3: "CHARDEV",
-		4: "EVENTFD",
-		5: "EPOLL",
-		6: "TIMERFD",
-		7: "SIGNALFD",
-		8: "PIPE",
-		9: "TTY",
+		0:  "UNKNOWN",
+		1:  "REGULAR",
+		2:  "DIRECTORY",
+		3:  "CHARDEV",
+		4:  "EVENTFD",
+		5:  "EPOLL",
+		6:  "TIMERFD",
+		7:  "SIGNALFD",
+		8:  "PIPE",
+		9:  "TTY",
+		10: "SHMEM",
+		11: "MEMFD",
 	}
 	File_Kind_value = map[string]int32{
 		"UNKNOWN":   0,
@@ -70,6 +78,8 @@ var (
 		"SIGNALFD":  7,
 		"PIPE":      8,
 		"TTY":       9,
+		"SHMEM":     10,
+		"MEMFD":     11,
 	}
 )
 
@@ -231,9 +241,11 @@ type File struct {
 	SignalfdMask uint64 `protobuf:"varint,16,opt,name=signalfd_mask,json=signalfdMask,proto3" json:"signalfd_mask,omitempty"`
 	// pipe: one end of the pipe with inode pipe_ino. pipe_data, the unread
 	// bytes, and pipe_size, its capacity, are on the first end written.
-	PipeIno       uint64 `protobuf:"varint,17,opt,name=pipe_ino,json=pipeIno,proto3" json:"pipe_ino,omitempty"`
-	PipeData      []byte `protobuf:"bytes,18,opt,name=pipe_data,json=pipeData,proto3" json:"pipe_data,omitempty"`
-	PipeSize      uint32 `protobuf:"varint,19,opt,name=pipe_size,json=pipeSize,proto3" json:"pipe_size,omitempty"`
+	PipeIno  uint64 `protobuf:"varint,17,opt,name=pipe_ino,json=pipeIno,proto3" json:"pipe_ino,omitempty"`
+	PipeData []byte `protobuf:"bytes,18,opt,name=pipe_data,json=pipeData,proto3" json:"pipe_data,omitempty"`
+	PipeSize uint32 `protobuf:"varint,19,opt,name=pipe_size,json=pipeSize,proto3" json:"pipe_size,omitempty"`
+	// memfd: the SHMEM object this descriptor opens.
+	ShmemId       uint32 `protobuf:"varint,20,opt,name=shmem_id,json=shmemId,proto3" json:"shmem_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -397,6 +409,13 @@ func (x *File) GetPipeData() []byte {
 func (x *File) GetPipeSize() uint32 {
 	if x != nil {
 		return x.PipeSize
+	}
+	return 0
+}
+
+func (x *File) GetShmemId() uint32 {
+	if x != nil {
+		return x.ShmemId
 	}
 	return 0
 }
@@ -1605,9 +1624,12 @@ func (x *PageRun) GetNpages() uint64 {
 // PageMap announces the PAGES record that follows it: which pages of which
 // address space it holds, in order.
 type PageMap struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	MmId          uint32                 `protobuf:"varint,1,opt,name=mm_id,json=mmId,proto3" json:"mm_id,omitempty"`
-	Runs          []*PageRun             `protobuf:"bytes,2,rep,name=runs,proto3" json:"runs,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	MmId  uint32                 `protobuf:"varint,1,opt,name=mm_id,json=mmId,proto3" json:"mm_id,omitempty"`
+	Runs  []*PageRun             `protobuf:"bytes,2,rep,name=runs,proto3" json:"runs,omitempty"`
+	// shmem_id, when set, names the SHMEM file the pages belong to; run
+	// addresses are then offsets into it and mm_id is 0.
+	ShmemId       uint32 `protobuf:"varint,3,opt,name=shmem_id,json=shmemId,proto3" json:"shmem_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1654,6 +1676,13 @@ func (x *PageMap) GetRuns() []*PageRun {
 		return x.Runs
 	}
 	return nil
+}
+
+func (x *PageMap) GetShmemId() uint32 {
+	if x != nil {
+		return x.ShmemId
+	}
+	return 0
 }
 
 // Error is written when a checkpoint fails partway, so a reader knows why the
@@ -1794,7 +1823,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\ftool_version\x18\x05 \x01(\tR\vtoolVersion\x12$\n" +
 	"\x0etime_unix_nano\x18\x06 \x01(\x03R\ftimeUnixNano\x12\x1a\n" +
 	"\bhostname\x18\a \x01(\tR\bhostname\x12\x19\n" +
-	"\broot_pid\x18\b \x01(\rR\arootPid\"\xec\x05\n" +
+	"\broot_pid\x18\b \x01(\rR\arootPid\"\x9d\x06\n" +
 	"\x04File\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12,\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x18.ckpt.image.v1.File.KindR\x04kind\x12\x12\n" +
@@ -1816,7 +1845,8 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\rsignalfd_mask\x18\x10 \x01(\x04R\fsignalfdMask\x12\x19\n" +
 	"\bpipe_ino\x18\x11 \x01(\x04R\apipeIno\x12\x1b\n" +
 	"\tpipe_data\x18\x12 \x01(\fR\bpipeData\x12\x1b\n" +
-	"\tpipe_size\x18\x13 \x01(\rR\bpipeSize\"\x82\x01\n" +
+	"\tpipe_size\x18\x13 \x01(\rR\bpipeSize\x12\x19\n" +
+	"\bshmem_id\x18\x14 \x01(\rR\ashmemId\"\x98\x01\n" +
 	"\x04Kind\x12\v\n" +
 	"\aUNKNOWN\x10\x00\x12\v\n" +
 	"\aREGULAR\x10\x01\x12\r\n" +
@@ -1827,7 +1857,10 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\aTIMERFD\x10\x06\x12\f\n" +
 	"\bSIGNALFD\x10\a\x12\b\n" +
 	"\x04PIPE\x10\b\x12\a\n" +
-	"\x03TTY\x10\t\"G\n" +
+	"\x03TTY\x10\t\x12\t\n" +
+	"\x05SHMEM\x10\n" +
+	"\x12\t\n" +
+	"\x05MEMFD\x10\v\"G\n" +
 	"\tEpollItem\x12\x0e\n" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x16\n" +
 	"\x06events\x18\x02 \x01(\rR\x06events\x12\x12\n" +
@@ -1945,10 +1978,11 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\vtty_fg_pgid\x18\x15 \x01(\rR\tttyFgPgid\"5\n" +
 	"\aPageRun\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\x04R\x04addr\x12\x16\n" +
-	"\x06npages\x18\x02 \x01(\x04R\x06npages\"J\n" +
+	"\x06npages\x18\x02 \x01(\x04R\x06npages\"e\n" +
 	"\aPageMap\x12\x13\n" +
 	"\x05mm_id\x18\x01 \x01(\rR\x04mmId\x12*\n" +
-	"\x04runs\x18\x02 \x03(\v2\x16.ckpt.image.v1.PageRunR\x04runs\"!\n" +
+	"\x04runs\x18\x02 \x03(\v2\x16.ckpt.image.v1.PageRunR\x04runs\x12\x19\n" +
+	"\bshmem_id\x18\x03 \x01(\rR\ashmemId\"!\n" +
 	"\x05Error\x12\x18\n" +
 	"\amessage\x18\x01 \x01(\tR\amessage\"\x82\x01\n" +
 	"\x04Tail\x12\x18\n" +
