@@ -268,7 +268,9 @@ func checkPidFree(pid int) error {
 		if st.State != 'Z' {
 			return fmt.Errorf("pid %d is taken by %q (pid %d); stop it, or restart into a new PID namespace", pid, st.Comm, pid)
 		}
-		if time.Now().After(deadline) {
+		// Only init is worth waiting for (it reaps orphans lazily); another
+		// parent that keeps a zombie keeps it on purpose.
+		if st.Ppid != 1 || time.Now().After(deadline) {
 			return fmt.Errorf("pid %d is held by a zombie of %q that its parent %d has not reaped; have the parent reap it (or end the parent)", pid, st.Comm, st.Ppid)
 		}
 		time.Sleep(5 * time.Millisecond)
@@ -300,16 +302,21 @@ func build(opts *Options, hdr *pb.Header, tasks []*task, files *resource.OpenFil
 		}
 		parent.children = append(parent.children, t)
 	}
+	// Every PID and TID the image needs must be free; name each one taken.
+	var taken []string
 	for _, t := range tasks {
 		ids := []uint32{t.p.Pid}
-		for _, th := range t.p.Threads {
+		for _, th := range t.p.Threads[min(1, len(t.p.Threads)):] {
 			ids = append(ids, th.Tid)
 		}
 		for _, id := range ids {
 			if err := checkPidFree(int(id)); err != nil {
-				return nil, err
+				taken = append(taken, err.Error())
 			}
 		}
+	}
+	if len(taken) > 0 {
+		return nil, errors.New(strings.Join(taken, "; "))
 	}
 	defer func() {
 		if err != nil {

@@ -394,3 +394,26 @@ func TestBrokenPipe(t *testing.T) {
 	assertUntouched(t, p, maps)
 	p.verifyExit(p.exit, true, 10*time.Second)
 }
+
+// TestTreePidsTaken restarts a tree while it still runs: the error names
+// every PID that is taken, and nothing is created.
+func TestTreePidsTaken(t *testing.T) {
+	p := startWorkload(t, compile(t, "tree"))
+	img := filepath.Join(p.dir, "img")
+	if out, err := ckpt(nil, "checkpoint", "-o", img, itoa(p.pid)); err != nil {
+		t.Fatalf("checkpoint: %v\n%s", err, out)
+	}
+	out, err := ckpt(nil, "restart", img)
+	if err == nil {
+		t.Fatal("restart over a running tree succeeded")
+	}
+	for _, pid := range append([]int{p.pid}, descendants(p.pid)...) {
+		if status(pid, "State") == "Z (zombie)" {
+			continue
+		}
+		if want := "pid " + itoa(pid) + " is taken by"; !strings.Contains(out, want) {
+			t.Errorf("error does not name pid %d: %s", pid, out)
+		}
+	}
+	p.verifyExit(p.exit, true, 10*time.Second)
+}
