@@ -136,11 +136,14 @@ func describeFd(pid, fd int) (*pb.File, error) {
 			f.Kind = pb.File_DIRECTORY
 		}
 	case unix.S_IFIFO:
-		ino, ok := pipeIno(target)
-		if !ok {
-			return nil, fmt.Errorf("fd %d of process %d is the FIFO %s: %w yet", fd, pid, target, ErrUnsupported)
+		if ino, ok := pipeIno(target); ok {
+			f.Kind, f.PipeIno = pb.File_PIPE, ino
+			break
 		}
-		f.Kind, f.PipeIno = pb.File_PIPE, ino
+		if !strings.HasPrefix(target, "/") || strings.HasSuffix(target, " (deleted)") {
+			return nil, fmt.Errorf("fd %d of process %d is the FIFO %s: %w", fd, pid, target, ErrUnsupported)
+		}
+		f.Kind, f.PipeIno = pb.File_FIFO, st.Ino
 	case unix.S_IFCHR:
 		if IsTTY(st.Rdev) {
 			f.Kind = pb.File_TTY
@@ -189,7 +192,7 @@ func DumpFiles(pid int, p *pb.Process, s *FileSet) error {
 		}
 		id := s.sameDescription(pid, fd, f)
 		if id == 0 {
-			if f.Kind == pb.File_PIPE && !s.pipes[f.PipeIno] {
+			if (f.Kind == pb.File_PIPE || f.Kind == pb.File_FIFO) && !s.pipes[f.PipeIno] {
 				s.pipes[f.PipeIno] = true
 				if f.PipeData, f.PipeSize, err = dumpPipeData(pid, fd); err != nil {
 					return err
@@ -247,6 +250,8 @@ type OpenFiles struct {
 	byID  map[uint32]*os.File
 	recs  map[uint32]*pb.File
 	pipes map[uint64]*openPipe
+	// fifos keeps each FIFO open read-write while its ends are reopened.
+	fifos map[string]*os.File
 	// Terminal is the terminal ckpt restart runs in; descriptors that were
 	// on a terminal are reopened on it. Nil when ckpt has none.
 	Terminal *os.File
@@ -254,7 +259,7 @@ type OpenFiles struct {
 
 // NewOpenFiles returns an empty table.
 func NewOpenFiles() *OpenFiles {
-	return &OpenFiles{byID: map[uint32]*os.File{}, recs: map[uint32]*pb.File{}, pipes: map[uint64]*openPipe{}}
+	return &OpenFiles{byID: map[uint32]*os.File{}, recs: map[uint32]*pb.File{}, pipes: map[uint64]*openPipe{}, fifos: map[string]*os.File{}}
 }
 
 // Add records a File from the image; it is opened on first use.
@@ -332,6 +337,13 @@ func (o *OpenFiles) Get(id uint32) (*os.File, *pb.File, error) {
 		}
 		o.byID[id] = f
 		return f, rec, nil
+	case pb.File_FIFO:
+		f, err := o.openFifoEnd(rec)
+		if err != nil {
+			return nil, nil, err
+		}
+		o.byID[id] = f
+		return f, rec, nil
 	case pb.File_PIPE:
 		f, err := o.openPipeEnd(rec)
 		if err != nil {
@@ -373,6 +385,9 @@ func (o *OpenFiles) Close() {
 	for _, p := range o.pipes {
 		p.r.Close()
 		p.w.Close()
+	}
+	for _, f := range o.fifos {
+		f.Close()
 	}
 }
 

@@ -114,3 +114,39 @@ func (o *OpenFiles) openPipeEnd(rec *pb.File) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// openFifoEnd reopens one end of a FIFO by its path. A read-write keeper
+// opened first holds the FIFO open (so that neither end blocks or sees the
+// other missing) and refills it with the saved bytes.
+func (o *OpenFiles) openFifoEnd(rec *pb.File) (*os.File, error) {
+	if o.fifos[rec.Path] == nil {
+		var st unix.Stat_t
+		if err := unix.Stat(rec.Path, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+			return nil, fmt.Errorf("FIFO %s must exist at restart (%v)", rec.Path, err)
+		}
+		k, err := os.OpenFile(rec.Path, os.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open FIFO %s: %w", rec.Path, err)
+		}
+		o.fifos[rec.Path] = k
+		for _, r := range o.recs {
+			if r.Kind == pb.File_FIFO && r.Path == rec.Path && len(r.PipeData) > 0 {
+				if r.PipeSize > 0 {
+					unix.FcntlInt(k.Fd(), unix.F_SETPIPE_SZ, int(r.PipeSize))
+				}
+				if _, err := k.Write(r.PipeData); err != nil {
+					return nil, fmt.Errorf("refill FIFO %s: %w", rec.Path, err)
+				}
+			}
+		}
+	}
+	f, err := os.OpenFile(rec.Path, int(rec.Flags&(unix.O_ACCMODE|unix.O_NONBLOCK))|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("reopen FIFO %s: %w", rec.Path, err)
+	}
+	if _, err := unix.FcntlInt(f.Fd(), unix.F_SETFL, int(rec.Flags&unix.O_NONBLOCK)); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}

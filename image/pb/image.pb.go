@@ -49,6 +49,9 @@ const (
 	File_SHMEM File_Kind = 10
 	// MEMFD is an open descriptor of a SHMEM object (shmem_id).
 	File_MEMFD File_Kind = 11
+	// FIFO is one end of a named pipe at path; like PIPE it carries the
+	// unread bytes on the first end written.
+	File_FIFO File_Kind = 12
 )
 
 // Enum value maps for File_Kind.
@@ -66,6 +69,7 @@ var (
 		9:  "TTY",
 		10: "SHMEM",
 		11: "MEMFD",
+		12: "FIFO",
 	}
 	File_Kind_value = map[string]int32{
 		"UNKNOWN":   0,
@@ -80,6 +84,7 @@ var (
 		"TTY":       9,
 		"SHMEM":     10,
 		"MEMFD":     11,
+		"FIFO":      12,
 	}
 )
 
@@ -1823,7 +1828,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\ftool_version\x18\x05 \x01(\tR\vtoolVersion\x12$\n" +
 	"\x0etime_unix_nano\x18\x06 \x01(\x03R\ftimeUnixNano\x12\x1a\n" +
 	"\bhostname\x18\a \x01(\tR\bhostname\x12\x19\n" +
-	"\broot_pid\x18\b \x01(\rR\arootPid\"\x9d\x06\n" +
+	"\broot_pid\x18\b \x01(\rR\arootPid\"\xa7\x06\n" +
 	"\x04File\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12,\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x18.ckpt.image.v1.File.KindR\x04kind\x12\x12\n" +
@@ -1846,7 +1851,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\bpipe_ino\x18\x11 \x01(\x04R\apipeIno\x12\x1b\n" +
 	"\tpipe_data\x18\x12 \x01(\fR\bpipeData\x12\x1b\n" +
 	"\tpipe_size\x18\x13 \x01(\rR\bpipeSize\x12\x19\n" +
-	"\bshmem_id\x18\x14 \x01(\rR\ashmemId\"\x98\x01\n" +
+	"\bshmem_id\x18\x14 \x01(\rR\ashmemId\"\xa2\x01\n" +
 	"\x04Kind\x12\v\n" +
 	"\aUNKNOWN\x10\x00\x12\v\n" +
 	"\aREGULAR\x10\x01\x12\r\n" +
@@ -1860,7 +1865,8 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x03TTY\x10\t\x12\t\n" +
 	"\x05SHMEM\x10\n" +
 	"\x12\t\n" +
-	"\x05MEMFD\x10\v\"G\n" +
+	"\x05MEMFD\x10\v\x12\b\n" +
+	"\x04FIFO\x10\f\"G\n" +
 	"\tEpollItem\x12\x0e\n" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x16\n" +
 	"\x06events\x18\x02 \x01(\rR\x06events\x12\x12\n" +

@@ -133,13 +133,9 @@ func TestRefusesUnsupported(t *testing.T) {
 		cmd  func() *exec.Cmd
 		want string
 	}{
-		{"fifo", func() *exec.Cmd {
-			fifo := filepath.Join(t.TempDir(), "fifo")
-			if err := syscall.Mkfifo(fifo, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			return exec.Command("python3", "-c", "import os,time\nfd=os.open('"+fifo+"', os.O_RDWR)\ntime.sleep(100)")
-		}, "is the FIFO "},
+		{"inotify", func() *exec.Cmd {
+			return exec.Command("python3", "-c", "import ctypes,time\nctypes.CDLL(None).inotify_init()\ntime.sleep(100)")
+		}, "is anon_inode:inotify"},
 		{"deleted", func() *exec.Cmd {
 			return exec.Command("python3", "-c", "import os,time\nf=open('/tmp/ckpt-e2e-deleted','w')\nos.unlink('/tmp/ckpt-e2e-deleted')\ntime.sleep(100)")
 		}, "is the deleted file /tmp/ckpt-e2e-deleted"},
