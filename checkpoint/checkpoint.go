@@ -98,6 +98,9 @@ func Preflight(pid int) error {
 	if err != nil {
 		return err
 	}
+	if err := checkSharing(pids); err != nil {
+		return err
+	}
 	for _, p := range pids {
 		if p == os.Getpid() {
 			return fmt.Errorf("ckpt itself (pid %d) is a descendant of %d; run ckpt from outside the tree it checkpoints", p, pid)
@@ -117,6 +120,28 @@ func Preflight(pid int) error {
 		}
 		if _, err := resource.PreflightMm(p); err != nil && !gone(p) {
 			return err
+		}
+	}
+	return nil
+}
+
+// checkSharing refuses processes that share an address space, descriptor
+// table, filesystem context or signal handlers (clone flags CLONE_VM,
+// CLONE_FILES, CLONE_FS, CLONE_SIGHAND without CLONE_THREAD): ckpt would
+// restore them as separate copies.
+func checkSharing(pids []int) error {
+	kinds := []struct {
+		kcmp int
+		what string
+	}{{1, "address space (CLONE_VM, e.g. a vfork child that has not exec'd yet)"}, {2, "descriptor table (CLONE_FILES)"}, {3, "cwd, root and umask (CLONE_FS)"}, {4, "signal handlers (CLONE_SIGHAND)"}}
+	for i, a := range pids {
+		for _, b := range pids[i+1:] {
+			for _, k := range kinds {
+				r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(a), uintptr(b), uintptr(k.kcmp), 0, 0, 0)
+				if e == 0 && r == 0 {
+					return fmt.Errorf("processes %d and %d share one %s: %w yet", a, b, k.what, resource.ErrUnsupported)
+				}
+			}
 		}
 	}
 	return nil

@@ -3,11 +3,13 @@ package resource
 import (
 	"encoding/binary"
 	"fmt"
+	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ckpt/ckpt/image/pb"
+	"github.com/ckpt/ckpt/proc"
 	"github.com/ckpt/ckpt/ptrace"
 )
 
@@ -35,9 +37,26 @@ const ssOnstack = 1
 
 // DumpSignals reads the process's signal dispositions, interval timers and
 // process-wide pending signals into p.
+//
+// Only signals that are ignored or caught (SigIgn, SigCgt in
+// /proc/PID/status) are asked for: the others have the default action, and
+// asking costs an injected call each. (Flags or a mask set together with
+// SIG_DFL are not kept; they have no effect.)
 func DumpSignals(t *Target, p *pb.Process) error {
+	st, err := proc.ReadStatus(t.Pid)
+	if err != nil {
+		return err
+	}
+	var set uint64
+	for _, k := range []string{"SigIgn", "SigCgt"} {
+		v, err := strconv.ParseUint(st[k], 16, 64)
+		if err != nil {
+			return fmt.Errorf("%s of %d: %w", k, t.Pid, err)
+		}
+		set |= v
+	}
 	for sig := 1; sig <= 64; sig++ {
-		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) {
+		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) || set&(1<<(sig-1)) == 0 {
 			continue
 		}
 		if _, err := t.Syscall(unix.SYS_RT_SIGACTION, uint64(sig), 0, t.Scratch, 8); err != nil {
