@@ -58,6 +58,8 @@ func (o *Options) fault(point string) error {
 	case point + ":kill":
 		syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		time.Sleep(time.Hour)
+	case point + ":hang":
+		time.Sleep(time.Hour) // for tests that interrupt ckpt here
 	}
 	return nil
 }

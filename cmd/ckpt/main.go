@@ -148,7 +148,9 @@ as the process runs.`,
 			// Catch forwarded signals from now on, so none is lost between
 			// the release of the process and the wait.
 			sigs := make(chan os.Signal, 16)
-			if !detach {
+			if detach {
+				signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+			} else {
 				signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGCONT, syscall.SIGWINCH)
 			}
 			// Descriptors that were on a terminal come back on ours.
@@ -165,7 +167,30 @@ as the process runs.`,
 				signal.Ignore(syscall.SIGTTOU)
 				defer unix.IoctlSetPointerInt(int(term.Fd()), unix.TIOCSPGRP, unix.Getpgrp())
 			}
+			// A signal that arrives while the restore is in progress ends
+			// ckpt, and the half-built processes die with it
+			// (PTRACE_O_EXITKILL): nothing is left behind.
+			runDone, watcher := make(chan struct{}), make(chan struct{})
+			var held []os.Signal // others, forwarded once the process runs
+			go func() {
+				defer close(watcher)
+				for {
+					select {
+					case s := <-sigs:
+						switch s {
+						case syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT:
+							fmt.Fprintf(os.Stderr, "ckpt: restart interrupted by %v; nothing was restored\n", s)
+							os.Exit(128 + int(s.(syscall.Signal)))
+						}
+						held = append(held, s)
+					case <-runDone:
+						return
+					}
+				}
+			}()
 			res, err := restart.Run(restart.Options{In: in, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Terminal: term, Foreground: !detach})
+			close(runDone)
+			<-watcher
 			if err != nil {
 				return err
 			}
@@ -174,6 +199,9 @@ as the process runs.`,
 			}
 			if detach {
 				return nil
+			}
+			for _, s := range held {
+				unix.Kill(res.Pid, s.(syscall.Signal))
 			}
 			return &exitError{code: waitChild(res.Pid, sigs)}
 		},

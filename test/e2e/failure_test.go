@@ -414,3 +414,42 @@ func TestTreePidsTaken(t *testing.T) {
 	}
 	p.verifyExit(p.exit, true, 10*time.Second)
 }
+
+// TestRestartInterrupted sends SIGTERM to ckpt restart while it is
+// restoring a tree: ckpt ends and leaves none of the tree behind.
+func TestRestartInterrupted(t *testing.T) {
+	p := startWorkload(t, compile(t, "tree"))
+	tree := append([]int{p.pid}, descendants(p.pid)...)
+	img := filepath.Join(p.dir, "img")
+	if out, err := ckpt(nil, "checkpoint", "--kill", "-o", img, itoa(p.pid)); err != nil {
+		t.Fatalf("checkpoint: %v\n%s", err, out)
+	}
+	p.exit.wait(10 * time.Second)
+	cmd := exec.Command(ckptBin, "restart", img)
+	cmd.Env = append(os.Environ(), "CKPT_FAULT=pages:hang")
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e := newExited(cmd.Wait)
+	t.Cleanup(func() { cmd.Process.Kill(); e.wait(5 * time.Second) })
+	for deadline := time.Now().Add(10 * time.Second); !alive(p.pid) || status(p.pid, "TracerPid") == "0"; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("restore did not start")
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	cmd.Process.Signal(syscall.SIGTERM)
+	if !e.wait(10 * time.Second) {
+		t.Fatal("ckpt restart ignored SIGTERM")
+	}
+	if !strings.Contains(out.String(), "restart interrupted by terminated") {
+		t.Errorf("no word about the interruption: %q", out.String())
+	}
+	for _, pid := range tree {
+		if !waitPidGone(pid, 5*time.Second) {
+			t.Fatalf("pid %d survived the interrupted restart (state %s)", pid, status(pid, "State"))
+		}
+	}
+}
