@@ -127,15 +127,16 @@ func Preflight(pid int) error {
 	return nil
 }
 
-// checkSharing refuses processes that share an address space, descriptor
-// table, filesystem context or signal handlers (clone flags CLONE_VM,
-// CLONE_FILES, CLONE_FS, CLONE_SIGHAND without CLONE_THREAD): ckpt would
-// restore them as separate copies.
+// checkSharing refuses processes that share an address space, filesystem
+// context or signal handlers (clone flags CLONE_VM, CLONE_FS, CLONE_SIGHAND
+// without CLONE_THREAD): ckpt would restore them as separate copies. A
+// shared descriptor table (CLONE_FILES) is restored (see filesOwners), when
+// each sharer's parent shares it too.
 func checkSharing(pids []int) error {
 	kinds := []struct {
 		kcmp int
 		what string
-	}{{1, "address space (CLONE_VM, e.g. a vfork child that has not exec'd yet)"}, {2, "descriptor table (CLONE_FILES)"}, {3, "cwd, root and umask (CLONE_FS)"}, {4, "signal handlers (CLONE_SIGHAND)"}}
+	}{{1, "address space (CLONE_VM, e.g. a vfork child that has not exec'd yet)"}, {3, "cwd, root and umask (CLONE_FS)"}, {4, "signal handlers (CLONE_SIGHAND)"}}
 	for i, a := range pids {
 		for _, b := range pids[i+1:] {
 			for _, k := range kinds {
@@ -147,6 +148,37 @@ func checkSharing(pids []int) error {
 		}
 	}
 	return nil
+}
+
+// filesOwners finds the processes that share a descriptor table
+// (CLONE_FILES) with an earlier one of the tree, and maps each to the
+// first process holding that table. The table is dumped once, with its
+// owner; at restart each sharer is cloned with CLONE_FILES by its parent,
+// which therefore must share the table as well.
+func filesOwners(procs []*frozen) (map[int]int, error) {
+	owners := map[int]int{}
+	for i, a := range procs {
+		for _, b := range procs[:i] {
+			if owners[b.pid] != 0 {
+				continue // compare with table owners only
+			}
+			r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(b.pid), uintptr(a.pid), 2 /* KCMP_FILES */, 0, 0, 0)
+			if e == 0 && r == 0 {
+				owners[a.pid] = b.pid
+				break
+			}
+		}
+	}
+	for pid, owner := range owners {
+		st, err := proc.ReadStat(pid)
+		if err != nil {
+			return nil, err
+		}
+		if st.Ppid != owner && owners[st.Ppid] != owner {
+			return nil, fmt.Errorf("process %d shares the descriptor table of %d, but its parent %d does not: %w yet", pid, owner, st.Ppid, resource.ErrUnsupported)
+		}
+	}
+	return owners, nil
 }
 
 // gone reports whether a process has vanished (exited and been reaped).
@@ -470,8 +502,12 @@ func dump(opts *Options, stats *Stats) (err error) {
 	files := resource.NewFileSet()
 	var procs []*pb.Process
 	var mms []*pb.Mm
+	owners, err := filesOwners(ft.procs)
+	if err != nil {
+		return err
+	}
 	for i, f := range ft.procs {
-		p, mm, err := collect(opts, f, files, uint32(i+1))
+		p, mm, err := collect(opts, f, files, uint32(i+1), owners[f.pid])
 		if err != nil {
 			return fmt.Errorf("process %d: %w", f.pid, err)
 		}
@@ -524,8 +560,9 @@ func dump(opts *Options, stats *Stats) (err error) {
 }
 
 // collect reads one frozen process.
-func collect(opts *Options, f *frozen, files *resource.FileSet, mmID uint32) (*pb.Process, *pb.Mm, error) {
-	p := &pb.Process{Pid: uint32(f.pid)}
+// filesOwner, if not 0, is the process whose descriptor table f shares.
+func collect(opts *Options, f *frozen, files *resource.FileSet, mmID uint32, filesOwner int) (*pb.Process, *pb.Mm, error) {
+	p := &pb.Process{Pid: uint32(f.pid), FilesOwner: uint32(filesOwner)}
 	var brk uint64
 	if err := collectInjected(opts, f, p, &brk); err != nil {
 		return nil, nil, err
@@ -541,8 +578,10 @@ func collect(opts *Options, f *frozen, files *resource.FileSet, mmID uint32) (*p
 	if err := resource.DumpTask(f.pid, p); err != nil {
 		return nil, nil, err
 	}
-	if err := resource.DumpFiles(f.pid, p, files); err != nil {
-		return nil, nil, err
+	if filesOwner == 0 {
+		if err := resource.DumpFiles(f.pid, p, files); err != nil {
+			return nil, nil, err
+		}
 	}
 	mm, err := resource.DumpMm(f.pid, brk, files)
 	if err != nil {

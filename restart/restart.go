@@ -89,6 +89,9 @@ type task struct {
 	pull     *resource.FdPuller
 	children []*task
 	targets  []*resource.Target // one per thread, filled by finish
+	// table is the descriptor table the process uses: its own, or that of
+	// the process it shares it with (CLONE_FILES).
+	table []*pb.Fd
 }
 
 func restore(opts *Options) (res *Result, err error) {
@@ -293,8 +296,17 @@ func build(opts *Options, hdr *pb.Header, tasks []*task, files *resource.OpenFil
 		}
 		byPid[t.p.Pid] = t
 	}
+	for _, t := range tasks {
+		t.table = t.p.Fds
+		if o := t.p.FilesOwner; o != 0 {
+			if byPid[o] == nil || byPid[o].p.FilesOwner != 0 || len(t.p.Fds) != 0 {
+				return nil, fmt.Errorf("image damaged: process %d shares the descriptors of %d", t.p.Pid, o)
+			}
+			t.table = byPid[o].p.Fds
+		}
+	}
 	root := tasks[0]
-	if root.p.Pid != hdr.RootPid || root.p.Zombie {
+	if root.p.Pid != hdr.RootPid || root.p.Zombie || root.p.FilesOwner != 0 {
 		return nil, fmt.Errorf("image damaged: first process %d is not the live root %d", root.p.Pid, hdr.RootPid)
 	}
 	for _, t := range tasks[1:] {
@@ -359,7 +371,15 @@ func build(opts *Options, hdr *pb.Header, tasks []*task, files *resource.OpenFil
 		}
 		for _, c := range t.children {
 			exitSig := uint64(c.p.ExitSignal)
-			if c.s, err = t.s.clone(int(c.p.Pid), 0, exitSig); err != nil {
+			flags := uint64(0)
+			if o := c.p.FilesOwner; o != 0 {
+				// The child shares its parent's descriptor table.
+				if o != t.p.Pid && o != t.p.FilesOwner {
+					return created, fmt.Errorf("image damaged: process %d shares the descriptors of %d, not of its parent %d", c.p.Pid, o, t.p.Pid)
+				}
+				flags |= unix.CLONE_FILES
+			}
+			if c.s, err = t.s.clone(int(c.p.Pid), flags, exitSig); err != nil {
 				return created, fmt.Errorf("process %d: %w", t.p.Pid, err)
 			}
 			created = append(created, c.s)
@@ -425,8 +445,12 @@ func prepare(t *task, files *resource.OpenFiles) error {
 	if err != nil {
 		return err
 	}
-	if _, err := s.t.Syscall(unix.SYS_CLOSE_RANGE, 0, ^uint64(0)>>33, 0); err != nil {
-		return fmt.Errorf("close stub descriptors: %w", err)
+	// A process sharing another's descriptor table (CLONE_FILES) leaves it
+	// to the owner, which comes first and has emptied it already.
+	if p.FilesOwner == 0 {
+		if _, err := s.t.Syscall(unix.SYS_CLOSE_RANGE, 0, ^uint64(0)>>33, 0); err != nil {
+			return fmt.Errorf("close stub descriptors: %w", err)
+		}
 	}
 	var specialSize uint64
 	for _, v := range specials {
@@ -440,7 +464,7 @@ func prepare(t *task, files *resource.OpenFiles) error {
 		return err
 	}
 	maxFd := int32(0)
-	for _, fd := range p.Fds {
+	for _, fd := range t.table {
 		maxFd = max(maxFd, fd.Fd)
 	}
 	if t.pull, err = resource.NewFdPuller(s.t, uint64(maxFd)+1); err != nil {
@@ -487,8 +511,10 @@ func finish(opts *Options, tk *task, files *resource.OpenFiles) error {
 	if err := resource.FinishMm(t, mm, files, pull); err != nil {
 		return err
 	}
-	if err := resource.RestoreFiles(t, pull, files, p); err != nil {
-		return err
+	if p.FilesOwner == 0 {
+		if err := resource.RestoreFiles(t, pull, files, p); err != nil {
+			return err
+		}
 	}
 	if err := resource.RestoreTask(t, p); err != nil {
 		return err

@@ -1392,7 +1392,10 @@ type Process struct {
 	ExitCode uint32 `protobuf:"varint,20,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
 	// tty_fg_pgid is the foreground process group of the process's
 	// controlling terminal at checkpoint (0 without one).
-	TtyFgPgid     uint32 `protobuf:"varint,21,opt,name=tty_fg_pgid,json=ttyFgPgid,proto3" json:"tty_fg_pgid,omitempty"`
+	TtyFgPgid uint32 `protobuf:"varint,21,opt,name=tty_fg_pgid,json=ttyFgPgid,proto3" json:"tty_fg_pgid,omitempty"`
+	// files_owner, when set, is the process whose descriptor table this one
+	// shares (CLONE_FILES); fds is then empty and the table is restored once.
+	FilesOwner    uint32 `protobuf:"varint,22,opt,name=files_owner,json=filesOwner,proto3" json:"files_owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1570,6 +1573,13 @@ func (x *Process) GetExitCode() uint32 {
 func (x *Process) GetTtyFgPgid() uint32 {
 	if x != nil {
 		return x.TtyFgPgid
+	}
+	return 0
+}
+
+func (x *Process) GetFilesOwner() uint32 {
+	if x != nil {
+		return x.FilesOwner
 	}
 	return 0
 }
@@ -1955,7 +1965,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x04egid\x18\x06 \x01(\rR\x04egid\x12\x12\n" +
 	"\x04sgid\x18\a \x01(\rR\x04sgid\x12\x14\n" +
 	"\x05fsgid\x18\b \x01(\rR\x05fsgid\x12\x16\n" +
-	"\x06groups\x18\t \x03(\rR\x06groups\"\x97\x05\n" +
+	"\x06groups\x18\t \x03(\rR\x06groups\"\xb8\x05\n" +
 	"\aProcess\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x12\n" +
 	"\x04ppid\x18\x02 \x01(\rR\x04ppid\x12\x12\n" +
@@ -1981,7 +1991,9 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"exitSignal\x12\x16\n" +
 	"\x06zombie\x18\x13 \x01(\bR\x06zombie\x12\x1b\n" +
 	"\texit_code\x18\x14 \x01(\rR\bexitCode\x12\x1e\n" +
-	"\vtty_fg_pgid\x18\x15 \x01(\rR\tttyFgPgid\"5\n" +
+	"\vtty_fg_pgid\x18\x15 \x01(\rR\tttyFgPgid\x12\x1f\n" +
+	"\vfiles_owner\x18\x16 \x01(\rR\n" +
+	"filesOwner\"5\n" +
 	"\aPageRun\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\x04R\x04addr\x12\x16\n" +
 	"\x06npages\x18\x02 \x01(\x04R\x06npages\"e\n" +

@@ -133,7 +133,7 @@ func TestRefusesUnsupported(t *testing.T) {
 		cmd  func() *exec.Cmd
 		want string
 	}{
-		{"clone-files", func() *exec.Cmd { return exec.Command(compile(t, "clonefiles")) }, "share one descriptor table (CLONE_FILES)"},
+		{"clone-fs", func() *exec.Cmd { return exec.Command(compile(t, "clonefs")) }, "share one cwd, root and umask (CLONE_FS)"},
 		{"inotify", func() *exec.Cmd {
 			return exec.Command("python3", "-c", "import ctypes,time\nctypes.CDLL(None).inotify_init()\ntime.sleep(100)")
 		}, "is anon_inode:inotify"},
