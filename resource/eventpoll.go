@@ -87,6 +87,8 @@ func describeAnon(f *pb.File, target string, info []byte) error {
 		if f.TimerfdIntervalNs, err = parseTimespecPair(fdinfoValue(info, "it_interval")); err != nil {
 			return err
 		}
+	case "anon_inode:inotify":
+		return describeInotify(f, info)
 	case "anon_inode:[signalfd]":
 		f.Kind = pb.File_SIGNALFD
 		if f.SignalfdMask, err = strconv.ParseUint(fdinfoValue(info, "sigmask"), 16, 64); err != nil {
@@ -158,6 +160,8 @@ func openAnon(rec *pb.File) (*os.File, error) {
 				err = fmt.Errorf("restore %d timerfd expirations: %w", t, e)
 			}
 		}
+	case pb.File_INOTIFY:
+		return openInotify(rec)
 	case pb.File_SIGNALFD:
 		flags := unix.SFD_CLOEXEC
 		if nonblock {

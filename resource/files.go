@@ -290,7 +290,7 @@ func (o *OpenFiles) Get(id uint32) (*os.File, *pb.File, error) {
 		return f, rec, nil
 	}
 	switch rec.Kind {
-	case pb.File_EVENTFD, pb.File_TIMERFD, pb.File_SIGNALFD:
+	case pb.File_EVENTFD, pb.File_TIMERFD, pb.File_SIGNALFD, pb.File_INOTIFY:
 		f, err := openAnon(rec)
 		if err != nil {
 			return nil, nil, err

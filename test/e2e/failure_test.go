@@ -134,9 +134,6 @@ func TestRefusesUnsupported(t *testing.T) {
 		want string
 	}{
 		{"clone-fs", func() *exec.Cmd { return exec.Command(compile(t, "clonefs")) }, "share one cwd, root and umask (CLONE_FS)"},
-		{"inotify", func() *exec.Cmd {
-			return exec.Command("python3", "-c", "import ctypes,time\nctypes.CDLL(None).inotify_init()\ntime.sleep(100)")
-		}, "is anon_inode:inotify"},
 		{"deleted", func() *exec.Cmd {
 			return exec.Command("python3", "-c", "import os,time\nf=open('/tmp/ckpt-e2e-deleted','w')\nos.unlink('/tmp/ckpt-e2e-deleted')\ntime.sleep(100)")
 		}, "is the deleted file /tmp/ckpt-e2e-deleted"},
