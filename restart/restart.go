@@ -389,19 +389,64 @@ func build(opts *Options, hdr *pb.Header, tasks []*task, files *resource.OpenFil
 		return created, err
 	}
 	// Process groups: leaders first, then members join them. A group whose
-	// leader is not in the image keeps the group inherited from the parent;
-	// a root that was not a session leader stays in ckpt's session, like a
-	// job started from the shell ckpt runs in.
-	for pass := 0; pass < 2; pass++ {
-		for _, t := range tasks {
-			if t.p.Sid == t.p.Pid || (pass == 0) != (t.p.Pgid == t.p.Pid) {
-				continue
-			}
-			if leader := byPid[t.p.Pgid]; pass == 1 && (leader == nil || leader.p.Sid != t.p.Sid) {
-				continue
-			}
-			if _, err := t.s.t.Syscall(unix.SYS_SETPGID, 0, uint64(t.p.Pgid)); err != nil {
-				return created, fmt.Errorf("process %d: join process group %d: %w", t.p.Pid, t.p.Pgid, err)
+	// leader has died gets a helper process with the leader's PID, which
+	// creates the group, lets the members join, and exits. A group whose
+	// session is not in the image keeps the group inherited from the
+	// parent: a root that was not a session leader stays in ckpt's session,
+	// like a job started from the shell ckpt runs in.
+	helpers := map[uint32]*stub{} // pgid -> helper
+	helperParent := map[uint32]*stub{}
+	for _, t := range tasks {
+		if t.p.Sid == t.p.Pid || t.p.Pgid != t.p.Pid {
+			continue
+		}
+		if _, err := t.s.t.Syscall(unix.SYS_SETPGID, 0, 0); err != nil {
+			return created, fmt.Errorf("process %d: lead process group: %w", t.p.Pid, err)
+		}
+	}
+	for _, t := range tasks {
+		g := t.p.Pgid
+		if t.p.Sid == t.p.Pid || g == t.p.Pid || byPid[g] != nil || byPid[t.p.Sid] == nil || helpers[g] != nil {
+			continue
+		}
+		parent := byPid[t.p.Ppid].s
+		h, err := parent.clone(int(g), 0, uint64(unix.SIGCHLD))
+		if err != nil {
+			return created, fmt.Errorf("re-create process group %d of %d (its leader is gone): %w", g, t.p.Pid, err)
+		}
+		created = append(created, h)
+		helpers[g], helperParent[g] = h, parent
+		if _, err := h.t.Syscall(unix.SYS_SETPGID, 0, 0); err != nil {
+			return created, fmt.Errorf("process group %d: %w", g, err)
+		}
+	}
+	for _, t := range tasks {
+		g := t.p.Pgid
+		if t.p.Sid == t.p.Pid || g == t.p.Pid {
+			continue
+		}
+		if leader := byPid[g]; (leader == nil || leader.p.Sid != t.p.Sid) && helpers[g] == nil {
+			continue
+		}
+		if _, err := t.s.t.Syscall(unix.SYS_SETPGID, 0, uint64(g)); err != nil {
+			return created, fmt.Errorf("process %d: join process group %d: %w", t.p.Pid, g, err)
+		}
+	}
+	for g, h := range helpers {
+		if err := h.becomeZombie(0); err != nil {
+			return created, fmt.Errorf("process group %d helper: %w", g, err)
+		}
+		parent := helperParent[g]
+		if _, err := parent.t.Syscall(unix.SYS_WAIT4, uint64(g), 0, unix.WALL, 0); err != nil {
+			return created, fmt.Errorf("reap process group %d helper: %w", g, err)
+		}
+		if err := parent.drainSigchld(); err != nil {
+			return created, err
+		}
+		for i, c := range created {
+			if c == h {
+				created = append(created[:i], created[i+1:]...)
+				break
 			}
 		}
 	}

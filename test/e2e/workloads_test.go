@@ -43,6 +43,7 @@ func workloads() []workload {
 		{name: "threads", argv: cWorkload("threads"), signal: true, settle: 100 * time.Millisecond},
 		{name: "evloop", argv: cWorkload("evloop"), signal: true, settle: 50 * time.Millisecond},
 		{name: "clone-files", argv: cWorkload("clonefiles"), signal: true, settle: 20 * time.Millisecond},
+		{name: "dead-group-leader", argv: cWorkload("deadleader"), signal: true, settle: 20 * time.Millisecond},
 		{name: "inotify", argv: cWorkload("inotify"), signal: true, settle: 20 * time.Millisecond},
 		{name: "fifo", argv: cWorkload("fifo"), signal: true, settle: 20 * time.Millisecond},
 		{name: "shmem", argv: cWorkload("shmem"), signal: true, settle: 50 * time.Millisecond},
