@@ -100,8 +100,19 @@ func Preflight(pid int) error {
 	if err != nil {
 		return err
 	}
-	if err := checkSharing(pids); err != nil {
-		return err
+	// A vfork child shares its parent's memory until it execs, usually for
+	// a moment: give it that moment before refusing.
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		err := checkSharing(pids)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		if pids, err = tree(pid); err != nil {
+			return err
+		}
 	}
 	for _, p := range pids {
 		if p == os.Getpid() {

@@ -1,9 +1,12 @@
 // build: -pthread
-// threads: four threads, each in a different kind of wait or work, with its
+// threads: six threads, each in a different kind of wait or work (busy,
+// nanosleep, condition variable, sigwaitinfo, poll on a pipe, read on a
+// pipe), with its
 // own TLS value, name, signal mask and (for one) a pending thread-directed
 // signal. On SIGUSR2 every thread checks its own state and the main thread
 // reports PASS or FAIL.
 #define _GNU_SOURCE
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -14,7 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NT 4
+#define NT 6
 static __thread uint64_t tls_value;
 static pid_t tids[NT];
 static char fails[NT][200];
@@ -23,6 +26,7 @@ static volatile sig_atomic_t usr2;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static pthread_t th[NT];
+static int pa[2], pb[2]; // pipes that threads 4 and 5 wait on
 
 static void on_usr2(int s) { (void)s; usr2 = 1; }
 
@@ -74,6 +78,22 @@ static void *worker(void *arg) {
 		while (!atomic_load(&verify)) pthread_cond_wait(&cond, &mu);
 		pthread_mutex_unlock(&mu);
 		break;
+	case 4: { // blocked in poll with a long timeout
+		struct pollfd pf = {.fd = pa[0], .events = POLLIN};
+		int r;
+		while ((r = poll(&pf, 1, 60000)) < 0) ;
+		char c;
+		if (r != 1 || !(pf.revents & POLLIN) || read(pa[0], &c, 1) != 1 || c != 'p')
+			snprintf(fails[i], sizeof fails[i], "poll returned %d revents %#x", r, pf.revents);
+		break;
+	}
+	case 5: { // blocked in read on an empty pipe
+		char c = 0;
+		int r;
+		while ((r = read(pb[0], &c, 1)) < 0) ;
+		if (r != 1 || c != 'r') snprintf(fails[i], sizeof fails[i], "read returned %d (%c)", r, c);
+		break;
+	}
 	case 3: { // blocked in sigwaitinfo
 		sigset_t w;
 		sigemptyset(&w);
@@ -98,6 +118,8 @@ int main(void) {
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	struct sigaction sa = {.sa_handler = on_usr2};
 	sigaction(SIGUSR2, &sa, NULL);
+	pipe(pa);
+	pipe(pb);
 	for (int i = 0; i < NT; i++) pthread_create(&th[i], NULL, worker, (void *)(intptr_t)i);
 	while (atomic_load(&ready) < NT) usleep(1000);
 	pthread_kill(th[1], SIGRTMIN + 2);
@@ -108,6 +130,8 @@ int main(void) {
 	pthread_cond_broadcast(&cond);
 	pthread_mutex_unlock(&mu);
 	pthread_kill(th[3], SIGUSR1);
+	write(pa[1], "p", 1);
+	write(pb[1], "r", 1);
 	for (int i = 0; i < NT; i++) pthread_join(th[i], NULL);
 	for (int i = 0; i < NT; i++)
 		if (fails[i][0]) { printf("FAIL: %s\n", fails[i]); return 1; }
