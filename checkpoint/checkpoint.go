@@ -20,6 +20,7 @@ import (
 	"os"
 	"runtime"
 	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -107,7 +108,7 @@ func Preflight(pid int) error {
 		if err == nil {
 			break
 		}
-		if time.Now().After(deadline) {
+		if !strings.Contains(err.Error(), "CLONE_VM") || time.Now().After(deadline) {
 			return err
 		}
 		if pids, err = tree(pid); err != nil {
