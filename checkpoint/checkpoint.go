@@ -587,6 +587,11 @@ func collect(opts *Options, f *frozen, files *resource.FileSet, mmID uint32, fil
 	if st.TtyNr != 0 && st.Tpgid > 0 {
 		p.TtyFgPgid = uint32(st.Tpgid)
 	}
+	if st.Session != f.pid {
+		if leader, err := proc.ReadStat(st.Session); err != nil || leader.Session != st.Session {
+			p.SessionOrphan = true
+		}
+	}
 	if err := resource.DumpTask(f.pid, p); err != nil {
 		return nil, nil, err
 	}

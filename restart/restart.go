@@ -345,7 +345,7 @@ func build(opts *Options, hdr *pb.Header, tasks []*task, files *resource.OpenFil
 		return nil, err
 	}
 	defer s0.kill()
-	if root.s, err = s0.clone(int(root.p.Pid), unix.CLONE_PARENT, 0); err != nil {
+	if root.s, err = cloneInSession(s0, root, byPid, unix.CLONE_PARENT, 0, &created); err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			if perr := checkPidFree(int(root.p.Pid)); perr != nil {
 				return nil, perr
@@ -379,7 +379,7 @@ func build(opts *Options, hdr *pb.Header, tasks []*task, files *resource.OpenFil
 				}
 				flags |= unix.CLONE_FILES
 			}
-			if c.s, err = t.s.clone(int(c.p.Pid), flags, exitSig); err != nil {
+			if c.s, err = cloneInSession(t.s, c, byPid, flags, exitSig, &created); err != nil {
 				return created, fmt.Errorf("process %d: %w", t.p.Pid, err)
 			}
 			created = append(created, c.s)
@@ -476,6 +476,52 @@ func build(opts *Options, hdr *pb.Header, tasks []*task, files *resource.OpenFil
 		return created, err
 	}
 	return created, nil
+}
+
+// cloneInSession creates t's process from the parent stub. If t's session
+// leader is gone (a daemon that forked twice), a helper with the leader's
+// PID is cloned first, calls setsid, clones t with CLONE_PARENT (so that t
+// keeps its real parent and inherits the session) and exits; the parent
+// stub reaps it.
+func cloneInSession(parent *stub, t *task, byPid map[uint32]*task, flags, exitSig uint64, created *[]*stub) (*stub, error) {
+	sid := t.p.Sid
+	if !t.p.SessionOrphan || sid == t.p.Pid || byPid[sid] != nil {
+		return parent.clone(int(t.p.Pid), flags, exitSig)
+	}
+	if err := checkPidFree(int(sid)); err != nil {
+		return nil, fmt.Errorf("re-create session %d of %d: %w", sid, t.p.Pid, err)
+	}
+	hflags, hsig := flags&unix.CLONE_PARENT, uint64(unix.SIGCHLD)
+	if hflags != 0 {
+		hsig = 0 // clone3 takes no exit signal with CLONE_PARENT
+	}
+	h, err := parent.clone(int(sid), hflags, hsig)
+	if err != nil {
+		return nil, fmt.Errorf("re-create session %d of %d: %w", sid, t.p.Pid, err)
+	}
+	*created = append(*created, h)
+	if _, err := h.t.Syscall(unix.SYS_SETSID); err != nil {
+		return nil, fmt.Errorf("session %d: setsid: %w", sid, err)
+	}
+	s, err := h.clone(int(t.p.Pid), flags|unix.CLONE_PARENT, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.becomeZombie(0); err != nil {
+		return nil, fmt.Errorf("session %d helper: %w", sid, err)
+	}
+	if flags&unix.CLONE_PARENT == 0 {
+		// The helper is the parent stub's child: reap it there.
+		if _, err := parent.t.Syscall(unix.SYS_WAIT4, uint64(sid), 0, unix.WALL, 0); err != nil {
+			return nil, fmt.Errorf("reap session %d helper: %w", sid, err)
+		}
+		if err := parent.drainSigchld(); err != nil {
+			return nil, err
+		}
+	}
+	// (A helper that was ckpt's own child was reaped by the tracer's wait.)
+	*created = (*created)[:len(*created)-1]
+	return s, nil
 }
 
 // prepare empties a stub and maps the process's areas, ready for pages.

@@ -1469,7 +1469,11 @@ type Process struct {
 	TtyFgPgid uint32 `protobuf:"varint,21,opt,name=tty_fg_pgid,json=ttyFgPgid,proto3" json:"tty_fg_pgid,omitempty"`
 	// files_owner, when set, is the process whose descriptor table this one
 	// shares (CLONE_FILES); fds is then empty and the table is restored once.
-	FilesOwner    uint32 `protobuf:"varint,22,opt,name=files_owner,json=filesOwner,proto3" json:"files_owner,omitempty"`
+	FilesOwner uint32 `protobuf:"varint,22,opt,name=files_owner,json=filesOwner,proto3" json:"files_owner,omitempty"`
+	// session_orphan marks a process whose session leader (sid) no longer
+	// exists and is not in the image, as with a daemon that forked twice;
+	// restart re-creates the session with a helper process.
+	SessionOrphan bool `protobuf:"varint,23,opt,name=session_orphan,json=sessionOrphan,proto3" json:"session_orphan,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1656,6 +1660,13 @@ func (x *Process) GetFilesOwner() uint32 {
 		return x.FilesOwner
 	}
 	return 0
+}
+
+func (x *Process) GetSessionOrphan() bool {
+	if x != nil {
+		return x.SessionOrphan
+	}
+	return false
 }
 
 type PageRun struct {
@@ -2045,7 +2056,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x04egid\x18\x06 \x01(\rR\x04egid\x12\x12\n" +
 	"\x04sgid\x18\a \x01(\rR\x04sgid\x12\x14\n" +
 	"\x05fsgid\x18\b \x01(\rR\x05fsgid\x12\x16\n" +
-	"\x06groups\x18\t \x03(\rR\x06groups\"\xb8\x05\n" +
+	"\x06groups\x18\t \x03(\rR\x06groups\"\xdf\x05\n" +
 	"\aProcess\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x12\n" +
 	"\x04ppid\x18\x02 \x01(\rR\x04ppid\x12\x12\n" +
@@ -2073,7 +2084,8 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\texit_code\x18\x14 \x01(\rR\bexitCode\x12\x1e\n" +
 	"\vtty_fg_pgid\x18\x15 \x01(\rR\tttyFgPgid\x12\x1f\n" +
 	"\vfiles_owner\x18\x16 \x01(\rR\n" +
-	"filesOwner\"5\n" +
+	"filesOwner\x12%\n" +
+	"\x0esession_orphan\x18\x17 \x01(\bR\rsessionOrphan\"5\n" +
 	"\aPageRun\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\x04R\x04addr\x12\x16\n" +
 	"\x06npages\x18\x02 \x01(\x04R\x06npages\"e\n" +

@@ -450,3 +450,25 @@ func TestRestartInterrupted(t *testing.T) {
 		}
 	}
 }
+
+// TestDaemon checkpoints a daemon whose session leader is gone (fork,
+// setsid, fork, exit) and restarts it in a re-created session of the same
+// id.
+func TestDaemon(t *testing.T) {
+	launcher := startWorkload(t, compile(t, "daemon"))
+	launcher.exit.wait(10 * time.Second)
+	b, err := os.ReadFile(filepath.Join(launcher.dir, "daemon.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	fmt.Sscan(string(b), &pid)
+	p := &proc{t: t, pid: pid, dir: launcher.dir, log: launcher.log, exit: newExited(func() error { return nil })}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	img := filepath.Join(p.dir, "img")
+	if out, err := ckpt(nil, "checkpoint", "--kill", "-o", img, itoa(pid)); err != nil {
+		t.Fatalf("checkpoint: %v\n%s", err, out)
+	}
+	r := p.restart(img)
+	p.verifyExit(r.exit, true, 10*time.Second)
+}
