@@ -20,6 +20,7 @@ import (
 	"os"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -148,9 +149,12 @@ func checkSharing(pids []int) error {
 	kinds := []struct {
 		kcmp int
 		what string
-	}{{1, "address space (CLONE_VM, e.g. a vfork child that has not exec'd yet)"}, {3, "cwd, root and umask (CLONE_FS)"}, {4, "signal handlers (CLONE_SIGHAND)"}}
+	}{{3, "cwd, root and umask (CLONE_FS)"}, {4, "signal handlers (CLONE_SIGHAND)"}}
 	for i, a := range pids {
 		for _, b := range pids[i+1:] {
+			if r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(a), uintptr(b), 1 /* KCMP_VM */, 0, 0, 0); e == 0 && r == 0 && inVfork(a, b) {
+				return fmt.Errorf("process %d is a vfork child of %d that has not exec'd yet (CLONE_VM): %w; retry in a moment", b, a, resource.ErrUnsupported)
+			}
 			for _, k := range kinds {
 				r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(a), uintptr(b), uintptr(k.kcmp), 0, 0, 0)
 				if e == 0 && r == 0 {
@@ -168,13 +172,20 @@ func checkSharing(pids []int) error {
 // owner; at restart each sharer is cloned with CLONE_FILES by its parent,
 // which therefore must share the table as well.
 func filesOwners(procs []*frozen) (map[int]int, error) {
+	return sharers(procs, 2 /* KCMP_FILES */, "descriptor table")
+}
+
+// sharers groups processes by a kernel object they share (kcmp type kind),
+// mapping each to the first process of its group, and checks that every
+// sharer's parent shares the object too (so that clone can rebuild it).
+func sharers(procs []*frozen, kind int, what string) (map[int]int, error) {
 	owners := map[int]int{}
 	for i, a := range procs {
 		for _, b := range procs[:i] {
 			if owners[b.pid] != 0 {
-				continue // compare with table owners only
+				continue // compare with owners only
 			}
-			r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(b.pid), uintptr(a.pid), 2 /* KCMP_FILES */, 0, 0, 0)
+			r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(b.pid), uintptr(a.pid), uintptr(kind), 0, 0, 0)
 			if e == 0 && r == 0 {
 				owners[a.pid] = b.pid
 				break
@@ -187,10 +198,46 @@ func filesOwners(procs []*frozen) (map[int]int, error) {
 			return nil, err
 		}
 		if st.Ppid != owner && owners[st.Ppid] != owner {
-			return nil, fmt.Errorf("process %d shares the descriptor table of %d, but its parent %d does not: %w yet", pid, owner, st.Ppid, resource.ErrUnsupported)
+			return nil, fmt.Errorf("process %d shares the %s of %d, but its parent %d does not: %w yet", pid, what, owner, st.Ppid, resource.ErrUnsupported)
 		}
 	}
 	return owners, nil
+}
+
+// inVfork reports whether one of two processes sharing an address space
+// is blocked in vfork (or a clone with CLONE_VFORK) waiting for the other:
+// that kernel wait cannot be rebuilt.
+func inVfork(a, b int) bool {
+	for _, pid := range []int{a, b} {
+		sc, err := os.ReadFile(proc.Path(pid, "syscall"))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(sc))
+		if len(f) < 2 {
+			continue
+		}
+		flags, _ := strconv.ParseUint(strings.TrimPrefix(f[1], "0x"), 16, 64)
+		switch f[0] {
+		case "58": // vfork
+			return true
+		case "56": // clone
+			if flags&unix.CLONE_VFORK != 0 {
+				return true
+			}
+		case "435": // clone3: its flags are in memory; assume the worst
+			return true
+		}
+	}
+	return false
+}
+
+// mmOwners maps each process that shares an address space (CLONE_VM) with
+// an earlier process of the tree to the first one holding it. The address
+// space is dumped once, with its owner; at restart each sharer is cloned
+// with CLONE_VM by its parent, which therefore must share it as well.
+func mmOwners(procs []*frozen) (map[int]int, error) {
+	return sharers(procs, 1 /* KCMP_VM */, "address space")
 }
 
 // gone reports whether a process has vanished (exited and been reaped).
@@ -518,12 +565,26 @@ func dump(opts *Options, stats *Stats) (err error) {
 	if err != nil {
 		return err
 	}
-	for i, f := range ft.procs {
-		p, mm, err := collect(opts, f, files, uint32(i+1), owners[f.pid])
+	vmOwners, err := mmOwners(ft.procs)
+	if err != nil {
+		return err
+	}
+	mmOf := map[int]uint32{}
+	var dumped []*frozen // processes whose address space is dumped, as mms
+	for _, f := range ft.procs {
+		mmID := uint32(len(mms) + 1)
+		if o := vmOwners[f.pid]; o != 0 {
+			mmID = mmOf[o]
+		}
+		p, mm, err := collect(opts, f, files, mmID, owners[f.pid], vmOwners[f.pid])
 		if err != nil {
 			return fmt.Errorf("process %d: %w", f.pid, err)
 		}
-		procs, mms = append(procs, p), append(mms, mm)
+		procs = append(procs, p)
+		if mm != nil {
+			mms, dumped = append(mms, mm), append(dumped, f)
+			mmOf[f.pid] = mm.Id
+		}
 	}
 	for _, z := range ft.zombies {
 		procs = append(procs, &pb.Process{Pid: uint32(z.Pid), Ppid: uint32(z.Ppid), Pgid: uint32(z.Pgrp), Sid: uint32(z.Session),
@@ -534,7 +595,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := writeImage(opts, w, ft, procs, mms, files); err != nil {
+	if err := writeImage(opts, w, dumped, procs, mms, files); err != nil {
 		if ferr := w.Fail(err); ferr != nil && opts.Warn != nil {
 			opts.Warn("could not record the failure in the image: " + ferr.Error())
 		}
@@ -572,9 +633,10 @@ func dump(opts *Options, stats *Stats) (err error) {
 }
 
 // collect reads one frozen process.
-// filesOwner, if not 0, is the process whose descriptor table f shares.
-func collect(opts *Options, f *frozen, files *resource.FileSet, mmID uint32, filesOwner int) (*pb.Process, *pb.Mm, error) {
-	p := &pb.Process{Pid: uint32(f.pid), FilesOwner: uint32(filesOwner)}
+// filesOwner and mmOwner, if not 0, are the processes whose descriptor
+// table and address space f shares; a sharer's Mm is nil.
+func collect(opts *Options, f *frozen, files *resource.FileSet, mmID uint32, filesOwner, mmOwner int) (*pb.Process, *pb.Mm, error) {
+	p := &pb.Process{Pid: uint32(f.pid), FilesOwner: uint32(filesOwner), MmOwner: uint32(mmOwner), MmId: mmID}
 	var brk uint64
 	if err := collectInjected(opts, f, p, &brk); err != nil {
 		return nil, nil, err
@@ -600,12 +662,14 @@ func collect(opts *Options, f *frozen, files *resource.FileSet, mmID uint32, fil
 			return nil, nil, err
 		}
 	}
+	if mmOwner != 0 {
+		return p, nil, nil
+	}
 	mm, err := resource.DumpMm(f.pid, brk, files)
 	if err != nil {
 		return nil, nil, err
 	}
 	mm.Id = mmID
-	p.MmId = mm.Id
 	return p, mm, nil
 }
 
@@ -661,7 +725,7 @@ func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64) error
 	return nil
 }
 
-func writeImage(opts *Options, w *image.Writer, ft *frozenTree, procs []*pb.Process, mms []*pb.Mm, files *resource.FileSet) error {
+func writeImage(opts *Options, w *image.Writer, dumped []*frozen, procs []*pb.Process, mms []*pb.Mm, files *resource.FileSet) error {
 	host, _ := os.Hostname()
 	var uts unix.Utsname
 	unix.Uname(&uts)
@@ -693,7 +757,7 @@ func writeImage(opts *Options, w *image.Writer, ft *frozenTree, procs []*pb.Proc
 	if err := opts.fault("pages"); err != nil {
 		return err
 	}
-	for i, f := range ft.procs {
+	for i, f := range dumped {
 		t := &resource.Target{Pid: f.pid}
 		if err := resource.DumpPages(t, mms[i], w); err != nil {
 			return fmt.Errorf("process %d: %w", f.pid, err)

@@ -92,6 +92,10 @@ type task struct {
 	// table is the descriptor table the process uses: its own, or that of
 	// the process it shares it with (CLONE_FILES).
 	table []*pb.Fd
+	// mmOwner is the task whose address space this one shares (CLONE_VM),
+	// and mmSharers the tasks sharing this one's.
+	mmOwner   *task
+	mmSharers []*task
 }
 
 func restore(opts *Options) (res *Result, err error) {
@@ -159,10 +163,12 @@ func restore(opts *Options) (res *Result, err error) {
 				if err := validateProcess(p, t.mm); err != nil {
 					return nil, err
 				}
-				if byMm[p.MmId] != nil {
-					return nil, fmt.Errorf("image damaged: address space %d used by two processes", p.MmId)
+				if (byMm[p.MmId] != nil) != (p.MmOwner != 0) {
+					return nil, fmt.Errorf("image damaged: address space %d of process %d", p.MmId, p.Pid)
 				}
-				byMm[p.MmId] = t
+				if p.MmOwner == 0 {
+					byMm[p.MmId] = t
+				}
 			}
 			tasks = append(tasks, t)
 		case image.TypePageMap:
@@ -218,6 +224,14 @@ func restore(opts *Options) (res *Result, err error) {
 			continue
 		}
 		if err := finish(opts, t, files); err != nil {
+			return nil, fmt.Errorf("process %d (%s): %w", t.p.Pid, t.p.Comm, err)
+		}
+	}
+	for _, t := range tasks {
+		if t.p.Zombie || t.mmOwner != nil {
+			continue
+		}
+		if err := unmapStub(t); err != nil {
 			return nil, fmt.Errorf("process %d (%s): %w", t.p.Pid, t.p.Comm, err)
 		}
 	}
@@ -297,6 +311,13 @@ func build(opts *Options, hdr *pb.Header, tasks []*task, files *resource.OpenFil
 		byPid[t.p.Pid] = t
 	}
 	for _, t := range tasks {
+		if o := t.p.MmOwner; o != 0 {
+			if byPid[o] == nil || byPid[o].p.MmOwner != 0 || byPid[o].p.MmId != t.p.MmId {
+				return nil, fmt.Errorf("image damaged: process %d shares the memory of %d", t.p.Pid, o)
+			}
+			t.mmOwner = byPid[o]
+			byPid[o].mmSharers = append(byPid[o].mmSharers, t)
+		}
 		t.table = t.p.Fds
 		if o := t.p.FilesOwner; o != 0 {
 			if byPid[o] == nil || byPid[o].p.FilesOwner != 0 || len(t.p.Fds) != 0 {
@@ -372,6 +393,13 @@ func build(opts *Options, hdr *pb.Header, tasks []*task, files *resource.OpenFil
 		for _, c := range t.children {
 			exitSig := uint64(c.p.ExitSignal)
 			flags := uint64(0)
+			if o := c.p.MmOwner; o != 0 {
+				// The child shares its parent's address space.
+				if o != t.p.Pid && o != t.p.MmOwner {
+					return created, fmt.Errorf("image damaged: process %d shares the memory of %d, not of its parent %d", c.p.Pid, o, t.p.Pid)
+				}
+				flags |= unix.CLONE_VM
+			}
 			if o := c.p.FilesOwner; o != 0 {
 				// The child shares its parent's descriptor table.
 				if o != t.p.Pid && o != t.p.FilesOwner {
@@ -526,7 +554,15 @@ func cloneInSession(parent *stub, t *task, byPid map[uint32]*task, flags, exitSi
 
 // prepare empties a stub and maps the process's areas, ready for pages.
 func prepare(t *task, files *resource.OpenFiles) error {
-	s, mm, p := t.s, t.mm, t.p
+	s, mm := t.s, t.mm
+	if o := t.mmOwner; o != nil {
+		// The owner (prepared before: it is an ancestor) has set up the
+		// shared address space and moved the stub code; use it.
+		s.code = o.s.code
+		s.t.Inj.SyscallAddr = o.s.t.Inj.SyscallAddr
+		s.t.Scratch, s.t.ScratchLen = o.s.t.Scratch, o.s.t.ScratchLen
+		return preparePuller(t)
+	}
 	stubSize := uint64(1+scratchPages) * 4096
 	at, err := freeRange(mm, nil, stubSize)
 	if err != nil {
@@ -535,13 +571,6 @@ func prepare(t *task, files *resource.OpenFiles) error {
 	specials, err := s.relocate(at)
 	if err != nil {
 		return err
-	}
-	// A process sharing another's descriptor table (CLONE_FILES) leaves it
-	// to the owner, which comes first and has emptied it already.
-	if p.FilesOwner == 0 {
-		if _, err := s.t.Syscall(unix.SYS_CLOSE_RANGE, 0, ^uint64(0)>>33, 0); err != nil {
-			return fmt.Errorf("close stub descriptors: %w", err)
-		}
 	}
 	var specialSize uint64
 	for _, v := range specials {
@@ -554,14 +583,30 @@ func prepare(t *task, files *resource.OpenFiles) error {
 	if err := resource.MoveSpecials(s.t, mm, specials, tmp); err != nil {
 		return err
 	}
+	if err := preparePuller(t); err != nil {
+		return err
+	}
+	return resource.MapVmas(s.t, mm, files, t.pull)
+}
+
+// preparePuller empties the stub's descriptor table (unless it shares
+// another's) and opens the pidfd it pulls files through.
+func preparePuller(t *task) error {
+	s := t.s
+	// A process sharing another's descriptor table (CLONE_FILES) leaves it
+	// to the owner, which comes first and has emptied it already.
+	if t.p.FilesOwner == 0 {
+		if _, err := s.t.Syscall(unix.SYS_CLOSE_RANGE, 0, ^uint64(0)>>33, 0); err != nil {
+			return fmt.Errorf("close stub descriptors: %w", err)
+		}
+	}
 	maxFd := int32(0)
 	for _, fd := range t.table {
 		maxFd = max(maxFd, fd.Fd)
 	}
-	if t.pull, err = resource.NewFdPuller(s.t, uint64(maxFd)+1); err != nil {
-		return err
-	}
-	return resource.MapVmas(s.t, mm, files, t.pull)
+	var err error
+	t.pull, err = resource.NewFdPuller(s.t, uint64(maxFd)+1)
+	return err
 }
 
 // freeRange finds size bytes of address space that no image area and none
@@ -599,8 +644,10 @@ func freeRange(mm *pb.Mm, also []proc.Vma, size uint64) (uint64, error) {
 func finish(opts *Options, tk *task, files *resource.OpenFiles) error {
 	s, p, mm, pull := tk.s, tk.p, tk.mm, tk.pull
 	t := s.t
-	if err := resource.FinishMm(t, mm, files, pull); err != nil {
-		return err
+	if tk.mmOwner == nil {
+		if err := resource.FinishMm(t, mm, files, pull); err != nil {
+			return err
+		}
 	}
 	if p.FilesOwner == 0 {
 		if err := resource.RestoreFiles(t, pull, files, p); err != nil {
@@ -651,22 +698,30 @@ func finish(opts *Options, tk *task, files *resource.OpenFiles) error {
 	if err := opts.fault("final"); err != nil {
 		return err
 	}
-	// Unmap the stub last: the final munmap stops at syscall exit, before
-	// returning to the page it removed; the registers are set there. The
-	// other threads sit at their own syscall-exit stops and never run stub
-	// code again either.
+	tk.targets = targets
+	return nil
+}
+
+// unmapStub removes the stub's code and scratch from an address space once
+// every process sharing it is finished, and leaves all their threads
+// stopped with their final registers. The final munmap stops at syscall
+// exit, before returning to the page it removed; the other threads sit at
+// their own syscall-exit stops and never run stub code again either.
+func unmapStub(tk *task) error {
+	s, t := tk.s, tk.s.t
 	if _, err := t.Syscall(unix.SYS_MUNMAP, s.code+4096, scratchPages*4096); err != nil {
 		return fmt.Errorf("unmap stub scratch: %w", err)
 	}
 	if _, err := t.Syscall(unix.SYS_MUNMAP, s.code, 4096); err != nil {
 		return fmt.Errorf("unmap stub code: %w", err)
 	}
-	for i, th := range p.Threads {
-		if err := resource.FinishThread(targets[i], th); err != nil {
-			return fmt.Errorf("thread %d: %w", th.Tid, err)
+	for _, x := range append([]*task{tk}, tk.mmSharers...) {
+		for i, th := range x.p.Threads {
+			if err := resource.FinishThread(x.targets[i], th); err != nil {
+				return fmt.Errorf("process %d thread %d: %w", x.p.Pid, th.Tid, err)
+			}
 		}
 	}
-	tk.targets = targets
 	return nil
 }
 

@@ -42,6 +42,7 @@ func workloads() []workload {
 		{name: "signals", argv: cWorkload("signals"), signal: true, settle: 100 * time.Millisecond},
 		{name: "threads", argv: cWorkload("threads"), signal: true, settle: 100 * time.Millisecond},
 		{name: "evloop", argv: cWorkload("evloop"), signal: true, settle: 50 * time.Millisecond},
+		{name: "clone-vm", argv: cWorkload("clonevm"), signal: true, settle: 20 * time.Millisecond},
 		{name: "clone-files", argv: cWorkload("clonefiles"), signal: true, settle: 20 * time.Millisecond},
 		{name: "dead-group-leader", argv: cWorkload("deadleader"), signal: true, settle: 20 * time.Millisecond},
 		{name: "inotify", argv: cWorkload("inotify"), signal: true, settle: 20 * time.Millisecond},
