@@ -4,7 +4,9 @@
 // touched), a shared mapping of /dev/zero, and a memfd that the parent also
 // holds open at offset 100. Both processes count in the anonymous memory.
 // On SIGUSR2 the parent checks the contents, then exchanges tokens with the
-// child through each object: that only works if they still share them.
+// child through each object: that only works if they still share them. A
+// regular file mapped MAP_SHARED by both is checked the same way, and
+// through the file itself.
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
@@ -57,6 +59,11 @@ int main(void) {
 	int mfd = memfd_create("wl-memfd", 0);
 	ftruncate(mfd, SMALL);
 	char *mm = mmap(NULL, SMALL, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+	int ff = open("mapped.bin", O_CREAT | O_TRUNC | O_RDWR, 0600);
+	ftruncate(ff, SMALL);
+	char *fm = mmap(NULL, SMALL, PROT_READ | PROT_WRITE, MAP_SHARED, ff, 0);
+	close(ff);
+	for (long i = 128; i < SMALL; i++) fm[i] = pat(i, 4);
 	long n = ANON / 2 - sizeof(struct shared);
 	for (long i = 0; i < n; i++) a->data[i] = pat(i, 1);
 	for (long i = 0; i < SMALL; i++) zm[i] = pat(i, 2), mm[i] = pat(i, 3);
@@ -66,7 +73,8 @@ int main(void) {
 		while (!verify) { atomic_fetch_add(&a->child_count, 1); usleep(1000); }
 		int ok = exchange(&a->token[0], &a->ack[0], 0, 7) &&
 			exchange((atomic_int *)zm, (atomic_int *)(zm + 64), 0, 8) &&
-			exchange((atomic_int *)mm, (atomic_int *)(mm + 64), 0, 9);
+			exchange((atomic_int *)mm, (atomic_int *)(mm + 64), 0, 9) &&
+			exchange((atomic_int *)fm, (atomic_int *)(fm + 64), 0, 10);
 		_exit(ok ? 0 : 1);
 	}
 	usleep(20000);
@@ -85,6 +93,10 @@ int main(void) {
 	CHECK(exchange(&a->token[0], &a->ack[0], 1, 7), "parent and child no longer share the anonymous memory");
 	CHECK(exchange((atomic_int *)zm, (atomic_int *)(zm + 64), 1, 8), "parent and child no longer share the /dev/zero mapping");
 	CHECK(exchange((atomic_int *)mm, (atomic_int *)(mm + 64), 1, 9), "parent and child no longer share the memfd");
+	CHECK(exchange((atomic_int *)fm, (atomic_int *)(fm + 64), 1, 10), "parent and child no longer share the file mapping");
+	for (long i = 128; i < SMALL; i++) CHECK(fm[i] == pat(i, 4), "shared file mapping byte %ld", i);
+	int rf = open("mapped.bin", O_RDONLY);
+	CHECK(pread(rf, &b, 1, 300) == 1 && b == pat(300, 4), "the file does not hold what its shared mapping shows");
 	int st;
 	CHECK(waitpid(c, &st, 0) == c && WIFEXITED(st) && WEXITSTATUS(st) == 0, "child failed (%#x)", st);
 	printf("PASS\n");

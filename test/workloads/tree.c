@@ -8,6 +8,7 @@
 // On SIGUSR2 the root checks itself, has every child check itself, reaps
 // them all and reports PASS or FAIL.
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -37,8 +38,11 @@ static uint64_t next(uint64_t *s) {
 
 static char pattern(int i) { return (char)(i * 13 + 1); }
 
+static int shared_fd; // one open file description, shared by the root and child 1
+
 static int child1(int a_rd, int b_wr) {
 	wait_verify();
+	CHECK(write(shared_fd, "child", 5) == 5, "child 1: write to the shared file");
 	char buf[4096];
 	int n = 0;
 	while (n < 4096) {
@@ -88,6 +92,8 @@ int main(int argc, char **argv) {
 		uint64_t s = 12345;
 		for (size_t i = 0; i < nheap; i++) heap[i] = next(&s);
 	}
+	shared_fd = open("shared.txt", O_CREAT | O_TRUNC | O_RDWR, 0600);
+	write(shared_fd, "root:", 5);
 	int a[2], b[2], c[2];
 	pipe(a);
 	pipe(b);
@@ -130,6 +136,9 @@ int main(int argc, char **argv) {
 	kill(k2, SIGUSR2);
 	memset(got, 0, sizeof got);
 	CHECK(read(b[0], got, 2) == 2 && memcmp(got, "ok", 2) == 0, "root: no answer from child 1 through the empty pipe");
+	// Child 1 wrote through the same open file description: the root's
+	// offset moved too.
+	CHECK(lseek(shared_fd, 0, SEEK_CUR) == 10, "root: shared file offset %ld, want 10 (the description is no longer shared)", (long)lseek(shared_fd, 0, SEEK_CUR));
 	int st;
 	CHECK(waitpid(k3, &st, 0) == k3 && WIFEXITED(st) && WEXITSTATUS(st) == 7, "root: zombie child 3 status %#x, want exit 7", st);
 	CHECK(waitpid(k1, &st, 0) == k1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "root: child 1 failed (status %#x)", st);
