@@ -22,13 +22,13 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ckpt/ckpt/image"
 	"github.com/ckpt/ckpt/image/pb"
+	"github.com/ckpt/ckpt/internal/fault"
 	"github.com/ckpt/ckpt/proc"
 	"github.com/ckpt/ckpt/ptrace"
 	"github.com/ckpt/ckpt/resource"
@@ -48,7 +48,7 @@ type Options struct {
 	// Warn reports non-fatal findings; nil discards them.
 	Warn func(string)
 	// Fault, for tests, makes the checkpoint fail at a named point (see
-	// faultPoint); a ":kill" suffix makes ckpt SIGKILL itself there instead.
+	// package fault).
 	Fault string
 	// Freezer, if set, is a freezer cgroup holding the tree, used to stop
 	// it all at once (see freezer.go).
@@ -63,18 +63,7 @@ type Stats struct {
 	Bytes  uint64
 }
 
-func (o *Options) fault(point string) error {
-	switch o.Fault {
-	case point:
-		return fmt.Errorf("injected failure at %q", point)
-	case point + ":kill":
-		syscall.Kill(os.Getpid(), syscall.SIGKILL)
-		time.Sleep(time.Hour)
-	case point + ":hang":
-		time.Sleep(time.Hour) // for tests that interrupt ckpt here
-	}
-	return nil
-}
+func (o *Options) fault(point string) error { return fault.At(o.Fault, point) }
 
 // Preflight checks, without touching them, that ckpt can checkpoint pid
 // and its descendants.
@@ -440,6 +429,25 @@ func (ft *frozenTree) release() error {
 	return errors.Join(errs...)
 }
 
+// add records pid as a process of the tree: nil for a zombie (recorded as
+// such) or a descendant that is gone already, otherwise a process to freeze.
+func (ft *frozenTree) add(pid, root int) (*frozen, error) {
+	st, err := proc.ReadStat(pid)
+	if err != nil {
+		if pid != root && errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	if st.State == 'Z' {
+		ft.zombies = append(ft.zombies, st)
+		return nil, nil
+	}
+	f := &frozen{pid: pid}
+	ft.procs = append(ft.procs, f)
+	return f, nil
+}
+
 // freezeWith seizes and interrupts every task of a tree frozen by a
 // cgroup, calls thaw, and waits for all the interrupt stops.
 func (ft *frozenTree) freezeWith(root int, thaw func() error) error {
@@ -448,16 +456,13 @@ func (ft *frozenTree) freezeWith(root int, thaw func() error) error {
 		return err
 	}
 	for _, pid := range pids {
-		st, err := proc.ReadStat(pid)
+		f, err := ft.add(pid, root)
 		if err != nil {
 			return err
 		}
-		if st.State == 'Z' {
-			ft.zombies = append(ft.zombies, st)
+		if f == nil {
 			continue
 		}
-		f := &frozen{pid: pid}
-		ft.procs = append(ft.procs, f)
 		if err := f.seizeAll(); err != nil {
 			return fmt.Errorf("process %d: %w", pid, err)
 		}
@@ -488,19 +493,13 @@ func (ft *frozenTree) freeze(root int) error {
 				continue
 			}
 			seen[pid], fresh = true, true
-			st, err := proc.ReadStat(pid)
+			f, err := ft.add(pid, root)
 			if err != nil {
-				if pid != root && errors.Is(err, os.ErrNotExist) {
-					continue
-				}
 				return err
 			}
-			if st.State == 'Z' {
-				ft.zombies = append(ft.zombies, st)
+			if f == nil {
 				continue
 			}
-			f := &frozen{pid: pid}
-			ft.procs = append(ft.procs, f)
 			if err := f.freeze(); err != nil {
 				return fmt.Errorf("process %d: %w", pid, err)
 			}

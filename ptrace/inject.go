@@ -37,18 +37,7 @@ func (in *Injector) Syscall(nr uintptr, args ...uint64) (uint64, error) {
 
 // Raw runs nr(args...) and returns rax as the kernel left it.
 func (in *Injector) Raw(nr uintptr, args ...uint64) (uint64, error) {
-	if len(args) > 6 {
-		panic("ptrace: more than 6 syscall arguments")
-	}
-	var a [6]uint64
-	copy(a[:], args)
-	regs := in.Base
-	regs.Rip = in.SyscallAddr
-	regs.Rax = uint64(nr)
-	// orig_rax = -1 keeps the kernel from applying syscall-restart logic to
-	// our registers when the thread leaves a signal-related stop.
-	regs.Orig_rax = ^uint64(0)
-	regs.Rdi, regs.Rsi, regs.Rdx, regs.R10, regs.R8, regs.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
+	regs := in.callRegs(nr, args...)
 	if err := SetRegs(in.Tid, &regs); err != nil {
 		return 0, err
 	}
@@ -64,6 +53,24 @@ func (in *Injector) Raw(nr uintptr, args ...uint64) (uint64, error) {
 	}
 	in.atExit = true
 	return out.Rax, nil
+}
+
+// callRegs returns the registers that make the thread run nr(args...) at
+// the syscall instruction.
+func (in *Injector) callRegs(nr uintptr, args ...uint64) Regs {
+	if len(args) > 6 {
+		panic("ptrace: more than 6 syscall arguments")
+	}
+	var a [6]uint64
+	copy(a[:], args)
+	regs := in.Base
+	regs.Rip = in.SyscallAddr
+	regs.Rax = uint64(nr)
+	// orig_rax = -1 keeps the kernel from applying syscall-restart logic to
+	// our registers when the thread leaves a signal-related stop.
+	regs.Orig_rax = ^uint64(0)
+	regs.Rdi, regs.Rsi, regs.Rdx, regs.R10, regs.R8, regs.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
+	return regs
 }
 
 // step resumes to the next syscall stop.
@@ -99,11 +106,7 @@ func (in *Injector) step(entry bool) error {
 // Clone runs a clone3 in the thread and returns the TID of the child, which
 // is auto-attached and left in its first stop.
 func (in *Injector) Clone(argsAddr, size uint64) (int, error) {
-	regs := in.Base
-	regs.Rip = in.SyscallAddr
-	regs.Rax = unix.SYS_CLONE3
-	regs.Orig_rax = ^uint64(0)
-	regs.Rdi, regs.Rsi = argsAddr, size
+	regs := in.callRegs(unix.SYS_CLONE3, argsAddr, size)
 	if err := SetRegs(in.Tid, &regs); err != nil {
 		return 0, err
 	}
@@ -169,10 +172,7 @@ func (in *Injector) ReturnToInterruptStop() error {
 	}
 	// Should the trap not happen first, the thread would run from here:
 	// point it at a harmless getpid so that it stops at that syscall instead.
-	regs := in.Base
-	regs.Rip = in.SyscallAddr
-	regs.Rax = unix.SYS_GETPID
-	regs.Orig_rax = ^uint64(0)
+	regs := in.callRegs(unix.SYS_GETPID)
 	if err := SetRegs(in.Tid, &regs); err != nil {
 		return err
 	}

@@ -17,13 +17,13 @@ import (
 	"os"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ckpt/ckpt/image"
 	"github.com/ckpt/ckpt/image/pb"
+	"github.com/ckpt/ckpt/internal/fault"
 	"github.com/ckpt/ckpt/proc"
 	"github.com/ckpt/ckpt/ptrace"
 	"github.com/ckpt/ckpt/resource"
@@ -34,7 +34,7 @@ type Options struct {
 	In io.Reader
 	// Warn reports non-fatal findings; nil discards them.
 	Warn func(string)
-	// Fault, for tests: fail at a named point (see fault).
+	// Fault, for tests: fail at a named point (see package fault).
 	Fault string
 	// Terminal, if set, is the terminal descriptors that were on a terminal
 	// are reopened on (the one ckpt restart runs in).
@@ -51,18 +51,7 @@ type Result struct {
 	Total time.Duration
 }
 
-func (o *Options) fault(point string) error {
-	switch o.Fault {
-	case point:
-		return fmt.Errorf("injected failure at %q", point)
-	case point + ":kill":
-		syscall.Kill(os.Getpid(), syscall.SIGKILL)
-		time.Sleep(time.Hour)
-	case point + ":hang":
-		time.Sleep(time.Hour) // for tests that interrupt ckpt here
-	}
-	return nil
-}
+func (o *Options) fault(point string) error { return fault.At(o.Fault, point) }
 
 // Run restores the image read from opts.In and releases the process. It
 // is ckpt's child afterwards.

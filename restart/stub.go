@@ -126,8 +126,20 @@ type cloneArgs struct {
 // ckpt can wait for it); otherwise it is the stub's child and sends
 // exitSignal to it when it ends.
 func (s *stub) clone(pid int, flags, exitSignal uint64) (*stub, error) {
+	t, err := s.clone3(pid, flags, exitSignal)
+	if err != nil {
+		return nil, fmt.Errorf("create process %d: %w", pid, err)
+	}
+	t.Pid = pid
+	return &stub{pid: pid, code: s.code, t: t}, nil
+}
+
+// clone3 injects clone3 with set_tid = id into the stub and returns the
+// new task (process or thread), stopped before it runs any code, with an
+// injector that uses the stub's code and scratch (inherited or shared).
+func (s *stub) clone3(id int, flags, exitSignal uint64) (*resource.Target, error) {
 	var tid [8]byte
-	binary.LittleEndian.PutUint64(tid[:], uint64(pid))
+	binary.LittleEndian.PutUint64(tid[:], uint64(id))
 	tidAddr, err := s.t.Put(256, tid[:])
 	if err != nil {
 		return nil, err
@@ -139,21 +151,18 @@ func (s *stub) clone(pid int, flags, exitSignal uint64) (*stub, error) {
 	}
 	child, err := s.t.Inj.Clone(addr, uint64(len(bytesOfClone(&args))))
 	if err != nil {
-		return nil, fmt.Errorf("create process %d: %w", pid, err)
+		return nil, err
 	}
-	c := &stub{pid: child, code: s.code}
-	if child != pid {
-		c.kill()
-		return nil, fmt.Errorf("create process %d: got pid %d", pid, child)
+	if child != id { // cannot happen with set_tid; never leave it running
+		(&stub{pid: child}).kill()
+		return nil, fmt.Errorf("got id %d", child)
 	}
 	regs, err := ptrace.GetRegs(child)
 	if err != nil {
-		c.kill()
 		return nil, err
 	}
 	inj := &ptrace.Injector{Tid: child, SyscallAddr: s.code, Base: regs}
-	c.t = &resource.Target{Pid: child, Inj: inj, Scratch: s.t.Scratch, ScratchLen: s.t.ScratchLen}
-	return c, nil
+	return &resource.Target{Pid: s.pid, Inj: inj, Scratch: s.t.Scratch, ScratchLen: s.t.ScratchLen}, nil
 }
 
 // threadFlags make a clone3 child a thread of the stub.
@@ -163,30 +172,11 @@ const threadFlags = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLON
 // thread stops before it runs any code; it shares the stub's code and
 // scratch memory, which is safe because injections run one at a time.
 func (s *stub) cloneThread(tid int) (*resource.Target, error) {
-	var tb [8]byte
-	binary.LittleEndian.PutUint64(tb[:], uint64(tid))
-	tidAddr, err := s.t.Put(256, tb[:])
-	if err != nil {
-		return nil, err
-	}
-	args := cloneArgs{Flags: threadFlags, SetTid: tidAddr, SetTidSize: 1}
-	addr, err := s.t.Put(0, bytesOfClone(&args))
-	if err != nil {
-		return nil, err
-	}
-	child, err := s.t.Inj.Clone(addr, uint64(len(bytesOfClone(&args))))
+	t, err := s.clone3(tid, threadFlags, 0)
 	if err != nil {
 		return nil, fmt.Errorf("create thread %d: %w", tid, err)
 	}
-	if child != tid {
-		return nil, fmt.Errorf("create thread %d: got tid %d", tid, child)
-	}
-	regs, err := ptrace.GetRegs(child)
-	if err != nil {
-		return nil, err
-	}
-	inj := &ptrace.Injector{Tid: child, SyscallAddr: s.code, Base: regs}
-	return &resource.Target{Pid: s.pid, Inj: inj, Scratch: s.t.Scratch, ScratchLen: s.t.ScratchLen}, nil
+	return t, nil
 }
 
 // relocate moves the stub's code and scratch into anonymous memory at at,
