@@ -1,16 +1,18 @@
-// Package checkpoint writes the image of a running process.
+// Package checkpoint writes the image of a running process tree.
 //
 // The data path reads top to bottom: preflight (refuse what ckpt cannot
-// handle before touching anything) → freeze (PTRACE_SEIZE + INTERRUPT) →
-// collect (registers and /proc from outside; a few injected system calls for
-// what only the process itself can read) → release the registers → write
-// records and pages → thaw (detach) or kill.
+// handle before touching anything) → freeze every thread of every process
+// (PTRACE_SEIZE + INTERRUPT, or a freezer cgroup) → collect (registers and
+// /proc from outside; a few injected system calls for what only a process
+// itself can read) → put the registers back → write records and pages →
+// thaw (detach) or kill.
 //
-// Nothing is lost on failure: until the image is complete the target is only
-// ever stopped, and every exit path puts its registers, signal mask and
-// scratch bytes back and detaches it. If ckpt itself dies, the kernel detaches
-// the target; the only window where that would harm it is the short burst of
-// injected system calls, which runs before the (long) memory dump.
+// Nothing is lost on failure: until the image is complete the targets are
+// only ever stopped, and every exit path puts their registers, signal masks
+// and scratch bytes back and detaches them. If ckpt itself dies, the kernel
+// detaches the targets; the only window where that would harm one is the
+// short burst of injected system calls, which runs before the (long) memory
+// dump.
 package checkpoint
 
 import (
@@ -59,7 +61,6 @@ type Options struct {
 type Stats struct {
 	Frozen time.Duration
 	Total  time.Duration
-	Pages  uint64
 	Bytes  uint64
 }
 

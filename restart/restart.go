@@ -2,10 +2,11 @@
 //
 // The restorer never runs target code in its own (multi-threaded Go)
 // process. Each process is built inside a stub (see stub.go): ckpt creates
-// it with its original PID by injecting clone3 with set_tid into a first
-// stub, moves the stub's own code to a free spot, unmaps the rest, maps the
-// image's areas, streams pages in as they arrive, then restores files,
-// signals, limits, credentials and registers, and lets it go.
+// the tree with the original PIDs by injecting clone3 with set_tid into the
+// parents' stubs, then in each stub moves the stub's own code to a free
+// spot, unmaps the rest, maps the image's areas, streams pages in as they
+// arrive, restores files, signals, limits, credentials, threads and
+// registers, and finally lets every process go.
 //
 // A failed restart kills every stub it created: nothing half-built remains.
 package restart
