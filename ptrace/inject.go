@@ -17,6 +17,11 @@ type Injector struct {
 	SyscallAddr uint64
 	// Base supplies the registers an injected call does not set.
 	Base Regs
+	// Trap says that an int3 follows the syscall instruction (as in a
+	// restore stub): a call then takes one PTRACE_CONT to that trap instead
+	// of two PTRACE_SYSCALL stops. The thread's SIGTRAP must not be blocked
+	// or ignored, or the kernel resets its handler when the int3 hits.
+	Trap bool
 	// atExit records that the last stop was a syscall-exit stop, where the
 	// kernel does not run its syscall-restart logic on resume.
 	atExit bool
@@ -37,6 +42,16 @@ func (in *Injector) Syscall(nr uintptr, args ...uint64) (uint64, error) {
 
 // Raw runs nr(args...) and returns rax as the kernel left it.
 func (in *Injector) Raw(nr uintptr, args ...uint64) (uint64, error) {
+	if in.Trap {
+		return in.trapCall(nr, args...)
+	}
+	return in.ToExit(nr, args...)
+}
+
+// ToExit runs nr(args...) and leaves the thread at the syscall-exit stop,
+// before it returns to user space: the way to run a call that unmaps the
+// code it runs from.
+func (in *Injector) ToExit(nr uintptr, args ...uint64) (uint64, error) {
 	regs := in.callRegs(nr, args...)
 	if err := SetRegs(in.Tid, &regs); err != nil {
 		return 0, err
@@ -52,6 +67,43 @@ func (in *Injector) Raw(nr uintptr, args ...uint64) (uint64, error) {
 		return 0, err
 	}
 	in.atExit = true
+	return out.Rax, nil
+}
+
+// trapCall runs nr(args...) through to the int3 after the syscall
+// instruction.
+func (in *Injector) trapCall(nr uintptr, args ...uint64) (uint64, error) {
+	regs := in.callRegs(nr, args...)
+	if err := SetRegs(in.Tid, &regs); err != nil {
+		return 0, err
+	}
+	if err := Cont(in.Tid, 0); err != nil {
+		return 0, err
+	}
+	for {
+		ws, err := Wait(in.Tid)
+		if err != nil {
+			return 0, fmt.Errorf("syscall %d: %w", nr, err)
+		}
+		if !ws.Stopped() {
+			continue
+		}
+		if ws.StopSignal() == unix.SIGTRAP && ws.TrapCause() <= 0 {
+			break
+		}
+		if ws.TrapCause() > 0 || int(ws.StopSignal()) == syscallStop {
+			if err := Cont(in.Tid, 0); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		return 0, fmt.Errorf("syscall %d: %w: got %v", nr, errNoStop, ws.StopSignal())
+	}
+	out, err := GetRegs(in.Tid)
+	if err != nil {
+		return 0, err
+	}
+	in.atExit = false
 	return out.Rax, nil
 }
 

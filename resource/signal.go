@@ -223,3 +223,24 @@ func RestorePendingAndTimers(t *Target, p *pb.Process) error {
 	}
 	return nil
 }
+
+// RestoreSigtrap installs the process's SIGTRAP action again through a
+// syscall-exit stop. Restore stubs run their calls up to an int3, which
+// raises SIGTRAP, and the kernel resets an ignored SIGTRAP to SIG_DFL when
+// that happens; this call comes after the last int3.
+func RestoreSigtrap(t *Target, p *pb.Process) error {
+	for _, a := range p.Sigactions {
+		if a.Signo != uint32(unix.SIGTRAP) {
+			continue
+		}
+		act := kernelSigaction{Handler: a.Handler, Flags: a.Flags, Restorer: a.Restorer, Mask: a.Mask}
+		addr, err := t.Put(0, bytesOf(&act))
+		if err != nil {
+			return err
+		}
+		if r, err := t.Inj.ToExit(unix.SYS_RT_SIGACTION, uint64(a.Signo), addr, 0, 8); err != nil || ptrace.Errno(r) != nil {
+			return fmt.Errorf("restore handler of SIGTRAP: %v %v", err, ptrace.Errno(r))
+		}
+	}
+	return nil
+}

@@ -262,6 +262,9 @@ func validateProcess(p *pb.Process, mm *pb.Mm) error {
 	return nil
 }
 
+// stubMask blocks every signal but SIGTRAP (see build).
+const stubMask = ^uint64(1 << (unix.SIGTRAP - 1))
+
 // checkPidFree explains who holds a PID the image needs, waiting a little
 // for a zombie to be reaped.
 func checkPidFree(pid int) error {
@@ -365,7 +368,9 @@ func build(opts *Options, hdr *pb.Header, tasks []*task, files *resource.OpenFil
 		return nil, err
 	}
 	created = append(created, root.s)
-	if err := ptrace.SetSigmask(root.s.pid, ^uint64(0)); err != nil {
+	// Every signal stays blocked while the tree is built, but SIGTRAP: the
+	// stubs' int3 raises it, and a blocked one would reset its handler.
+	if err := ptrace.SetSigmask(root.s.pid, stubMask); err != nil {
 		return created, err
 	}
 	// Parents before children; a session leader calls setsid before its
@@ -698,11 +703,18 @@ func finish(opts *Options, tk *task, files *resource.OpenFiles) error {
 // exit, before returning to the page it removed; the other threads sit at
 // their own syscall-exit stops and never run stub code again either.
 func unmapStub(tk *task) error {
-	s, t := tk.s, tk.s.t
-	if _, err := t.Syscall(unix.SYS_MUNMAP, s.code+4096, scratchPages*4096); err != nil {
+	s, inj := tk.s, tk.s.t.Inj
+	for _, x := range append([]*task{tk}, tk.mmSharers...) {
+		if err := resource.RestoreSigtrap(x.s.t, x.p); err != nil {
+			return fmt.Errorf("process %d: %w", x.p.Pid, err)
+		}
+	}
+	// Through the syscall-exit stop, not the int3: the code goes away, and
+	// an int3 would reset a SIGTRAP handler the process ignores.
+	if _, err := inj.ToExit(unix.SYS_MUNMAP, s.code+4096, scratchPages*4096); err != nil {
 		return fmt.Errorf("unmap stub scratch: %w", err)
 	}
-	if _, err := t.Syscall(unix.SYS_MUNMAP, s.code, 4096); err != nil {
+	if _, err := inj.ToExit(unix.SYS_MUNMAP, s.code, 4096); err != nil {
 		return fmt.Errorf("unmap stub code: %w", err)
 	}
 	for _, x := range append([]*task{tk}, tk.mmSharers...) {

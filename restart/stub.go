@@ -108,7 +108,7 @@ func startStub0() (*stub, error) {
 		s.kill()
 		return nil, err
 	}
-	inj := &ptrace.Injector{Tid: pid, SyscallAddr: s.code, Base: regs}
+	inj := &ptrace.Injector{Tid: pid, SyscallAddr: s.code, Base: regs, Trap: true}
 	// Until relocation, scratch memory is the stub's initial stack.
 	s.t = &resource.Target{Pid: pid, Inj: inj, Scratch: (regs.Rsp - 8192) &^ 15, ScratchLen: 4096}
 	return s, nil
@@ -161,7 +161,7 @@ func (s *stub) clone3(id int, flags, exitSignal uint64) (*resource.Target, error
 	if err != nil {
 		return nil, err
 	}
-	inj := &ptrace.Injector{Tid: child, SyscallAddr: s.code, Base: regs}
+	inj := &ptrace.Injector{Tid: child, SyscallAddr: s.code, Base: regs, Trap: true}
 	return &resource.Target{Pid: s.pid, Inj: inj, Scratch: s.t.Scratch, ScratchLen: s.t.ScratchLen}, nil
 }
 

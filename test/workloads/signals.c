@@ -174,6 +174,9 @@ int main(void)
 	sigemptyset(&sa.sa_mask);
 	if (sigaction(SIGPIPE, &sa, NULL))
 		die("sigaction SIGPIPE");
+	/* SIGTRAP ignored too: a restorer that raises SIGTRAP must not reset it */
+	if (sigaction(SIGTRAP, &sa, NULL))
+		die("sigaction SIGTRAP");
 
 	/* SIGALRM tick counter + 50 ms interval timer */
 	memset(&sa, 0, sizeof(sa));
@@ -251,6 +254,10 @@ int main(void)
 		fail("sigaction SIGPIPE readback: %s", strerror(errno));
 	else if (o.sa_handler != SIG_IGN)
 		fail("SIGPIPE handler expected SIG_IGN actual %p", (void *)o.sa_handler);
+	if (sigaction(SIGTRAP, NULL, &o))
+		fail("sigaction SIGTRAP readback: %s", strerror(errno));
+	else if (o.sa_handler != SIG_IGN)
+		fail("SIGTRAP handler expected SIG_IGN actual %p", (void *)o.sa_handler);
 
 	/* also: SIGUSR2 and SIGALRM handlers */
 	if (sigaction(SIGALRM, NULL, &o) == 0 &&
