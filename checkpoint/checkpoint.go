@@ -22,6 +22,7 @@ import (
 	"os"
 	"runtime"
 	"sort"
+	"sync/atomic"
 	"strconv"
 	"strings"
 	"time"
@@ -55,6 +56,8 @@ type Options struct {
 	// Freezer, if set, is a freezer cgroup holding the tree, used to stop
 	// it all at once (see freezer.go).
 	Freezer string
+	// Progress, if set, counts the image bytes written so far.
+	Progress *atomic.Uint64
 }
 
 // Stats describes a finished checkpoint.
@@ -595,6 +598,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 	if err != nil {
 		return err
 	}
+	w.Progress = opts.Progress
 	if err := writeImage(opts, w, dumped, procs, mms, files); err != nil {
 		if ferr := w.Fail(err); ferr != nil && opts.Warn != nil {
 			opts.Warn("could not record the failure in the image: " + ferr.Error())

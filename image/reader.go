@@ -9,6 +9,7 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
+	"sync/atomic"
 
 	"google.golang.org/protobuf/proto"
 
@@ -31,6 +32,9 @@ type Reader struct {
 	pad    uint64
 	Header *pb.Header
 	Tail   *pb.Tail
+	// Progress, if set, counts the bytes read, for a progress display
+	// running on another goroutine.
+	Progress *atomic.Uint64
 }
 
 // Record is one record returned by Next. For TypePages, Payload is nil and
@@ -85,6 +89,9 @@ func (r *Reader) readFull(b []byte, hashIt bool) error {
 		r.crc.Write(b[:n])
 	}
 	r.off += uint64(n)
+	if r.Progress != nil {
+		r.Progress.Add(uint64(n))
+	}
 	if err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return fmt.Errorf("image truncated at byte %d: the checkpoint did not finish or the file was cut", r.off)

@@ -7,6 +7,7 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
+	"sync/atomic"
 
 	"google.golang.org/protobuf/proto"
 
@@ -26,6 +27,9 @@ type Writer struct {
 	procs   uint32
 	err     error
 	closed  bool
+	// Progress, if set, counts the bytes written, for a progress display
+	// running on another goroutine.
+	Progress *atomic.Uint64
 }
 
 // NewWriter starts an image on w by writing the magic and version.
@@ -47,6 +51,9 @@ func (w *Writer) write(b []byte) error {
 	n, err := w.w.Write(b)
 	w.crc.Write(b[:n])
 	w.off += uint64(n)
+	if w.Progress != nil {
+		w.Progress.Add(uint64(n))
+	}
 	if err != nil {
 		w.err = fmt.Errorf("write image: %w", err)
 	}

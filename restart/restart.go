@@ -18,6 +18,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -43,6 +44,8 @@ type Options struct {
 	// Foreground makes the restored job the terminal's foreground process
 	// group, if it was the foreground of its terminal at checkpoint.
 	Foreground bool
+	// Progress, if set, counts the image bytes read so far.
+	Progress *atomic.Uint64
 }
 
 // Result describes a restored process.
@@ -93,6 +96,7 @@ func restore(opts *Options) (res *Result, err error) {
 	if err != nil {
 		return nil, err
 	}
+	r.Progress = opts.Progress
 	files := resource.NewOpenFiles()
 	files.Terminal = opts.Terminal
 	defer files.Close()

@@ -95,7 +95,9 @@ waits until its PID is free, so that a restart can follow at once.`,
 			} else if isTerminal(os.Stdout) {
 				return fmt.Errorf("checkpoint: refusing to write an image to a terminal; use -o FILE or redirect stdout")
 			}
-			st, err := checkpoint.Run(checkpoint.Options{Pid: pid, Kill: kill, Out: w, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Freezer: freezerDir})
+			prog := startProgress("checkpoint", 0)
+			st, err := checkpoint.Run(checkpoint.Options{Pid: pid, Kill: kill, Out: w, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Freezer: freezerDir, Progress: &prog.count})
+			prog.finish()
 			if f != nil {
 				if cerr := f.Close(); err == nil && cerr != nil {
 					err = fmt.Errorf("checkpoint: write %s: %w", out, cerr)
@@ -188,7 +190,15 @@ as the process runs.`,
 					}
 				}
 			}()
-			res, err := restart.Run(restart.Options{In: in, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Terminal: term, Foreground: !detach})
+			var total uint64
+			if f, ok := in.(*os.File); ok {
+				if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+					total = uint64(fi.Size())
+				}
+			}
+			prog := startProgress("restart", total)
+			res, err := restart.Run(restart.Options{In: in, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Terminal: term, Foreground: !detach, Progress: &prog.count})
+			prog.finish()
 			close(runDone)
 			<-watcher
 			if err != nil {

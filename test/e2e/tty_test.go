@@ -133,3 +133,32 @@ func TestTerminal(t *testing.T) {
 		t.Fatalf("ckpt restart: %v; terminal:\n%s", done.err, b.text())
 	}
 }
+
+// TestProgress: on a terminal, checkpoint and restart show their progress
+// (forced to show at once; normally only after a second). Elsewhere they
+// are silent, which every other test checks by reading one-line outputs.
+func TestProgress(t *testing.T) {
+	p := startWorkload(t, compile(t, "busy"))
+	img := filepath.Join(p.dir, "img")
+	term := openPty(t)
+	cmd := exec.Command(ckptBin, "checkpoint", "--kill", "-o", img, itoa(p.pid))
+	cmd.Env = append(os.Environ(), "CKPT_PROGRESS=now")
+	cmd.Stderr = term.slave
+	if out, err := cmd.Output(); err != nil {
+		t.Fatalf("checkpoint: %v %s", err, out)
+	}
+	p.exit.wait(10 * time.Second)
+	term.waitFor(t, "ckpt: checkpoint ", 5*time.Second)
+	term.waitFor(t, "GB/s", 5*time.Second)
+
+	term2 := openPty(t)
+	r := exec.Command(ckptBin, "restart", "--detach", img)
+	r.Env = append(os.Environ(), "CKPT_PROGRESS=now")
+	r.Stderr = term2.slave
+	if out, err := r.Output(); err != nil {
+		t.Fatalf("restart: %v %s", err, out)
+	}
+	t.Cleanup(func() { syscall.Kill(p.pid, syscall.SIGKILL); waitPidGone(p.pid, 5*time.Second) })
+	term2.waitFor(t, "ckpt: restart ", 5*time.Second)
+	term2.waitFor(t, "%)", 5*time.Second) // a file image shows its share done
+}
