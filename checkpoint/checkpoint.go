@@ -22,9 +22,9 @@ import (
 	"os"
 	"runtime"
 	"sort"
-	"sync/atomic"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
