@@ -1,6 +1,7 @@
 package resource
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -143,62 +144,119 @@ func DumpPages(t *Target, mm *pb.Mm, w *image.Writer) error {
 		return fmt.Errorf("open memory of %d: %w", t.Pid, err)
 	}
 	defer mem.Close()
-	buf := make([]byte, 4<<20)
+	d := &pageDumper{t: t, mem: mem, w: w, mmID: mm.Id, buf: make([]byte, 4<<20)}
 	for _, v := range mm.Vmas {
 		if v.Special != "" || v.Shared {
 			continue
 		}
+		// Pages of anonymous memory that hold only zeros are left out: they
+		// come back as zeros. (In a file mapping, zeros may hide a file page
+		// that is not zero, so they stay.)
+		d.readable, d.skipZero = v.Prot&unix.PROT_READ != 0, v.FileId == 0
 		for start := v.Start; start < v.End; start += dumpWindow {
 			end := min(start+dumpWindow, v.End)
 			ents, err := proc.ReadPagemap(pm, start, end)
 			if err != nil {
 				return err
 			}
-			var runs []*pb.PageRun
-			for i, e := range ents {
+			for i := 0; i < len(ents); {
+				e := ents[i]
 				if e&(proc.PMPresent|proc.PMSwapped) == 0 || e&proc.PMFileShared != 0 && e&proc.PMSwapped == 0 {
+					i++
 					continue
 				}
-				addr := start + uint64(i)*pageSize
-				if n := len(runs); n > 0 && runs[n-1].Addr+runs[n-1].Npages*pageSize == addr {
-					runs[n-1].Npages++
-				} else {
-					runs = append(runs, &pb.PageRun{Addr: addr, Npages: 1})
+				j := i + 1
+				for j < len(ents) && ents[j]&(proc.PMPresent|proc.PMSwapped) != 0 && (ents[j]&proc.PMFileShared == 0 || ents[j]&proc.PMSwapped != 0) {
+					j++
 				}
-			}
-			if len(runs) == 0 {
-				continue
-			}
-			readable := v.Prot&unix.PROT_READ != 0
-			err = w.Pages(&pb.PageMap{MmId: mm.Id, Runs: runs}, func(out io.Writer) error {
-				for _, r := range runs {
-					for off := uint64(0); off < r.Npages*pageSize; {
-						n := min(uint64(len(buf)), r.Npages*pageSize-off)
-						b := buf[:n]
-						if readable {
-							err = t.ReadMem(r.Addr+off, b)
-						} else {
-							// process_vm_readv honours protections; /proc/PID/mem
-							// reads PROT_NONE memory too.
-							_, err = mem.ReadAt(b, int64(r.Addr+off))
-						}
-						if err != nil {
-							return fmt.Errorf("read pages %#x-%#x: %w", r.Addr+off, r.Addr+off+n, err)
-						}
-						if _, err := out.Write(b); err != nil {
-							return err
-						}
-						off += n
-					}
+				if err := d.add(start+uint64(i)*pageSize, uint64(j-i)*pageSize); err != nil {
+					return fmt.Errorf("dump vma %#x-%#x (%s): %w", v.Start, v.End, v.Name, err)
 				}
-				return nil
-			})
-			if err != nil {
-				return fmt.Errorf("dump vma %#x-%#x (%s): %w", v.Start, v.End, v.Name, err)
+				i = j
+			}
+		}
+		if err := d.flush(); err != nil {
+			return fmt.Errorf("dump vma %#x-%#x (%s): %w", v.Start, v.End, v.Name, err)
+		}
+	}
+	return nil
+}
+
+// pageDumper gathers page runs of one area into a buffer and writes them
+// as one PAGES record per buffer-full, without the pages that are all
+// zeros when skipZero is set.
+type pageDumper struct {
+	t                  *Target
+	mem                *os.File
+	w                  *image.Writer
+	mmID               uint32
+	buf                []byte
+	used               int
+	pieces             [][2]uint64 // address, length in buf, in order
+	readable, skipZero bool
+}
+
+var zeroPage [pageSize]byte
+
+// add reads [addr, addr+n) into the buffer, flushing it when full.
+func (d *pageDumper) add(addr, n uint64) error {
+	for n > 0 {
+		c := min(n, uint64(len(d.buf)-d.used))
+		b := d.buf[d.used : d.used+int(c)]
+		var err error
+		if d.readable {
+			err = d.t.ReadMem(addr, b)
+		} else {
+			// process_vm_readv honours protections; /proc/PID/mem reads
+			// PROT_NONE memory too.
+			_, err = d.mem.ReadAt(b, int64(addr))
+		}
+		if err != nil {
+			return fmt.Errorf("read pages %#x-%#x: %w", addr, addr+c, err)
+		}
+		d.pieces = append(d.pieces, [2]uint64{addr, c})
+		d.used += int(c)
+		addr, n = addr+c, n-c
+		if d.used == len(d.buf) {
+			if err := d.flush(); err != nil {
+				return err
 			}
 		}
 	}
 	return nil
+}
+
+// flush writes the buffered pages, compacting away zero pages first.
+func (d *pageDumper) flush() error {
+	var runs []*pb.PageRun
+	off, k := 0, 0
+	for _, pc := range d.pieces {
+		for p := uint64(0); p < pc[1]; p += pageSize {
+			page := d.buf[off+int(p) : off+int(p)+pageSize]
+			if d.skipZero && bytes.Equal(page, zeroPage[:]) {
+				continue
+			}
+			addr := pc[0] + p
+			if n := len(runs); n > 0 && runs[n-1].Addr+runs[n-1].Npages*pageSize == addr {
+				runs[n-1].Npages++
+			} else {
+				runs = append(runs, &pb.PageRun{Addr: addr, Npages: 1})
+			}
+			if k != off+int(p) {
+				copy(d.buf[k:k+pageSize], page)
+			}
+			k += pageSize
+		}
+		off += int(pc[1])
+	}
+	d.pieces, d.used = d.pieces[:0], 0
+	if len(runs) == 0 {
+		return nil
+	}
+	return d.w.Pages(&pb.PageMap{MmId: d.mmID, Runs: runs}, func(out io.Writer) error {
+		_, err := out.Write(d.buf[:k])
+		return err
+	})
 }
 
 // ValidateMm checks an image address space before anything is built.

@@ -472,3 +472,25 @@ func TestDaemon(t *testing.T) {
 	r := p.restart(img)
 	p.verifyExit(r.exit, true, 10*time.Second)
 }
+
+// TestZeroPagesNotStored: anonymous pages that hold only zeros are not in
+// the image, and come back as zeros.
+func TestZeroPagesNotStored(t *testing.T) {
+	p := startWorkload(t, compile(t, "zeros"))
+	img := filepath.Join(p.dir, "img")
+	if out, err := ckpt(nil, "checkpoint", "--kill", "-o", img, itoa(p.pid)); err != nil {
+		t.Fatalf("checkpoint: %v\n%s", err, out)
+	}
+	p.exit.wait(10 * time.Second)
+	st, err := os.Stat(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 64 MiB of zeros and 1 MiB of data: the image holds the data, the
+	// program and libc's own pages, and metadata.
+	if st.Size() > 4<<20 {
+		t.Errorf("image is %d bytes: the 64 MiB of zero pages were stored", st.Size())
+	}
+	r := p.restart(img)
+	p.verifyExit(r.exit, true, 20*time.Second)
+}
