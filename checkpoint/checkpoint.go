@@ -123,6 +123,9 @@ func Preflight(pid int) error {
 		if st.State == 'Z' {
 			continue
 		}
+		if err := resource.PreflightTask(p); err != nil && !gone(p) {
+			return err
+		}
 		if err := resource.PreflightFiles(p); err != nil && !gone(p) {
 			return err
 		}

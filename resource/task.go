@@ -59,6 +59,7 @@ func DumpTask(pid int, p *pb.Process) error {
 		c.Groups = append(c.Groups, uint32(g))
 	}
 	p.Creds = c
+	p.NoNewPrivs = st["NoNewPrivs"] == "1"
 	// /proc/PID/limits rather than prlimit(2): the latter needs
 	// CAP_SYS_RESOURCE for another user's process.
 	limits, err := os.ReadFile(proc.Path(pid, "limits"))
@@ -154,6 +155,18 @@ func RestoreCreds(t *Target, c *pb.Creds) error {
 	return nil
 }
 
+// RestoreNoNewPrivs sets no_new_privs in the thread t runs in, if the
+// process had it (it cannot be cleared, so it comes last).
+func RestoreNoNewPrivs(t *Target, p *pb.Process) error {
+	if !p.NoNewPrivs {
+		return nil
+	}
+	if _, err := t.Syscall(unix.SYS_PRCTL, unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("set no_new_privs: %w", err)
+	}
+	return nil
+}
+
 // parseLimits parses /proc/PID/limits, whose lines follow the RLIMIT_*
 // numbering: "Max open files  1024  1048576  files".
 func parseLimits(text string) ([]*pb.Rlimit, error) {
@@ -200,6 +213,46 @@ func SetName(t *Target, name string) error {
 	}
 	if _, err := t.Syscall(unix.SYS_PRCTL, unix.PR_SET_NAME, addr); err != nil {
 		return fmt.Errorf("set name %q: %w", name, err)
+	}
+	return nil
+}
+
+// PreflightTask refuses, before anything is touched, process state that
+// ckpt cannot restore and would otherwise silently drop or change: POSIX
+// timers, seccomp filters, namespaces other than ckpt's own, and a
+// capability set other than the one its credentials give at restart.
+func PreflightTask(pid int) error {
+	if b, err := os.ReadFile(proc.Path(pid, "timers")); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return fmt.Errorf("process %d has POSIX timers (timer_create): %w yet", pid, ErrUnsupported)
+	}
+	st, err := proc.ReadStatus(pid)
+	if err != nil {
+		return err
+	}
+	if v := st["Seccomp"]; v != "" && v != "0" {
+		return fmt.Errorf("process %d runs under seccomp (mode %s): %w yet; restoring it without its filter would weaken it", pid, v, ErrUnsupported)
+	}
+	for _, ns := range []string{"mnt", "pid", "net", "ipc", "uts", "user", "cgroup", "time"} {
+		theirs, err1 := os.Readlink(proc.Path(pid, "ns/"+ns))
+		ours, err2 := os.Readlink("/proc/self/ns/" + ns)
+		if err1 == nil && err2 == nil && theirs != ours {
+			return fmt.Errorf("process %d is in another %s namespace than ckpt (%s): containers are %w yet; run ckpt inside it", pid, ns, theirs, ErrUnsupported)
+		}
+	}
+	self, err := proc.ReadStatus(os.Getpid())
+	if err != nil {
+		return err
+	}
+	uids, _ := st.Uints("Uid", 10)
+	root := len(uids) == 4 && (uids[0] == 0 || uids[1] == 0 || uids[2] == 0)
+	for _, k := range []string{"CapPrm", "CapEff", "CapInh", "CapAmb", "CapBnd"} {
+		want := "0000000000000000"
+		if root && k != "CapInh" && k != "CapAmb" || k == "CapBnd" {
+			want = self[k]
+		}
+		if st[k] != want {
+			return fmt.Errorf("process %d has capabilities %s=%s, which a restart (giving %s) would not reproduce: %w yet", pid, k, st[k], want, ErrUnsupported)
+		}
 	}
 	return nil
 }

@@ -685,6 +685,9 @@ func finish(opts *Options, tk *task, files *resource.OpenFiles) error {
 		if err := resource.RestoreThreadPending(targets[i], int(p.Pid), th); err != nil {
 			return fmt.Errorf("thread %d: %w", th.Tid, err)
 		}
+		if err := resource.RestoreNoNewPrivs(targets[i], p); err != nil {
+			return fmt.Errorf("thread %d: %w", th.Tid, err)
+		}
 	}
 	if err := resource.RestorePendingAndTimers(t, p); err != nil {
 		return err

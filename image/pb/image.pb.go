@@ -1476,7 +1476,9 @@ type Process struct {
 	SessionOrphan bool `protobuf:"varint,23,opt,name=session_orphan,json=sessionOrphan,proto3" json:"session_orphan,omitempty"`
 	// mm_owner, when set, is the process whose address space this one shares
 	// (CLONE_VM without CLONE_THREAD); mm_id then names the owner's Mm.
-	MmOwner       uint32 `protobuf:"varint,24,opt,name=mm_owner,json=mmOwner,proto3" json:"mm_owner,omitempty"`
+	MmOwner uint32 `protobuf:"varint,24,opt,name=mm_owner,json=mmOwner,proto3" json:"mm_owner,omitempty"`
+	// no_new_privs is prctl(PR_SET_NO_NEW_PRIVS).
+	NoNewPrivs    bool `protobuf:"varint,25,opt,name=no_new_privs,json=noNewPrivs,proto3" json:"no_new_privs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1677,6 +1679,13 @@ func (x *Process) GetMmOwner() uint32 {
 		return x.MmOwner
 	}
 	return 0
+}
+
+func (x *Process) GetNoNewPrivs() bool {
+	if x != nil {
+		return x.NoNewPrivs
+	}
+	return false
 }
 
 type PageRun struct {
@@ -2066,7 +2075,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x04egid\x18\x06 \x01(\rR\x04egid\x12\x12\n" +
 	"\x04sgid\x18\a \x01(\rR\x04sgid\x12\x14\n" +
 	"\x05fsgid\x18\b \x01(\rR\x05fsgid\x12\x16\n" +
-	"\x06groups\x18\t \x03(\rR\x06groups\"\xfa\x05\n" +
+	"\x06groups\x18\t \x03(\rR\x06groups\"\x9c\x06\n" +
 	"\aProcess\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x12\n" +
 	"\x04ppid\x18\x02 \x01(\rR\x04ppid\x12\x12\n" +
@@ -2096,7 +2105,9 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\vfiles_owner\x18\x16 \x01(\rR\n" +
 	"filesOwner\x12%\n" +
 	"\x0esession_orphan\x18\x17 \x01(\bR\rsessionOrphan\x12\x19\n" +
-	"\bmm_owner\x18\x18 \x01(\rR\ammOwner\"5\n" +
+	"\bmm_owner\x18\x18 \x01(\rR\ammOwner\x12 \n" +
+	"\fno_new_privs\x18\x19 \x01(\bR\n" +
+	"noNewPrivs\"5\n" +
 	"\aPageRun\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\x04R\x04addr\x12\x16\n" +
 	"\x06npages\x18\x02 \x01(\x04R\x06npages\"e\n" +

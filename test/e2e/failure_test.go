@@ -134,6 +134,13 @@ func TestRefusesUnsupported(t *testing.T) {
 		want string
 	}{
 		{"clone-fs", func() *exec.Cmd { return exec.Command(compile(t, "clonefs")) }, "share one cwd, root and umask (CLONE_FS)"},
+		{"posix-timer", func() *exec.Cmd {
+			return exec.Command("python3", "-c", "import ctypes,time\nt=ctypes.c_void_p()\nctypes.CDLL(None).timer_create(1, None, ctypes.byref(t))\ntime.sleep(100)")
+		}, "has POSIX timers"},
+		{"namespace", func() *exec.Cmd { return exec.Command("unshare", "--uts", "sleep", "100") }, "is in another uts namespace"},
+		{"capabilities", func() *exec.Cmd {
+			return exec.Command("python3", "-c", "import ctypes,time\nctypes.CDLL(None).prctl(24, 13, 0, 0, 0)\ntime.sleep(100)")
+		}, "has capabilities CapBnd="},
 		{"deleted", func() *exec.Cmd {
 			return exec.Command("python3", "-c", "import os,time\nf=open('/tmp/ckpt-e2e-deleted','w')\nos.unlink('/tmp/ckpt-e2e-deleted')\ntime.sleep(100)")
 		}, "is the deleted file /tmp/ckpt-e2e-deleted"},

@@ -44,6 +44,9 @@ func workloads() []workload {
 		{name: "evloop", argv: cWorkload("evloop"), signal: true, settle: 50 * time.Millisecond},
 		{name: "clone-vm", argv: cWorkload("clonevm"), signal: true, settle: 20 * time.Millisecond},
 		{name: "clone-files", argv: cWorkload("clonefiles"), signal: true, settle: 20 * time.Millisecond},
+		{name: "no-new-privs", argv: func(t *testing.T) []string {
+			return []string{"python3", filepath.Join(repoRoot, "test", "workloads", "nonewprivs.py")}
+		}, signal: true, settle: 20 * time.Millisecond},
 		{name: "dead-group-leader", argv: cWorkload("deadleader"), signal: true, settle: 20 * time.Millisecond},
 		{name: "inotify", argv: cWorkload("inotify"), signal: true, settle: 20 * time.Millisecond},
 		{name: "fifo", argv: cWorkload("fifo"), signal: true, settle: 20 * time.Millisecond},
