@@ -27,6 +27,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 
 	"github.com/ckpt/ckpt/image"
@@ -58,6 +59,9 @@ type Options struct {
 	Freezer string
 	// Progress, if set, counts the image bytes written so far.
 	Progress *atomic.Uint64
+	// Compress writes the image as a zstd stream (for slow links); restart
+	// and inspect recognise it.
+	Compress bool
 }
 
 // Stats describes a finished checkpoint.
@@ -597,7 +601,15 @@ func dump(opts *Options, stats *Stats) (err error) {
 			Comm: z.Comm, ExitSignal: uint32(z.ExitSignal), Zombie: true, ExitCode: uint32(z.ExitCode)})
 	}
 
-	w, err := image.NewWriter(opts.Out)
+	out := opts.Out
+	var enc *zstd.Encoder
+	if opts.Compress {
+		if enc, err = zstd.NewWriter(out, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(2)); err != nil {
+			return err
+		}
+		out = enc
+	}
+	w, err := image.NewWriter(out)
 	if err != nil {
 		return err
 	}
@@ -606,7 +618,16 @@ func dump(opts *Options, stats *Stats) (err error) {
 		if ferr := w.Fail(err); ferr != nil && opts.Warn != nil {
 			opts.Warn("could not record the failure in the image: " + ferr.Error())
 		}
+		if enc != nil {
+			enc.Close()
+		}
 		return err
+	}
+	if enc != nil {
+		// The image is complete only once the compressed stream is.
+		if err := enc.Close(); err != nil {
+			return fmt.Errorf("write compressed image: %w", err)
+		}
 	}
 	stats.Bytes = w.Offset()
 	if opts.Kill {

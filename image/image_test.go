@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/ckpt/ckpt/image/pb"
 )
 
@@ -133,8 +135,30 @@ func TestFailRecord(t *testing.T) {
 	}
 }
 
+func compressed(t testing.TB) []byte {
+	var buf bytes.Buffer
+	enc, err := zstd.NewWriter(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc.Write(sample(t))
+	enc.Close()
+	return buf.Bytes()
+}
+
+func TestCompressedRoundTrip(t *testing.T) {
+	if err := readAll(compressed(t)); err != nil {
+		t.Fatal(err)
+	}
+	c := compressed(t)
+	if err := readAll(c[:len(c)-10]); err == nil {
+		t.Fatal("a truncated compressed image was accepted")
+	}
+}
+
 func FuzzReader(f *testing.F) {
 	f.Add(sample(f))
+	f.Add(compressed(f))
 	f.Add([]byte(Magic))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_ = readAll(b) // must not panic or hang

@@ -11,6 +11,7 @@ import (
 	"io"
 	"sync/atomic"
 
+	"github.com/klauspost/compress/zstd"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ckpt/ckpt/image/pb"
@@ -47,9 +48,22 @@ type Record struct {
 	Offset uint64
 }
 
-// NewReader checks the magic and version and reads the header record.
+// zstdMagic opens a zstd frame: images written with --compress.
+var zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
+
+// NewReader checks the magic and version and reads the header record. A
+// zstd-compressed image is decompressed on the fly.
 func NewReader(r io.Reader) (*Reader, error) {
-	ir := &Reader{r: bufio.NewReaderSize(r, 1<<20), crc: crc32.New(castagnoli)}
+	br := bufio.NewReaderSize(r, 1<<20)
+	if head, _ := br.Peek(4); bytes.Equal(head, zstdMagic) {
+		// Bounded, as the stream is untrusted.
+		dec, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(64<<20), zstd.WithDecoderMaxMemory(256<<20))
+		if err != nil {
+			return nil, fmt.Errorf("compressed image: %w", err)
+		}
+		br = bufio.NewReaderSize(dec.IOReadCloser(), 1<<20)
+	}
+	ir := &Reader{r: br, crc: crc32.New(castagnoli)}
 	var hdr [headerLen]byte
 	if _, err := io.ReadFull(ir.r, hdr[:]); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {

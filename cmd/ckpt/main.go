@@ -62,9 +62,9 @@ func isTerminal(f *os.File) bool {
 
 func checkpointCmd() *cobra.Command {
 	var out, freezerDir string
-	var kill, verbose bool
+	var kill, verbose, compress bool
 	c := &cobra.Command{
-		Use:     "checkpoint [--kill] [--freezer DIR] [-o FILE] PID",
+		Use:     "checkpoint [--kill] [--compress] [--freezer DIR] [-o FILE] PID",
 		Aliases: []string{"dump"},
 		Short:   "Write an image of a running process to FILE or stdout",
 		Long: `Checkpoint PID into FILE, or to standard output when -o is absent.
@@ -96,7 +96,7 @@ waits until its PID is free, so that a restart can follow at once.`,
 				return fmt.Errorf("checkpoint: refusing to write an image to a terminal; use -o FILE or redirect stdout")
 			}
 			prog := startProgress("checkpoint", 0)
-			st, err := checkpoint.Run(checkpoint.Options{Pid: pid, Kill: kill, Out: w, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Freezer: freezerDir, Progress: &prog.count})
+			st, err := checkpoint.Run(checkpoint.Options{Pid: pid, Kill: kill, Out: w, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Freezer: freezerDir, Progress: &prog.count, Compress: compress})
 			prog.finish()
 			if f != nil {
 				if cerr := f.Close(); err == nil && cerr != nil {
@@ -117,6 +117,7 @@ waits until its PID is free, so that a restart can follow at once.`,
 	}
 	c.Flags().StringVarP(&out, "output", "o", "", "write the image to `FILE` (default: standard output)")
 	c.Flags().BoolVar(&kill, "kill", false, "kill the process once the image is complete")
+	c.Flags().BoolVar(&compress, "compress", false, "write a zstd-compressed image (for slow links; restart reads it as is)")
 	c.Flags().StringVar(&freezerDir, "freezer", "", "stop the tree with the freezer cgroup `DIR` (v1 freezer.state or v2 cgroup.freeze) that holds it; tasks the user froze stay frozen")
 	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "report size and timing on stderr")
 	return c
@@ -190,10 +191,13 @@ as the process runs.`,
 					}
 				}
 			}()
-			var total uint64
+			var total uint64 // the share done is shown for uncompressed files
 			if f, ok := in.(*os.File); ok {
+				var magic [4]byte
 				if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
-					total = uint64(fi.Size())
+					if n, _ := f.ReadAt(magic[:], 0); n == 4 && magic != [4]byte{0x28, 0xb5, 0x2f, 0xfd} {
+						total = uint64(fi.Size())
+					}
 				}
 			}
 			prog := startProgress("restart", total)

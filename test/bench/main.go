@@ -71,11 +71,12 @@ func main() {
 	fmt.Printf("memcpy bandwidth                  %8.2f GB/s\n", memcpy)
 
 	for _, sz := range []int{0, *bigMB} {
-		var ck, rs, frozen, size, rssCk, rssRs, w, r []float64
+		var ck, rs, frozen, size, rssCk, rssRs, w, r, zck, zsize []float64
 		for i := 0; i < *runs; i++ {
 			res := cycle(bin, work, sz)
 			ck, rs, frozen = append(ck, res.ckpt), append(rs, res.restart), append(frozen, res.frozen)
 			size, rssCk, rssRs = append(size, res.size), append(rssCk, res.rssCkpt), append(rssRs, res.rssRestart)
+			zck, zsize = append(zck, res.zckpt), append(zsize, res.zsize)
 			if sz > 0 {
 				w = append(w, baselineW(work, uint64(sz)<<20))
 				r = append(r, baselineR(work, uint64(sz)<<20))
@@ -89,17 +90,20 @@ func main() {
 		fmt.Printf("  checkpoint (--kill, to file)    %8.1f ms   (frozen %.1f ms)\n", med(ck)*1e3, med(frozen)*1e3)
 		fmt.Printf("  restart (--detach)              %8.1f ms\n", med(rs)*1e3)
 		fmt.Printf("  image size                      %8.2f MiB\n", med(size)/(1<<20))
+		fmt.Printf("  checkpoint --compress (zstd)    %8.1f ms, %.2f MiB image\n", med(zck)*1e3, med(zsize)/(1<<20))
 		fmt.Printf("  ckpt peak RSS                   %8.1f MiB checkpoint, %.1f MiB restart\n", med(rssCk)/1024, med(rssRs)/1024)
 		if sz > 0 {
 			gb := float64(uint64(sz)<<20) / 1e9
 			fmt.Printf("  checkpoint throughput           %8.2f GB/s = %.2f x baseline W (%.2f GB/s), %.2f x memcpy\n", gb/med(ck), gb/med(ck)/(gb/med(w)), gb/med(w), gb/med(ck)/memcpy)
 			fmt.Printf("  restart throughput              %8.2f GB/s = %.2f x baseline R (%.2f GB/s), %.2f x memcpy\n", gb/med(rs), gb/med(rs)/(gb/med(r)), gb/med(r), gb/med(rs)/memcpy)
+			fmt.Printf("  compressed checkpoint           %8.2f GB/s (incompressible data)\n", gb/med(zck))
 		}
 	}
 }
 
 type result struct {
 	ckpt, restart, frozen, size, rssCkpt, rssRestart float64
+	zckpt, zsize                                     float64
 }
 
 // cycle starts the workload, checkpoints it with --kill and restarts it.
@@ -129,7 +133,17 @@ func cycle(bin, work string, mb int) result {
 	go cmd.Wait()
 	img := filepath.Join(work, "img")
 	var res result
+	// First a compressed checkpoint that leaves the process running.
 	t0 := time.Now()
+	if msg, err := exec.Command(*ckpt, "checkpoint", "--compress", "-o", img+".zst", fmt.Sprint(pid)).CombinedOutput(); err != nil {
+		fatal(fmt.Errorf("checkpoint --compress: %v: %s", err, msg))
+	}
+	res.zckpt = time.Since(t0).Seconds()
+	if st, err := os.Stat(img + ".zst"); err == nil {
+		res.zsize = float64(st.Size())
+	}
+	os.Remove(img + ".zst")
+	t0 = time.Now()
 	c := exec.Command(*ckpt, "checkpoint", "-v", "--kill", "-o", img, fmt.Sprint(pid))
 	msg, err := c.CombinedOutput()
 	res.ckpt = time.Since(t0).Seconds()

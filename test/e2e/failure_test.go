@@ -501,3 +501,26 @@ func TestZeroPagesNotStored(t *testing.T) {
 	r := p.restart(img)
 	p.verifyExit(r.exit, true, 20*time.Second)
 }
+
+// TestCompressed: --compress writes a zstd image that inspect and restart
+// read as they are.
+func TestCompressed(t *testing.T) {
+	p := startWorkload(t, compile(t, "busy"))
+	img := filepath.Join(p.dir, "img.zst")
+	if out, err := ckpt(nil, "checkpoint", "--compress", "--kill", "-o", img, itoa(p.pid)); err != nil {
+		t.Fatalf("checkpoint --compress: %v\n%s", err, out)
+	}
+	p.exit.wait(10 * time.Second)
+	b, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) < 4 || string(b[:4]) != "\x28\xb5\x2f\xfd" {
+		t.Fatalf("image does not start with the zstd magic")
+	}
+	if out, err := ckpt(nil, "inspect", img); err != nil || !strings.Contains(out, "complete:") {
+		t.Fatalf("inspect: %v\n%s", err, out)
+	}
+	r := p.restart(img)
+	p.verifyExit(r.exit, true, 10*time.Second)
+}
