@@ -35,6 +35,9 @@ int main(int argc, char **argv) {
 		uint64_t s = 88172645463325252ULL;
 		for (size_t i = 0; i < n / 8; i++) { s ^= s << 13; s ^= s >> 7; s ^= s << 17; p[i] = s; }
 	}
+	int procs = argc > 2 ? atoi(argv[2]) : 1;
+	for (int i = 1; i < procs; i++)
+		if (fork() == 0) for (;;) pause();
 	printf("READY\n");
 	fflush(stdout);
 	for (;;) pause();
@@ -45,7 +48,8 @@ var (
 	ckpt  = flag.String("ckpt", "bin/ckpt", "ckpt binary")
 	dir   = flag.String("dir", "/dev/shm", "directory for images (tmpfs gives the figures of docs/performance.md)")
 	runs  = flag.Int("runs", 5, "runs per figure (the median is reported)")
-	bigMB = flag.Int("mb", 1024, "size of the big process in MiB")
+	bigMB  = flag.Int("mb", 1024, "size of the big process in MiB")
+	growth = flag.Bool("growth", false, "measure how the cost grows with memory size (64, 256, 1024 MiB) and process count (1, 10, 100)")
 )
 
 func main() {
@@ -67,6 +71,24 @@ func main() {
 	unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
 
 	fmt.Printf("ckpt bench: %d runs each, medians; images in %s\n\n", *runs, *dir)
+	if *growth {
+		fmt.Printf("%-22s %12s %12s %12s\n", "workload", "checkpoint", "frozen", "restart")
+		row := func(name string, mb, procs int) {
+			var ck, fr, rs []float64
+			for i := 0; i < *runs; i++ {
+				res := cycleN(bin, work, mb, procs)
+				ck, fr, rs = append(ck, res.ckpt), append(fr, res.frozen), append(rs, res.restart)
+			}
+			fmt.Printf("%-22s %9.1f ms %9.1f ms %9.1f ms\n", name, med(ck)*1e3, med(fr)*1e3, med(rs)*1e3)
+		}
+		for _, mb := range []int{64, 256, 1024} {
+			row(fmt.Sprintf("%d MiB, 1 process", mb), mb, 1)
+		}
+		for _, n := range []int{1, 10, 100} {
+			row(fmt.Sprintf("%d processes", n), 0, n)
+		}
+		return
+	}
 	memcpy := median(*runs, func() float64 { return memcpyGBs(256 << 20) })
 	fmt.Printf("memcpy bandwidth                  %8.2f GB/s\n", memcpy)
 
@@ -107,8 +129,11 @@ type result struct {
 }
 
 // cycle starts the workload, checkpoints it with --kill and restarts it.
-func cycle(bin, work string, mb int) result {
-	cmd := exec.Command(bin, fmt.Sprint(mb))
+func cycle(bin, work string, mb int) result { return cycleN(bin, work, mb, 1) }
+
+// cycleN does the same with a tree of procs processes.
+func cycleN(bin, work string, mb, procs int) result {
+	cmd := exec.Command(bin, fmt.Sprint(mb), fmt.Sprint(procs))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	logPath := filepath.Join(work, "log")
 	logf, err := os.Create(logPath)
@@ -134,16 +159,18 @@ func cycle(bin, work string, mb int) result {
 	img := filepath.Join(work, "img")
 	var res result
 	// First a compressed checkpoint that leaves the process running.
+	if procs == 1 {
+		t0 := time.Now()
+		if msg, err := exec.Command(*ckpt, "checkpoint", "--compress", "-o", img+".zst", fmt.Sprint(pid)).CombinedOutput(); err != nil {
+			fatal(fmt.Errorf("checkpoint --compress: %v: %s", err, msg))
+		}
+		res.zckpt = time.Since(t0).Seconds()
+		if st, err := os.Stat(img + ".zst"); err == nil {
+			res.zsize = float64(st.Size())
+		}
+		os.Remove(img + ".zst")
+	}
 	t0 := time.Now()
-	if msg, err := exec.Command(*ckpt, "checkpoint", "--compress", "-o", img+".zst", fmt.Sprint(pid)).CombinedOutput(); err != nil {
-		fatal(fmt.Errorf("checkpoint --compress: %v: %s", err, msg))
-	}
-	res.zckpt = time.Since(t0).Seconds()
-	if st, err := os.Stat(img + ".zst"); err == nil {
-		res.zsize = float64(st.Size())
-	}
-	os.Remove(img + ".zst")
-	t0 = time.Now()
 	c := exec.Command(*ckpt, "checkpoint", "-v", "--kill", "-o", img, fmt.Sprint(pid))
 	msg, err := c.CombinedOutput()
 	res.ckpt = time.Since(t0).Seconds()
@@ -169,6 +196,7 @@ func cycle(bin, work string, mb int) result {
 	}
 	res.restart = time.Since(t0).Seconds()
 	res.rssRestart = peakKiB(string(msg))
+	unix.Kill(-pid, unix.SIGKILL) // the restored tree is its own process group
 	unix.Kill(pid, unix.SIGKILL)
 	for i := 0; i < 5000; i++ { // the restored process's parent was ckpt: init reaps it
 		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); os.IsNotExist(err) {
