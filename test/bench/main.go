@@ -45,9 +45,9 @@ int main(int argc, char **argv) {
 `
 
 var (
-	ckpt  = flag.String("ckpt", "bin/ckpt", "ckpt binary")
-	dir   = flag.String("dir", "/dev/shm", "directory for images (tmpfs gives the figures of docs/performance.md)")
-	runs  = flag.Int("runs", 5, "runs per figure (the median is reported)")
+	ckpt   = flag.String("ckpt", "bin/ckpt", "ckpt binary")
+	dir    = flag.String("dir", "/dev/shm", "directory for images (tmpfs gives the figures of docs/performance.md)")
+	runs   = flag.Int("runs", 5, "runs per figure (the median is reported)")
 	bigMB  = flag.Int("mb", 1024, "size of the big process in MiB")
 	growth = flag.Bool("growth", false, "measure how the cost grows with memory size (64, 256, 1024 MiB) and process count (1, 10, 100)")
 )
