@@ -91,8 +91,16 @@ func sessionOn(t *testing.T, p *pty, cmd *exec.Cmd) *exited {
 // TestTerminal checkpoints a foreground job of an interactive shell on one
 // terminal and restarts it from another: its terminal descriptors move to
 // the terminal ckpt restart runs in, and it is that terminal's foreground
-// job (it can read what is typed there).
+// job (it can read what is typed there). In the three harness modes: kill
+// and restart, leave running (it keeps its own terminal), and two cycles
+// (terminal A, then B, then C).
 func TestTerminal(t *testing.T) {
+	for _, mode := range []string{"kill", "running", "twice"} {
+		t.Run(mode, func(t *testing.T) { terminalMode(t, mode) })
+	}
+}
+
+func terminalMode(t *testing.T, mode string) {
 	a := openPty(t)
 	shell := exec.Command(compile(t, "jobshell"), compile(t, "tty"))
 	shell.Dir = t.TempDir()
@@ -108,29 +116,45 @@ func TestTerminal(t *testing.T) {
 		t.Fatal("job did not start")
 	}
 	img := filepath.Join(t.TempDir(), "img")
-	if out, err := ckpt(nil, "checkpoint", "--kill", "-o", img, itoa(pid)); err != nil {
-		t.Fatalf("checkpoint: %v\n%s", err, out)
+	if mode == "running" {
+		if out, err := ckpt(nil, "checkpoint", "-o", img, itoa(pid)); err != nil {
+			t.Fatalf("checkpoint: %v\n%s", err, out)
+		}
+		a.master.Write([]byte("hello\n"))
+		syscall.Kill(pid, syscall.SIGUSR2)
+		a.waitFor(t, "PASS", 10*time.Second)
+		return
 	}
-	if !waitPidGone(pid, 10*time.Second) {
-		t.Fatalf("job %d still exists", pid)
+	cycles := 1
+	if mode == "twice" {
+		cycles = 2
 	}
-
-	b := openPty(t)
-	restart := exec.Command(ckptBin, "restart", "-v", img)
-	done := sessionOn(t, b, restart)
-	b.waitFor(t, "ckpt: restored", 10*time.Second)
-	if _, err := b.master.Write([]byte("hello\n")); err != nil {
+	var term *pty
+	var done *exited
+	for i := 0; i < cycles; i++ {
+		if out, err := ckpt(nil, "checkpoint", "--kill", "-o", img, itoa(pid)); err != nil {
+			t.Fatalf("checkpoint %d: %v\n%s", i+1, err, out)
+		}
+		if !waitPidGone(pid, 10*time.Second) {
+			t.Fatalf("job %d still exists", pid)
+		}
+		term = openPty(t)
+		restart := exec.Command(ckptBin, "restart", "-v", img)
+		done = sessionOn(t, term, restart)
+		term.waitFor(t, "ckpt: restored", 10*time.Second)
+	}
+	if _, err := term.master.Write([]byte("hello\n")); err != nil {
 		t.Fatal(err)
 	}
 	if err := syscall.Kill(pid, syscall.SIGUSR2); err != nil {
 		t.Fatal(err)
 	}
-	b.waitFor(t, "PASS", 10*time.Second)
+	term.waitFor(t, "PASS", 10*time.Second)
 	if !done.wait(10 * time.Second) {
-		t.Fatalf("ckpt restart did not end with the job; terminal:\n%s", b.text())
+		t.Fatalf("ckpt restart did not end with the job; terminal:\n%s", term.text())
 	}
 	if done.err != nil {
-		t.Fatalf("ckpt restart: %v; terminal:\n%s", done.err, b.text())
+		t.Fatalf("ckpt restart: %v; terminal:\n%s", done.err, term.text())
 	}
 }
 
