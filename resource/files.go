@@ -77,7 +77,7 @@ func PreflightFiles(pid int) error {
 		return err
 	}
 	for _, fd := range fds {
-		if _, err := describeFd(pid, fd); err != nil {
+		if _, _, err := describeFd(pid, fd); err != nil {
 			return err
 		}
 	}
@@ -99,8 +99,18 @@ func listFds(pid int) ([]int, error) {
 	return fds, nil
 }
 
-// describeFd builds the File record of one descriptor.
-func describeFd(pid, fd int) (*pb.File, error) {
+// describeFd builds the File record of one descriptor and tells whether
+// the descriptor is close-on-exec (a per-descriptor flag, not the file's).
+func describeFd(pid, fd int) (f *pb.File, cloexec bool, err error) {
+	f, err = describeFile(pid, fd)
+	if err == nil {
+		cloexec = f.Flags&unix.O_CLOEXEC != 0
+		f.Flags &^= unix.O_CLOEXEC
+	}
+	return f, cloexec, err
+}
+
+func describeFile(pid, fd int) (*pb.File, error) {
 	link := proc.Path(pid, "fd/"+strconv.Itoa(fd))
 	target, err := os.Readlink(link)
 	if err != nil {
@@ -118,7 +128,7 @@ func describeFd(pid, fd int) (*pb.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fd %d of %d: %w", fd, pid, err)
 	}
-	f := &pb.File{Path: target, Flags: fi.Flags &^ unix.O_CLOEXEC, Pos: fi.Pos, Size: st.Size, Mode: st.Mode, Rdev: st.Rdev}
+	f := &pb.File{Path: target, Flags: fi.Flags, Pos: fi.Pos, Size: st.Size, Mode: st.Mode, Rdev: st.Rdev}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG, unix.S_IFDIR:
 		if st.Mode&unix.S_IFMT == unix.S_IFREG && isShmemName(target) && strings.HasPrefix(target, "/memfd:") {
@@ -177,11 +187,7 @@ func DumpFiles(pid int, p *pb.Process, s *FileSet) error {
 		return err
 	}
 	for _, fd := range fds {
-		f, err := describeFd(pid, fd)
-		if err != nil {
-			return err
-		}
-		fdflags, err := fdFlags(pid, fd)
+		f, cloexec, err := describeFd(pid, fd)
 		if err != nil {
 			return err
 		}
@@ -201,18 +207,9 @@ func DumpFiles(pid int, p *pb.Process, s *FileSet) error {
 			id = s.add(f)
 			s.owners[id] = [2]int{pid, fd}
 		}
-		p.Fds = append(p.Fds, &pb.Fd{Fd: int32(fd), FileId: id, Cloexec: fdflags&unix.O_CLOEXEC != 0})
+		p.Fds = append(p.Fds, &pb.Fd{Fd: int32(fd), FileId: id, Cloexec: cloexec})
 	}
 	return nil
-}
-
-func fdFlags(pid, fd int) (uint32, error) {
-	info, err := os.ReadFile(proc.Path(pid, "fdinfo/"+strconv.Itoa(fd)))
-	if err != nil {
-		return 0, err
-	}
-	fi, err := proc.ParseFdInfo(info)
-	return fi.Flags, err
 }
 
 func (s *FileSet) sameDescription(pid, fd int, f *pb.File) uint32 {
