@@ -53,6 +53,37 @@ func main() {
 	}
 }
 
+// lazyFile creates the image file on the first write, so that a
+// checkpoint refused before it writes anything leaves an existing file
+// untouched and creates none.
+type lazyFile struct {
+	path string
+	f    *os.File
+}
+
+func (l *lazyFile) Write(b []byte) (int, error) {
+	if l.f == nil {
+		f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+		if err != nil {
+			return 0, err
+		}
+		l.f = f
+	}
+	return l.f.Write(b)
+}
+
+// close closes the file, removing it when the image is incomplete.
+func (l *lazyFile) close(failed bool) error {
+	if l.f == nil {
+		return nil
+	}
+	err := l.f.Close()
+	if failed || err != nil {
+		os.Remove(l.path)
+	}
+	return err
+}
+
 func warn(s string) { fmt.Fprintf(os.Stderr, "ckpt: warning: %s\n", s) }
 
 func isTerminal(f *os.File) bool {
@@ -78,19 +109,13 @@ waits until its PID is free, so that a restart can follow at once.`,
 			if err != nil || pid <= 0 {
 				return fmt.Errorf("checkpoint: %q is not a process id", args[0])
 			}
-			if err := checkpoint.Preflight(pid); err != nil {
-				return fmt.Errorf("checkpoint %d: %w", pid, err)
-			}
 			// A reader that goes away (`| head`) must fail the checkpoint
 			// with an error, not kill ckpt with SIGPIPE.
 			signal.Ignore(syscall.SIGPIPE)
 			var w io.Writer = os.Stdout
-			var f *os.File
+			var f *lazyFile
 			if out != "" && out != "-" {
-				f, err = os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-				if err != nil {
-					return fmt.Errorf("checkpoint: %w", err)
-				}
+				f = &lazyFile{path: out}
 				w = f
 			} else if isTerminal(os.Stdout) {
 				return fmt.Errorf("checkpoint: refusing to write an image to a terminal; use -o FILE or redirect stdout")
@@ -99,11 +124,8 @@ waits until its PID is free, so that a restart can follow at once.`,
 			st, err := checkpoint.Run(checkpoint.Options{Pid: pid, Kill: kill, Out: w, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Freezer: freezerDir, Progress: &prog.count, Compress: compress})
 			prog.finish()
 			if f != nil {
-				if cerr := f.Close(); err == nil && cerr != nil {
+				if cerr := f.close(err != nil); err == nil && cerr != nil {
 					err = fmt.Errorf("checkpoint: write %s: %w", out, cerr)
-				}
-				if err != nil {
-					os.Remove(out)
 				}
 			}
 			if err != nil {
