@@ -62,6 +62,9 @@ type Options struct {
 	// Compress writes the image as a zstd stream (for slow links); restart
 	// and inspect recognise it.
 	Compress bool
+	// Container checkpoints a whole container: Pid must be PID 1 of its
+	// PID namespace; the image holds PIDs as seen inside it.
+	Container bool
 }
 
 // Stats describes a finished checkpoint.
@@ -74,8 +77,8 @@ type Stats struct {
 func (o *Options) fault(point string) error { return fault.At(o.Fault, point) }
 
 // Preflight checks, without touching them, that ckpt can checkpoint pid
-// and its descendants.
-func Preflight(pid int) error {
+// and its descendants (as a container if container is set).
+func Preflight(pid int, container bool) error {
 	if pid <= 0 {
 		return fmt.Errorf("invalid pid %d", pid)
 	}
@@ -95,6 +98,11 @@ func Preflight(pid int) error {
 	if st.Flags&0x00200000 != 0 { // PF_KTHREAD
 		return fmt.Errorf("process %d (%s) is a kernel thread", pid, st.Comm)
 	}
+	if container {
+		if err := checkContainerInit(pid); err != nil {
+			return err
+		}
+	}
 	pids, err := tree(pid)
 	if err != nil {
 		return err
@@ -113,6 +121,11 @@ func Preflight(pid int) error {
 			return err
 		}
 	}
+	outer, err := resource.ReadNsIds(0)
+	if err != nil {
+		return err
+	}
+	nsOf := map[int]*pb.NsIds{}
 	for _, p := range pids {
 		if p == os.Getpid() {
 			return fmt.Errorf("ckpt itself (pid %d) is a descendant of %d; run ckpt from outside the tree it checkpoints", p, pid)
@@ -126,6 +139,18 @@ func Preflight(pid int) error {
 		}
 		if st.State == 'Z' {
 			continue
+		}
+		have := outer
+		if p != pid {
+			if have = nsOf[st.Ppid]; have == nil {
+				continue // reparented meanwhile: the freeze re-walks the tree
+			}
+		}
+		if nsOf[p], err = resource.ReadNsIds(p); err != nil && !gone(p) {
+			return err
+		}
+		if err := resource.PreflightNamespaces(p, have, p == pid, container); err != nil && !gone(p) {
+			return err
 		}
 		if err := resource.PreflightTask(p); err != nil && !gone(p) {
 			return err
@@ -265,7 +290,7 @@ func tree(pid int) ([]int, error) {
 
 // Run checkpoints one process into opts.Out.
 func Run(opts Options) (*Stats, error) {
-	if err := Preflight(opts.Pid); err != nil {
+	if err := Preflight(opts.Pid, opts.Container); err != nil {
 		return nil, fmt.Errorf("checkpoint %d: %w", opts.Pid, err)
 	}
 	var stats Stats
@@ -600,6 +625,22 @@ func dump(opts *Options, stats *Stats) (err error) {
 		procs = append(procs, &pb.Process{Pid: uint32(z.Pid), Ppid: uint32(z.Ppid), Pgid: uint32(z.Pgrp), Sid: uint32(z.Session),
 			Comm: z.Comm, ExitSignal: uint32(z.ExitSignal), Zombie: true, ExitCode: uint32(z.ExitCode)})
 	}
+	outer, err := resource.ReadNsIds(0)
+	if err != nil {
+		return err
+	}
+	namespaces, err := collectNamespaces(procs, outer)
+	if err != nil {
+		return err
+	}
+	rootPid := uint32(opts.Pid)
+	if opts.Container {
+		if err := translatePids(procs); err != nil {
+			return err
+		}
+		rootPid = procs[0].Pid
+	}
+	hdr := newHeader(rootPid, outer, opts.Container)
 
 	out := opts.Out
 	var enc *zstd.Encoder
@@ -614,7 +655,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 		return err
 	}
 	w.Progress = opts.Progress
-	if err := writeImage(opts, w, dumped, procs, mms, files); err != nil {
+	if err := writeImage(opts, w, hdr, namespaces, dumped, procs, mms, files); err != nil {
 		if ferr := w.Fail(err); ferr != nil && opts.Warn != nil {
 			opts.Warn("could not record the failure in the image: " + ferr.Error())
 		}
@@ -640,8 +681,11 @@ func dump(opts *Options, stats *Stats) (err error) {
 			}
 		}
 		// Consume the tracer's exit reports so that parents can reap:
-		// other threads first, a leader is reported only after them.
-		for _, f := range ft.procs {
+		// other threads first, a leader is reported only after them;
+		// children before parents, as a dying PID-namespace init waits
+		// for its children to be reaped.
+		for j := len(ft.procs) - 1; j >= 0; j-- {
+			f := ft.procs[j]
 			for i := len(f.threads) - 1; i >= 0; i-- {
 				ptrace.Wait(f.threads[i].tid)
 			}
@@ -683,6 +727,9 @@ func collect(opts *Options, f *frozen, files *resource.FileSet, mmID uint32, fil
 		}
 	}
 	if err := resource.DumpTask(f.pid, p); err != nil {
+		return nil, nil, err
+	}
+	if p.Ns, err = resource.ReadNsIds(f.pid); err != nil {
 		return nil, nil, err
 	}
 	if filesOwner == 0 {
@@ -753,17 +800,28 @@ func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64) error
 	return nil
 }
 
-func writeImage(opts *Options, w *image.Writer, dumped []*frozen, procs []*pb.Process, mms []*pb.Mm, files *resource.FileSet) error {
+// newHeader describes the image and the machine it comes from.
+func newHeader(rootPid uint32, outer *pb.NsIds, container bool) *pb.Header {
 	host, _ := os.Hostname()
 	var uts unix.Utsname
 	unix.Uname(&uts)
-	hdr := &pb.Header{
+	return &pb.Header{
 		FormatVersion: image.FormatVersion, Arch: runtime.GOARCH, PageSize: image.PageSize,
 		Kernel:      unix.ByteSliceToString(uts.Release[:]) + " " + unix.ByteSliceToString(uts.Version[:]),
-		ToolVersion: Version, TimeUnixNano: time.Now().UnixNano(), Hostname: host, RootPid: uint32(opts.Pid),
+		ToolVersion: Version, TimeUnixNano: time.Now().UnixNano(), Hostname: host, RootPid: rootPid,
+		OuterNs: outer, Container: container,
 	}
+}
+
+func writeImage(opts *Options, w *image.Writer, hdr *pb.Header, namespaces []*pb.Namespace, dumped []*frozen, procs []*pb.Process, mms []*pb.Mm, files *resource.FileSet) error {
 	if err := w.Message(image.TypeHeader, hdr); err != nil {
 		return err
+	}
+	// Namespaces first: restart creates them before it opens any file.
+	for _, ns := range namespaces {
+		if err := w.Message(image.TypeNamespace, ns); err != nil {
+			return err
+		}
 	}
 	for _, file := range files.Files {
 		if err := w.Message(image.TypeFile, file); err != nil {
@@ -786,7 +844,7 @@ func writeImage(opts *Options, w *image.Writer, dumped []*frozen, procs []*pb.Pr
 		return err
 	}
 	for i, f := range dumped {
-		t := &resource.Target{Pid: f.pid}
+		t := &resource.Target{Pid: f.pid} // pages are read by host PID
 		if err := resource.DumpPages(t, mms[i], w); err != nil {
 			return fmt.Errorf("process %d: %w", f.pid, err)
 		}

@@ -54,18 +54,25 @@ const (
 	TypePad     Type = 7
 	TypeError   Type = 8
 	TypeTail    Type = 9
+	// TypeNamespace is a namespace restart re-creates (pb.Namespace).
+	TypeNamespace Type = 10
+	// TypeLeaks lists what the processes share with processes outside
+	// them (pb.Leaks).
+	TypeLeaks Type = 16
 )
 
 var typeNames = map[Type]string{
-	TypeHeader:  "header",
-	TypeFile:    "file",
-	TypeMm:      "mm",
-	TypeProcess: "process",
-	TypePageMap: "pagemap",
-	TypePages:   "pages",
-	TypePad:     "pad",
-	TypeError:   "error",
-	TypeTail:    "tail",
+	TypeHeader:    "header",
+	TypeFile:      "file",
+	TypeMm:        "mm",
+	TypeProcess:   "process",
+	TypePageMap:   "pagemap",
+	TypePages:     "pages",
+	TypePad:       "pad",
+	TypeError:     "error",
+	TypeTail:      "tail",
+	TypeNamespace: "namespace",
+	TypeLeaks:     "leaks",
 }
 
 func (t Type) String() string {

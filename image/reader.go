@@ -174,9 +174,10 @@ func (r *Reader) Next() (Record, error) {
 			r.left = length
 			r.pages += length / PageSize
 			return rec, nil
-		case TypeHeader, TypeFile, TypeMm, TypeProcess, TypePageMap, TypeError, TypeTail:
 		default:
-			return Record{}, fmt.Errorf("image damaged at byte %d: unknown record type %d", start, uint32(t))
+			if _, known := typeNames[t]; !known {
+				return Record{}, fmt.Errorf("image damaged at byte %d: unknown record type %d", start, uint32(t))
+			}
 		}
 		if length > MaxMetadata {
 			return Record{}, fmt.Errorf("image damaged at byte %d: %v record of %d bytes", start, t, length)

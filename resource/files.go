@@ -398,22 +398,20 @@ type FdPuller struct {
 // highFd bounds descriptor numbers in an image.
 const highFd = 1 << 20
 
-// NewFdPuller opens, in the stub, a pidfd for ckpt itself, numbered at
-// least minFd so that it is out of the way of the descriptors to restore.
-func NewFdPuller(t *Target, minFd uint64) (*FdPuller, error) {
-	fd, err := t.Syscall(unix.SYS_PIDFD_OPEN, uint64(os.Getpid()), 0)
-	if err != nil {
-		return nil, fmt.Errorf("pidfd_open in stub: %w", err)
-	}
-	hi, err := t.Syscall(unix.SYS_FCNTL, fd, unix.F_DUPFD_CLOEXEC, minFd)
+// NewFdPuller gives the stub its own descriptor for ckpt's pidfd, copied
+// from the one it holds at from and numbered at least minFd, out of the way
+// of the descriptors to restore. The pidfd is inherited rather than opened
+// by PID because ckpt has no PID inside a container's PID namespace.
+func NewFdPuller(t *Target, from, minFd uint64) (*FdPuller, error) {
+	hi, err := t.Syscall(unix.SYS_FCNTL, from, unix.F_DUPFD_CLOEXEC, minFd)
 	if err != nil {
 		return nil, fmt.Errorf("move stub pidfd: %w", err)
 	}
-	if _, err := t.Syscall(unix.SYS_CLOSE, fd); err != nil {
-		return nil, err
-	}
 	return &FdPuller{t: t, pidfd: hi}, nil
 }
+
+// Fd is the stub's descriptor of ckpt's pidfd.
+func (p *FdPuller) Fd() uint64 { return p.pidfd }
 
 // Pull copies ckpt's descriptor fd into the stub and returns its number
 // there (close-on-exec set).

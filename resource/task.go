@@ -219,7 +219,7 @@ func SetName(t *Target, name string) error {
 
 // PreflightTask refuses, before anything is touched, process state that
 // ckpt cannot restore and would otherwise silently drop or change: POSIX
-// timers, seccomp filters, namespaces other than ckpt's own, and a
+// timers, seccomp filters and a
 // capability set other than the one its credentials give at restart.
 func PreflightTask(pid int) error {
 	if b, err := os.ReadFile(proc.Path(pid, "timers")); err == nil && len(strings.TrimSpace(string(b))) > 0 {
@@ -231,13 +231,6 @@ func PreflightTask(pid int) error {
 	}
 	if v := st["Seccomp"]; v != "" && v != "0" {
 		return fmt.Errorf("process %d runs under seccomp (mode %s): %w yet; restoring it without its filter would weaken it", pid, v, ErrUnsupported)
-	}
-	for _, ns := range []string{"mnt", "pid", "net", "ipc", "uts", "user", "cgroup", "time"} {
-		theirs, err1 := os.Readlink(proc.Path(pid, "ns/"+ns))
-		ours, err2 := os.Readlink("/proc/self/ns/" + ns)
-		if err1 == nil && err2 == nil && theirs != ours {
-			return fmt.Errorf("process %d is in another %s namespace than ckpt (%s): containers are %w yet; run ckpt inside it", pid, ns, theirs, ErrUnsupported)
-		}
 	}
 	self, err := proc.ReadStatus(os.Getpid())
 	if err != nil {

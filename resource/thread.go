@@ -225,13 +225,13 @@ func FinishThread(t *Target, th *pb.Thread) error {
 	// SIGSTOP pending), it would at least be on its own code.
 	safe := regs
 	safe.Orig_rax = ^uint64(0)
-	if err := ptrace.SetRegs(int(th.Tid), &safe); err != nil {
+	if err := ptrace.SetRegs(t.Inj.Tid, &safe); err != nil {
 		return err
 	}
-	if err := stopForRelease(t, int(th.Tid)); err != nil {
+	if err := stopForRelease(t, t.Inj.Tid); err != nil {
 		return err
 	}
-	return ptrace.SetRegs(int(th.Tid), &regs)
+	return ptrace.SetRegs(t.Inj.Tid, &regs)
 }
 
 // restartSleep re-creates, in a restored thread stopped at a syscall-exit
@@ -272,20 +272,20 @@ func restartSleep(t *Target, th *pb.Thread) error {
 	default:
 		return fmt.Errorf("image damaged: sleep restart for syscall %d", rs.Nr)
 	}
-	if err := ptrace.SetRegs(int(th.Tid), &r); err != nil {
+	if err := ptrace.SetRegs(t.Inj.Tid, &r); err != nil {
 		return err
 	}
-	if err := ptrace.Cont(int(th.Tid), 0); err != nil {
+	if err := ptrace.Cont(t.Inj.Tid, 0); err != nil {
 		return err
 	}
 	// Wait until the thread sleeps in the call, then interrupt it.
 	deadline := time.Now().Add(2 * time.Second)
 	for time.Now().Before(deadline) {
-		st, err := proc.ReadStat(int(th.Tid))
+		st, err := proc.ReadStat(t.Inj.Tid)
 		if err != nil {
 			return err
 		}
-		sc, _ := os.ReadFile(proc.Path(int(th.Tid), "syscall"))
+		sc, _ := os.ReadFile(proc.Path(t.Inj.Tid, "syscall"))
 		if st.State == 'S' && strings.HasPrefix(string(sc), fmt.Sprint(rs.Nr)+" ") {
 			break
 		}
@@ -294,20 +294,20 @@ func restartSleep(t *Target, th *pb.Thread) error {
 	// SIGSTOP interrupts the sleep whatever the mask; the tracer sees it
 	// as a signal-delivery stop inside signal handling, and the release
 	// (which discards it) runs the kernel's restart logic.
-	if err := unix.Tgkill(t.Pid, int(th.Tid), unix.SIGSTOP); err != nil {
+	if err := unix.Tgkill(t.Pid, t.Inj.Tid, unix.SIGSTOP); err != nil {
 		return fmt.Errorf("interrupt restored sleep: %w", err)
 	}
-	ws, err := ptrace.Wait(int(th.Tid))
+	ws, err := ptrace.Wait(t.Inj.Tid)
 	if err != nil {
 		return err
 	}
 	if !ws.Stopped() || ws.StopSignal() != unix.SIGSTOP {
-		return fmt.Errorf("restored sleep of %d: unexpected stop %v", th.Tid, ws.StopSignal())
+		return fmt.Errorf("restored sleep of %d: unexpected stop %v", t.Inj.Tid, ws.StopSignal())
 	}
 	if err := t.WriteMem(tsAddr, saved); err != nil {
 		return err
 	}
-	now, err := ptrace.GetRegs(int(th.Tid))
+	now, err := ptrace.GetRegs(t.Inj.Tid)
 	if err != nil {
 		return err
 	}
@@ -316,7 +316,7 @@ func restartSleep(t *Target, th *pb.Thread) error {
 		orig.Rax = now.Rax
 		orig.Orig_rax = ^uint64(0)
 	}
-	return ptrace.SetRegs(int(th.Tid), &orig)
+	return ptrace.SetRegs(t.Inj.Tid, &orig)
 }
 
 // guessRestartedSleep tells which call a thread in restart_syscall made, from

@@ -84,7 +84,8 @@ type task struct {
 	targets  []*resource.Target // one per thread, filled by finish
 	// table is the descriptor table the process uses: its own, or that of
 	// the process it shares it with (CLONE_FILES).
-	table []*pb.Fd
+	table      []*pb.Fd
+	filesOwner *task
 	// mmOwner is the task whose address space this one shares (CLONE_VM),
 	// and mmSharers the tasks sharing this one's.
 	mmOwner   *task
@@ -101,6 +102,7 @@ func restore(opts *Options) (res *Result, err error) {
 	files.Terminal = opts.Terminal
 	defer files.Close()
 	mms := map[uint32]*pb.Mm{}
+	nss := namespaces{}
 	var tasks []*task
 	byMm := map[uint32]*task{}
 	built := false
@@ -122,10 +124,18 @@ func restore(opts *Options) (res *Result, err error) {
 		if err != nil {
 			return nil, err
 		}
-		if built && (rec.Type == image.TypeFile || rec.Type == image.TypeMm || rec.Type == image.TypeProcess) {
+		if built && (rec.Type == image.TypeFile || rec.Type == image.TypeMm || rec.Type == image.TypeProcess || rec.Type == image.TypeNamespace) {
 			return nil, fmt.Errorf("image damaged: %v record at byte %d after the pages began", rec.Type, rec.Offset)
 		}
 		switch rec.Type {
+		case image.TypeNamespace:
+			ns := &pb.Namespace{}
+			if err := image.Unmarshal(rec, ns); err != nil {
+				return nil, err
+			}
+			if err := nss.add(ns); err != nil {
+				return nil, err
+			}
 		case image.TypeFile:
 			f := &pb.File{}
 			if err := image.Unmarshal(rec, f); err != nil {
@@ -167,7 +177,7 @@ func restore(opts *Options) (res *Result, err error) {
 			tasks = append(tasks, t)
 		case image.TypePageMap:
 			if !built {
-				if created, err = build(opts, r.Header, tasks, files); err != nil {
+				if created, err = build(opts, r.Header, nss, tasks, files); err != nil {
 					return nil, err
 				}
 				built = true
@@ -209,7 +219,7 @@ func restore(opts *Options) (res *Result, err error) {
 		}
 	}
 	if !built {
-		if created, err = build(opts, r.Header, tasks, files); err != nil {
+		if created, err = build(opts, r.Header, nss, tasks, files); err != nil {
 			return nil, err
 		}
 	}
@@ -233,7 +243,7 @@ func restore(opts *Options) (res *Result, err error) {
 	if fg := root.p.TtyFgPgid; opts.Foreground && opts.Terminal != nil && fg != 0 && fg == root.p.Pgid && fg == root.p.Pid {
 		// Before the release, so that the job's first read of the terminal
 		// does not stop it with SIGTTIN.
-		if err := unix.IoctlSetPointerInt(int(opts.Terminal.Fd()), unix.TIOCSPGRP, int(fg)); err != nil {
+		if err := unix.IoctlSetPointerInt(int(opts.Terminal.Fd()), unix.TIOCSPGRP, root.s.pid); err != nil {
 			return nil, fmt.Errorf("make process group %d the terminal's foreground: %w", fg, err)
 		}
 	}
@@ -243,7 +253,7 @@ func restore(opts *Options) (res *Result, err error) {
 			return nil, err
 		}
 	}
-	return &Result{Pid: int(root.p.Pid), Comm: root.p.Comm}, nil
+	return &Result{Pid: root.s.pid, Comm: root.p.Comm}, nil
 }
 
 func validateProcess(p *pb.Process, mm *pb.Mm) error {
@@ -296,7 +306,7 @@ func checkPidFree(pid int) error {
 // build creates every process of the image with its original PID, parent,
 // session and group, turns zombies into zombies, and prepares each live
 // process's address space for its pages. It returns the stubs created.
-func build(opts *Options, hdr *pb.Header, tasks []*task, files *resource.OpenFiles) (created []*stub, err error) {
+func build(opts *Options, hdr *pb.Header, nss namespaces, tasks []*task, files *resource.OpenFiles) (created []*stub, err error) {
 	if len(tasks) == 0 {
 		return nil, fmt.Errorf("image holds no process")
 	}
@@ -321,6 +331,7 @@ func build(opts *Options, hdr *pb.Header, tasks []*task, files *resource.OpenFil
 				return nil, fmt.Errorf("image damaged: process %d shares the descriptors of %d", t.p.Pid, o)
 			}
 			t.table = byPid[o].p.Fds
+			t.filesOwner = byPid[o]
 		}
 	}
 	root := tasks[0]
@@ -334,9 +345,20 @@ func build(opts *Options, hdr *pb.Header, tasks []*task, files *resource.OpenFil
 		}
 		parent.children = append(parent.children, t)
 	}
+	rootFlags, err := nss.newFlags(root.p, hdr.OuterNs, true, hdr.Container)
+	if err != nil {
+		return nil, err
+	}
+	if hdr.Container && rootFlags&unix.CLONE_NEWPID == 0 {
+		return nil, fmt.Errorf("image damaged: a container image whose init has no PID namespace of its own")
+	}
 	// Every PID and TID the image needs must be free; name each one taken.
+	// (A new PID namespace has them all.)
 	var taken []string
 	for _, t := range tasks {
+		if rootFlags&unix.CLONE_NEWPID != 0 {
+			break
+		}
 		ids := []uint32{t.p.Pid}
 		for _, th := range t.p.Threads[min(1, len(t.p.Threads)):] {
 			ids = append(ids, th.Tid)
@@ -363,7 +385,13 @@ func build(opts *Options, hdr *pb.Header, tasks []*task, files *resource.OpenFil
 		return nil, err
 	}
 	defer s0.kill()
-	if root.s, err = cloneInSession(s0, root, byPid, unix.CLONE_PARENT, 0, &created); err != nil {
+	if rootFlags&unix.CLONE_NEWTIME != 0 {
+		if err := nss.prepareTime(s0, root.p); err != nil {
+			return nil, err
+		}
+		rootFlags &^= unix.CLONE_NEWTIME
+	}
+	if root.s, err = cloneInSession(s0, root, byPid, unix.CLONE_PARENT|rootFlags, 0, &created); err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			if perr := checkPidFree(int(root.p.Pid)); perr != nil {
 				return nil, perr
@@ -372,6 +400,9 @@ func build(opts *Options, hdr *pb.Header, tasks []*task, files *resource.OpenFil
 		return nil, err
 	}
 	created = append(created, root.s)
+	if err := nss.fill(root.s, root.p, rootFlags); err != nil {
+		return created, err
+	}
 	// Every signal stays blocked while the tree is built, but SIGTRAP: the
 	// stubs' int3 raises it, and a blocked one would reset its handler.
 	if err := ptrace.SetSigmask(root.s.pid, stubMask); err != nil {
@@ -406,10 +437,17 @@ func build(opts *Options, hdr *pb.Header, tasks []*task, files *resource.OpenFil
 				}
 				flags |= unix.CLONE_FILES
 			}
-			if c.s, err = cloneInSession(t.s, c, byPid, flags, exitSig, &created); err != nil {
+			nsFlags, err := nss.newFlags(c.p, t.p.Ns, false, hdr.Container)
+			if err != nil {
+				return created, err
+			}
+			if c.s, err = cloneInSession(t.s, c, byPid, flags|nsFlags, exitSig, &created); err != nil {
 				return created, fmt.Errorf("process %d: %w", t.p.Pid, err)
 			}
 			created = append(created, c.s)
+			if err := nss.fill(c.s, c.p, nsFlags); err != nil {
+				return created, err
+			}
 		}
 	}
 	if err := opts.fault("stub"); err != nil {
@@ -589,23 +627,34 @@ func prepare(t *task, files *resource.OpenFiles) error {
 }
 
 // preparePuller empties the stub's descriptor table (unless it shares
-// another's) and opens the pidfd it pulls files through.
+// another's) but for its copy of ckpt's pidfd, which it pulls files
+// through.
 func preparePuller(t *task) error {
 	s := t.s
-	// A process sharing another's descriptor table (CLONE_FILES) leaves it
-	// to the owner, which comes first and has emptied it already.
-	if t.p.FilesOwner == 0 {
-		if _, err := s.t.Syscall(unix.SYS_CLOSE_RANGE, 0, ^uint64(0)>>33, 0); err != nil {
-			return fmt.Errorf("close stub descriptors: %w", err)
-		}
-	}
 	maxFd := int32(0)
 	for _, fd := range t.table {
 		maxFd = max(maxFd, fd.Fd)
 	}
+	from := uint64(stubPidfd)
+	if o := t.filesOwner; o != nil {
+		// The owner (an ancestor, prepared before) emptied the shared
+		// table but for its own copy.
+		from = o.pull.Fd()
+	}
 	var err error
-	t.pull, err = resource.NewFdPuller(s.t, uint64(maxFd)+1)
-	return err
+	if t.pull, err = resource.NewFdPuller(s.t, from, uint64(maxFd)+1); err != nil {
+		return err
+	}
+	if t.filesOwner == nil {
+		hi := t.pull.Fd()
+		if _, err := s.t.Syscall(unix.SYS_CLOSE_RANGE, 0, hi-1, 0); err != nil {
+			return fmt.Errorf("close stub descriptors: %w", err)
+		}
+		if _, err := s.t.Syscall(unix.SYS_CLOSE_RANGE, hi+1, ^uint64(0)>>33, 0); err != nil {
+			return fmt.Errorf("close stub descriptors: %w", err)
+		}
+	}
+	return nil
 }
 
 // freeRange finds size bytes of address space that no image area and none
@@ -667,10 +716,10 @@ func finish(opts *Options, tk *task, files *resource.OpenFiles) error {
 	targets := []*resource.Target{t}
 	for _, th := range p.Threads[1:] {
 		tt, err := s.cloneThread(int(th.Tid))
-		s.tids = append(s.tids, int(th.Tid))
 		if err != nil {
 			return err
 		}
+		s.tids = append(s.tids, tt.Inj.Tid)
 		targets = append(targets, tt)
 	}
 	for i, th := range p.Threads {
@@ -692,8 +741,8 @@ func finish(opts *Options, tk *task, files *resource.OpenFiles) error {
 	if err := resource.RestorePendingAndTimers(t, p); err != nil {
 		return err
 	}
-	for _, th := range p.Threads {
-		if err := ptrace.SetXstate(int(th.Tid), th.Xstate); err != nil {
+	for i, th := range p.Threads {
+		if err := ptrace.SetXstate(targets[i].Inj.Tid, th.Xstate); err != nil {
 			return err
 		}
 	}
@@ -741,13 +790,13 @@ func release(tk *task) error {
 	if p.Zombie {
 		return nil
 	}
-	for _, th := range p.Threads {
-		if err := ptrace.SetSigmask(int(th.Tid), th.Sigmask); err != nil {
+	for i, th := range p.Threads {
+		if err := ptrace.SetSigmask(tk.targets[i].Inj.Tid, th.Sigmask); err != nil {
 			return err
 		}
 	}
 	for i := len(p.Threads) - 1; i >= 0; i-- {
-		if err := ptrace.Detach(int(p.Threads[i].Tid), 0); err != nil {
+		if err := ptrace.Detach(tk.targets[i].Inj.Tid, 0); err != nil {
 			return err
 		}
 	}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -63,6 +65,10 @@ type stub struct {
 	tids []int
 }
 
+// stubPidfd is where every stub holds a pidfd of ckpt, inherited from the
+// first stub, to pull descriptors from ckpt with pidfd_getfd.
+const stubPidfd = 3
+
 // scratchPages is the size of a stub's scratch area.
 const scratchPages = 4
 
@@ -86,9 +92,14 @@ func startStub0() (*stub, error) {
 		return nil, err
 	}
 	defer devnull.Close()
+	self, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err != nil {
+		return nil, fmt.Errorf("pidfd_open ckpt: %w", err)
+	}
+	defer unix.Close(self)
 	pid, err := syscall.ForkExec(fmt.Sprintf("/proc/self/fd/%d", fd), []string{"ckpt-stub"}, &syscall.ProcAttr{
 		Env:   []string{},
-		Files: []uintptr{devnull.Fd(), devnull.Fd(), devnull.Fd()},
+		Files: []uintptr{devnull.Fd(), devnull.Fd(), devnull.Fd(), uintptr(self)},
 		Sys:   &syscall.SysProcAttr{Ptrace: true, Pdeathsig: syscall.SIGKILL},
 	})
 	if err != nil {
@@ -121,22 +132,24 @@ type cloneArgs struct {
 	Cgroup                                        uint64
 }
 
-// clone makes the stub create a new stub process with the given PID.
-// With CLONE_PARENT in flags the new process is ckpt's own child (so that
-// ckpt can wait for it); otherwise it is the stub's child and sends
-// exitSignal to it when it ends.
+// clone makes the stub create a new stub process with the given PID (in
+// the new process's own PID namespace). With CLONE_PARENT in flags the new
+// process is ckpt's own child (so that ckpt can wait for it); otherwise it
+// is the stub's child and sends exitSignal to it when it ends.
 func (s *stub) clone(pid int, flags, exitSignal uint64) (*stub, error) {
 	t, err := s.clone3(pid, flags, exitSignal)
 	if err != nil {
 		return nil, fmt.Errorf("create process %d: %w", pid, err)
 	}
-	t.Pid = pid
-	return &stub{pid: pid, code: s.code, t: t}, nil
+	t.Pid = t.Inj.Tid
+	return &stub{pid: t.Pid, code: s.code, t: t}, nil
 }
 
 // clone3 injects clone3 with set_tid = id into the stub and returns the
 // new task (process or thread), stopped before it runs any code, with an
 // injector that uses the stub's code and scratch (inherited or shared).
+// id is the task's ID in its own PID namespace; the injector's Tid is its
+// ID in ckpt's, which every ptrace and /proc access uses.
 func (s *stub) clone3(id int, flags, exitSignal uint64) (*resource.Target, error) {
 	var tid [8]byte
 	binary.LittleEndian.PutUint64(tid[:], uint64(id))
@@ -153,9 +166,13 @@ func (s *stub) clone3(id int, flags, exitSignal uint64) (*resource.Target, error
 	if err != nil {
 		return nil, err
 	}
-	if child != id { // cannot happen with set_tid; never leave it running
-		(&stub{pid: child}).kill()
-		return nil, fmt.Errorf("got id %d", child)
+	if child != id {
+		// In a new PID namespace the two IDs differ; set_tid fixed the one
+		// inside.
+		if inner, err := innerID(child); err != nil || inner != id { // cannot happen
+			(&stub{pid: child}).kill()
+			return nil, fmt.Errorf("got id %d (%d inside, %v)", child, inner, err)
+		}
 	}
 	regs, err := ptrace.GetRegs(child)
 	if err != nil {
@@ -163,6 +180,19 @@ func (s *stub) clone3(id int, flags, exitSignal uint64) (*resource.Target, error
 	}
 	inj := &ptrace.Injector{Tid: child, SyscallAddr: s.code, Base: regs, Trap: true}
 	return &resource.Target{Pid: s.pid, Inj: inj, Scratch: s.t.Scratch, ScratchLen: s.t.ScratchLen}, nil
+}
+
+// innerID is the ID of task tid in its own PID namespace.
+func innerID(tid int) (int, error) {
+	st, err := proc.ReadStatus(tid)
+	if err != nil {
+		return 0, err
+	}
+	f := strings.Fields(st["NSpid"])
+	if len(f) == 0 {
+		return 0, fmt.Errorf("task %d has no NSpid", tid)
+	}
+	return strconv.Atoi(f[len(f)-1])
 }
 
 // threadFlags make a clone3 child a thread of the stub.

@@ -34,7 +34,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(checkpointCmd(), restartCmd(), inspectCmd(), checkCmd())
+	root.AddCommand(checkpointCmd(), restartCmd(), inspectCmd(), checkCmd(), runCmd(), initCmd())
 	// CKPT_CPUPROFILE=FILE writes a Go CPU profile, for performance work.
 	if p := os.Getenv("CKPT_CPUPROFILE"); p != "" {
 		if f, err := os.Create(p); err == nil {
@@ -93,16 +93,20 @@ func isTerminal(f *os.File) bool {
 
 func checkpointCmd() *cobra.Command {
 	var out, freezerDir string
-	var kill, verbose, compress bool
+	var kill, verbose, compress, container bool
 	c := &cobra.Command{
-		Use:     "checkpoint [--kill] [--compress] [--freezer DIR] [-o FILE] PID",
+		Use:     "checkpoint [--kill] [--compress] [--container] [--freezer DIR] [-o FILE] PID",
 		Aliases: []string{"dump"},
 		Short:   "Write an image of a running process to FILE or stdout",
 		Long: `Checkpoint PID into FILE, or to standard output when -o is absent.
 
 The process is frozen only while it is dumped and keeps running afterwards,
 unless --kill is given: then it is killed once the image is complete, and ckpt
-waits until its PID is free, so that a restart can follow at once.`,
+waits until its PID is free, so that a restart can follow at once.
+
+With --container, PID is the init (PID 1) of a container's PID namespace
+(see ckpt run): the whole container is checkpointed with its namespaces, and
+ckpt restart rebuilds it in new ones.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pid, err := strconv.Atoi(args[0])
@@ -121,7 +125,7 @@ waits until its PID is free, so that a restart can follow at once.`,
 				return fmt.Errorf("checkpoint: refusing to write an image to a terminal; use -o FILE or redirect stdout")
 			}
 			prog := startProgress("checkpoint", 0)
-			st, err := checkpoint.Run(checkpoint.Options{Pid: pid, Kill: kill, Out: w, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Freezer: freezerDir, Progress: &prog.count, Compress: compress})
+			st, err := checkpoint.Run(checkpoint.Options{Pid: pid, Kill: kill, Out: w, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Freezer: freezerDir, Progress: &prog.count, Compress: compress, Container: container})
 			prog.finish()
 			if f != nil {
 				if cerr := f.close(err != nil); err == nil && cerr != nil {
@@ -138,6 +142,7 @@ waits until its PID is free, so that a restart can follow at once.`,
 		},
 	}
 	c.Flags().StringVarP(&out, "output", "o", "", "write the image to `FILE` (default: standard output)")
+	c.Flags().BoolVar(&container, "container", false, "checkpoint the whole container whose init is PID")
 	c.Flags().BoolVar(&kill, "kill", false, "kill the process once the image is complete")
 	c.Flags().BoolVar(&compress, "compress", false, "write a zstd-compressed image (for slow links; restart reads it as is)")
 	c.Flags().StringVar(&freezerDir, "freezer", "", "stop the tree with the freezer cgroup `DIR` (v1 freezer.state or v2 cgroup.freeze) that holds it; tasks the user froze stay frozen")

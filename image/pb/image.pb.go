@@ -119,6 +119,67 @@ func (File_Kind) EnumDescriptor() ([]byte, []int) {
 	return file_image_pb_image_proto_rawDescGZIP(), []int{1, 0}
 }
 
+type Namespace_Kind int32
+
+const (
+	Namespace_UNKNOWN Namespace_Kind = 0
+	Namespace_UTS     Namespace_Kind = 1
+	Namespace_IPC     Namespace_Kind = 2
+	Namespace_NET     Namespace_Kind = 3
+	Namespace_MNT     Namespace_Kind = 4
+	Namespace_PID     Namespace_Kind = 5
+	Namespace_TIME    Namespace_Kind = 6
+)
+
+// Enum value maps for Namespace_Kind.
+var (
+	Namespace_Kind_name = map[int32]string{
+		0: "UNKNOWN",
+		1: "UTS",
+		2: "IPC",
+		3: "NET",
+		4: "MNT",
+		5: "PID",
+		6: "TIME",
+	}
+	Namespace_Kind_value = map[string]int32{
+		"UNKNOWN": 0,
+		"UTS":     1,
+		"IPC":     2,
+		"NET":     3,
+		"MNT":     4,
+		"PID":     5,
+		"TIME":    6,
+	}
+)
+
+func (x Namespace_Kind) Enum() *Namespace_Kind {
+	p := new(Namespace_Kind)
+	*p = x
+	return p
+}
+
+func (x Namespace_Kind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Namespace_Kind) Descriptor() protoreflect.EnumDescriptor {
+	return file_image_pb_image_proto_enumTypes[1].Descriptor()
+}
+
+func (Namespace_Kind) Type() protoreflect.EnumType {
+	return &file_image_pb_image_proto_enumTypes[1]
+}
+
+func (x Namespace_Kind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Namespace_Kind.Descriptor instead.
+func (Namespace_Kind) EnumDescriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{19, 0}
+}
+
 // Header is the first record of every image.
 type Header struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -130,7 +191,15 @@ type Header struct {
 	TimeUnixNano  int64                  `protobuf:"varint,6,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
 	Hostname      string                 `protobuf:"bytes,7,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	// root_pid is the process the checkpoint was asked for.
-	RootPid       uint32 `protobuf:"varint,8,opt,name=root_pid,json=rootPid,proto3" json:"root_pid,omitempty"`
+	RootPid uint32 `protobuf:"varint,8,opt,name=root_pid,json=rootPid,proto3" json:"root_pid,omitempty"`
+	// outer_ns are ckpt's own namespaces at checkpoint: a process whose
+	// namespace of some kind differs from its parent's (the root's: from
+	// these) had a namespace of its own, which restart re-creates.
+	OuterNs *NsIds `protobuf:"bytes,50,opt,name=outer_ns,json=outerNs,proto3" json:"outer_ns,omitempty"`
+	// container marks a checkpoint of a whole container (--container): the
+	// root is PID 1 of its PID namespace, every PID in the image is a PID
+	// inside it, and restart rebuilds it in a new PID namespace.
+	Container     bool `protobuf:"varint,51,opt,name=container,proto3" json:"container,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -219,6 +288,20 @@ func (x *Header) GetRootPid() uint32 {
 		return x.RootPid
 	}
 	return 0
+}
+
+func (x *Header) GetOuterNs() *NsIds {
+	if x != nil {
+		return x.OuterNs
+	}
+	return nil
+}
+
+func (x *Header) GetContainer() bool {
+	if x != nil {
+		return x.Container
+	}
+	return false
 }
 
 // File is an open file description.
@@ -1478,7 +1561,9 @@ type Process struct {
 	// (CLONE_VM without CLONE_THREAD); mm_id then names the owner's Mm.
 	MmOwner uint32 `protobuf:"varint,24,opt,name=mm_owner,json=mmOwner,proto3" json:"mm_owner,omitempty"`
 	// no_new_privs is prctl(PR_SET_NO_NEW_PRIVS).
-	NoNewPrivs    bool `protobuf:"varint,25,opt,name=no_new_privs,json=noNewPrivs,proto3" json:"no_new_privs,omitempty"`
+	NoNewPrivs bool `protobuf:"varint,25,opt,name=no_new_privs,json=noNewPrivs,proto3" json:"no_new_privs,omitempty"`
+	// ns are the namespaces the process is in.
+	Ns            *NsIds `protobuf:"bytes,50,opt,name=ns,proto3" json:"ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1686,6 +1771,13 @@ func (x *Process) GetNoNewPrivs() bool {
 		return x.NoNewPrivs
 	}
 	return false
+}
+
+func (x *Process) GetNs() *NsIds {
+	if x != nil {
+		return x.Ns
+	}
+	return nil
 }
 
 type PageRun struct {
@@ -1929,11 +2021,320 @@ func (x *Tail) GetProcesses() uint32 {
 	return 0
 }
 
+// NsIds names a process's namespaces by the inode numbers of
+// /proc/PID/ns/KIND (unique while the namespace exists). They only tell
+// namespaces apart within one image.
+type NsIds struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ipc           uint64                 `protobuf:"varint,1,opt,name=ipc,proto3" json:"ipc,omitempty"`
+	Uts           uint64                 `protobuf:"varint,2,opt,name=uts,proto3" json:"uts,omitempty"`
+	Net           uint64                 `protobuf:"varint,3,opt,name=net,proto3" json:"net,omitempty"`
+	Mnt           uint64                 `protobuf:"varint,4,opt,name=mnt,proto3" json:"mnt,omitempty"`
+	Pid           uint64                 `protobuf:"varint,5,opt,name=pid,proto3" json:"pid,omitempty"`
+	Time          uint64                 `protobuf:"varint,6,opt,name=time,proto3" json:"time,omitempty"`
+	Cgroup        uint64                 `protobuf:"varint,7,opt,name=cgroup,proto3" json:"cgroup,omitempty"`
+	User          uint64                 `protobuf:"varint,8,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NsIds) Reset() {
+	*x = NsIds{}
+	mi := &file_image_pb_image_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NsIds) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NsIds) ProtoMessage() {}
+
+func (x *NsIds) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NsIds.ProtoReflect.Descriptor instead.
+func (*NsIds) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *NsIds) GetIpc() uint64 {
+	if x != nil {
+		return x.Ipc
+	}
+	return 0
+}
+
+func (x *NsIds) GetUts() uint64 {
+	if x != nil {
+		return x.Uts
+	}
+	return 0
+}
+
+func (x *NsIds) GetNet() uint64 {
+	if x != nil {
+		return x.Net
+	}
+	return 0
+}
+
+func (x *NsIds) GetMnt() uint64 {
+	if x != nil {
+		return x.Mnt
+	}
+	return 0
+}
+
+func (x *NsIds) GetPid() uint64 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *NsIds) GetTime() uint64 {
+	if x != nil {
+		return x.Time
+	}
+	return 0
+}
+
+func (x *NsIds) GetCgroup() uint64 {
+	if x != nil {
+		return x.Cgroup
+	}
+	return 0
+}
+
+func (x *NsIds) GetUser() uint64 {
+	if x != nil {
+		return x.User
+	}
+	return 0
+}
+
+// Namespace is the state of one namespace the image re-creates (record
+// type 10), written before the processes. IPC, mount and network contents
+// have their own records, keyed by the same id.
+type Namespace struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  Namespace_Kind         `protobuf:"varint,1,opt,name=kind,proto3,enum=ckpt.image.v1.Namespace_Kind" json:"kind,omitempty"`
+	Id    uint64                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	// UTS: host and domain name.
+	Hostname   string `protobuf:"bytes,3,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Domainname string `protobuf:"bytes,4,opt,name=domainname,proto3" json:"domainname,omitempty"`
+	// TIME: the offsets of CLOCK_MONOTONIC and CLOCK_BOOTTIME.
+	MonotonicOffsetNs int64 `protobuf:"varint,5,opt,name=monotonic_offset_ns,json=monotonicOffsetNs,proto3" json:"monotonic_offset_ns,omitempty"`
+	BoottimeOffsetNs  int64 `protobuf:"varint,6,opt,name=boottime_offset_ns,json=boottimeOffsetNs,proto3" json:"boottime_offset_ns,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *Namespace) Reset() {
+	*x = Namespace{}
+	mi := &file_image_pb_image_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Namespace) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Namespace) ProtoMessage() {}
+
+func (x *Namespace) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Namespace.ProtoReflect.Descriptor instead.
+func (*Namespace) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *Namespace) GetKind() Namespace_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return Namespace_UNKNOWN
+}
+
+func (x *Namespace) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Namespace) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *Namespace) GetDomainname() string {
+	if x != nil {
+		return x.Domainname
+	}
+	return ""
+}
+
+func (x *Namespace) GetMonotonicOffsetNs() int64 {
+	if x != nil {
+		return x.MonotonicOffsetNs
+	}
+	return 0
+}
+
+func (x *Namespace) GetBoottimeOffsetNs() int64 {
+	if x != nil {
+		return x.BoottimeOffsetNs
+	}
+	return 0
+}
+
+// Leak is something the checkpointed processes share with a process
+// outside them (record type 16 holds them all in a Leaks).
+type Leak struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// pid is the process inside (a PID of the image).
+	Pid uint32 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	// what names the shared object ("pipe:[1234] fd 3", "ipc namespace").
+	What string `protobuf:"bytes,2,opt,name=what,proto3" json:"what,omitempty"`
+	// outside_pid and outside_comm name a process outside that holds it.
+	OutsidePid    uint32 `protobuf:"varint,3,opt,name=outside_pid,json=outsidePid,proto3" json:"outside_pid,omitempty"`
+	OutsideComm   string `protobuf:"bytes,4,opt,name=outside_comm,json=outsideComm,proto3" json:"outside_comm,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Leak) Reset() {
+	*x = Leak{}
+	mi := &file_image_pb_image_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Leak) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Leak) ProtoMessage() {}
+
+func (x *Leak) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Leak.ProtoReflect.Descriptor instead.
+func (*Leak) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Leak) GetPid() uint32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *Leak) GetWhat() string {
+	if x != nil {
+		return x.What
+	}
+	return ""
+}
+
+func (x *Leak) GetOutsidePid() uint32 {
+	if x != nil {
+		return x.OutsidePid
+	}
+	return 0
+}
+
+func (x *Leak) GetOutsideComm() string {
+	if x != nil {
+		return x.OutsideComm
+	}
+	return ""
+}
+
+type Leaks struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Leaks         []*Leak                `protobuf:"bytes,1,rep,name=leaks,proto3" json:"leaks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Leaks) Reset() {
+	*x = Leaks{}
+	mi := &file_image_pb_image_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Leaks) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Leaks) ProtoMessage() {}
+
+func (x *Leaks) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Leaks.ProtoReflect.Descriptor instead.
+func (*Leaks) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *Leaks) GetLeaks() []*Leak {
+	if x != nil {
+		return x.Leaks
+	}
+	return nil
+}
+
 var File_image_pb_image_proto protoreflect.FileDescriptor
 
 const file_image_pb_image_proto_rawDesc = "" +
 	"\n" +
-	"\x14image/pb/image.proto\x12\rckpt.image.v1\"\xf8\x01\n" +
+	"\x14image/pb/image.proto\x12\rckpt.image.v1\"\xc7\x02\n" +
 	"\x06Header\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x12\x12\n" +
 	"\x04arch\x18\x02 \x01(\tR\x04arch\x12\x1b\n" +
@@ -1942,7 +2343,9 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\ftool_version\x18\x05 \x01(\tR\vtoolVersion\x12$\n" +
 	"\x0etime_unix_nano\x18\x06 \x01(\x03R\ftimeUnixNano\x12\x1a\n" +
 	"\bhostname\x18\a \x01(\tR\bhostname\x12\x19\n" +
-	"\broot_pid\x18\b \x01(\rR\arootPid\"\xfa\x06\n" +
+	"\broot_pid\x18\b \x01(\rR\arootPid\x12/\n" +
+	"\bouter_ns\x182 \x01(\v2\x14.ckpt.image.v1.NsIdsR\aouterNs\x12\x1c\n" +
+	"\tcontainer\x183 \x01(\bR\tcontainer\"\xfa\x06\n" +
 	"\x04File\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12,\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x18.ckpt.image.v1.File.KindR\x04kind\x12\x12\n" +
@@ -2075,7 +2478,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x04egid\x18\x06 \x01(\rR\x04egid\x12\x12\n" +
 	"\x04sgid\x18\a \x01(\rR\x04sgid\x12\x14\n" +
 	"\x05fsgid\x18\b \x01(\rR\x05fsgid\x12\x16\n" +
-	"\x06groups\x18\t \x03(\rR\x06groups\"\x9c\x06\n" +
+	"\x06groups\x18\t \x03(\rR\x06groups\"\xc2\x06\n" +
 	"\aProcess\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x12\n" +
 	"\x04ppid\x18\x02 \x01(\rR\x04ppid\x12\x12\n" +
@@ -2107,7 +2510,8 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x0esession_orphan\x18\x17 \x01(\bR\rsessionOrphan\x12\x19\n" +
 	"\bmm_owner\x18\x18 \x01(\rR\ammOwner\x12 \n" +
 	"\fno_new_privs\x18\x19 \x01(\bR\n" +
-	"noNewPrivs\"5\n" +
+	"noNewPrivs\x12$\n" +
+	"\x02ns\x182 \x01(\v2\x14.ckpt.image.v1.NsIdsR\x02ns\"5\n" +
 	"\aPageRun\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\x04R\x04addr\x12\x16\n" +
 	"\x06npages\x18\x02 \x01(\x04R\x06npages\"e\n" +
@@ -2122,7 +2526,41 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x05pages\x18\x02 \x01(\x04R\x05pages\x12\x14\n" +
 	"\x05bytes\x18\x03 \x01(\x04R\x05bytes\x12\x16\n" +
 	"\x06crc32c\x18\x04 \x01(\rR\x06crc32c\x12\x1c\n" +
-	"\tprocesses\x18\x05 \x01(\rR\tprocessesB\x1fZ\x1dgithub.com/ckpt/ckpt/image/pbb\x06proto3"
+	"\tprocesses\x18\x05 \x01(\rR\tprocesses\"\xa1\x01\n" +
+	"\x05NsIds\x12\x10\n" +
+	"\x03ipc\x18\x01 \x01(\x04R\x03ipc\x12\x10\n" +
+	"\x03uts\x18\x02 \x01(\x04R\x03uts\x12\x10\n" +
+	"\x03net\x18\x03 \x01(\x04R\x03net\x12\x10\n" +
+	"\x03mnt\x18\x04 \x01(\x04R\x03mnt\x12\x10\n" +
+	"\x03pid\x18\x05 \x01(\x04R\x03pid\x12\x12\n" +
+	"\x04time\x18\x06 \x01(\x04R\x04time\x12\x16\n" +
+	"\x06cgroup\x18\a \x01(\x04R\x06cgroup\x12\x12\n" +
+	"\x04user\x18\b \x01(\x04R\x04user\"\xb4\x02\n" +
+	"\tNamespace\x121\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1d.ckpt.image.v1.Namespace.KindR\x04kind\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x1a\n" +
+	"\bhostname\x18\x03 \x01(\tR\bhostname\x12\x1e\n" +
+	"\n" +
+	"domainname\x18\x04 \x01(\tR\n" +
+	"domainname\x12.\n" +
+	"\x13monotonic_offset_ns\x18\x05 \x01(\x03R\x11monotonicOffsetNs\x12,\n" +
+	"\x12boottime_offset_ns\x18\x06 \x01(\x03R\x10boottimeOffsetNs\"J\n" +
+	"\x04Kind\x12\v\n" +
+	"\aUNKNOWN\x10\x00\x12\a\n" +
+	"\x03UTS\x10\x01\x12\a\n" +
+	"\x03IPC\x10\x02\x12\a\n" +
+	"\x03NET\x10\x03\x12\a\n" +
+	"\x03MNT\x10\x04\x12\a\n" +
+	"\x03PID\x10\x05\x12\b\n" +
+	"\x04TIME\x10\x06\"p\n" +
+	"\x04Leak\x12\x10\n" +
+	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x12\n" +
+	"\x04what\x18\x02 \x01(\tR\x04what\x12\x1f\n" +
+	"\voutside_pid\x18\x03 \x01(\rR\n" +
+	"outsidePid\x12!\n" +
+	"\foutside_comm\x18\x04 \x01(\tR\voutsideComm\"2\n" +
+	"\x05Leaks\x12)\n" +
+	"\x05leaks\x18\x01 \x03(\v2\x13.ckpt.image.v1.LeakR\x05leaksB\x1fZ\x1dgithub.com/ckpt/ckpt/image/pbb\x06proto3"
 
 var (
 	file_image_pb_image_proto_rawDescOnce sync.Once
@@ -2136,47 +2574,56 @@ func file_image_pb_image_proto_rawDescGZIP() []byte {
 	return file_image_pb_image_proto_rawDescData
 }
 
-var file_image_pb_image_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_image_pb_image_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_image_pb_image_proto_goTypes = []any{
 	(File_Kind)(0),         // 0: ckpt.image.v1.File.Kind
-	(*Header)(nil),         // 1: ckpt.image.v1.Header
-	(*File)(nil),           // 2: ckpt.image.v1.File
-	(*InotifyWatch)(nil),   // 3: ckpt.image.v1.InotifyWatch
-	(*EpollItem)(nil),      // 4: ckpt.image.v1.EpollItem
-	(*Vma)(nil),            // 5: ckpt.image.v1.Vma
-	(*Mm)(nil),             // 6: ckpt.image.v1.Mm
-	(*Sigaction)(nil),      // 7: ckpt.image.v1.Sigaction
-	(*Itimer)(nil),         // 8: ckpt.image.v1.Itimer
-	(*Rlimit)(nil),         // 9: ckpt.image.v1.Rlimit
-	(*SyscallRestart)(nil), // 10: ckpt.image.v1.SyscallRestart
-	(*Thread)(nil),         // 11: ckpt.image.v1.Thread
-	(*Fd)(nil),             // 12: ckpt.image.v1.Fd
-	(*Creds)(nil),          // 13: ckpt.image.v1.Creds
-	(*Process)(nil),        // 14: ckpt.image.v1.Process
-	(*PageRun)(nil),        // 15: ckpt.image.v1.PageRun
-	(*PageMap)(nil),        // 16: ckpt.image.v1.PageMap
-	(*Error)(nil),          // 17: ckpt.image.v1.Error
-	(*Tail)(nil),           // 18: ckpt.image.v1.Tail
+	(Namespace_Kind)(0),    // 1: ckpt.image.v1.Namespace.Kind
+	(*Header)(nil),         // 2: ckpt.image.v1.Header
+	(*File)(nil),           // 3: ckpt.image.v1.File
+	(*InotifyWatch)(nil),   // 4: ckpt.image.v1.InotifyWatch
+	(*EpollItem)(nil),      // 5: ckpt.image.v1.EpollItem
+	(*Vma)(nil),            // 6: ckpt.image.v1.Vma
+	(*Mm)(nil),             // 7: ckpt.image.v1.Mm
+	(*Sigaction)(nil),      // 8: ckpt.image.v1.Sigaction
+	(*Itimer)(nil),         // 9: ckpt.image.v1.Itimer
+	(*Rlimit)(nil),         // 10: ckpt.image.v1.Rlimit
+	(*SyscallRestart)(nil), // 11: ckpt.image.v1.SyscallRestart
+	(*Thread)(nil),         // 12: ckpt.image.v1.Thread
+	(*Fd)(nil),             // 13: ckpt.image.v1.Fd
+	(*Creds)(nil),          // 14: ckpt.image.v1.Creds
+	(*Process)(nil),        // 15: ckpt.image.v1.Process
+	(*PageRun)(nil),        // 16: ckpt.image.v1.PageRun
+	(*PageMap)(nil),        // 17: ckpt.image.v1.PageMap
+	(*Error)(nil),          // 18: ckpt.image.v1.Error
+	(*Tail)(nil),           // 19: ckpt.image.v1.Tail
+	(*NsIds)(nil),          // 20: ckpt.image.v1.NsIds
+	(*Namespace)(nil),      // 21: ckpt.image.v1.Namespace
+	(*Leak)(nil),           // 22: ckpt.image.v1.Leak
+	(*Leaks)(nil),          // 23: ckpt.image.v1.Leaks
 }
 var file_image_pb_image_proto_depIdxs = []int32{
-	0,  // 0: ckpt.image.v1.File.kind:type_name -> ckpt.image.v1.File.Kind
-	4,  // 1: ckpt.image.v1.File.epoll_items:type_name -> ckpt.image.v1.EpollItem
-	3,  // 2: ckpt.image.v1.File.inotify_watches:type_name -> ckpt.image.v1.InotifyWatch
-	5,  // 3: ckpt.image.v1.Mm.vmas:type_name -> ckpt.image.v1.Vma
-	10, // 4: ckpt.image.v1.Thread.restart:type_name -> ckpt.image.v1.SyscallRestart
-	12, // 5: ckpt.image.v1.Process.fds:type_name -> ckpt.image.v1.Fd
-	7,  // 6: ckpt.image.v1.Process.sigactions:type_name -> ckpt.image.v1.Sigaction
-	8,  // 7: ckpt.image.v1.Process.itimers:type_name -> ckpt.image.v1.Itimer
-	9,  // 8: ckpt.image.v1.Process.rlimits:type_name -> ckpt.image.v1.Rlimit
-	11, // 9: ckpt.image.v1.Process.threads:type_name -> ckpt.image.v1.Thread
-	13, // 10: ckpt.image.v1.Process.creds:type_name -> ckpt.image.v1.Creds
-	15, // 11: ckpt.image.v1.PageMap.runs:type_name -> ckpt.image.v1.PageRun
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	20, // 0: ckpt.image.v1.Header.outer_ns:type_name -> ckpt.image.v1.NsIds
+	0,  // 1: ckpt.image.v1.File.kind:type_name -> ckpt.image.v1.File.Kind
+	5,  // 2: ckpt.image.v1.File.epoll_items:type_name -> ckpt.image.v1.EpollItem
+	4,  // 3: ckpt.image.v1.File.inotify_watches:type_name -> ckpt.image.v1.InotifyWatch
+	6,  // 4: ckpt.image.v1.Mm.vmas:type_name -> ckpt.image.v1.Vma
+	11, // 5: ckpt.image.v1.Thread.restart:type_name -> ckpt.image.v1.SyscallRestart
+	13, // 6: ckpt.image.v1.Process.fds:type_name -> ckpt.image.v1.Fd
+	8,  // 7: ckpt.image.v1.Process.sigactions:type_name -> ckpt.image.v1.Sigaction
+	9,  // 8: ckpt.image.v1.Process.itimers:type_name -> ckpt.image.v1.Itimer
+	10, // 9: ckpt.image.v1.Process.rlimits:type_name -> ckpt.image.v1.Rlimit
+	12, // 10: ckpt.image.v1.Process.threads:type_name -> ckpt.image.v1.Thread
+	14, // 11: ckpt.image.v1.Process.creds:type_name -> ckpt.image.v1.Creds
+	20, // 12: ckpt.image.v1.Process.ns:type_name -> ckpt.image.v1.NsIds
+	16, // 13: ckpt.image.v1.PageMap.runs:type_name -> ckpt.image.v1.PageRun
+	1,  // 14: ckpt.image.v1.Namespace.kind:type_name -> ckpt.image.v1.Namespace.Kind
+	22, // 15: ckpt.image.v1.Leaks.leaks:type_name -> ckpt.image.v1.Leak
+	16, // [16:16] is the sub-list for method output_type
+	16, // [16:16] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_image_pb_image_proto_init() }
@@ -2189,8 +2636,8 @@ func file_image_pb_image_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_image_pb_image_proto_rawDesc), len(file_image_pb_image_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   18,
+			NumEnums:      2,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,150 @@
+package checkpoint
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/ckpt/ckpt/image/pb"
+	"github.com/ckpt/ckpt/proc"
+	"github.com/ckpt/ckpt/resource"
+)
+
+// checkContainerInit refuses a --container checkpoint of anything but the
+// init (PID 1) of a PID namespace other than ckpt's.
+func checkContainerInit(pid int) error {
+	ids, err := nsIDs(pid, "NSpid")
+	if err != nil {
+		return err
+	}
+	if len(ids) < 2 {
+		return fmt.Errorf("process %d is in ckpt's own PID namespace: --container needs the init (PID 1) of a container's PID namespace (start one with `ckpt run --pid -- CMD`), or checkpoint it without --container", pid)
+	}
+	if inner := ids[len(ids)-1]; inner != 1 {
+		return fmt.Errorf("process %d is PID %d inside its PID namespace, not its init: --container needs the container's PID 1 (its init is an ancestor of %d)", pid, inner, pid)
+	}
+	return nil
+}
+
+// nsIDs reads one of the NSpid/NSpgid/NSsid lines of /proc/PID/status: the
+// id in every PID namespace from ckpt's /proc's down to the process's own.
+func nsIDs(pid int, key string) ([]uint32, error) {
+	st, err := proc.ReadStatus(pid)
+	if err != nil {
+		return nil, err
+	}
+	var out []uint32
+	for _, f := range strings.Fields(st[key]) {
+		v, err := strconv.ParseUint(f, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("process %d: bad %s %q", pid, key, st[key])
+		}
+		out = append(out, uint32(v))
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("process %d: no %s in its status", pid, key)
+	}
+	return out, nil
+}
+
+// innermost reads the id of key in the process's own PID namespace.
+func innermost(pid int, key string) (uint32, error) {
+	ids, err := nsIDs(pid, key)
+	if err != nil {
+		return 0, err
+	}
+	return ids[len(ids)-1], nil
+}
+
+// translatePids rewrites every PID of a container image as seen inside the
+// container's PID namespace. Processes (and their threads) are named by
+// their own NSpid; groups and sessions by NSpgid and NSsid, which the
+// kernel reports as 0 when the group lies outside the namespace.
+func translatePids(procs []*pb.Process) error {
+	inner := map[uint32]uint32{}
+	for _, p := range procs {
+		if p.Zombie {
+			// A zombie's status still has its NSpid lines.
+			v, err := innermost(int(p.Pid), "NSpid")
+			if err != nil {
+				return fmt.Errorf("zombie %d: %w", p.Pid, err)
+			}
+			inner[p.Pid] = v
+			continue
+		}
+		for _, th := range p.Threads {
+			v, err := innermost(int(th.Tid), "NSpid")
+			if err != nil {
+				return fmt.Errorf("thread %d: %w", th.Tid, err)
+			}
+			inner[th.Tid] = v
+		}
+	}
+	for _, p := range procs {
+		host := int(p.Pid)
+		g, err := innermost(host, "NSpgid")
+		if err != nil {
+			return err
+		}
+		s, err := innermost(host, "NSsid")
+		if err != nil {
+			return err
+		}
+		if g == 0 || s == 0 {
+			return fmt.Errorf("process %d is in a process group or session outside its container (the container's init must be a session leader: start it with `ckpt run`, or setsid)", host)
+		}
+		p.Pid, p.Pgid, p.Sid = inner[p.Pid], g, s
+		p.Ppid = inner[p.Ppid] // 0 for the init: its parent is outside
+		if p.TtyFgPgid != 0 {
+			p.TtyFgPgid = inner[p.TtyFgPgid]
+		}
+		if p.FilesOwner != 0 {
+			p.FilesOwner = inner[p.FilesOwner]
+		}
+		if p.MmOwner != 0 {
+			p.MmOwner = inner[p.MmOwner]
+		}
+		for _, th := range p.Threads {
+			th.Tid = inner[th.Tid]
+		}
+	}
+	return nil
+}
+
+// collectNamespaces lists the namespaces the image re-creates: for every
+// process, those of its kinds that differ from its parent's (the root's:
+// from ckpt's own), once each.
+func collectNamespaces(procs []*pb.Process, outer *pb.NsIds) ([]*pb.Namespace, error) {
+	byPid := map[uint32]*pb.Process{}
+	for _, p := range procs {
+		byPid[p.Pid] = p
+	}
+	seen := map[uint64]bool{}
+	var out []*pb.Namespace
+	for i, p := range procs {
+		if p.Ns == nil {
+			continue
+		}
+		have := outer
+		if i > 0 {
+			parent := byPid[p.Ppid]
+			if parent == nil || parent.Ns == nil {
+				continue
+			}
+			have = parent.Ns
+		}
+		for _, k := range resource.NsKinds {
+			id := k.Get(p.Ns)
+			if id == k.Get(have) || seen[id] {
+				continue
+			}
+			seen[id] = true
+			ns, err := resource.DumpNamespace(int(p.Pid), k, id)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, ns)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,217 @@
+package resource
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ckpt/ckpt/image/pb"
+	"github.com/ckpt/ckpt/proc"
+)
+
+// NsKind describes one kind of namespace: its /proc/PID/ns name and its
+// clone flag.
+type NsKind struct {
+	Name string
+	Flag uint64
+	Kind pb.Namespace_Kind
+	get  func(*pb.NsIds) uint64
+	set  func(*pb.NsIds, uint64)
+}
+
+// NsKinds are the namespace kinds ckpt records, in the order restart
+// creates them.
+var NsKinds = []NsKind{
+	{"user", unix.CLONE_NEWUSER, pb.Namespace_UNKNOWN, (*pb.NsIds).GetUser, func(n *pb.NsIds, v uint64) { n.User = v }},
+	{"pid", unix.CLONE_NEWPID, pb.Namespace_PID, (*pb.NsIds).GetPid, func(n *pb.NsIds, v uint64) { n.Pid = v }},
+	{"mnt", unix.CLONE_NEWNS, pb.Namespace_MNT, (*pb.NsIds).GetMnt, func(n *pb.NsIds, v uint64) { n.Mnt = v }},
+	{"uts", unix.CLONE_NEWUTS, pb.Namespace_UTS, (*pb.NsIds).GetUts, func(n *pb.NsIds, v uint64) { n.Uts = v }},
+	{"ipc", unix.CLONE_NEWIPC, pb.Namespace_IPC, (*pb.NsIds).GetIpc, func(n *pb.NsIds, v uint64) { n.Ipc = v }},
+	{"net", unix.CLONE_NEWNET, pb.Namespace_NET, (*pb.NsIds).GetNet, func(n *pb.NsIds, v uint64) { n.Net = v }},
+	{"time", unix.CLONE_NEWTIME, pb.Namespace_TIME, (*pb.NsIds).GetTime, func(n *pb.NsIds, v uint64) { n.Time = v }},
+	{"cgroup", unix.CLONE_NEWCGROUP, pb.Namespace_UNKNOWN, (*pb.NsIds).GetCgroup, func(n *pb.NsIds, v uint64) { n.Cgroup = v }},
+}
+
+// Get returns the id of this kind in ids.
+func (k NsKind) Get(ids *pb.NsIds) uint64 { return k.get(ids) }
+
+// ReadNsIds reads the namespaces of pid (0: ckpt itself).
+func ReadNsIds(pid int) (*pb.NsIds, error) {
+	ids := &pb.NsIds{}
+	for _, k := range NsKinds {
+		path := "/proc/self/ns/" + k.Name
+		if pid != 0 {
+			path = proc.Path(pid, "ns/"+k.Name)
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
+			return nil, fmt.Errorf("%s namespace of %d: %w", k.Name, pid, err)
+		}
+		k.set(ids, st.Ino)
+	}
+	return ids, nil
+}
+
+// NewNamespaces returns the clone flags that give a process the
+// namespaces of want that differ from those of have (its parent's).
+func NewNamespaces(have, want *pb.NsIds) uint64 {
+	var flags uint64
+	for _, k := range NsKinds {
+		if k.get(want) != k.get(have) {
+			flags |= k.Flag
+		}
+	}
+	return flags
+}
+
+// PreflightNamespaces refuses namespaces that ckpt cannot re-create.
+// have are the parent's namespaces (ckpt's for the root); container tells
+// whether pid is the root of a --container checkpoint.
+func PreflightNamespaces(pid int, have *pb.NsIds, root, container bool) error {
+	want, err := ReadNsIds(pid)
+	if err != nil {
+		return err
+	}
+	for _, k := range NsKinds {
+		if k.get(want) == k.get(have) {
+			continue
+		}
+		switch {
+		case k.Kind == pb.Namespace_UNKNOWN:
+			return fmt.Errorf("process %d is in a %s namespace of its own: %w yet; run ckpt inside that namespace", pid, k.Name, ErrUnsupported)
+		case k.Kind == pb.Namespace_PID && !(root && container):
+			if root {
+				return fmt.Errorf("process %d is in a PID namespace of its own: checkpoint it as a container (ckpt checkpoint --container)", pid)
+			}
+			return fmt.Errorf("process %d starts a nested PID namespace: %w yet", pid, ErrUnsupported)
+		case k.Kind == pb.Namespace_TIME && !root:
+			return fmt.Errorf("process %d starts a nested time namespace: %w yet", pid, ErrUnsupported)
+		}
+	}
+	// A process that called unshare(CLONE_NEWPID/NEWTIME) but has no child
+	// there yet would give its next children a namespace we do not record.
+	for _, k := range []string{"pid", "time"} {
+		a, err1 := os.Readlink(proc.Path(pid, "ns/"+k))
+		b, err2 := os.Readlink(proc.Path(pid, "ns/"+k+"_for_children"))
+		if err1 == nil && err2 == nil && a != b {
+			return fmt.Errorf("process %d has unshared a %s namespace for its children (%s): %w yet", pid, k, b, ErrUnsupported)
+		}
+	}
+	return nil
+}
+
+// DumpNamespace reads the state of one namespace of pid that restart
+// re-creates itself (UTS names, time offsets); other kinds only need
+// their id here.
+func DumpNamespace(pid int, k NsKind, id uint64) (*pb.Namespace, error) {
+	ns := &pb.Namespace{Kind: k.Kind, Id: id}
+	switch k.Kind {
+	case pb.Namespace_UTS:
+		var uts unix.Utsname
+		err := inNamespace(pid, "uts", func() error { return unix.Uname(&uts) })
+		if err != nil {
+			return nil, fmt.Errorf("read UTS namespace of %d: %w", pid, err)
+		}
+		ns.Hostname = unix.ByteSliceToString(uts.Nodename[:])
+		ns.Domainname = unix.ByteSliceToString(uts.Domainname[:])
+	case pb.Namespace_TIME:
+		b, err := os.ReadFile(proc.Path(pid, "timens_offsets"))
+		if err != nil {
+			return nil, fmt.Errorf("read time namespace of %d: %w", pid, err)
+		}
+		if ns.MonotonicOffsetNs, ns.BoottimeOffsetNs, err = parseTimensOffsets(string(b)); err != nil {
+			return nil, fmt.Errorf("time namespace of %d: %w", pid, err)
+		}
+	}
+	return ns, nil
+}
+
+// parseTimensOffsets reads /proc/PID/timens_offsets ("monotonic S NS").
+func parseTimensOffsets(text string) (mono, boot int64, err error) {
+	for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			return 0, 0, fmt.Errorf("unexpected timens_offsets line %q", line)
+		}
+		sec, err1 := strconv.ParseInt(f[1], 10, 64)
+		nsec, err2 := strconv.ParseInt(f[2], 10, 64)
+		if err1 != nil || err2 != nil {
+			return 0, 0, fmt.Errorf("unexpected timens_offsets line %q", line)
+		}
+		switch f[0] {
+		case "monotonic":
+			mono = sec*1e9 + nsec
+		case "boottime":
+			boot = sec*1e9 + nsec
+		}
+	}
+	return mono, boot, nil
+}
+
+// RestoreUTS sets the host and domain name of the (new) UTS namespace of
+// pid.
+func RestoreUTS(pid int, ns *pb.Namespace) error {
+	if len(ns.Hostname) > 64 || len(ns.Domainname) > 64 {
+		return fmt.Errorf("image damaged: UTS names longer than 64 bytes")
+	}
+	err := inNamespace(pid, "uts", func() error {
+		if err := unix.Sethostname([]byte(ns.Hostname)); err != nil {
+			return fmt.Errorf("sethostname %q: %w", ns.Hostname, err)
+		}
+		if err := unix.Setdomainname([]byte(ns.Domainname)); err != nil {
+			return fmt.Errorf("setdomainname %q: %w", ns.Domainname, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("restore UTS namespace: %w", err)
+	}
+	return nil
+}
+
+// RestoreTimeOffsets writes the offsets of the time namespace that pid
+// has unshared for its children, before any process is in it.
+func RestoreTimeOffsets(pid int, ns *pb.Namespace) error {
+	split := func(off int64) (int64, int64) {
+		sec, nsec := off/1e9, off%1e9
+		if nsec < 0 {
+			sec, nsec = sec-1, nsec+1e9
+		}
+		return sec, nsec
+	}
+	ms, mn := split(ns.MonotonicOffsetNs)
+	bs, bn := split(ns.BoottimeOffsetNs)
+	text := fmt.Sprintf("monotonic %d %d\nboottime %d %d\n", ms, mn, bs, bn)
+	if err := os.WriteFile(proc.Path(pid, "timens_offsets"), []byte(text), 0); err != nil {
+		return fmt.Errorf("restore time namespace offsets: %w", err)
+	}
+	return nil
+}
+
+// inNamespace runs fn on a fresh OS thread that has joined the kind
+// namespace of pid. The thread is never unlocked, so the Go runtime ends
+// it with the goroutine instead of reusing a thread in a foreign
+// namespace.
+func inNamespace(pid int, kind string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		fd, err := unix.Open(proc.Path(pid, "ns/"+kind), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- err
+			return
+		}
+		err = unix.Setns(fd, 0)
+		unix.Close(fd)
+		if err != nil {
+			errc <- fmt.Errorf("join %s namespace of %d: %w", kind, pid, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}

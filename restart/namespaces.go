@@ -1,0 +1,74 @@
+package restart
+
+import (
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ckpt/ckpt/image/pb"
+	"github.com/ckpt/ckpt/resource"
+)
+
+// namespaces are the image's namespace records by id.
+type namespaces map[uint64]*pb.Namespace
+
+func (n namespaces) add(ns *pb.Namespace) error {
+	if ns.Id == 0 || n[ns.Id] != nil {
+		return fmt.Errorf("image damaged: namespace id %d twice or zero", ns.Id)
+	}
+	if ns.Kind == pb.Namespace_UNKNOWN || pb.Namespace_Kind_name[int32(ns.Kind)] == "" {
+		return fmt.Errorf("image damaged: namespace %d of unknown kind %d", ns.Id, ns.Kind)
+	}
+	n[ns.Id] = ns
+	return nil
+}
+
+// newFlags returns the clone flags that give process p the namespaces it
+// had of its own: those that differ from have (its parent's, or for the
+// root the namespaces ckpt ran in at checkpoint). Images without namespace
+// ids (format 1) create none.
+func (n namespaces) newFlags(p *pb.Process, have *pb.NsIds, root, container bool) (uint64, error) {
+	if p.Ns == nil || have == nil {
+		return 0, nil
+	}
+	flags := resource.NewNamespaces(have, p.Ns)
+	for _, k := range resource.NsKinds {
+		if flags&k.Flag == 0 {
+			continue
+		}
+		switch {
+		case k.Kind == pb.Namespace_UNKNOWN:
+			return 0, fmt.Errorf("image damaged: process %d has a %s namespace of its own", p.Pid, k.Name)
+		case (k.Kind == pb.Namespace_PID && !(root && container)) || (k.Kind == pb.Namespace_TIME && !root):
+			return 0, fmt.Errorf("image damaged: process %d has a nested %s namespace", p.Pid, k.Name)
+		case k.Kind == pb.Namespace_UTS || k.Kind == pb.Namespace_TIME:
+			ns := n[k.Get(p.Ns)]
+			if ns == nil || ns.Kind != k.Kind {
+				return 0, fmt.Errorf("image damaged: no record of the %s namespace of process %d", k.Name, p.Pid)
+			}
+		}
+	}
+	return flags, nil
+}
+
+// prepareTime gives the children of parent a new time namespace with the
+// recorded offsets, which can only be set before any process enters it;
+// the caller then clones without CLONE_NEWTIME.
+func (n namespaces) prepareTime(parent *stub, p *pb.Process) error {
+	ns := n[p.Ns.Time]
+	if _, err := parent.t.Syscall(unix.SYS_UNSHARE, unix.CLONE_NEWTIME); err != nil {
+		return fmt.Errorf("create time namespace: %w", err)
+	}
+	return resource.RestoreTimeOffsets(parent.pid, ns)
+}
+
+// fill restores the state of the namespaces that flags created for the
+// process s, before anything else happens inside them.
+func (n namespaces) fill(s *stub, p *pb.Process, flags uint64) error {
+	if flags&unix.CLONE_NEWUTS != 0 {
+		if err := resource.RestoreUTS(s.pid, n[p.Ns.Uts]); err != nil {
+			return fmt.Errorf("process %d: %w", p.Pid, err)
+		}
+	}
+	return nil
+}
