@@ -1,0 +1,156 @@
+// Package golden keeps one image of every format version ckpt ever wrote
+// (testdata/vN.img) and checks that each still restarts, directly or after
+// `ckpt convert`, so that a format change cannot strand old images.
+//
+// In a nutshell: every image is a checkpoint of the same tiny static
+// program (testdata/prog.c, committed as its binary testdata/prog), which ran as
+// /run/ckpt-golden/prog with PID 1000 in a PID namespace of its own. To
+// restart one, a test recreates exactly that: it enters fresh mount and PID
+// namespaces (unshare --mount --pid --fork --mount-proc), mounts a tmpfs on
+// /run there (private to the namespace: the machine's /run is untouched),
+// copies prog to the recorded path, creates ./go and runs ckpt restart; the
+// program then checks its memory and PID and logs PASS or FAIL. Restart
+// checks a mapped file only by path and size, so the committed binary is
+// all another machine needs.
+//
+// `make golden` (go test -run TestUpdateGolden -update-golden) rewrites the
+// image of the current format version with the code in this tree.
+package golden
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ckpt/ckpt/image"
+)
+
+var updateGolden = flag.Bool("update-golden", false, "regenerate the golden image of the current format version (testdata for TestGolden)")
+
+var (
+	ckptBin string
+	here    string // testdata: the program and the images
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		fmt.Println("golden: skipped, needs root")
+		os.Exit(0)
+	}
+	if _, err := exec.LookPath("unshare"); err != nil {
+		fmt.Println("golden: skipped, needs unshare (util-linux)")
+		os.Exit(0)
+	}
+	_, file, _, _ := runtime.Caller(0)
+	here = filepath.Join(filepath.Dir(file), "testdata")
+	dir, err := os.MkdirTemp("", "ckpt-golden-")
+	if err != nil {
+		panic(err)
+	}
+	ckptBin = filepath.Join(dir, "ckpt")
+	out, err := exec.Command("go", "build", "-o", ckptBin, filepath.Join(here, "..", "..", "..", "cmd", "ckpt")).CombinedOutput()
+	if err != nil {
+		fmt.Printf("build ckpt: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// setup is the start of every namespace script: a private tmpfs on /run
+// holding the program at the path the images record, as the cwd.
+const setup = `
+mount -t tmpfs -o mode=0755 ckpt-golden /run
+mkdir /run/ckpt-golden
+cp "$PROG" /run/ckpt-golden/prog
+cd /run/ckpt-golden
+`
+
+// generate starts the program with PID 1000 and portable resource limits
+// (restart cannot raise a hard limit) and checkpoints it.
+const generate = setup + `
+echo 999 > /proc/sys/kernel/ns_last_pid
+prlimit --core=0 --cpu=100000 --data=1073741824 --fsize=1073741824 --locks=1024 \
+	--memlock=65536 --msgqueue=819200 --nice=0 --nofile=256 --nproc=1024 --rss=1073741824 \
+	--rtprio=0 --rttime=1000000 --sigpending=1024 --stack=8388608 --as=1073741824 ./prog &
+pid=$!
+n=0
+until grep -qx READY log 2>/dev/null; do
+	n=$((n+1)); [ $n -lt 2000 ] || { echo "prog did not say READY"; exit 1; }
+	sleep 0.01
+done
+sleep 0.05
+"$CKPT" checkpoint --kill -o "$IMG" $pid
+wait $pid || true
+echo "checkpointed pid $pid"
+`
+
+// restart restarts $IMG and prints the program's log.
+const restart = setup + `
+touch go
+rc=0
+"$CKPT" restart "$IMG" </dev/null || rc=$?
+cat log 2>/dev/null || true
+exit $rc
+`
+
+// inNamespaces runs script with sh in fresh mount and PID namespaces and
+// returns its combined output. Everything in them dies with them.
+func inNamespaces(t *testing.T, script string, env ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-ec", script)
+	cmd.Env = append(os.Environ(), "CKPT="+ckptBin, "PROG="+filepath.Join(here, "prog"))
+	cmd.Env = append(cmd.Env, env...)
+	cmd.WaitDelay = time.Second
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return out.String(), err
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill() // --kill-child takes the namespace with it
+		<-done
+		t.Fatalf("namespace script timed out; output:\n%s", out.String())
+		return "", nil
+	}
+}
+
+func goldenPath(v uint32) string { return filepath.Join(here, fmt.Sprintf("v%d.img", v)) }
+
+// TestUpdateGolden rewrites the golden image of the current format version
+// (only with -update-golden) and checks that it restarts.
+func TestUpdateGolden(t *testing.T) {
+	if !*updateGolden {
+		t.Skip("run with -update-golden to regenerate the golden image")
+	}
+	tmp := filepath.Join(t.TempDir(), "img")
+	out, err := inNamespaces(t, generate, "IMG="+tmp)
+	if err != nil {
+		t.Fatalf("generate: %v\n%s", err, out)
+	}
+	if log, err := inNamespaces(t, restart, "IMG="+tmp); err != nil || !strings.Contains(log, "PASS") {
+		t.Fatalf("the new golden image does not restart: %v\n%s", err, log)
+	}
+	b, err := os.ReadFile(tmp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(goldenPath(image.FormatVersion), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("wrote %s (%d bytes): %s", goldenPath(image.FormatVersion), len(b), strings.TrimSpace(out))
+}
