@@ -154,3 +154,126 @@ func TestUpdateGolden(t *testing.T) {
 	}
 	t.Logf("wrote %s (%d bytes): %s", goldenPath(image.FormatVersion), len(b), strings.TrimSpace(out))
 }
+
+func ckpt(args ...string) (string, error) {
+	out, err := exec.Command(ckptBin, args...).CombinedOutput()
+	return string(out), err
+}
+
+// TestGolden restarts the golden image of every format version: the
+// current one directly, older ones after the `ckpt convert` that restart's
+// refusal names. inspect must read them all.
+func TestGolden(t *testing.T) {
+	for _, v := range image.Versions() {
+		t.Run(fmt.Sprintf("v%d", v.Number), func(t *testing.T) {
+			golden := goldenPath(v.Number)
+			if _, err := os.Stat(golden); err != nil {
+				t.Fatalf("no golden image of format version %d (%v): every version needs one; `make golden` writes the current version's", v.Number, err)
+			}
+			out, err := ckpt("inspect", golden)
+			if err != nil || !strings.Contains(out, fmt.Sprintf("image format %d,", v.Number)) || !strings.Contains(out, "process 1000 (prog)") {
+				t.Fatalf("inspect: %v\n%s", err, out)
+			}
+			if _, err := ckpt("inspect", "--json", golden); err != nil {
+				t.Fatalf("inspect --json: %v", err)
+			}
+			dir := t.TempDir()
+			img := filepath.Join(dir, "golden.img")
+			b, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(img, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if v.Number == image.FormatVersion {
+				out, err := ckpt("convert", img, filepath.Join(dir, "copy.img"))
+				if err != nil || !strings.Contains(out, "already has format version") {
+					t.Fatalf("convert of a current image: %v\n%s", err, out)
+				}
+			} else {
+				// Refused, with the command to run; run exactly that.
+				log, err := inNamespaces(t, restart, "IMG="+img)
+				if err == nil || strings.Contains(log, "PASS") {
+					t.Fatalf("restart of a version %d image was not refused: %v\n%s", v.Number, err, log)
+				}
+				_, hint, ok := strings.Cut(log, "run `")
+				hint, _, ok2 := strings.Cut(hint, "`")
+				if !ok || !ok2 || strings.Contains(log, "\n\n") || !strings.HasPrefix(hint, "ckpt convert "+img+" ") {
+					t.Fatalf("refusal does not say which ckpt convert to run:\n%s", log)
+				}
+				args := strings.Fields(hint)
+				if out, err := ckpt(args[1:]...); err != nil {
+					t.Fatalf("%s: %v\n%s", hint, err, out)
+				}
+				img = args[3]
+				out, err := ckpt("inspect", img)
+				if err != nil || !strings.Contains(out, fmt.Sprintf("image format %d,", image.FormatVersion)) {
+					t.Fatalf("inspect of the converted image: %v\n%s", err, out)
+				}
+			}
+			log, err := inNamespaces(t, restart, "IMG="+img)
+			if err != nil || !strings.Contains(log, "PASS") {
+				t.Fatalf("restart: %v\n%s", err, log)
+			}
+		})
+	}
+}
+
+// TestGoldenCompressedConvert converts the oldest golden image into a
+// compressed current one, through pipes, and restarts that.
+func TestGoldenCompressedConvert(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "img.zst")
+	cmd := exec.Command("sh", "-c", `"$CKPT" convert --compress - - <"$IN" | "$CKPT" convert - "$OUT"`)
+	cmd.Env = append(os.Environ(), "CKPT="+ckptBin, "IN="+goldenPath(image.OldestVersion), "OUT="+img)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("convert: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(img)
+	if err != nil || !bytes.HasPrefix(b, []byte{0x28, 0xb5, 0x2f, 0xfd}) {
+		t.Fatalf("the output is not zstd-compressed (%v)", err)
+	}
+	if log, err := inNamespaces(t, restart, "IMG="+img); err != nil || !strings.Contains(log, "PASS") {
+		t.Fatalf("restart: %v\n%s", err, log)
+	}
+}
+
+// TestConvertDamagedLeavesNothing converts damaged copies of a golden
+// image: each must fail with one line naming the damage and leave no file,
+// not even a temporary one, and an existing OUT as it was.
+func TestConvertDamagedLeavesNothing(t *testing.T) {
+	b, err := os.ReadFile(goldenPath(image.OldestVersion))
+	if err != nil {
+		t.Fatal(err)
+	}
+	flipped := append([]byte{}, b...)
+	flipped[len(flipped)-6000] ^= 1
+	for _, tt := range []struct {
+		name string
+		data []byte
+		want string
+	}{
+		{"truncated", b[:len(b)-100], "truncated"},
+		{"flipped", flipped, "checksum"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			in, out, kept := filepath.Join(dir, "in.img"), filepath.Join(dir, "out.img"), filepath.Join(dir, "kept.img")
+			os.WriteFile(in, tt.data, 0o600)
+			os.WriteFile(kept, []byte("keep me"), 0o600)
+			for _, o := range []string{out, kept} {
+				msg, err := ckpt("convert", in, o)
+				if err == nil || !strings.Contains(msg, tt.want) || strings.Count(strings.TrimSpace(msg), "\n") != 0 {
+					t.Fatalf("convert: %v, want one line with %q:\n%s", err, tt.want, msg)
+				}
+			}
+			ents, _ := os.ReadDir(dir)
+			if len(ents) != 2 {
+				t.Fatalf("convert left files behind: %v", ents)
+			}
+			if k, _ := os.ReadFile(kept); string(k) != "keep me" {
+				t.Fatal("a failed convert changed the existing OUT")
+			}
+		})
+	}
+}
