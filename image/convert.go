@@ -84,8 +84,8 @@ type ConvertResult struct {
 // 1 MiB page buffer are held at a time, whatever the image size. The input
 // is checked as it is read (its tail last), and the output gets new
 // alignment padding, counts and checksum. An image of the current version
-// is copied unchanged (but still checked), as a uncompressed image is byte
-// for byte.
+// is copied unchanged (but still checked): byte for byte when the
+// compression stays.
 //
 // On error the output is incomplete: it ends with an error record (so that
 // a reader learns why), and a caller writing a file should remove it.
@@ -108,7 +108,7 @@ func Convert(in io.Reader, out io.Writer, c Compression) (ConvertResult, error) 
 		return res, err
 	}
 	if err := convertRecords(r, w, steps); err != nil {
-		w.Fail(err)
+		w.Fail(fmt.Errorf("ckpt convert: %w", err)) // a reader of the output learns why it ends
 		if enc != nil {
 			enc.Close()
 		}
