@@ -84,8 +84,8 @@ type ConvertResult struct {
 // 1 MiB page buffer are held at a time, whatever the image size. The input
 // is checked as it is read (its tail last), and the output gets new
 // alignment padding, counts and checksum. An image of the current version
-// is copied unchanged (but still checked): byte for byte when the
-// compression stays.
+// is copied unchanged (but still checked): its uncompressed stream byte
+// for byte.
 //
 // On error the output is incomplete: it ends with an error record (so that
 // a reader learns why), and a caller writing a file should remove it.
