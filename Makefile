@@ -6,7 +6,7 @@ BIN     := bin/ckpt
 PKGS    := ./...
 FUZZTIME ?= 10s
 
-.PHONY: all build test unit e2e fuzz demo bench lint proto deps clean
+.PHONY: all build test unit e2e fuzz demo bench lint proto deps clean golden
 
 all: build
 
@@ -21,6 +21,7 @@ test: deps build
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 15m $(PKGS)
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzReader -fuzztime $(FUZZTIME) ./image
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzConvert -fuzztime $(FUZZTIME) ./image
 
 demo: deps build
 	./scripts/demo.sh
@@ -38,6 +39,12 @@ proto:
 	@command -v protoc >/dev/null || apt-get install -y protobuf-compiler
 	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 	PATH="$$PATH:$$($(GO) env GOPATH)/bin" protoc --go_out=. --go_opt=paths=source_relative image/pb/image.proto
+
+# golden rewrites test/golden/testdata/vN.img, the golden image of the
+# current format version N, with this tree's ckpt (as root; see
+# docs/image-format.md). Run it after every change to what images hold.
+golden:
+	$(GO) test -count=1 -v -run '^TestUpdateGolden$$' ./test/golden -update-golden
 
 clean:
 	rm -rf bin

@@ -22,8 +22,14 @@ import "fmt"
 // Magic opens every image.
 const Magic = "CKPT\x89img"
 
-// FormatVersion is the version this package writes.
-const FormatVersion = 1
+// FormatVersion is the version this package writes and restart accepts.
+// Bumping it needs a step in convert.go's versions table and a golden image
+// (make golden): see docs/image-format.md.
+const FormatVersion = 2
+
+// OldestVersion is the oldest version the reader accepts, for inspect and
+// convert.
+const OldestVersion = 1
 
 // PageSize is the page size images are written with (x86-64).
 const PageSize = 4096

@@ -33,6 +33,13 @@ type Reader struct {
 	pad    uint64
 	Header *pb.Header
 	Tail   *pb.Tail
+	// Version is the stream's format version, OldestVersion to
+	// FormatVersion; only FormatVersion can be restarted (CheckCurrent).
+	Version uint32
+	// Compressed says the stream was zstd-compressed.
+	Compressed bool
+	// headerRaw is the header record's payload, copied as is by Convert.
+	headerRaw []byte
 	// Progress, if set, counts the bytes read, for a progress display
 	// running on another goroutine.
 	Progress *atomic.Uint64
@@ -52,10 +59,14 @@ type Record struct {
 var zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
 
 // NewReader checks the magic and version and reads the header record. A
-// zstd-compressed image is decompressed on the fly.
+// zstd-compressed image is decompressed on the fly. Every version from
+// OldestVersion to FormatVersion is accepted; a restorer must also call
+// CheckCurrent.
 func NewReader(r io.Reader) (*Reader, error) {
 	br := bufio.NewReaderSize(r, 1<<20)
+	compressed := false
 	if head, _ := br.Peek(4); bytes.Equal(head, zstdMagic) {
+		compressed = true
 		// Bounded, as the stream is untrusted.
 		dec, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(64<<20), zstd.WithDecoderMaxMemory(256<<20))
 		if err != nil {
@@ -63,7 +74,7 @@ func NewReader(r io.Reader) (*Reader, error) {
 		}
 		br = bufio.NewReaderSize(dec.IOReadCloser(), 1<<20)
 	}
-	ir := &Reader{r: br, crc: crc32.New(castagnoli)}
+	ir := &Reader{r: br, crc: crc32.New(castagnoli), Compressed: compressed}
 	var hdr [headerLen]byte
 	if _, err := io.ReadFull(ir.r, hdr[:]); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
@@ -76,8 +87,12 @@ func NewReader(r io.Reader) (*Reader, error) {
 	}
 	ir.crc.Write(hdr[:])
 	ir.off = headerLen
-	if v := binary.LittleEndian.Uint32(hdr[8:]); v != FormatVersion {
-		return nil, fmt.Errorf("image format version %d is not supported (this ckpt reads version %d); convert it with a ckpt that knows it", v, FormatVersion)
+	ir.Version = binary.LittleEndian.Uint32(hdr[8:])
+	switch v := ir.Version; {
+	case v > FormatVersion:
+		return nil, fmt.Errorf("image format version %d is newer than this ckpt knows (%d to %d); use a newer ckpt", v, OldestVersion, FormatVersion)
+	case v < OldestVersion:
+		return nil, fmt.Errorf("image format version %d is not a version ckpt ever wrote (%d to %d): image damaged", v, OldestVersion, FormatVersion)
 	}
 	rec, err := ir.Next()
 	if err != nil {
@@ -90,11 +105,32 @@ func NewReader(r io.Reader) (*Reader, error) {
 	if err := proto.Unmarshal(rec.Payload, h); err != nil {
 		return nil, fmt.Errorf("image damaged: header record: %w", err)
 	}
+	if h.FormatVersion != ir.Version {
+		return nil, fmt.Errorf("image damaged: header record says format version %d, the stream %d", h.FormatVersion, ir.Version)
+	}
 	if h.PageSize != PageSize {
 		return nil, fmt.Errorf("image has page size %d; this machine uses %d", h.PageSize, PageSize)
 	}
-	ir.Header = h
+	ir.Header, ir.headerRaw = h, rec.Payload
 	return ir, nil
+}
+
+// VersionError is returned by CheckCurrent for an image of an older format
+// version, which `ckpt convert` upgrades.
+type VersionError struct{ Version uint32 }
+
+func (e *VersionError) Error() string {
+	return fmt.Sprintf("image format version %d is older than the version %d this ckpt restarts: upgrade it with `ckpt convert OLD NEW` and restart NEW", e.Version, FormatVersion)
+}
+
+// CheckCurrent returns a *VersionError unless the image has the current
+// format version: only that one can be restored, older ones must be
+// converted first.
+func (r *Reader) CheckCurrent() error {
+	if r.Version != FormatVersion {
+		return &VersionError{Version: r.Version}
+	}
+	return nil
 }
 
 func (r *Reader) readFull(b []byte, hashIt bool) error {

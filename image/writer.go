@@ -34,10 +34,15 @@ type Writer struct {
 
 // NewWriter starts an image on w by writing the magic and version.
 func NewWriter(w io.Writer) (*Writer, error) {
+	return newWriterVersion(w, FormatVersion)
+}
+
+// newWriterVersion writes an image of an older version, for tests.
+func newWriterVersion(w io.Writer, version uint32) (*Writer, error) {
 	iw := &Writer{w: bufio.NewWriterSize(w, 1<<20), crc: crc32.New(castagnoli)}
 	var hdr [headerLen]byte
 	copy(hdr[:], Magic)
-	binary.LittleEndian.PutUint32(hdr[8:], FormatVersion)
+	binary.LittleEndian.PutUint32(hdr[8:], version)
 	if err := iw.write(hdr[:]); err != nil {
 		return nil, err
 	}
@@ -83,6 +88,11 @@ func (w *Writer) Message(t Type, m proto.Message) error {
 	if err != nil {
 		return fmt.Errorf("encode %v record: %w", t, err)
 	}
+	return w.record(t, b)
+}
+
+// record writes one metadata record with an encoded payload.
+func (w *Writer) record(t Type, b []byte) error {
 	if t == TypeProcess {
 		w.procs++
 	}
@@ -106,6 +116,12 @@ func (w *Writer) Pages(pm *pb.PageMap, fill func(io.Writer) error) error {
 	if err := w.Message(TypePageMap, pm); err != nil {
 		return err
 	}
+	return w.alignedPages(n, fill)
+}
+
+// alignedPages writes a PAGES record of n pages, after a PAD record if its
+// payload would not start on a page boundary otherwise.
+func (w *Writer) alignedPages(n uint64, fill func(io.Writer) error) error {
 	// Pad so that the PAGES payload lands on a page boundary.
 	payloadAt := w.off + recordHeaderLen
 	if gap := (PageSize - payloadAt%PageSize) % PageSize; gap != 0 {

@@ -97,6 +97,9 @@ func restore(opts *Options) (res *Result, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := r.CheckCurrent(); err != nil {
+		return nil, err
+	}
 	r.Progress = opts.Progress
 	files := resource.NewOpenFiles()
 	files.Terminal = opts.Terminal

@@ -75,6 +75,9 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 		}
 	} else {
 		fmt.Fprintf(out, "image format %d, %s, page size %d\n", h.FormatVersion, h.Arch, h.PageSize)
+		if r.Version != image.FormatVersion {
+			fmt.Fprintf(out, "  older than version %d: restart needs `ckpt convert` first\n", image.FormatVersion)
+		}
 		fmt.Fprintf(out, "  written by ckpt %s on %s at %s\n", h.ToolVersion, h.Hostname, time.Unix(0, h.TimeUnixNano).UTC().Format(time.RFC3339))
 		fmt.Fprintf(out, "  kernel %s\n", h.Kernel)
 		fmt.Fprintf(out, "  checkpoint of pid %d\n", h.RootPid)

@@ -34,7 +34,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(checkpointCmd(), restartCmd(), inspectCmd(), checkCmd(), runCmd(), initCmd())
+	root.AddCommand(checkpointCmd(), restartCmd(), inspectCmd(), checkCmd(), convertCmd(), runCmd(), initCmd())
 	// CKPT_CPUPROFILE=FILE writes a Go CPU profile, for performance work.
 	if p := os.Getenv("CKPT_CPUPROFILE"); p != "" {
 		if f, err := os.Create(p); err == nil {
@@ -233,7 +233,7 @@ as the process runs.`,
 			close(runDone)
 			<-watcher
 			if err != nil {
-				return err
+				return convertHint(err, args)
 			}
 			if verbose {
 				fmt.Fprintf(os.Stderr, "ckpt: %s, peak memory %s\n", res.Describe(), peakMemory())
