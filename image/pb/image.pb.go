@@ -130,7 +130,16 @@ type Header struct {
 	TimeUnixNano  int64                  `protobuf:"varint,6,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
 	Hostname      string                 `protobuf:"bytes,7,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	// root_pid is the process the checkpoint was asked for.
-	RootPid       uint32 `protobuf:"varint,8,opt,name=root_pid,json=rootPid,proto3" json:"root_pid,omitempty"`
+	RootPid uint32 `protobuf:"varint,8,opt,name=root_pid,json=rootPid,proto3" json:"root_pid,omitempty"`
+	// Self-checkpoint fields (range 130-139).
+	// checkpoint_id is a random positive number naming this checkpoint; a
+	// self-checkpointing program receives it from its library call.
+	CheckpointId int64 `protobuf:"varint,130,opt,name=checkpoint_id,json=checkpointId,proto3" json:"checkpoint_id,omitempty"`
+	// self_tid, when set, is the thread that checkpointed its own process
+	// (`ckpt checkpoint --self-tid`); in the image it returns from its read()
+	// of the library's pipe with end of file, which the library reports as
+	// "restarted".
+	SelfTid       uint32 `protobuf:"varint,131,opt,name=self_tid,json=selfTid,proto3" json:"self_tid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -217,6 +226,20 @@ func (x *Header) GetHostname() string {
 func (x *Header) GetRootPid() uint32 {
 	if x != nil {
 		return x.RootPid
+	}
+	return 0
+}
+
+func (x *Header) GetCheckpointId() int64 {
+	if x != nil {
+		return x.CheckpointId
+	}
+	return 0
+}
+
+func (x *Header) GetSelfTid() uint32 {
+	if x != nil {
+		return x.SelfTid
 	}
 	return 0
 }
@@ -1933,7 +1956,7 @@ var File_image_pb_image_proto protoreflect.FileDescriptor
 
 const file_image_pb_image_proto_rawDesc = "" +
 	"\n" +
-	"\x14image/pb/image.proto\x12\rckpt.image.v1\"\xf8\x01\n" +
+	"\x14image/pb/image.proto\x12\rckpt.image.v1\"\xba\x02\n" +
 	"\x06Header\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x12\x12\n" +
 	"\x04arch\x18\x02 \x01(\tR\x04arch\x12\x1b\n" +
@@ -1942,7 +1965,9 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\ftool_version\x18\x05 \x01(\tR\vtoolVersion\x12$\n" +
 	"\x0etime_unix_nano\x18\x06 \x01(\x03R\ftimeUnixNano\x12\x1a\n" +
 	"\bhostname\x18\a \x01(\tR\bhostname\x12\x19\n" +
-	"\broot_pid\x18\b \x01(\rR\arootPid\"\xfa\x06\n" +
+	"\broot_pid\x18\b \x01(\rR\arootPid\x12$\n" +
+	"\rcheckpoint_id\x18\x82\x01 \x01(\x03R\fcheckpointId\x12\x1a\n" +
+	"\bself_tid\x18\x83\x01 \x01(\rR\aselfTid\"\xfa\x06\n" +
 	"\x04File\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12,\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x18.ckpt.image.v1.File.KindR\x04kind\x12\x12\n" +
