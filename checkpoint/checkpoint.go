@@ -68,7 +68,7 @@ type Options struct {
 	SelfTid int
 	SelfFd  int
 
-	id         int64 // the checkpoint id written into the header
+	id         int64  // the checkpoint id written into the header
 	selfReadFd int    // the caller's descriptor it reads the id from
 	selfIno    uint64 // the inode of that pipe
 }
