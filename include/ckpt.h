@@ -35,6 +35,8 @@
  *   its child) and everything the program holds must be checkpointable
  *   (see ckpt's docs/features.md); otherwise the call fails and the
  *   program carries on.
+ * - ckpt_self flushes stdio (fflush(NULL)) first: output still buffered
+ *   would be in the image and be written again by every restarted program.
  * - The call blocks for as long as the checkpoint takes; other threads run
  *   until ckpt freezes them, and run on afterwards.
  * - A program that reaps every child itself (waitpid(-1) in a SIGCHLD
@@ -99,6 +101,7 @@ static inline long ckpt_self_msg(const char *image_path, int flags, char *msg, s
 	}
 	if (!bin || !*bin)
 		bin = "ckpt";
+	fflush(NULL);
 	/* pipe2 by number: its libc wrapper wants _GNU_SOURCE. */
 	if (syscall(SYS_pipe2, p, O_CLOEXEC) < 0)
 		return -1;
