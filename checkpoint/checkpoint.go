@@ -65,10 +65,21 @@ type Options struct {
 	// Container checkpoints a whole container: Pid must be PID 1 of its
 	// PID namespace; the image holds PIDs as seen inside it.
 	Container bool
+	// SelfTid, if not 0, makes this a self-checkpoint (see self.go):
+	// thread SelfTid of Pid is blocked in read() on the pipe whose write
+	// end is ckpt's descriptor SelfFd.
+	SelfTid int
+	SelfFd  int
+
+	id         int64  // the checkpoint id written into the header
+	selfReadFd int    // the caller's descriptor it reads the id from
+	selfIno    uint64 // the inode of that pipe
 }
 
 // Stats describes a finished checkpoint.
 type Stats struct {
+	// ID is the checkpoint id recorded in the image header.
+	ID     int64
 	Frozen time.Duration
 	Total  time.Duration
 	Bytes  uint64
@@ -78,7 +89,11 @@ func (o *Options) fault(point string) error { return fault.At(o.Fault, point) }
 
 // Preflight checks, without touching them, that ckpt can checkpoint pid
 // and its descendants (as a container if container is set).
-func Preflight(pid int, container bool) error {
+func Preflight(pid int, container bool) error { return preflight(pid, 0, container) }
+
+// preflight is Preflight leaving out the subtree of process skip (ckpt
+// itself in a self-checkpoint).
+func preflight(pid, skip int, container bool) error {
 	if pid <= 0 {
 		return fmt.Errorf("invalid pid %d", pid)
 	}
@@ -103,7 +118,7 @@ func Preflight(pid int, container bool) error {
 			return err
 		}
 	}
-	pids, err := tree(pid)
+	pids, err := tree(pid, skip)
 	if err != nil {
 		return err
 	}
@@ -117,7 +132,7 @@ func Preflight(pid int, container bool) error {
 		if !strings.Contains(err.Error(), "CLONE_VM") || time.Now().After(deadline) {
 			return err
 		}
-		if pids, err = tree(pid); err != nil {
+		if pids, err = tree(pid, skip); err != nil {
 			return err
 		}
 	}
@@ -271,8 +286,9 @@ func gone(pid int) bool {
 	return errors.Is(err, os.ErrNotExist)
 }
 
-// tree lists pid and its descendants, parents before children.
-func tree(pid int) ([]int, error) {
+// tree lists pid and its descendants, parents before children, leaving
+// out process skip and its descendants (skip 0 leaves out nothing).
+func tree(pid, skip int) ([]int, error) {
 	out := []int{pid}
 	for i := 0; i < len(out); i++ {
 		kids, err := proc.Children(out[i])
@@ -283,19 +299,32 @@ func tree(pid int) ([]int, error) {
 			return nil, fmt.Errorf("list children of %d: %w", out[i], err)
 		}
 		sort.Ints(kids)
-		out = append(out, kids...)
+		for _, k := range kids {
+			if k != skip || skip == 0 {
+				out = append(out, k)
+			}
+		}
 	}
 	return out, nil
 }
 
 // Run checkpoints one process into opts.Out.
 func Run(opts Options) (*Stats, error) {
-	if err := Preflight(opts.Pid, opts.Container); err != nil {
+	var err error
+	if opts.id, err = newID(); err != nil {
+		return nil, err
+	}
+	if opts.SelfTid != 0 {
+		if err := prepareSelf(&opts); err != nil {
+			return nil, fmt.Errorf("checkpoint %d: %w", opts.Pid, err)
+		}
+	}
+	if err := preflight(opts.Pid, opts.skip(), opts.Container); err != nil {
 		return nil, fmt.Errorf("checkpoint %d: %w", opts.Pid, err)
 	}
-	var stats Stats
+	stats := Stats{ID: opts.id}
 	start := time.Now()
-	err := ptrace.Run(func() error { return dump(&opts, &stats) })
+	err = ptrace.Run(func() error { return dump(&opts, &stats) })
 	stats.Total = time.Since(start)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %d: %w", opts.Pid, err)
@@ -487,7 +516,7 @@ func (ft *frozenTree) add(pid, root int) (*frozen, error) {
 // freezeWith seizes and interrupts every task of a tree frozen by a
 // cgroup, calls thaw, and waits for all the interrupt stops.
 func (ft *frozenTree) freezeWith(root int, thaw func() error) error {
-	pids, err := tree(root)
+	pids, err := tree(root, 0)
 	if err != nil {
 		return err
 	}
@@ -514,12 +543,13 @@ func (ft *frozenTree) freezeWith(root int, thaw func() error) error {
 	return nil
 }
 
-// freeze stops the whole tree, walking it again until no process appears
-// that is not frozen (a running process can fork until it is stopped).
-func (ft *frozenTree) freeze(root int) error {
+// freeze stops the whole tree but the subtree of skip, walking it again
+// until no process appears that is not frozen (a running process can fork
+// until it is stopped).
+func (ft *frozenTree) freeze(root, skip int) error {
 	seen := map[int]bool{}
 	for {
-		pids, err := tree(root)
+		pids, err := tree(root, skip)
 		if err != nil {
 			return err
 		}
@@ -587,10 +617,13 @@ func dump(opts *Options, stats *Stats) (err error) {
 			fz.set(false)
 			return err
 		}
-	} else if err := ft.freeze(opts.Pid); err != nil {
+	} else if err := ft.freeze(opts.Pid, opts.skip()); err != nil {
 		return err
 	}
 	if err := opts.fault("seized"); err != nil {
+		return err
+	}
+	if err := checkSelf(opts, ft); err != nil {
 		return err
 	}
 	files := resource.NewFileSet()
@@ -641,6 +674,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 		rootPid = procs[0].Pid
 	}
 	hdr := newHeader(rootPid, outer, opts.Container)
+	hdr.CheckpointId, hdr.SelfTid = opts.id, uint32(opts.SelfTid)
 
 	out := opts.Out
 	var enc *zstd.Encoder
@@ -786,6 +820,11 @@ func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64) error
 		dt, err := resource.DumpThread(th.target, th.tid, th.regs, th.sigmask)
 		if err != nil {
 			return fmt.Errorf("thread %d: %w", th.tid, err)
+		}
+		if opts.SelfTid == th.tid {
+			if err := resource.SelfReturn(dt, th.regs, opts.selfReadFd); err != nil {
+				return err
+			}
 		}
 		p.Threads = append(p.Threads, dt)
 	}

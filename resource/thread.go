@@ -5,13 +5,11 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ckpt/ckpt/image/pb"
-	"github.com/ckpt/ckpt/proc"
 	"github.com/ckpt/ckpt/ptrace"
 )
 
@@ -272,32 +270,35 @@ func restartSleep(t *Target, th *pb.Thread) error {
 	default:
 		return fmt.Errorf("image damaged: sleep restart for syscall %d", rs.Nr)
 	}
-	if err := ptrace.SetRegs(t.Inj.Tid, &r); err != nil {
+	tid := t.Inj.Tid
+	if err := ptrace.SetRegs(tid, &r); err != nil {
 		return err
 	}
-	if err := ptrace.Cont(t.Inj.Tid, 0); err != nil {
-		return err
+	// The thread must not run its own code before its release (a short
+	// sleep would end and let it run on, half restored): it goes from its
+	// syscall-exit stop straight to the sleep's syscall-entry stop, a
+	// SIGSTOP is queued, and the sleep returns at once as interrupted,
+	// with the remaining time in the kernel's restart block (or with 0 if
+	// it was over). The thread stops at the sleep's exit, then in the
+	// SIGSTOP's delivery, where the release (which discards it) runs the
+	// kernel's restart logic.
+	if err := syscallStep(tid); err != nil {
+		return fmt.Errorf("restored sleep of %d: %w", tid, err)
 	}
-	// Wait until the thread sleeps in the call, then interrupt it.
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) {
-		st, err := proc.ReadStat(t.Inj.Tid)
-		if err != nil {
-			return err
-		}
-		sc, _ := os.ReadFile(proc.Path(t.Inj.Tid, "syscall"))
-		if st.State == 'S' && strings.HasPrefix(string(sc), fmt.Sprint(rs.Nr)+" ") {
-			break
-		}
-		time.Sleep(50 * time.Microsecond)
-	}
-	// SIGSTOP interrupts the sleep whatever the mask; the tracer sees it
-	// as a signal-delivery stop inside signal handling, and the release
-	// (which discards it) runs the kernel's restart logic.
-	if err := unix.Tgkill(t.Pid, t.Inj.Tid, unix.SIGSTOP); err != nil {
+	if err := unix.Tgkill(t.Pid, tid, unix.SIGSTOP); err != nil {
 		return fmt.Errorf("interrupt restored sleep: %w", err)
 	}
-	ws, err := ptrace.Wait(t.Inj.Tid)
+	if err := syscallStep(tid); err != nil {
+		return fmt.Errorf("restored sleep of %d: %w", tid, err)
+	}
+	now, err := ptrace.GetRegs(tid)
+	if err != nil {
+		return err
+	}
+	if err := ptrace.Cont(tid, 0); err != nil {
+		return err
+	}
+	ws, err := ptrace.Wait(tid)
 	if err != nil {
 		return err
 	}
@@ -307,16 +308,27 @@ func restartSleep(t *Target, th *pb.Thread) error {
 	if err := t.WriteMem(tsAddr, saved); err != nil {
 		return err
 	}
-	now, err := ptrace.GetRegs(t.Inj.Tid)
-	if err != nil {
-		return err
-	}
 	if -int64(now.Rax) != errRestartRestartBlock {
 		// The sleep ended before the interrupt: it completed.
 		orig.Rax = now.Rax
 		orig.Orig_rax = ^uint64(0)
 	}
 	return ptrace.SetRegs(t.Inj.Tid, &orig)
+}
+
+// syscallStep resumes a thread to its next syscall stop (entry or exit).
+func syscallStep(tid int) error {
+	if err := ptrace.ResumeSyscall(tid, 0); err != nil {
+		return err
+	}
+	ws, err := ptrace.Wait(tid)
+	if err != nil {
+		return err
+	}
+	if !ws.Stopped() || int(ws.StopSignal()) != int(unix.SIGTRAP)|0x80 {
+		return fmt.Errorf("unexpected stop %v, want a syscall stop", ws.StopSignal())
+	}
+	return nil
 }
 
 // guessRestartedSleep tells which call a thread in restart_syscall made, from

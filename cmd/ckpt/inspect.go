@@ -81,6 +81,12 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 		fmt.Fprintf(out, "  written by ckpt %s on %s at %s\n", h.ToolVersion, h.Hostname, time.Unix(0, h.TimeUnixNano).UTC().Format(time.RFC3339))
 		fmt.Fprintf(out, "  kernel %s\n", h.Kernel)
 		fmt.Fprintf(out, "  checkpoint of pid %d\n", h.RootPid)
+		if h.CheckpointId != 0 {
+			fmt.Fprintf(out, "  checkpoint id %d\n", h.CheckpointId)
+		}
+		if h.SelfTid != 0 {
+			fmt.Fprintf(out, "  self-checkpoint by thread %d\n", h.SelfTid)
+		}
 	}
 	var mms []*pb.Mm
 	pages := map[uint32]map[uint64]uint64{} // mm -> vma start -> pages

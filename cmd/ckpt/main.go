@@ -94,6 +94,7 @@ func isTerminal(f *os.File) bool {
 func checkpointCmd() *cobra.Command {
 	var out, freezerDir string
 	var kill, verbose, compress, container bool
+	var self selfFlags
 	c := &cobra.Command{
 		Use:     "checkpoint [--kill] [--compress] [--container] [--freezer DIR] [-o FILE] PID",
 		Aliases: []string{"dump"},
@@ -112,6 +113,9 @@ ckpt restart rebuilds it in new ones.`,
 			pid, err := strconv.Atoi(args[0])
 			if err != nil || pid <= 0 {
 				return fmt.Errorf("checkpoint: %q is not a process id", args[0])
+			}
+			if cmd.Flags().Changed("self-tid") || cmd.Flags().Changed("self-fd") {
+				return self.run(checkpoint.Options{Pid: pid, Kill: kill, Freezer: freezerDir, Compress: compress, Warn: warn, Fault: os.Getenv("CKPT_FAULT")}, out)
 			}
 			// A reader that goes away (`| head`) must fail the checkpoint
 			// with an error, not kill ckpt with SIGPIPE.
@@ -147,6 +151,7 @@ ckpt restart rebuilds it in new ones.`,
 	c.Flags().BoolVar(&compress, "compress", false, "write a zstd-compressed image (for slow links; restart reads it as is)")
 	c.Flags().StringVar(&freezerDir, "freezer", "", "stop the tree with the freezer cgroup `DIR` (v1 freezer.state or v2 cgroup.freeze) that holds it; tasks the user froze stay frozen")
 	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "report size and timing on stderr")
+	self.add(c)
 	return c
 }
 

@@ -199,7 +199,16 @@ type Header struct {
 	// container marks a checkpoint of a whole container (--container): the
 	// root is PID 1 of its PID namespace, every PID in the image is a PID
 	// inside it, and restart rebuilds it in a new PID namespace.
-	Container     bool `protobuf:"varint,51,opt,name=container,proto3" json:"container,omitempty"`
+	Container bool `protobuf:"varint,51,opt,name=container,proto3" json:"container,omitempty"`
+	// Self-checkpoint fields (range 130-139).
+	// checkpoint_id is a random positive number naming this checkpoint; a
+	// self-checkpointing program receives it from its library call.
+	CheckpointId int64 `protobuf:"varint,130,opt,name=checkpoint_id,json=checkpointId,proto3" json:"checkpoint_id,omitempty"`
+	// self_tid, when set, is the thread that checkpointed its own process
+	// (`ckpt checkpoint --self-tid`); in the image it returns from its read()
+	// of the library's pipe with end of file, which the library reports as
+	// "restarted".
+	SelfTid       uint32 `protobuf:"varint,131,opt,name=self_tid,json=selfTid,proto3" json:"self_tid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -302,6 +311,20 @@ func (x *Header) GetContainer() bool {
 		return x.Container
 	}
 	return false
+}
+
+func (x *Header) GetCheckpointId() int64 {
+	if x != nil {
+		return x.CheckpointId
+	}
+	return 0
+}
+
+func (x *Header) GetSelfTid() uint32 {
+	if x != nil {
+		return x.SelfTid
+	}
+	return 0
 }
 
 // File is an open file description.
@@ -2334,7 +2357,7 @@ var File_image_pb_image_proto protoreflect.FileDescriptor
 
 const file_image_pb_image_proto_rawDesc = "" +
 	"\n" +
-	"\x14image/pb/image.proto\x12\rckpt.image.v1\"\xc7\x02\n" +
+	"\x14image/pb/image.proto\x12\rckpt.image.v1\"\x89\x03\n" +
 	"\x06Header\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x12\x12\n" +
 	"\x04arch\x18\x02 \x01(\tR\x04arch\x12\x1b\n" +
@@ -2345,7 +2368,9 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\bhostname\x18\a \x01(\tR\bhostname\x12\x19\n" +
 	"\broot_pid\x18\b \x01(\rR\arootPid\x12/\n" +
 	"\bouter_ns\x182 \x01(\v2\x14.ckpt.image.v1.NsIdsR\aouterNs\x12\x1c\n" +
-	"\tcontainer\x183 \x01(\bR\tcontainer\"\xfa\x06\n" +
+	"\tcontainer\x183 \x01(\bR\tcontainer\x12$\n" +
+	"\rcheckpoint_id\x18\x82\x01 \x01(\x03R\fcheckpointId\x12\x1a\n" +
+	"\bself_tid\x18\x83\x01 \x01(\rR\aselfTid\"\xfa\x06\n" +
 	"\x04File\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12,\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x18.ckpt.image.v1.File.KindR\x04kind\x12\x12\n" +

@@ -61,7 +61,8 @@ func TestMain(m *testing.M) {
 var compiled sync.Map // source name -> binary path or error
 
 // compile builds test/workloads/NAME.c with the system gcc, once per run.
-// Line 1 of the source ("// build: FLAGS") gives extra flags.
+// Line 1 of the source ("// build: FLAGS") gives extra flags, with paths
+// relative to the repository.
 func compile(t *testing.T, name string, extra ...string) string {
 	t.Helper()
 	key := name + strings.Join(extra, " ")
@@ -81,7 +82,9 @@ func compile(t *testing.T, name string, extra ...string) string {
 	out := filepath.Join(buildDir, name+strings.ReplaceAll(strings.Join(extra, ""), "-", "_"))
 	args := append([]string{"-O2", "-Wall", "-o", out, src}, flags...)
 	args = append(args, extra...)
-	if msg, err := exec.Command("gcc", args...).CombinedOutput(); err != nil {
+	gcc := exec.Command("gcc", args...)
+	gcc.Dir = repoRoot // build flags name repository paths (-I include)
+	if msg, err := gcc.CombinedOutput(); err != nil {
 		err = fmt.Errorf("gcc %v: %v\n%s", args, err, msg)
 		compiled.Store(key, err)
 		t.Fatal(err)
