@@ -54,6 +54,9 @@ const (
 	TypePad     Type = 7
 	TypeError   Type = 8
 	TypeTail    Type = 9
+	// TypeIPC is a pb.IpcNamespace: the SysV IPC objects of one IPC
+	// namespace (type 12 is reserved for SysV IPC as well).
+	TypeIPC Type = 11
 )
 
 var typeNames = map[Type]string{
@@ -66,6 +69,7 @@ var typeNames = map[Type]string{
 	TypePad:     "pad",
 	TypeError:   "error",
 	TypeTail:    "tail",
+	TypeIPC:     "ipc",
 }
 
 func (t Type) String() string {

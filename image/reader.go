@@ -174,7 +174,7 @@ func (r *Reader) Next() (Record, error) {
 			r.left = length
 			r.pages += length / PageSize
 			return rec, nil
-		case TypeHeader, TypeFile, TypeMm, TypeProcess, TypePageMap, TypeError, TypeTail:
+		case TypeHeader, TypeFile, TypeMm, TypeProcess, TypePageMap, TypeError, TypeTail, TypeIPC:
 		default:
 			return Record{}, fmt.Errorf("image damaged at byte %d: unknown record type %d", start, uint32(t))
 		}
