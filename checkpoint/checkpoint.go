@@ -600,6 +600,10 @@ func dump(opts *Options, stats *Stats) (err error) {
 		procs = append(procs, &pb.Process{Pid: uint32(z.Pid), Ppid: uint32(z.Ppid), Pgid: uint32(z.Pgrp), Sid: uint32(z.Session),
 			Comm: z.Comm, ExitSignal: uint32(z.ExitSignal), Zombie: true, ExitCode: uint32(z.ExitCode)})
 	}
+	ipcNs, err := dumpIPC(opts, ft, mms)
+	if err != nil {
+		return err
+	}
 
 	out := opts.Out
 	var enc *zstd.Encoder
@@ -614,7 +618,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 		return err
 	}
 	w.Progress = opts.Progress
-	if err := writeImage(opts, w, dumped, procs, mms, files); err != nil {
+	if err := writeImage(opts, w, dumped, procs, mms, files, ipcNs); err != nil {
 		if ferr := w.Fail(err); ferr != nil && opts.Warn != nil {
 			opts.Warn("could not record the failure in the image: " + ferr.Error())
 		}
@@ -753,7 +757,7 @@ func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64) error
 	return nil
 }
 
-func writeImage(opts *Options, w *image.Writer, dumped []*frozen, procs []*pb.Process, mms []*pb.Mm, files *resource.FileSet) error {
+func writeImage(opts *Options, w *image.Writer, dumped []*frozen, procs []*pb.Process, mms []*pb.Mm, files *resource.FileSet, ipcNs *pb.IpcNamespace) error {
 	host, _ := os.Hostname()
 	var uts unix.Utsname
 	unix.Uname(&uts)
@@ -769,6 +773,10 @@ func writeImage(opts *Options, w *image.Writer, dumped []*frozen, procs []*pb.Pr
 		if err := w.Message(image.TypeFile, file); err != nil {
 			return err
 		}
+	}
+	// SysV IPC objects before the areas that attach them.
+	if err := w.Message(image.TypeIPC, ipcNs); err != nil {
+		return err
 	}
 	// Every process before any page, so that a restorer can build the
 	// whole tree, then stream pages into it.
@@ -792,6 +800,9 @@ func writeImage(opts *Options, w *image.Writer, dumped []*frozen, procs []*pb.Pr
 		}
 	}
 	if err := resource.DumpShmem(files, w); err != nil {
+		return err
+	}
+	if err := resource.DumpIPCShmPages(opts.Pid, ipcNs, w); err != nil {
 		return err
 	}
 	if err := opts.fault("tail"); err != nil {

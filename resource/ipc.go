@@ -393,8 +393,9 @@ type IPCRestore struct {
 	maps map[int32][]byte
 	// created are the segments created; reused those found in place (host
 	// namespace only).
-	created []*pb.ShmSegment
-	reused  map[int32]bool
+	created  []*pb.ShmSegment
+	reused   map[int32]bool
+	finished bool
 }
 
 // ValidateIPC checks an image's IPC namespace record before anything is

@@ -49,9 +49,9 @@ func restoreSemSet(s *pb.SemSet, adj map[[2]int32]int32) error {
 	return nil
 }
 
-// hasUndoList reports whether task tid holds a semaphore undo list:
+// HasSemUndo reports whether task tid holds a semaphore undo list:
 // whether it differs, by kcmp, from ckpt's own (ckpt never has one).
-func hasUndoList(tid int) (bool, error) {
+func HasSemUndo(tid int) (bool, error) {
 	r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(os.Getpid()), uintptr(tid), kcmpSysvsem, 0, 0, 0)
 	if e != 0 {
 		return false, fmt.Errorf("compare undo list of %d: %w", tid, e)
@@ -65,7 +65,7 @@ func hasUndoList(tid int) (bool, error) {
 func PreflightSemUndo(pids []int) error {
 	var holders []int
 	for _, pid := range pids {
-		has, err := hasUndoList(pid)
+		has, err := HasSemUndo(pid)
 		if err != nil {
 			return err
 		}
@@ -121,7 +121,7 @@ func readSemValues(pid int, ns *pb.IpcNamespace) (map[int32][]uint16, error) {
 func DumpSemUndo(ns *pb.IpcNamespace, pid int, threads []*Target, tids []int) error {
 	var holders []int
 	for i, tid := range tids {
-		has, err := hasUndoList(tid)
+		has, err := HasSemUndo(tid)
 		if err != nil {
 			return err
 		}

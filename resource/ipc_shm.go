@@ -338,7 +338,7 @@ func (r *IPCRestore) Finish() error {
 		}))
 	}
 	errs = append(errs, r.detach())
-	r.created = nil
+	r.finished = true
 	return errors.Join(errs...)
 }
 
@@ -352,7 +352,9 @@ func (r *IPCRestore) Abort() {
 	}
 	inIPCNamespace(r.pid, func() error {
 		for _, s := range r.created {
-			shmctl(int(s.Id), unix.IPC_RMID, nil)
+			if !(r.finished && s.Dest) { // those are removed already
+				shmctl(int(s.Id), unix.IPC_RMID, nil)
+			}
 		}
 		return nil
 	})

@@ -114,6 +114,12 @@ func restore(opts *Options) (res *Result, err error) {
 	}()
 	var pm *pb.PageMap
 	buf := make([]byte, 4<<20)
+	var ipc ipcState
+	defer func() {
+		if err != nil {
+			ipc.abort()
+		}
+	}()
 	for {
 		rec, err := r.Next()
 		if err == io.EOF {
@@ -122,7 +128,7 @@ func restore(opts *Options) (res *Result, err error) {
 		if err != nil {
 			return nil, err
 		}
-		if built && (rec.Type == image.TypeFile || rec.Type == image.TypeMm || rec.Type == image.TypeProcess) {
+		if built && (rec.Type == image.TypeFile || rec.Type == image.TypeMm || rec.Type == image.TypeProcess || rec.Type == image.TypeIPC) {
 			return nil, fmt.Errorf("image damaged: %v record at byte %d after the pages began", rec.Type, rec.Offset)
 		}
 		switch rec.Type {
@@ -165,8 +171,19 @@ func restore(opts *Options) (res *Result, err error) {
 				}
 			}
 			tasks = append(tasks, t)
+		case image.TypeIPC:
+			ns := &pb.IpcNamespace{}
+			if err := image.Unmarshal(rec, ns); err != nil {
+				return nil, err
+			}
+			if err := ipc.add(ns); err != nil {
+				return nil, err
+			}
 		case image.TypePageMap:
 			if !built {
+				if err := ipc.restoreHost(); err != nil {
+					return nil, err
+				}
 				if created, err = build(opts, r.Header, tasks, files); err != nil {
 					return nil, err
 				}
@@ -187,7 +204,11 @@ func restore(opts *Options) (res *Result, err error) {
 			if n*image.PageSize != rec.Len {
 				return nil, fmt.Errorf("image damaged: pages record at byte %d does not match its page map", rec.Offset)
 			}
-			if pm.ShmemId != 0 {
+			if pm.SysvNs != 0 {
+				if err := ipc.pages(pm, r, buf); err != nil {
+					return nil, err
+				}
+			} else if pm.ShmemId != 0 {
 				if err := resource.RestoreShmemPages(files, pm, r, buf); err != nil {
 					return nil, err
 				}
@@ -209,9 +230,16 @@ func restore(opts *Options) (res *Result, err error) {
 		}
 	}
 	if !built {
+		if err := ipc.restoreHost(); err != nil {
+			return nil, err
+		}
 		if created, err = build(opts, r.Header, tasks, files); err != nil {
 			return nil, err
 		}
+	}
+	// Every segment is attached again and filled.
+	if err := ipc.finish(); err != nil {
+		return nil, err
 	}
 	for _, t := range tasks {
 		if t.p.Zombie {
