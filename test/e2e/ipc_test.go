@@ -1,0 +1,73 @@
+package e2e
+
+import (
+	"os"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// inFreshIPCNamespace moves the calling goroutine's thread into a new IPC
+// namespace, so that every process the test starts from it (workloads,
+// ckpt) lives there and no IPC object reaches the machine's namespace.
+// The thread stays locked: the runtime discards it when the test ends,
+// and the namespace goes with its last process.
+func inFreshIPCNamespace(t *testing.T) {
+	t.Helper()
+	runtime.LockOSThread()
+	if err := unix.Unshare(unix.CLONE_NEWIPC); err != nil {
+		t.Fatalf("unshare IPC namespace: %v", err)
+	}
+}
+
+// ipcWorkloads use SysV IPC in ckpt's own IPC namespace (the "host" case:
+// the test gives both a namespace of their own). ipcsem and ipcshm_multi
+// need the whole namespace saved (container mode) and run in
+// TestIPCNamespaceDumpRestore's terms until then.
+func ipcWorkloads() []workload {
+	return []workload{
+		{name: "ipcshm", argv: cWorkload("ipcshm"), signal: true, settle: 30 * time.Millisecond},
+		{name: "ipcmsq", argv: cWorkload("ipcmsq"), signal: true, settle: 30 * time.Millisecond},
+	}
+}
+
+// TestIPCWorkloads runs the SysV IPC workloads in the three harness modes,
+// each in an IPC namespace of its own shared by the workload and ckpt.
+func TestIPCWorkloads(t *testing.T) {
+	for _, w := range ipcWorkloads() {
+		for _, mode := range []string{"kill", "running", "twice"} {
+			t.Run(w.name+"/"+mode, func(t *testing.T) {
+				inFreshIPCNamespace(t)
+				runWorkload(t, w, mode)
+			})
+		}
+	}
+}
+
+// TestIPCHostImage checks what a host-namespace image says about SysV IPC,
+// and that the workload really ran in the test's namespace.
+func TestIPCHostImage(t *testing.T) {
+	inFreshIPCNamespace(t)
+	p := startWorkload(t, compile(t, "ipcshm"))
+	theirs, _ := os.Readlink("/proc/" + itoa(p.pid) + "/ns/ipc")
+	if host, _ := os.Readlink("/proc/1/ns/ipc"); theirs == host || theirs == "" {
+		t.Fatalf("workload runs in the machine's IPC namespace %s", theirs)
+	}
+	img := p.dir + "/img"
+	if out, err := ckpt(nil, "checkpoint", "-o", img, itoa(p.pid)); err != nil {
+		t.Fatalf("checkpoint: %v\n%s", err, out)
+	}
+	text, err := ckpt(nil, "inspect", img)
+	if err != nil {
+		t.Fatalf("inspect: %v\n%s", err, text)
+	}
+	for _, want := range []string{"2 attached shared memory segments; message queues and semaphores not captured", "removed (SHM_DEST)", "/SYSV1c0c0a01 (deleted)"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("inspect output lacks %q:\n%s", want, text)
+		}
+	}
+	p.verifyExit(p.exit, true, 10*time.Second)
+}
