@@ -497,7 +497,7 @@ func RestoreIPCNamespace(pid int, ns *pb.IpcNamespace) (*IPCRestore, error) {
 		}
 		for _, s := range ns.Shm {
 			if err := r.restoreShm(s, liveKeys); err != nil {
-				return fmt.Errorf("restore shared memory segment %d (key %#x): %w", s.Id, uint32(s.Perm.Key), err)
+				return fmt.Errorf("restore %s: %w", shmName(s), err)
 			}
 		}
 		for _, q := range ns.Msg {

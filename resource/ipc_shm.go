@@ -90,14 +90,14 @@ func DumpIPCShmPages(pid int, ns *pb.IpcNamespace, w *image.Writer) error {
 		for _, s := range ns.Shm {
 			mem, err := shmAttach(int(s.Id), s.Size, unix.SHM_RDONLY)
 			if err != nil {
-				return fmt.Errorf("attach shared memory segment %d (key %#x): %w", s.Id, uint32(s.Perm.GetKey()), err)
+				return fmt.Errorf("attach %s: %w", shmName(s), err)
 			}
 			err = dumpShmContents(ns.Ns, s.Id, mem, swapped > 0, w, buf)
 			if derr := shmDetach(mem); err == nil && derr != nil {
 				err = derr
 			}
 			if err != nil {
-				return fmt.Errorf("shared memory segment %d (key %#x): %w", s.Id, uint32(s.Perm.GetKey()), err)
+				return fmt.Errorf("%s: %w", shmName(s), err)
 			}
 		}
 		return nil
@@ -377,4 +377,12 @@ func (r *IPCRestore) detach() error {
 func isSysvShm(v *proc.Vma) bool {
 	_, ok := sysvNameKey(v.Name)
 	return ok && v.Inode <= 1<<31-1
+}
+
+// shmName names a segment in messages.
+func shmName(s *pb.ShmSegment) string {
+	if s.Dest {
+		return fmt.Sprintf("shared memory segment %d (key %#x, removed while attached)", s.Id, uint32(s.NameKey))
+	}
+	return fmt.Sprintf("shared memory segment %d (key %#x)", s.Id, uint32(s.Perm.GetKey()))
 }

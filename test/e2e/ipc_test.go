@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"os"
+	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -70,4 +72,46 @@ func TestIPCHostImage(t *testing.T) {
 		}
 	}
 	p.verifyExit(p.exit, true, 10*time.Second)
+}
+
+// TestIPCHostIDTaken: a segment that must come back under its id, while
+// another segment holds that id, fails the restart with a message that
+// names the id and what to do, and leaves no process behind.
+func TestIPCHostIDTaken(t *testing.T) {
+	inFreshIPCNamespace(t)
+	p := startWorkload(t, compile(t, "ipcshm"))
+	m := regexp.MustCompile(`ids (\d+) (\d+) (\d+)`).FindStringSubmatch(p.logText())
+	if m == nil {
+		t.Fatalf("no ids in log:\n%s", p.logText())
+	}
+	img := p.dir + "/img"
+	if out, err := ckpt(nil, "checkpoint", "--kill", "-o", img, itoa(p.pid)); err != nil {
+		t.Fatalf("checkpoint: %v\n%s", err, out)
+	}
+	p.exit.wait(10 * time.Second)
+	// Segment C (removed while attached) went away with the process; take
+	// its id with another segment. This thread is in the test's namespace.
+	if err := os.WriteFile("/proc/sys/kernel/shm_next_id", []byte(m[3]), 0); err != nil {
+		t.Fatal(err)
+	}
+	id, err := unix.SysvShmGet(0x1c0c0aff, 4096, unix.IPC_CREAT|0o600)
+	if err != nil || strconv.Itoa(id) != m[3] {
+		t.Fatalf("take id %s: got %d, %v", m[3], id, err)
+	}
+	out, err := ckpt(nil, "restart", img)
+	if err == nil {
+		t.Fatalf("restart succeeded with the id taken:\n%s", out)
+	}
+	want := "restore shared memory segment " + m[3] + " (key 0x1c0c0a03, removed while attached): id " + m[3] + " is taken by another segment (key 0x1c0c0aff, 4096 bytes); remove it (ipcrm -m " + m[3] + ")"
+	if !strings.Contains(out, want) || strings.Count(strings.TrimSpace(out), "\n") > 0 {
+		t.Errorf("restart said:\n%s\nwant one line with %q", out, want)
+	}
+	if alive(p.pid) {
+		t.Errorf("process %d runs after a failed restart", p.pid)
+	}
+	var ds unix.SysvShmDesc
+	ida, _ := strconv.Atoi(m[1])
+	if _, err := unix.SysvShmCtl(ida, unix.IPC_STAT, &ds); err != nil || ds.Nattch != 0 {
+		t.Errorf("segment A (reused, not created) after the failed restart: %v, %d attached", err, ds.Nattch)
+	}
 }
