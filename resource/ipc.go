@@ -200,7 +200,7 @@ func permOf(p *unix.SysvIpcPerm) *pb.IpcPerm {
 	return &pb.IpcPerm{Key: p.Key, Uid: p.Uid, Gid: p.Gid, Cuid: p.Cuid, Cgid: p.Cgid, Mode: p.Mode & ipcModeBits}
 }
 
-// gone reports errors that mean "no object at this index or id".
+// ipcGone reports errors that mean "no object at this index or id".
 func ipcGone(err error) bool {
 	return errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EIDRM)
 }

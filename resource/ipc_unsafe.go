@@ -72,7 +72,7 @@ func shmctl(id, cmd int, ds *unix.SysvShmDesc) (int, error) {
 	return ipcCall(unix.SYS_SHMCTL, uintptr(id), uintptr(cmd), uintptr(unsafe.Pointer(ds)), 0, 0)
 }
 
-// shmInfo returns the highest index in use for shm, msg or sem (SHM_INFO,
+// ipcMaxIndex returns the highest index in use for shm, msg or sem (SHM_INFO,
 // MSG_INFO, SEM_INFO), or -1 if none.
 func ipcMaxIndex(nr uintptr, cmd int) (int, error) {
 	var buf [shmInfoBytes]byte
