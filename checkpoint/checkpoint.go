@@ -136,6 +136,9 @@ func preflight(pid, skip int, container bool) error {
 			return err
 		}
 	}
+	if err := resource.PreflightSemUndo(pids); err != nil {
+		return err
+	}
 	outer, err := resource.ReadNsIds(0)
 	if err != nil {
 		return err
@@ -629,6 +632,12 @@ func dump(opts *Options, stats *Stats) (err error) {
 	files := resource.NewFileSet()
 	var procs []*pb.Process
 	var mms []*pb.Mm
+	// IPC namespaces of the tree's own, before the injected burst reads
+	// their undo lists.
+	ipc, err := dumpOwnIPC(ft)
+	if err != nil {
+		return err
+	}
 	owners, err := filesOwners(ft.procs)
 	if err != nil {
 		return err
@@ -644,7 +653,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 		if o := vmOwners[f.pid]; o != 0 {
 			mmID = mmOf[o]
 		}
-		p, mm, err := collect(opts, f, files, mmID, owners[f.pid], vmOwners[f.pid])
+		p, mm, err := collect(opts, f, files, mmID, owners[f.pid], vmOwners[f.pid], ipc.of[f.pid])
 		if err != nil {
 			return fmt.Errorf("process %d: %w", f.pid, err)
 		}
@@ -658,6 +667,9 @@ func dump(opts *Options, stats *Stats) (err error) {
 		procs = append(procs, &pb.Process{Pid: uint32(z.Pid), Ppid: uint32(z.Ppid), Pgid: uint32(z.Pgrp), Sid: uint32(z.Session),
 			Comm: z.Comm, ExitSignal: uint32(z.ExitSignal), Zombie: true, ExitCode: uint32(z.ExitCode)})
 	}
+	if err := ipc.dumpHostIPC(opts, ft, procs, mms); err != nil {
+		return err
+	}
 	outer, err := resource.ReadNsIds(0)
 	if err != nil {
 		return err
@@ -668,9 +680,11 @@ func dump(opts *Options, stats *Stats) (err error) {
 	}
 	rootPid := uint32(opts.Pid)
 	if opts.Container {
-		if err := translatePids(procs); err != nil {
+		inner, err := translatePids(procs)
+		if err != nil {
 			return err
 		}
+		ipc.translate(inner)
 		rootPid = procs[0].Pid
 	}
 	hdr := newHeader(rootPid, outer, opts.Container)
@@ -689,7 +703,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 		return err
 	}
 	w.Progress = opts.Progress
-	if err := writeImage(opts, w, hdr, namespaces, dumped, procs, mms, files); err != nil {
+	if err := writeImage(opts, w, hdr, namespaces, dumped, procs, mms, files, ipc); err != nil {
 		if ferr := w.Fail(err); ferr != nil && opts.Warn != nil {
 			opts.Warn("could not record the failure in the image: " + ferr.Error())
 		}
@@ -741,10 +755,11 @@ func dump(opts *Options, stats *Stats) (err error) {
 // collect reads one frozen process.
 // filesOwner and mmOwner, if not 0, are the processes whose descriptor
 // table and address space f shares; a sharer's Mm is nil.
-func collect(opts *Options, f *frozen, files *resource.FileSet, mmID uint32, filesOwner, mmOwner int) (*pb.Process, *pb.Mm, error) {
+// ipcNs, if set, is f's own IPC namespace, whose undo lists are read.
+func collect(opts *Options, f *frozen, files *resource.FileSet, mmID uint32, filesOwner, mmOwner int, ipcNs *pb.IpcNamespace) (*pb.Process, *pb.Mm, error) {
 	p := &pb.Process{Pid: uint32(f.pid), FilesOwner: uint32(filesOwner), MmOwner: uint32(mmOwner), MmId: mmID}
 	var brk uint64
-	if err := collectInjected(opts, f, p, &brk); err != nil {
+	if err := collectInjected(opts, f, p, &brk, ipcNs); err != nil {
 		return nil, nil, err
 	}
 	st, err := proc.ReadStat(f.pid)
@@ -784,7 +799,7 @@ func collect(opts *Options, f *frozen, files *resource.FileSet, mmID uint32, fil
 
 // collectInjected reads what only the process itself can tell, with
 // system calls injected into each thread, and puts the registers back.
-func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64) error {
+func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64, ipcNs *pb.IpcNamespace) error {
 	addr, err := syscallInsn(f.pid, &f.threads[0].regs)
 	if err != nil {
 		return err
@@ -828,6 +843,16 @@ func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64) error
 		}
 		p.Threads = append(p.Threads, dt)
 	}
+	if ipcNs != nil {
+		var targets []*resource.Target
+		var tids []int
+		for _, th := range f.threads {
+			targets, tids = append(targets, th.target), append(tids, th.tid)
+		}
+		if err := resource.DumpSemUndo(ipcNs, f.pid, targets, tids); err != nil {
+			return err
+		}
+	}
 	if err := opts.fault("injected"); err != nil {
 		return err
 	}
@@ -852,7 +877,7 @@ func newHeader(rootPid uint32, outer *pb.NsIds, container bool) *pb.Header {
 	}
 }
 
-func writeImage(opts *Options, w *image.Writer, hdr *pb.Header, namespaces []*pb.Namespace, dumped []*frozen, procs []*pb.Process, mms []*pb.Mm, files *resource.FileSet) error {
+func writeImage(opts *Options, w *image.Writer, hdr *pb.Header, namespaces []*pb.Namespace, dumped []*frozen, procs []*pb.Process, mms []*pb.Mm, files *resource.FileSet, ipc *ipcDump) error {
 	if err := w.Message(image.TypeHeader, hdr); err != nil {
 		return err
 	}
@@ -864,6 +889,12 @@ func writeImage(opts *Options, w *image.Writer, hdr *pb.Header, namespaces []*pb
 	}
 	for _, file := range files.Files {
 		if err := w.Message(image.TypeFile, file); err != nil {
+			return err
+		}
+	}
+	// SysV IPC objects before the areas that attach them.
+	for _, rec := range ipc.recs {
+		if err := w.Message(image.TypeIPC, rec); err != nil {
 			return err
 		}
 	}
@@ -890,6 +921,11 @@ func writeImage(opts *Options, w *image.Writer, hdr *pb.Header, namespaces []*pb
 	}
 	if err := resource.DumpShmem(files, w); err != nil {
 		return err
+	}
+	for _, rec := range ipc.recs {
+		if err := resource.DumpIPCShmPages(ipc.pidIn[rec.Ns], rec, w); err != nil {
+			return err
+		}
 	}
 	if err := opts.fault("tail"); err != nil {
 		return err

@@ -60,14 +60,15 @@ func innermost(pid int, key string) (uint32, error) {
 // container's PID namespace. Processes (and their threads) are named by
 // their own NSpid; groups and sessions by NSpgid and NSsid, which the
 // kernel reports as 0 when the group lies outside the namespace.
-func translatePids(procs []*pb.Process) error {
+// It returns the map from ckpt's PIDs to the image's.
+func translatePids(procs []*pb.Process) (map[uint32]uint32, error) {
 	inner := map[uint32]uint32{}
 	for _, p := range procs {
 		if p.Zombie {
 			// A zombie's status still has its NSpid lines.
 			v, err := innermost(int(p.Pid), "NSpid")
 			if err != nil {
-				return fmt.Errorf("zombie %d: %w", p.Pid, err)
+				return nil, fmt.Errorf("zombie %d: %w", p.Pid, err)
 			}
 			inner[p.Pid] = v
 			continue
@@ -75,7 +76,7 @@ func translatePids(procs []*pb.Process) error {
 		for _, th := range p.Threads {
 			v, err := innermost(int(th.Tid), "NSpid")
 			if err != nil {
-				return fmt.Errorf("thread %d: %w", th.Tid, err)
+				return nil, fmt.Errorf("thread %d: %w", th.Tid, err)
 			}
 			inner[th.Tid] = v
 		}
@@ -84,14 +85,14 @@ func translatePids(procs []*pb.Process) error {
 		host := int(p.Pid)
 		g, err := innermost(host, "NSpgid")
 		if err != nil {
-			return err
+			return nil, err
 		}
 		s, err := innermost(host, "NSsid")
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if g == 0 || s == 0 {
-			return fmt.Errorf("process %d is in a process group or session outside its container (the container's init must be a session leader: start it with `ckpt run`, or setsid)", host)
+			return nil, fmt.Errorf("process %d is in a process group or session outside its container (the container's init must be a session leader: start it with `ckpt run`, or setsid)", host)
 		}
 		p.Pid, p.Pgid, p.Sid = inner[p.Pid], g, s
 		p.Ppid = inner[p.Ppid] // 0 for the init: its parent is outside
@@ -108,7 +109,7 @@ func translatePids(procs []*pb.Process) error {
 			th.Tid = inner[th.Tid]
 		}
 	}
-	return nil
+	return inner, nil
 }
 
 // collectNamespaces lists the namespaces the image re-creates: for every

@@ -65,6 +65,9 @@ const (
 	// TypeLeaks lists what the processes share with processes outside
 	// them (pb.Leaks).
 	TypeLeaks Type = 16
+	// TypeIPC is a pb.IpcNamespace: the SysV IPC objects of one IPC
+	// namespace (type 12 is reserved for SysV IPC as well).
+	TypeIPC Type = 11
 )
 
 var typeNames = map[Type]string{
@@ -79,6 +82,7 @@ var typeNames = map[Type]string{
 	TypeTail:      "tail",
 	TypeNamespace: "namespace",
 	TypeLeaks:     "leaks",
+	TypeIPC:       "ipc",
 }
 
 func (t Type) String() string {

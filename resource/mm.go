@@ -42,13 +42,18 @@ func checkVma(pid int, v *proc.Vma) error {
 		return nil
 	case v.Inode != 0 && isShmemName(v.Name):
 		return nil
+	case isSysvShm(v):
+		if !v.Shared() {
+			return fmt.Errorf("process %d maps SysV shared memory %s privately at %#x-%#x: %w", pid, v.Name, v.Start, v.End, ErrUnsupported)
+		}
+		return nil
 	case v.Inode == 0:
 		if strings.HasPrefix(v.Name, "[") && v.Name != "[heap]" && v.Name != "[stack]" && !strings.HasPrefix(v.Name, "[anon:") {
 			return fmt.Errorf("process %d has the kernel area %s at %#x-%#x: %w yet", pid, v.Name, v.Start, v.End, ErrUnsupported)
 		}
 		return nil
 	case strings.HasSuffix(v.Name, " (deleted)") || !strings.HasPrefix(v.Name, "/"):
-		return fmt.Errorf("process %d maps %q at %#x-%#x: %w yet (deleted files, memfd and SysV memory come later)", pid, v.Name, v.Start, v.End, ErrUnsupported)
+		return fmt.Errorf("process %d maps %q at %#x-%#x: %w yet (deleted files come later)", pid, v.Name, v.Start, v.End, ErrUnsupported)
 	}
 	return nil
 }
@@ -101,6 +106,9 @@ func DumpMm(pid int, brk uint64, files *FileSet) (*pb.Mm, error) {
 		switch {
 		case specialNames[v.Name]:
 			pv.Special = v.Name
+		case isSysvShm(&v):
+			// The inode number of a SysV segment's file is its id.
+			pv.SysvShm, pv.SysvShmid = true, int32(v.Inode)
 		case isShmemName(v.Name):
 			if !v.Shared() {
 				return nil, fmt.Errorf("process %d maps %s privately at %#x-%#x: %w yet", pid, v.Name, v.Start, v.End, ErrUnsupported)
@@ -333,8 +341,17 @@ func MoveSpecials(t *Target, mm *pb.Mm, have []proc.Vma, tmp uint64) error {
 // MapVmas creates every non-special area of mm in the stub, writable so
 // that pages can be filled; FinishMm sets the final protections.
 func MapVmas(t *Target, mm *pb.Mm, files *OpenFiles, pl *FdPuller) error {
-	for _, v := range mm.Vmas {
+	for i := 0; i < len(mm.Vmas); i++ {
+		v := mm.Vmas[i]
 		if v.Special != "" {
+			continue
+		}
+		if v.SysvShm {
+			group := shmGroup(mm.Vmas, i)
+			if err := attachShm(t, group); err != nil {
+				return err
+			}
+			i += len(group) - 1
 			continue
 		}
 		length := v.End - v.Start

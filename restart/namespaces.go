@@ -64,9 +64,14 @@ func (n namespaces) prepareTime(parent *stub, p *pb.Process) error {
 
 // fill restores the state of the namespaces that flags created for the
 // process s, before anything else happens inside them.
-func (n namespaces) fill(s *stub, p *pb.Process, flags uint64) error {
+func (n namespaces) fill(s *stub, p *pb.Process, flags uint64, ipc *ipcState) error {
 	if flags&unix.CLONE_NEWUTS != 0 {
 		if err := resource.RestoreUTS(s.pid, n[p.Ns.Uts]); err != nil {
+			return fmt.Errorf("process %d: %w", p.Pid, err)
+		}
+	}
+	if flags&unix.CLONE_NEWIPC != 0 {
+		if err := ipc.restoreOwn(s.pid, p.Ns.Ipc); err != nil {
 			return fmt.Errorf("process %d: %w", p.Pid, err)
 		}
 	}

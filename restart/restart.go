@@ -119,6 +119,12 @@ func restore(opts *Options) (res *Result, err error) {
 	}()
 	var pm *pb.PageMap
 	buf := make([]byte, 4<<20)
+	var ipc ipcState
+	defer func() {
+		if err != nil {
+			ipc.abort()
+		}
+	}()
 	for {
 		rec, err := r.Next()
 		if err == io.EOF {
@@ -127,7 +133,7 @@ func restore(opts *Options) (res *Result, err error) {
 		if err != nil {
 			return nil, err
 		}
-		if built && (rec.Type == image.TypeFile || rec.Type == image.TypeMm || rec.Type == image.TypeProcess || rec.Type == image.TypeNamespace) {
+		if built && (rec.Type == image.TypeFile || rec.Type == image.TypeMm || rec.Type == image.TypeProcess || rec.Type == image.TypeNamespace || rec.Type == image.TypeIPC) {
 			return nil, fmt.Errorf("image damaged: %v record at byte %d after the pages began", rec.Type, rec.Offset)
 		}
 		switch rec.Type {
@@ -178,9 +184,20 @@ func restore(opts *Options) (res *Result, err error) {
 				}
 			}
 			tasks = append(tasks, t)
+		case image.TypeIPC:
+			ns := &pb.IpcNamespace{}
+			if err := image.Unmarshal(rec, ns); err != nil {
+				return nil, err
+			}
+			if err := ipc.add(ns); err != nil {
+				return nil, err
+			}
 		case image.TypePageMap:
 			if !built {
-				if created, err = build(opts, r.Header, nss, tasks, files); err != nil {
+				if err := ipc.restoreHost(); err != nil {
+					return nil, err
+				}
+				if created, err = build(opts, r.Header, nss, &ipc, tasks, files); err != nil {
 					return nil, err
 				}
 				built = true
@@ -200,7 +217,11 @@ func restore(opts *Options) (res *Result, err error) {
 			if n*image.PageSize != rec.Len {
 				return nil, fmt.Errorf("image damaged: pages record at byte %d does not match its page map", rec.Offset)
 			}
-			if pm.ShmemId != 0 {
+			if pm.SysvNs != 0 {
+				if err := ipc.pages(pm, r, buf); err != nil {
+					return nil, err
+				}
+			} else if pm.ShmemId != 0 {
 				if err := resource.RestoreShmemPages(files, pm, r, buf); err != nil {
 					return nil, err
 				}
@@ -222,9 +243,16 @@ func restore(opts *Options) (res *Result, err error) {
 		}
 	}
 	if !built {
-		if created, err = build(opts, r.Header, nss, tasks, files); err != nil {
+		if err := ipc.restoreHost(); err != nil {
 			return nil, err
 		}
+		if created, err = build(opts, r.Header, nss, &ipc, tasks, files); err != nil {
+			return nil, err
+		}
+	}
+	// Every segment is attached again and filled.
+	if err := ipc.finish(); err != nil {
+		return nil, err
 	}
 	for _, t := range tasks {
 		if t.p.Zombie {
@@ -309,7 +337,7 @@ func checkPidFree(pid int) error {
 // build creates every process of the image with its original PID, parent,
 // session and group, turns zombies into zombies, and prepares each live
 // process's address space for its pages. It returns the stubs created.
-func build(opts *Options, hdr *pb.Header, nss namespaces, tasks []*task, files *resource.OpenFiles) (created []*stub, err error) {
+func build(opts *Options, hdr *pb.Header, nss namespaces, ipc *ipcState, tasks []*task, files *resource.OpenFiles) (created []*stub, err error) {
 	if len(tasks) == 0 {
 		return nil, fmt.Errorf("image holds no process")
 	}
@@ -403,7 +431,7 @@ func build(opts *Options, hdr *pb.Header, nss namespaces, tasks []*task, files *
 		return nil, err
 	}
 	created = append(created, root.s)
-	if err := nss.fill(root.s, root.p, rootFlags); err != nil {
+	if err := nss.fill(root.s, root.p, rootFlags, ipc); err != nil {
 		return created, err
 	}
 	// Every signal stays blocked while the tree is built, but SIGTRAP: the
@@ -448,7 +476,7 @@ func build(opts *Options, hdr *pb.Header, nss namespaces, tasks []*task, files *
 				return created, fmt.Errorf("process %d: %w", t.p.Pid, err)
 			}
 			created = append(created, c.s)
-			if err := nss.fill(c.s, c.p, nsFlags); err != nil {
+			if err := nss.fill(c.s, c.p, nsFlags, ipc); err != nil {
 				return created, err
 			}
 		}
@@ -539,6 +567,17 @@ func build(opts *Options, hdr *pb.Header, nss namespaces, tasks []*task, files *
 		if err := prepare(t, files); err != nil {
 			return created, fmt.Errorf("process %d (%s): %w", t.p.Pid, t.p.Comm, err)
 		}
+	}
+	// Undo lists go into each process before its threads exist (they
+	// share it).
+	err = ipc.semUndo(func(pid uint32) *resource.Target {
+		if t := byPid[pid]; t != nil && t.s != nil && !t.p.Zombie {
+			return t.s.t
+		}
+		return nil
+	})
+	if err != nil {
+		return created, err
 	}
 	if err := opts.fault("mapped"); err != nil {
 		return created, err

@@ -109,6 +109,8 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 			m = &pb.Process{}
 		case image.TypePageMap:
 			m = &pb.PageMap{}
+		case image.TypeIPC:
+			m = &pb.IpcNamespace{}
 		}
 		if m != nil {
 			if err := image.Unmarshal(rec, m); err != nil {
@@ -128,6 +130,10 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 		case *pb.Process:
 			if !asJSON {
 				printProcess(out, v)
+			}
+		case *pb.IpcNamespace:
+			if !asJSON {
+				printIPC(out, v)
 			}
 		case *pb.PageMap:
 			for _, mm := range mms {
@@ -228,5 +234,46 @@ func printProcess(out io.Writer, p *pb.Process) {
 			}
 			fmt.Fprintln(out)
 		}
+	}
+}
+
+func printIPC(out io.Writer, ns *pb.IpcNamespace) {
+	if ns.Host {
+		fmt.Fprintf(out, "SysV IPC of ckpt's own namespace %d: %d attached shared memory segments; message queues and semaphores not captured\n", ns.Ns, len(ns.Shm))
+	} else {
+		fmt.Fprintf(out, "SysV IPC namespace %d: %d shared memory segments, %d message queues, %d semaphore sets\n", ns.Ns, len(ns.Shm), len(ns.Msg), len(ns.Sem))
+	}
+	perm := func(p *pb.IpcPerm) string {
+		if p == nil {
+			return ""
+		}
+		return fmt.Sprintf("key %#08x mode %#o owner %d:%d creator %d:%d", uint32(p.Key), p.Mode, p.Uid, p.Gid, p.Cuid, p.Cgid)
+	}
+	for _, s := range ns.Shm {
+		extra := ""
+		if s.Dest {
+			extra = ", removed (SHM_DEST)"
+		}
+		fmt.Fprintf(out, "  shm %d: %d bytes, %s, %d attached%s\n", s.Id, s.Size, perm(s.Perm), s.Nattch, extra)
+	}
+	for _, q := range ns.Msg {
+		var n int
+		for _, m := range q.Messages {
+			n += len(m.Text)
+		}
+		fmt.Fprintf(out, "  msg %d: %d messages (%d bytes) of %d, %s\n", q.Id, len(q.Messages), n, q.Qbytes, perm(q.Perm))
+	}
+	for _, s := range ns.Sem {
+		fmt.Fprintf(out, "  sem %d: values %v, %s\n", s.Id, s.Values, perm(s.Perm))
+	}
+	for _, u := range ns.Undo {
+		fmt.Fprintf(out, "  undo list of process %d:", u.Pid)
+		for _, a := range u.Adj {
+			fmt.Fprintf(out, " sem %d.%d %+d", a.Semid, a.Num, a.Adj)
+		}
+		fmt.Fprintln(out)
+	}
+	for _, c := range ns.Sysctls {
+		fmt.Fprintf(out, "  kernel.%s = %s\n", c.Name, c.Value)
 	}
 }

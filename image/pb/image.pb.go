@@ -683,7 +683,12 @@ type Vma struct {
 	// name is what /proc/PID/maps showed ("[heap]", "[stack]", a path), for display.
 	Name string `protobuf:"bytes,9,opt,name=name,proto3" json:"name,omitempty"`
 	// pages counts the pages of this area stored in the image.
-	Pages         uint64 `protobuf:"varint,10,opt,name=pages,proto3" json:"pages,omitempty"`
+	Pages uint64 `protobuf:"varint,10,opt,name=pages,proto3" json:"pages,omitempty"`
+	// sysv_shm marks an attached SysV shared memory segment (shmat), whose
+	// id is sysv_shmid in the process's IPC namespace. Restart attaches the
+	// segment there again (shmat at start) instead of mapping anything.
+	SysvShm       bool  `protobuf:"varint,100,opt,name=sysv_shm,json=sysvShm,proto3" json:"sysv_shm,omitempty"`
+	SysvShmid     int32 `protobuf:"varint,101,opt,name=sysv_shmid,json=sysvShmid,proto3" json:"sysv_shmid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -784,6 +789,20 @@ func (x *Vma) GetName() string {
 func (x *Vma) GetPages() uint64 {
 	if x != nil {
 		return x.Pages
+	}
+	return 0
+}
+
+func (x *Vma) GetSysvShm() bool {
+	if x != nil {
+		return x.SysvShm
+	}
+	return false
+}
+
+func (x *Vma) GetSysvShmid() int32 {
+	if x != nil {
+		return x.SysvShmid
 	}
 	return 0
 }
@@ -1863,7 +1882,12 @@ type PageMap struct {
 	Runs  []*PageRun             `protobuf:"bytes,2,rep,name=runs,proto3" json:"runs,omitempty"`
 	// shmem_id, when set, names the SHMEM file the pages belong to; run
 	// addresses are then offsets into it and mm_id is 0.
-	ShmemId       uint32 `protobuf:"varint,3,opt,name=shmem_id,json=shmemId,proto3" json:"shmem_id,omitempty"`
+	ShmemId uint32 `protobuf:"varint,3,opt,name=shmem_id,json=shmemId,proto3" json:"shmem_id,omitempty"`
+	// sysv_ns, when set, is the IPC namespace (IpcNamespace.ns) of the SysV
+	// shared memory segment sysv_shmid the pages belong to; run addresses are
+	// then offsets into the segment and mm_id is 0.
+	SysvNs        uint64 `protobuf:"varint,100,opt,name=sysv_ns,json=sysvNs,proto3" json:"sysv_ns,omitempty"`
+	SysvShmid     int32  `protobuf:"varint,101,opt,name=sysv_shmid,json=sysvShmid,proto3" json:"sysv_shmid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1915,6 +1939,20 @@ func (x *PageMap) GetRuns() []*PageRun {
 func (x *PageMap) GetShmemId() uint32 {
 	if x != nil {
 		return x.ShmemId
+	}
+	return 0
+}
+
+func (x *PageMap) GetSysvNs() uint64 {
+	if x != nil {
+		return x.SysvNs
+	}
+	return 0
+}
+
+func (x *PageMap) GetSysvShmid() int32 {
+	if x != nil {
+		return x.SysvShmid
 	}
 	return 0
 }
@@ -2353,6 +2391,738 @@ func (x *Leaks) GetLeaks() []*Leak {
 	return nil
 }
 
+// IpcPerm is struct ipc_perm of an object.
+type IpcPerm struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// key is the key_t the object was created with (0 = IPC_PRIVATE; a
+	// segment marked for removal has lost its key).
+	Key  int32  `protobuf:"varint,1,opt,name=key,proto3" json:"key,omitempty"`
+	Uid  uint32 `protobuf:"varint,2,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid  uint32 `protobuf:"varint,3,opt,name=gid,proto3" json:"gid,omitempty"`
+	Cuid uint32 `protobuf:"varint,4,opt,name=cuid,proto3" json:"cuid,omitempty"`
+	Cgid uint32 `protobuf:"varint,5,opt,name=cgid,proto3" json:"cgid,omitempty"`
+	// mode is the permission bits (low 9) as IPC_STAT shows them.
+	Mode          uint32 `protobuf:"varint,6,opt,name=mode,proto3" json:"mode,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IpcPerm) Reset() {
+	*x = IpcPerm{}
+	mi := &file_image_pb_image_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IpcPerm) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IpcPerm) ProtoMessage() {}
+
+func (x *IpcPerm) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IpcPerm.ProtoReflect.Descriptor instead.
+func (*IpcPerm) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *IpcPerm) GetKey() int32 {
+	if x != nil {
+		return x.Key
+	}
+	return 0
+}
+
+func (x *IpcPerm) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *IpcPerm) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
+func (x *IpcPerm) GetCuid() uint32 {
+	if x != nil {
+		return x.Cuid
+	}
+	return 0
+}
+
+func (x *IpcPerm) GetCgid() uint32 {
+	if x != nil {
+		return x.Cgid
+	}
+	return 0
+}
+
+func (x *IpcPerm) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+// ShmSegment is a SysV shared memory segment. Its pages that are not all
+// zeros follow in PAGES records.
+type ShmSegment struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    int32                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Perm  *IpcPerm               `protobuf:"bytes,2,opt,name=perm,proto3" json:"perm,omitempty"`
+	Size  uint64                 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	// dest marks a segment removed (IPC_RMID) while still attached
+	// (SHM_DEST): it is removed again once its attachments are back.
+	Dest bool `protobuf:"varint,4,opt,name=dest,proto3" json:"dest,omitempty"`
+	// locked is SHM_LOCK.
+	Locked bool   `protobuf:"varint,5,opt,name=locked,proto3" json:"locked,omitempty"`
+	Cpid   uint32 `protobuf:"varint,6,opt,name=cpid,proto3" json:"cpid,omitempty"`
+	Lpid   uint32 `protobuf:"varint,7,opt,name=lpid,proto3" json:"lpid,omitempty"`
+	Atime  int64  `protobuf:"varint,8,opt,name=atime,proto3" json:"atime,omitempty"`
+	Dtime  int64  `protobuf:"varint,9,opt,name=dtime,proto3" json:"dtime,omitempty"`
+	Ctime  int64  `protobuf:"varint,10,opt,name=ctime,proto3" json:"ctime,omitempty"`
+	Nattch uint64 `protobuf:"varint,11,opt,name=nattch,proto3" json:"nattch,omitempty"`
+	// name_key is the key in the segment's mapping name (/SYSVxxxxxxxx),
+	// which a segment marked for removal keeps.
+	NameKey       int32 `protobuf:"varint,12,opt,name=name_key,json=nameKey,proto3" json:"name_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShmSegment) Reset() {
+	*x = ShmSegment{}
+	mi := &file_image_pb_image_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShmSegment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShmSegment) ProtoMessage() {}
+
+func (x *ShmSegment) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShmSegment.ProtoReflect.Descriptor instead.
+func (*ShmSegment) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ShmSegment) GetId() int32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *ShmSegment) GetPerm() *IpcPerm {
+	if x != nil {
+		return x.Perm
+	}
+	return nil
+}
+
+func (x *ShmSegment) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *ShmSegment) GetDest() bool {
+	if x != nil {
+		return x.Dest
+	}
+	return false
+}
+
+func (x *ShmSegment) GetLocked() bool {
+	if x != nil {
+		return x.Locked
+	}
+	return false
+}
+
+func (x *ShmSegment) GetCpid() uint32 {
+	if x != nil {
+		return x.Cpid
+	}
+	return 0
+}
+
+func (x *ShmSegment) GetLpid() uint32 {
+	if x != nil {
+		return x.Lpid
+	}
+	return 0
+}
+
+func (x *ShmSegment) GetAtime() int64 {
+	if x != nil {
+		return x.Atime
+	}
+	return 0
+}
+
+func (x *ShmSegment) GetDtime() int64 {
+	if x != nil {
+		return x.Dtime
+	}
+	return 0
+}
+
+func (x *ShmSegment) GetCtime() int64 {
+	if x != nil {
+		return x.Ctime
+	}
+	return 0
+}
+
+func (x *ShmSegment) GetNattch() uint64 {
+	if x != nil {
+		return x.Nattch
+	}
+	return 0
+}
+
+func (x *ShmSegment) GetNameKey() int32 {
+	if x != nil {
+		return x.NameKey
+	}
+	return 0
+}
+
+// MsgQueue is a SysV message queue with every message, in queue order.
+type MsgQueue struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            int32                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Perm          *IpcPerm               `protobuf:"bytes,2,opt,name=perm,proto3" json:"perm,omitempty"`
+	Qbytes        uint64                 `protobuf:"varint,3,opt,name=qbytes,proto3" json:"qbytes,omitempty"`
+	Messages      []*Msg                 `protobuf:"bytes,4,rep,name=messages,proto3" json:"messages,omitempty"`
+	Lspid         uint32                 `protobuf:"varint,5,opt,name=lspid,proto3" json:"lspid,omitempty"`
+	Lrpid         uint32                 `protobuf:"varint,6,opt,name=lrpid,proto3" json:"lrpid,omitempty"`
+	Stime         int64                  `protobuf:"varint,7,opt,name=stime,proto3" json:"stime,omitempty"`
+	Rtime         int64                  `protobuf:"varint,8,opt,name=rtime,proto3" json:"rtime,omitempty"`
+	Ctime         int64                  `protobuf:"varint,9,opt,name=ctime,proto3" json:"ctime,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MsgQueue) Reset() {
+	*x = MsgQueue{}
+	mi := &file_image_pb_image_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MsgQueue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MsgQueue) ProtoMessage() {}
+
+func (x *MsgQueue) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MsgQueue.ProtoReflect.Descriptor instead.
+func (*MsgQueue) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *MsgQueue) GetId() int32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *MsgQueue) GetPerm() *IpcPerm {
+	if x != nil {
+		return x.Perm
+	}
+	return nil
+}
+
+func (x *MsgQueue) GetQbytes() uint64 {
+	if x != nil {
+		return x.Qbytes
+	}
+	return 0
+}
+
+func (x *MsgQueue) GetMessages() []*Msg {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+func (x *MsgQueue) GetLspid() uint32 {
+	if x != nil {
+		return x.Lspid
+	}
+	return 0
+}
+
+func (x *MsgQueue) GetLrpid() uint32 {
+	if x != nil {
+		return x.Lrpid
+	}
+	return 0
+}
+
+func (x *MsgQueue) GetStime() int64 {
+	if x != nil {
+		return x.Stime
+	}
+	return 0
+}
+
+func (x *MsgQueue) GetRtime() int64 {
+	if x != nil {
+		return x.Rtime
+	}
+	return 0
+}
+
+func (x *MsgQueue) GetCtime() int64 {
+	if x != nil {
+		return x.Ctime
+	}
+	return 0
+}
+
+type Msg struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          int64                  `protobuf:"varint,1,opt,name=type,proto3" json:"type,omitempty"`
+	Text          []byte                 `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Msg) Reset() {
+	*x = Msg{}
+	mi := &file_image_pb_image_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Msg) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Msg) ProtoMessage() {}
+
+func (x *Msg) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Msg.ProtoReflect.Descriptor instead.
+func (*Msg) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *Msg) GetType() int64 {
+	if x != nil {
+		return x.Type
+	}
+	return 0
+}
+
+func (x *Msg) GetText() []byte {
+	if x != nil {
+		return x.Text
+	}
+	return nil
+}
+
+// SemSet is a SysV semaphore set. values are the semaphore values at the
+// freeze, before any undo list (SemUndo) is accounted for.
+type SemSet struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            int32                  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Perm          *IpcPerm               `protobuf:"bytes,2,opt,name=perm,proto3" json:"perm,omitempty"`
+	Values        []uint32               `protobuf:"varint,3,rep,packed,name=values,proto3" json:"values,omitempty"`
+	Otime         int64                  `protobuf:"varint,4,opt,name=otime,proto3" json:"otime,omitempty"`
+	Ctime         int64                  `protobuf:"varint,5,opt,name=ctime,proto3" json:"ctime,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SemSet) Reset() {
+	*x = SemSet{}
+	mi := &file_image_pb_image_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SemSet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SemSet) ProtoMessage() {}
+
+func (x *SemSet) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SemSet.ProtoReflect.Descriptor instead.
+func (*SemSet) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *SemSet) GetId() int32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *SemSet) GetPerm() *IpcPerm {
+	if x != nil {
+		return x.Perm
+	}
+	return nil
+}
+
+func (x *SemSet) GetValues() []uint32 {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+func (x *SemSet) GetOtime() int64 {
+	if x != nil {
+		return x.Otime
+	}
+	return 0
+}
+
+func (x *SemSet) GetCtime() int64 {
+	if x != nil {
+		return x.Ctime
+	}
+	return 0
+}
+
+// SemUndo is the semaphore undo list (semadj values, SEM_UNDO) of one
+// process: what the kernel adds to the semaphores when the process exits.
+type SemUndo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	Adj           []*SemAdj              `protobuf:"bytes,2,rep,name=adj,proto3" json:"adj,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SemUndo) Reset() {
+	*x = SemUndo{}
+	mi := &file_image_pb_image_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SemUndo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SemUndo) ProtoMessage() {}
+
+func (x *SemUndo) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SemUndo.ProtoReflect.Descriptor instead.
+func (*SemUndo) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *SemUndo) GetPid() uint32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *SemUndo) GetAdj() []*SemAdj {
+	if x != nil {
+		return x.Adj
+	}
+	return nil
+}
+
+type SemAdj struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Semid         int32                  `protobuf:"varint,1,opt,name=semid,proto3" json:"semid,omitempty"`
+	Num           uint32                 `protobuf:"varint,2,opt,name=num,proto3" json:"num,omitempty"`
+	Adj           int32                  `protobuf:"varint,3,opt,name=adj,proto3" json:"adj,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SemAdj) Reset() {
+	*x = SemAdj{}
+	mi := &file_image_pb_image_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SemAdj) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SemAdj) ProtoMessage() {}
+
+func (x *SemAdj) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SemAdj.ProtoReflect.Descriptor instead.
+func (*SemAdj) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *SemAdj) GetSemid() int32 {
+	if x != nil {
+		return x.Semid
+	}
+	return 0
+}
+
+func (x *SemAdj) GetNum() uint32 {
+	if x != nil {
+		return x.Num
+	}
+	return 0
+}
+
+func (x *SemAdj) GetAdj() int32 {
+	if x != nil {
+		return x.Adj
+	}
+	return 0
+}
+
+// IpcSysctl is a per-namespace IPC limit (/proc/sys/kernel/NAME).
+type IpcSysctl struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IpcSysctl) Reset() {
+	*x = IpcSysctl{}
+	mi := &file_image_pb_image_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IpcSysctl) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IpcSysctl) ProtoMessage() {}
+
+func (x *IpcSysctl) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IpcSysctl.ProtoReflect.Descriptor instead.
+func (*IpcSysctl) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *IpcSysctl) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *IpcSysctl) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+// IpcNamespace is the SysV IPC state of one IPC namespace.
+type IpcNamespace struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ns is the namespace's inode number (/proc/PID/ns/ipc), naming it
+	// within the image.
+	Ns uint64 `protobuf:"varint,1,opt,name=ns,proto3" json:"ns,omitempty"`
+	// host is set when the processes shared ckpt's own IPC namespace: only
+	// the shared memory segments they had attached are saved; message
+	// queues, semaphores, other segments, undo lists and limits were not
+	// captured.
+	Host          bool          `protobuf:"varint,2,opt,name=host,proto3" json:"host,omitempty"`
+	Shm           []*ShmSegment `protobuf:"bytes,3,rep,name=shm,proto3" json:"shm,omitempty"`
+	Msg           []*MsgQueue   `protobuf:"bytes,4,rep,name=msg,proto3" json:"msg,omitempty"`
+	Sem           []*SemSet     `protobuf:"bytes,5,rep,name=sem,proto3" json:"sem,omitempty"`
+	Sysctls       []*IpcSysctl  `protobuf:"bytes,6,rep,name=sysctls,proto3" json:"sysctls,omitempty"`
+	Undo          []*SemUndo    `protobuf:"bytes,7,rep,name=undo,proto3" json:"undo,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IpcNamespace) Reset() {
+	*x = IpcNamespace{}
+	mi := &file_image_pb_image_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IpcNamespace) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IpcNamespace) ProtoMessage() {}
+
+func (x *IpcNamespace) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IpcNamespace.ProtoReflect.Descriptor instead.
+func (*IpcNamespace) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *IpcNamespace) GetNs() uint64 {
+	if x != nil {
+		return x.Ns
+	}
+	return 0
+}
+
+func (x *IpcNamespace) GetHost() bool {
+	if x != nil {
+		return x.Host
+	}
+	return false
+}
+
+func (x *IpcNamespace) GetShm() []*ShmSegment {
+	if x != nil {
+		return x.Shm
+	}
+	return nil
+}
+
+func (x *IpcNamespace) GetMsg() []*MsgQueue {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *IpcNamespace) GetSem() []*SemSet {
+	if x != nil {
+		return x.Sem
+	}
+	return nil
+}
+
+func (x *IpcNamespace) GetSysctls() []*IpcSysctl {
+	if x != nil {
+		return x.Sysctls
+	}
+	return nil
+}
+
+func (x *IpcNamespace) GetUndo() []*SemUndo {
+	if x != nil {
+		return x.Undo
+	}
+	return nil
+}
+
 var File_image_pb_image_proto protoreflect.FileDescriptor
 
 const file_image_pb_image_proto_rawDesc = "" +
@@ -2418,7 +3188,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\tEpollItem\x12\x0e\n" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x16\n" +
 	"\x06events\x18\x02 \x01(\rR\x06events\x12\x12\n" +
-	"\x04data\x18\x03 \x01(\x04R\x04data\"\xea\x01\n" +
+	"\x04data\x18\x03 \x01(\x04R\x04data\"\xa4\x02\n" +
 	"\x03Vma\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\x04R\x03end\x12\x12\n" +
@@ -2430,7 +3200,10 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x05pgoff\x18\b \x01(\x04R\x05pgoff\x12\x12\n" +
 	"\x04name\x18\t \x01(\tR\x04name\x12\x14\n" +
 	"\x05pages\x18\n" +
-	" \x01(\x04R\x05pages\"\xa0\x03\n" +
+	" \x01(\x04R\x05pages\x12\x19\n" +
+	"\bsysv_shm\x18d \x01(\bR\asysvShm\x12\x1d\n" +
+	"\n" +
+	"sysv_shmid\x18e \x01(\x05R\tsysvShmid\"\xa0\x03\n" +
 	"\x02Mm\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12&\n" +
 	"\x04vmas\x18\x02 \x03(\v2\x12.ckpt.image.v1.VmaR\x04vmas\x12\x1d\n" +
@@ -2539,11 +3312,14 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x02ns\x182 \x01(\v2\x14.ckpt.image.v1.NsIdsR\x02ns\"5\n" +
 	"\aPageRun\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\x04R\x04addr\x12\x16\n" +
-	"\x06npages\x18\x02 \x01(\x04R\x06npages\"e\n" +
+	"\x06npages\x18\x02 \x01(\x04R\x06npages\"\x9d\x01\n" +
 	"\aPageMap\x12\x13\n" +
 	"\x05mm_id\x18\x01 \x01(\rR\x04mmId\x12*\n" +
 	"\x04runs\x18\x02 \x03(\v2\x16.ckpt.image.v1.PageRunR\x04runs\x12\x19\n" +
-	"\bshmem_id\x18\x03 \x01(\rR\ashmemId\"!\n" +
+	"\bshmem_id\x18\x03 \x01(\rR\ashmemId\x12\x17\n" +
+	"\asysv_ns\x18d \x01(\x04R\x06sysvNs\x12\x1d\n" +
+	"\n" +
+	"sysv_shmid\x18e \x01(\x05R\tsysvShmid\"!\n" +
 	"\x05Error\x12\x18\n" +
 	"\amessage\x18\x01 \x01(\tR\amessage\"\x82\x01\n" +
 	"\x04Tail\x12\x18\n" +
@@ -2585,7 +3361,66 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"outsidePid\x12!\n" +
 	"\foutside_comm\x18\x04 \x01(\tR\voutsideComm\"2\n" +
 	"\x05Leaks\x12)\n" +
-	"\x05leaks\x18\x01 \x03(\v2\x13.ckpt.image.v1.LeakR\x05leaksB\x1fZ\x1dgithub.com/ckpt/ckpt/image/pbb\x06proto3"
+	"\x05leaks\x18\x01 \x03(\v2\x13.ckpt.image.v1.LeakR\x05leaks\"{\n" +
+	"\aIpcPerm\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x05R\x03key\x12\x10\n" +
+	"\x03uid\x18\x02 \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\x03 \x01(\rR\x03gid\x12\x12\n" +
+	"\x04cuid\x18\x04 \x01(\rR\x04cuid\x12\x12\n" +
+	"\x04cgid\x18\x05 \x01(\rR\x04cgid\x12\x12\n" +
+	"\x04mode\x18\x06 \x01(\rR\x04mode\"\xa5\x02\n" +
+	"\n" +
+	"ShmSegment\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x05R\x02id\x12*\n" +
+	"\x04perm\x18\x02 \x01(\v2\x16.ckpt.image.v1.IpcPermR\x04perm\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\x04R\x04size\x12\x12\n" +
+	"\x04dest\x18\x04 \x01(\bR\x04dest\x12\x16\n" +
+	"\x06locked\x18\x05 \x01(\bR\x06locked\x12\x12\n" +
+	"\x04cpid\x18\x06 \x01(\rR\x04cpid\x12\x12\n" +
+	"\x04lpid\x18\a \x01(\rR\x04lpid\x12\x14\n" +
+	"\x05atime\x18\b \x01(\x03R\x05atime\x12\x14\n" +
+	"\x05dtime\x18\t \x01(\x03R\x05dtime\x12\x14\n" +
+	"\x05ctime\x18\n" +
+	" \x01(\x03R\x05ctime\x12\x16\n" +
+	"\x06nattch\x18\v \x01(\x04R\x06nattch\x12\x19\n" +
+	"\bname_key\x18\f \x01(\x05R\anameKey\"\xfc\x01\n" +
+	"\bMsgQueue\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x05R\x02id\x12*\n" +
+	"\x04perm\x18\x02 \x01(\v2\x16.ckpt.image.v1.IpcPermR\x04perm\x12\x16\n" +
+	"\x06qbytes\x18\x03 \x01(\x04R\x06qbytes\x12.\n" +
+	"\bmessages\x18\x04 \x03(\v2\x12.ckpt.image.v1.MsgR\bmessages\x12\x14\n" +
+	"\x05lspid\x18\x05 \x01(\rR\x05lspid\x12\x14\n" +
+	"\x05lrpid\x18\x06 \x01(\rR\x05lrpid\x12\x14\n" +
+	"\x05stime\x18\a \x01(\x03R\x05stime\x12\x14\n" +
+	"\x05rtime\x18\b \x01(\x03R\x05rtime\x12\x14\n" +
+	"\x05ctime\x18\t \x01(\x03R\x05ctime\"-\n" +
+	"\x03Msg\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\x03R\x04type\x12\x12\n" +
+	"\x04text\x18\x02 \x01(\fR\x04text\"\x88\x01\n" +
+	"\x06SemSet\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x05R\x02id\x12*\n" +
+	"\x04perm\x18\x02 \x01(\v2\x16.ckpt.image.v1.IpcPermR\x04perm\x12\x16\n" +
+	"\x06values\x18\x03 \x03(\rR\x06values\x12\x14\n" +
+	"\x05otime\x18\x04 \x01(\x03R\x05otime\x12\x14\n" +
+	"\x05ctime\x18\x05 \x01(\x03R\x05ctime\"D\n" +
+	"\aSemUndo\x12\x10\n" +
+	"\x03pid\x18\x01 \x01(\rR\x03pid\x12'\n" +
+	"\x03adj\x18\x02 \x03(\v2\x15.ckpt.image.v1.SemAdjR\x03adj\"B\n" +
+	"\x06SemAdj\x12\x14\n" +
+	"\x05semid\x18\x01 \x01(\x05R\x05semid\x12\x10\n" +
+	"\x03num\x18\x02 \x01(\rR\x03num\x12\x10\n" +
+	"\x03adj\x18\x03 \x01(\x05R\x03adj\"5\n" +
+	"\tIpcSysctl\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\x93\x02\n" +
+	"\fIpcNamespace\x12\x0e\n" +
+	"\x02ns\x18\x01 \x01(\x04R\x02ns\x12\x12\n" +
+	"\x04host\x18\x02 \x01(\bR\x04host\x12+\n" +
+	"\x03shm\x18\x03 \x03(\v2\x19.ckpt.image.v1.ShmSegmentR\x03shm\x12)\n" +
+	"\x03msg\x18\x04 \x03(\v2\x17.ckpt.image.v1.MsgQueueR\x03msg\x12'\n" +
+	"\x03sem\x18\x05 \x03(\v2\x15.ckpt.image.v1.SemSetR\x03sem\x122\n" +
+	"\asysctls\x18\x06 \x03(\v2\x18.ckpt.image.v1.IpcSysctlR\asysctls\x12*\n" +
+	"\x04undo\x18\a \x03(\v2\x16.ckpt.image.v1.SemUndoR\x04undoB\x1fZ\x1dgithub.com/ckpt/ckpt/image/pbb\x06proto3"
 
 var (
 	file_image_pb_image_proto_rawDescOnce sync.Once
@@ -2600,7 +3435,7 @@ func file_image_pb_image_proto_rawDescGZIP() []byte {
 }
 
 var file_image_pb_image_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_image_pb_image_proto_goTypes = []any{
 	(File_Kind)(0),         // 0: ckpt.image.v1.File.Kind
 	(Namespace_Kind)(0),    // 1: ckpt.image.v1.Namespace.Kind
@@ -2626,6 +3461,15 @@ var file_image_pb_image_proto_goTypes = []any{
 	(*Namespace)(nil),      // 21: ckpt.image.v1.Namespace
 	(*Leak)(nil),           // 22: ckpt.image.v1.Leak
 	(*Leaks)(nil),          // 23: ckpt.image.v1.Leaks
+	(*IpcPerm)(nil),        // 24: ckpt.image.v1.IpcPerm
+	(*ShmSegment)(nil),     // 25: ckpt.image.v1.ShmSegment
+	(*MsgQueue)(nil),       // 26: ckpt.image.v1.MsgQueue
+	(*Msg)(nil),            // 27: ckpt.image.v1.Msg
+	(*SemSet)(nil),         // 28: ckpt.image.v1.SemSet
+	(*SemUndo)(nil),        // 29: ckpt.image.v1.SemUndo
+	(*SemAdj)(nil),         // 30: ckpt.image.v1.SemAdj
+	(*IpcSysctl)(nil),      // 31: ckpt.image.v1.IpcSysctl
+	(*IpcNamespace)(nil),   // 32: ckpt.image.v1.IpcNamespace
 }
 var file_image_pb_image_proto_depIdxs = []int32{
 	20, // 0: ckpt.image.v1.Header.outer_ns:type_name -> ckpt.image.v1.NsIds
@@ -2644,11 +3488,21 @@ var file_image_pb_image_proto_depIdxs = []int32{
 	16, // 13: ckpt.image.v1.PageMap.runs:type_name -> ckpt.image.v1.PageRun
 	1,  // 14: ckpt.image.v1.Namespace.kind:type_name -> ckpt.image.v1.Namespace.Kind
 	22, // 15: ckpt.image.v1.Leaks.leaks:type_name -> ckpt.image.v1.Leak
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	24, // 16: ckpt.image.v1.ShmSegment.perm:type_name -> ckpt.image.v1.IpcPerm
+	24, // 17: ckpt.image.v1.MsgQueue.perm:type_name -> ckpt.image.v1.IpcPerm
+	27, // 18: ckpt.image.v1.MsgQueue.messages:type_name -> ckpt.image.v1.Msg
+	24, // 19: ckpt.image.v1.SemSet.perm:type_name -> ckpt.image.v1.IpcPerm
+	30, // 20: ckpt.image.v1.SemUndo.adj:type_name -> ckpt.image.v1.SemAdj
+	25, // 21: ckpt.image.v1.IpcNamespace.shm:type_name -> ckpt.image.v1.ShmSegment
+	26, // 22: ckpt.image.v1.IpcNamespace.msg:type_name -> ckpt.image.v1.MsgQueue
+	28, // 23: ckpt.image.v1.IpcNamespace.sem:type_name -> ckpt.image.v1.SemSet
+	31, // 24: ckpt.image.v1.IpcNamespace.sysctls:type_name -> ckpt.image.v1.IpcSysctl
+	29, // 25: ckpt.image.v1.IpcNamespace.undo:type_name -> ckpt.image.v1.SemUndo
+	26, // [26:26] is the sub-list for method output_type
+	26, // [26:26] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_image_pb_image_proto_init() }
@@ -2662,7 +3516,7 @@ func file_image_pb_image_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_image_pb_image_proto_rawDesc), len(file_image_pb_image_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   22,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

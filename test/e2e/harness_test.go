@@ -173,8 +173,48 @@ func startWorkload(t *testing.T, argv ...string) *proc {
 	return p
 }
 
+// startContainer starts argv as the init of a container made by `ckpt run`
+// with the given flags, like startWorkload; the proc's PID is the init's
+// PID outside the container, and its exit is that of `ckpt run`.
+func startContainer(t *testing.T, flags []string, argv ...string) *proc {
+	t.Helper()
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	pidFile := filepath.Join(dir, "pid")
+	args := append(append([]string{"run", "--pid-file", pidFile}, flags...), "--")
+	cmd := exec.Command(ckptBin, append(args, argv...)...)
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{t: t, dir: dir, log: logPath, cmd: cmd, exit: newExited(cmd.Wait)}
+	t.Cleanup(p.cleanup)
+	deadline := time.Now().Add(10 * time.Second)
+	for p.pid == 0 && time.Now().Before(deadline) {
+		if b, err := os.ReadFile(pidFile); err == nil && strings.HasSuffix(string(b), "\n") {
+			p.pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if p.pid == 0 {
+		t.Fatalf("ckpt run wrote no PID; log:\n%s", p.logText())
+	}
+	p.waitLog("READY", 20*time.Second)
+	return p
+}
+
 // cleanup kills whatever still runs under the workload's PID and reaps it.
 func (p *proc) cleanup() {
+	if p.pid == 0 {
+		p.cmd.Process.Kill()
+	}
 	syscall.Kill(p.pid, syscall.SIGKILL)
 	p.exit.wait(5 * time.Second)
 	waitPidGone(p.pid, 5*time.Second)
@@ -217,6 +257,8 @@ func ckpt(env []string, args ...string) (string, error) {
 // restarted is a `ckpt restart` run (not detached): the parent of the
 // restored process, which exits with its status.
 type restarted struct {
+	// pid is the restored root's PID as the test sees it.
+	pid    int
 	cmd    *exec.Cmd
 	exit   *exited
 	stderr bytes.Buffer
@@ -241,8 +283,14 @@ func (p *proc) restart(img string, env ...string) *restarted {
 		ok := false
 		for sc.Scan() {
 			r.stderr.WriteString(sc.Text() + "\n")
-			if strings.HasPrefix(sc.Text(), "ckpt: restored ") && !ok {
+			if rest, found := strings.CutPrefix(sc.Text(), "ckpt: restored "); found && !ok {
 				ok = true
+				// A container comes back with another PID outside.
+				if f := strings.Fields(rest); len(f) > 0 {
+					if pid, err := strconv.Atoi(f[0]); err == nil {
+						r.pid = pid
+					}
+				}
 				ready <- true
 			}
 		}
@@ -254,6 +302,9 @@ func (p *proc) restart(img string, env ...string) *restarted {
 	if !<-ready {
 		r.exit.wait(10 * time.Second)
 		p.t.Fatalf("restart of %d failed: %v\n%s\nworkload log:\n%s", p.pid, r.exit.err, r.stderr.String(), p.logText())
+	}
+	if r.pid != 0 {
+		p.pid = r.pid
 	}
 	p.t.Cleanup(func() {
 		syscall.Kill(p.pid, syscall.SIGKILL)

@@ -27,6 +27,9 @@ type workload struct {
 	// verifier, if set, picks the process that gets SIGUSR2 (default: the
 	// root).
 	verifier func(t *testing.T, root int) int
+	// container, if set, runs the workload as a container's init with
+	// `ckpt run` and these flags, checkpointed with --container.
+	container []string
 }
 
 func cWorkload(name string, extra ...string) func(t *testing.T) []string {
@@ -103,14 +106,21 @@ func TestWorkloads(t *testing.T) {
 
 func runWorkload(t *testing.T, w workload, mode string) {
 	argv := w.argv(t)
-	p := startWorkload(t, argv...)
+	var p *proc
+	var how []string // extra checkpoint flags
+	if w.container != nil {
+		p = startContainer(t, w.container, argv...)
+		how = []string{"--container"}
+	} else {
+		p = startWorkload(t, argv...)
+	}
 	ready := time.Now()
 	started := ready
 	time.Sleep(w.settle)
 	img := filepath.Join(p.dir, "img")
 	switch mode {
 	case "running":
-		if out, err := ckpt(nil, "checkpoint", "-o", img, itoa(p.pid)); err != nil {
+		if out, err := ckpt(nil, append(append([]string{"checkpoint"}, how...), "-o", img, itoa(p.pid))...); err != nil {
 			t.Fatalf("checkpoint: %v\n%s", err, out)
 		}
 		p.verifyExitOf(p.exit, w, 10*time.Second)
@@ -128,7 +138,7 @@ func runWorkload(t *testing.T, w workload, mode string) {
 		ran := time.Duration(0) // time the workload has run, for the sleep check
 		for i := 0; i < cycles; i++ {
 			ran += time.Since(started)
-			if out, err := ckpt(nil, "checkpoint", "--kill", "-o", img, itoa(p.pid)); err != nil {
+			if out, err := ckpt(nil, append(append([]string{"checkpoint"}, how...), "--kill", "-o", img, itoa(p.pid))...); err != nil {
 				t.Fatalf("checkpoint %d: %v\n%s\nlog:\n%s", i+1, err, out, p.logText())
 			}
 			if i == 0 {
@@ -173,4 +183,29 @@ func (p *proc) verifyExitOf(e *exited, w workload, timeout time.Duration) {
 		p.t.Fatalf("signal verifier %d: %v", v, err)
 	}
 	p.verifyExit(e, false, timeout)
+}
+
+// containerWorkloads run as the init of a container (`ckpt run`) and are
+// checkpointed whole (--container).
+func containerWorkloads() []workload {
+	return []workload{
+		{name: "container", argv: func(t *testing.T) []string {
+			return []string{compile(t, "container"), "box", "100000"}
+		}, signal: true, settle: 20 * time.Millisecond,
+			container: []string{"--pid", "--uts", "--ipc", "--time", "--hostname", "box", "--time-offset", "100000s"}},
+		{name: "ipcsem", argv: cWorkload("ipcsem"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},
+		{name: "ipcmsq", argv: cWorkload("ipcmsq"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},
+		{name: "ipcshm", argv: cWorkload("ipcshm"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},
+	}
+}
+
+// TestContainers runs the container workloads in the three harness modes
+// (in "running" mode the restarted copy is not needed: the original must
+// simply carry on).
+func TestContainers(t *testing.T) {
+	for _, w := range containerWorkloads() {
+		for _, mode := range []string{"kill", "running", "twice"} {
+			t.Run(w.name+"/"+mode, func(t *testing.T) { runWorkload(t, w, mode) })
+		}
+	}
 }
