@@ -56,6 +56,10 @@ const (
 	TypeTail    Type = 9
 )
 
+// TypeNetNamespace holds a pb.NetNamespace, one per network namespace
+// (resource/netns.go).
+const TypeNetNamespace Type = 15
+
 var typeNames = map[Type]string{
 	TypeHeader:  "header",
 	TypeFile:    "file",
@@ -66,6 +70,8 @@ var typeNames = map[Type]string{
 	TypePad:     "pad",
 	TypeError:   "error",
 	TypeTail:    "tail",
+
+	TypeNetNamespace: "netns",
 }
 
 func (t Type) String() string {
