@@ -911,3 +911,33 @@ func routeString(r *pb.NetRoute, names map[uint32]string) string {
 	}
 	return s
 }
+
+// DescribeNetNamespace renders a namespace record for `ckpt inspect`, one
+// line per link, address and restored route (kernel-made routes are left
+// out; they come back with their addresses).
+func DescribeNetNamespace(ns *pb.NetNamespace) []string {
+	names := map[uint32]string{}
+	for _, l := range ns.Links {
+		names[l.Index] = l.Name
+	}
+	out := []string{fmt.Sprintf("net namespace %d: %d links, %d addresses, %d routes", ns.Id, len(ns.Links), len(ns.Addrs), len(ns.Routes))}
+	for _, l := range ns.Links {
+		state := "down"
+		if l.Flags&unix.IFF_UP != 0 {
+			state = "up"
+		}
+		out = append(out, fmt.Sprintf("  link %d %s (%s) %s mtu %d", l.Index, l.Name, kindName(l.Kind), state, l.Mtu))
+	}
+	for _, a := range ns.Addrs {
+		out = append(out, fmt.Sprintf("  addr %s dev %s", addrString(a), names[a.Ifindex]))
+	}
+	for _, r := range ns.Routes {
+		if !kernelMadeRoute(r) {
+			out = append(out, "  route "+routeString(r, names))
+		}
+	}
+	for _, s := range ns.Sysctls {
+		out = append(out, fmt.Sprintf("  sysctl %s = %q", s.Name, s.Value))
+	}
+	return out
+}

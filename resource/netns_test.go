@@ -139,6 +139,13 @@ func TestNetNamespaceDumpRestore(t *testing.T) {
 		t.Errorf("ip_forward not restored: %v", got.Sysctls)
 	}
 
+	desc := strings.Join(DescribeNetNamespace(got), "\n")
+	for _, line := range []string{"dummy0 (" + kind + ") up mtu 1400", "addr 127.0.0.2/8 dev lo", "route 10.6.0.0/16 via 10.7.0.1 dev dummy0 table 100"} {
+		if !strings.Contains(desc, line) {
+			t.Errorf("description lacks %q:\n%s", line, desc)
+		}
+	}
+
 	// What iproute2 shows, inside both namespaces.
 	for _, c := range [][]string{
 		{"-o", "link", "show"},
@@ -256,5 +263,47 @@ func TestNetNamespaceRestoreRefusesBadImages(t *testing.T) {
 		if out := inNs(t, pid, "ip", "-o", "link", "show"); strings.Count(out, "\n") != 1 {
 			t.Errorf("%s: refused (%v) but the namespace changed:\n%s", name, err, out)
 		}
+	}
+}
+
+// Netlink answers are parsed with every length checked: damaged input is an
+// error, never a panic or a read past the message.
+func TestNetlinkParsersRejectDamagedInput(t *testing.T) {
+	good := &nlMsg{}
+	good.str(unix.IFLA_IFNAME, "x")
+	good.nest(unix.IFLA_LINKINFO, func() { good.str(unix.IFLA_INFO_KIND, "ifb") })
+	if attrs, err := parseAttrs(good.b); err != nil || len(attrs) != 2 {
+		t.Fatalf("parseAttrs(well-formed) = %v, %v", attrs, err)
+	}
+	for name, b := range map[string][]byte{
+		"truncated header": {8, 0},
+		"length below 4":   {2, 0, 1, 0},
+		"length past end":  {9, 0, 1, 0, 'x', 0},
+		"second truncated": append(slices.Clone(good.b), 12, 0, 3, 0, 'a'),
+	} {
+		if _, err := parseAttrs(b); err == nil {
+			t.Errorf("parseAttrs(%s) accepted %v", name, b)
+		}
+	}
+	if _, err := parseLink(make([]byte, unix.SizeofIfInfomsg-1)); err == nil {
+		t.Error("parseLink accepted a short message")
+	}
+	if _, err := parseAddr(make([]byte, unix.SizeofIfAddrmsg-1)); err == nil {
+		t.Error("parseAddr accepted a short message")
+	}
+	if _, _, err := parseRoute(make([]byte, unix.SizeofRtMsg-1)); err == nil {
+		t.Error("parseRoute accepted a short message")
+	}
+	// A u32 attribute with fewer than 4 bytes.
+	m := &nlMsg{b: make([]byte, unix.SizeofIfInfomsg)}
+	m.attr(unix.IFLA_MTU, []byte{1, 2})
+	if _, err := parseLink(m.b); err == nil {
+		t.Error("parseLink accepted a 2-byte MTU")
+	}
+	// Cacheinfo shorter than its struct.
+	a := &nlMsg{b: make([]byte, unix.SizeofIfAddrmsg)}
+	a.attr(unix.IFA_CACHEINFO, []byte{1, 2, 3, 4})
+	if _, err := parseAddr(a.b); err == nil {
+		t.Error("parseAddr accepted a 4-byte cacheinfo")
 	}
 }

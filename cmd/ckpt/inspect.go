@@ -100,6 +100,8 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 			m = &pb.Process{}
 		case image.TypePageMap:
 			m = &pb.PageMap{}
+		case image.TypeNetNamespace:
+			m = &pb.NetNamespace{}
 		}
 		if m != nil {
 			if err := image.Unmarshal(rec, m); err != nil {
@@ -119,6 +121,10 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 		case *pb.Process:
 			if !asJSON {
 				printProcess(out, v)
+			}
+		case *pb.NetNamespace:
+			if !asJSON {
+				fmt.Fprintln(out, strings.Join(resource.DescribeNetNamespace(v), "\n"))
 			}
 		case *pb.PageMap:
 			for _, mm := range mms {
