@@ -144,6 +144,7 @@ func preflight(pid, skip int, container bool) error {
 		return err
 	}
 	nsOf := map[int]*pb.NsIds{}
+	checkedNet := map[uint64]bool{}
 	for _, p := range pids {
 		if p == os.Getpid() {
 			return fmt.Errorf("ckpt itself (pid %d) is a descendant of %d; run ckpt from outside the tree it checkpoints", p, pid)
@@ -169,6 +170,12 @@ func preflight(pid, skip int, container bool) error {
 		}
 		if err := resource.PreflightNamespaces(p, have, p == pid, container); err != nil && !gone(p) {
 			return err
+		}
+		if nsOf[p] != nil && nsOf[p].Net != have.Net && !checkedNet[nsOf[p].Net] {
+			checkedNet[nsOf[p].Net] = true
+			if err := resource.PreflightNetNamespace(p); err != nil && !gone(p) {
+				return fmt.Errorf("process %d: %w", p, err)
+			}
 		}
 		if err := resource.PreflightTask(p); err != nil && !gone(p) {
 			return err
@@ -674,7 +681,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 	if err != nil {
 		return err
 	}
-	namespaces, err := collectNamespaces(procs, outer)
+	namespaces, nets, err := collectNamespaces(procs, outer)
 	if err != nil {
 		return err
 	}
@@ -703,7 +710,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 		return err
 	}
 	w.Progress = opts.Progress
-	if err := writeImage(opts, w, hdr, namespaces, dumped, procs, mms, files, ipc); err != nil {
+	if err := writeImage(opts, w, hdr, namespaces, nets, dumped, procs, mms, files, ipc); err != nil {
 		if ferr := w.Fail(err); ferr != nil && opts.Warn != nil {
 			opts.Warn("could not record the failure in the image: " + ferr.Error())
 		}
@@ -877,13 +884,18 @@ func newHeader(rootPid uint32, outer *pb.NsIds, container bool) *pb.Header {
 	}
 }
 
-func writeImage(opts *Options, w *image.Writer, hdr *pb.Header, namespaces []*pb.Namespace, dumped []*frozen, procs []*pb.Process, mms []*pb.Mm, files *resource.FileSet, ipc *ipcDump) error {
+func writeImage(opts *Options, w *image.Writer, hdr *pb.Header, namespaces []*pb.Namespace, nets []*pb.NetNamespace, dumped []*frozen, procs []*pb.Process, mms []*pb.Mm, files *resource.FileSet, ipc *ipcDump) error {
 	if err := w.Message(image.TypeHeader, hdr); err != nil {
 		return err
 	}
 	// Namespaces first: restart creates them before it opens any file.
 	for _, ns := range namespaces {
 		if err := w.Message(image.TypeNamespace, ns); err != nil {
+			return err
+		}
+	}
+	for _, ns := range nets {
+		if err := w.Message(image.TypeNetNamespace, ns); err != nil {
 			return err
 		}
 	}

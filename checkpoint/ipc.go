@@ -2,6 +2,8 @@ package checkpoint
 
 import (
 	"fmt"
+	"os"
+	"strings"
 
 	"github.com/ckpt/ckpt/image/pb"
 	"github.com/ckpt/ckpt/proc"
@@ -111,7 +113,7 @@ func (d *ipcDump) dumpHostIPC(opts *Options, ft *frozenTree, procs []*pb.Process
 		return err
 	}
 	d.recs = append(d.recs, d.host)
-	if opts.Warn == nil {
+	if opts.Warn == nil || !hostHasSemaphores() {
 		return nil
 	}
 	for _, f := range ft.procs {
@@ -126,6 +128,15 @@ func (d *ipcDump) dumpHostIPC(opts *Options, ft *frozenTree, procs []*pb.Process
 		}
 	}
 	return nil
+}
+
+// hostHasSemaphores tells whether ckpt's IPC namespace holds semaphore
+// sets. Without any, an undo list can only be the empty one every
+// multi-threaded process has (threads are created with CLONE_SYSVSEM),
+// not worth a warning.
+func hostHasSemaphores() bool {
+	b, err := os.ReadFile("/proc/sysvipc/sem")
+	return err != nil || strings.Count(string(b), "\n") > 1
 }
 
 // translate renames the processes of the undo lists with the image's PIDs.

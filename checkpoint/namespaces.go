@@ -115,13 +115,15 @@ func translatePids(procs []*pb.Process) (map[uint32]uint32, error) {
 // collectNamespaces lists the namespaces the image re-creates: for every
 // process, those of its kinds that differ from its parent's (the root's:
 // from ckpt's own), once each.
-func collectNamespaces(procs []*pb.Process, outer *pb.NsIds) ([]*pb.Namespace, error) {
+// The configurations of new network namespaces come in their own records.
+func collectNamespaces(procs []*pb.Process, outer *pb.NsIds) ([]*pb.Namespace, []*pb.NetNamespace, error) {
 	byPid := map[uint32]*pb.Process{}
 	for _, p := range procs {
 		byPid[p.Pid] = p
 	}
 	seen := map[uint64]bool{}
 	var out []*pb.Namespace
+	var nets []*pb.NetNamespace
 	for i, p := range procs {
 		if p.Ns == nil {
 			continue
@@ -142,10 +144,18 @@ func collectNamespaces(procs []*pb.Process, outer *pb.NsIds) ([]*pb.Namespace, e
 			seen[id] = true
 			ns, err := resource.DumpNamespace(int(p.Pid), k, id)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			out = append(out, ns)
+			if k.Kind == pb.Namespace_NET {
+				net, err := resource.DumpNetNamespace(int(p.Pid))
+				if err != nil {
+					return nil, nil, fmt.Errorf("process %d: %w", p.Pid, err)
+				}
+				net.Id = id
+				nets = append(nets, net)
+			}
 		}
 	}
-	return out, nil
+	return out, nets, nil
 }

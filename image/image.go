@@ -70,19 +70,24 @@ const (
 	TypeIPC Type = 11
 )
 
+// TypeNetNamespace holds a pb.NetNamespace, one per network namespace
+// (resource/netns.go).
+const TypeNetNamespace Type = 15
+
 var typeNames = map[Type]string{
-	TypeHeader:    "header",
-	TypeFile:      "file",
-	TypeMm:        "mm",
-	TypeProcess:   "process",
-	TypePageMap:   "pagemap",
-	TypePages:     "pages",
-	TypePad:       "pad",
-	TypeError:     "error",
-	TypeTail:      "tail",
-	TypeNamespace: "namespace",
-	TypeLeaks:     "leaks",
-	TypeIPC:       "ipc",
+	TypeHeader:       "header",
+	TypeFile:         "file",
+	TypeMm:           "mm",
+	TypeProcess:      "process",
+	TypePageMap:      "pagemap",
+	TypePages:        "pages",
+	TypePad:          "pad",
+	TypeError:        "error",
+	TypeTail:         "tail",
+	TypeNamespace:    "namespace",
+	TypeLeaks:        "leaks",
+	TypeIPC:          "ipc",
+	TypeNetNamespace: "netns",
 }
 
 func (t Type) String() string {

@@ -10,16 +10,33 @@ import (
 )
 
 // namespaces are the image's namespace records by id.
-type namespaces map[uint64]*pb.Namespace
+type namespaces struct {
+	recs map[uint64]*pb.Namespace
+	nets map[uint64]*pb.NetNamespace
+}
 
-func (n namespaces) add(ns *pb.Namespace) error {
-	if ns.Id == 0 || n[ns.Id] != nil {
+func (n *namespaces) add(ns *pb.Namespace) error {
+	if n.recs == nil {
+		n.recs = map[uint64]*pb.Namespace{}
+	}
+	if ns.Id == 0 || n.recs[ns.Id] != nil {
 		return fmt.Errorf("image damaged: namespace id %d twice or zero", ns.Id)
 	}
 	if ns.Kind == pb.Namespace_UNKNOWN || pb.Namespace_Kind_name[int32(ns.Kind)] == "" {
 		return fmt.Errorf("image damaged: namespace %d of unknown kind %d", ns.Id, ns.Kind)
 	}
-	n[ns.Id] = ns
+	n.recs[ns.Id] = ns
+	return nil
+}
+
+func (n *namespaces) addNet(ns *pb.NetNamespace) error {
+	if n.nets == nil {
+		n.nets = map[uint64]*pb.NetNamespace{}
+	}
+	if ns.Id == 0 || n.nets[ns.Id] != nil {
+		return fmt.Errorf("image damaged: network namespace id %d twice or zero", ns.Id)
+	}
+	n.nets[ns.Id] = ns
 	return nil
 }
 
@@ -27,7 +44,7 @@ func (n namespaces) add(ns *pb.Namespace) error {
 // had of its own: those that differ from have (its parent's, or for the
 // root the namespaces ckpt ran in at checkpoint). Images without namespace
 // ids (format 1) create none.
-func (n namespaces) newFlags(p *pb.Process, have *pb.NsIds, root, container bool) (uint64, error) {
+func (n *namespaces) newFlags(p *pb.Process, have *pb.NsIds, root, container bool) (uint64, error) {
 	if p.Ns == nil || have == nil {
 		return 0, nil
 	}
@@ -41,8 +58,12 @@ func (n namespaces) newFlags(p *pb.Process, have *pb.NsIds, root, container bool
 			return 0, fmt.Errorf("image damaged: process %d has a %s namespace of its own", p.Pid, k.Name)
 		case (k.Kind == pb.Namespace_PID && !(root && container)) || (k.Kind == pb.Namespace_TIME && !root):
 			return 0, fmt.Errorf("image damaged: process %d has a nested %s namespace", p.Pid, k.Name)
+		case k.Kind == pb.Namespace_NET:
+			if n.nets[p.Ns.Net] == nil {
+				return 0, fmt.Errorf("image damaged: no record of the network namespace of process %d", p.Pid)
+			}
 		case k.Kind == pb.Namespace_UTS || k.Kind == pb.Namespace_TIME:
-			ns := n[k.Get(p.Ns)]
+			ns := n.recs[k.Get(p.Ns)]
 			if ns == nil || ns.Kind != k.Kind {
 				return 0, fmt.Errorf("image damaged: no record of the %s namespace of process %d", k.Name, p.Pid)
 			}
@@ -54,8 +75,8 @@ func (n namespaces) newFlags(p *pb.Process, have *pb.NsIds, root, container bool
 // prepareTime gives the children of parent a new time namespace with the
 // recorded offsets, which can only be set before any process enters it;
 // the caller then clones without CLONE_NEWTIME.
-func (n namespaces) prepareTime(parent *stub, p *pb.Process) error {
-	ns := n[p.Ns.Time]
+func (n *namespaces) prepareTime(parent *stub, p *pb.Process) error {
+	ns := n.recs[p.Ns.Time]
 	if _, err := parent.t.Syscall(unix.SYS_UNSHARE, unix.CLONE_NEWTIME); err != nil {
 		return fmt.Errorf("create time namespace: %w", err)
 	}
@@ -64,9 +85,14 @@ func (n namespaces) prepareTime(parent *stub, p *pb.Process) error {
 
 // fill restores the state of the namespaces that flags created for the
 // process s, before anything else happens inside them.
-func (n namespaces) fill(s *stub, p *pb.Process, flags uint64, ipc *ipcState) error {
+func (n *namespaces) fill(s *stub, p *pb.Process, flags uint64, ipc *ipcState) error {
 	if flags&unix.CLONE_NEWUTS != 0 {
-		if err := resource.RestoreUTS(s.pid, n[p.Ns.Uts]); err != nil {
+		if err := resource.RestoreUTS(s.pid, n.recs[p.Ns.Uts]); err != nil {
+			return fmt.Errorf("process %d: %w", p.Pid, err)
+		}
+	}
+	if flags&unix.CLONE_NEWNET != 0 {
+		if err := resource.RestoreNetNamespace(s.pid, n.nets[p.Ns.Net]); err != nil {
 			return fmt.Errorf("process %d: %w", p.Pid, err)
 		}
 	}

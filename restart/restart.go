@@ -105,7 +105,7 @@ func restore(opts *Options) (res *Result, err error) {
 	files.Terminal = opts.Terminal
 	defer files.Close()
 	mms := map[uint32]*pb.Mm{}
-	nss := namespaces{}
+	nss := &namespaces{}
 	var tasks []*task
 	byMm := map[uint32]*task{}
 	built := false
@@ -133,7 +133,7 @@ func restore(opts *Options) (res *Result, err error) {
 		if err != nil {
 			return nil, err
 		}
-		if built && (rec.Type == image.TypeFile || rec.Type == image.TypeMm || rec.Type == image.TypeProcess || rec.Type == image.TypeNamespace || rec.Type == image.TypeIPC) {
+		if built && (rec.Type == image.TypeFile || rec.Type == image.TypeMm || rec.Type == image.TypeProcess || rec.Type == image.TypeNamespace || rec.Type == image.TypeNetNamespace || rec.Type == image.TypeIPC) {
 			return nil, fmt.Errorf("image damaged: %v record at byte %d after the pages began", rec.Type, rec.Offset)
 		}
 		switch rec.Type {
@@ -184,6 +184,14 @@ func restore(opts *Options) (res *Result, err error) {
 				}
 			}
 			tasks = append(tasks, t)
+		case image.TypeNetNamespace:
+			ns := &pb.NetNamespace{}
+			if err := image.Unmarshal(rec, ns); err != nil {
+				return nil, err
+			}
+			if err := nss.addNet(ns); err != nil {
+				return nil, err
+			}
 		case image.TypeIPC:
 			ns := &pb.IpcNamespace{}
 			if err := image.Unmarshal(rec, ns); err != nil {
@@ -337,7 +345,7 @@ func checkPidFree(pid int) error {
 // build creates every process of the image with its original PID, parent,
 // session and group, turns zombies into zombies, and prepares each live
 // process's address space for its pages. It returns the stubs created.
-func build(opts *Options, hdr *pb.Header, nss namespaces, ipc *ipcState, tasks []*task, files *resource.OpenFiles) (created []*stub, err error) {
+func build(opts *Options, hdr *pb.Header, nss *namespaces, ipc *ipcState, tasks []*task, files *resource.OpenFiles) (created []*stub, err error) {
 	if len(tasks) == 0 {
 		return nil, fmt.Errorf("image holds no process")
 	}

@@ -111,6 +111,8 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 			m = &pb.PageMap{}
 		case image.TypeIPC:
 			m = &pb.IpcNamespace{}
+		case image.TypeNetNamespace:
+			m = &pb.NetNamespace{}
 		}
 		if m != nil {
 			if err := image.Unmarshal(rec, m); err != nil {
@@ -134,6 +136,10 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 		case *pb.IpcNamespace:
 			if !asJSON {
 				printIPC(out, v)
+			}
+		case *pb.NetNamespace:
+			if !asJSON {
+				fmt.Fprintln(out, strings.Join(resource.DescribeNetNamespace(v), "\n"))
 			}
 		case *pb.PageMap:
 			for _, mm := range mms {

@@ -141,6 +141,12 @@ func initCmd() *cobra.Command {
 			}
 			// Namespace changes below are per thread: exec from this one.
 			runtime.LockOSThread()
+			// Go made this thread with CLONE_SYSVSEM, which gives every
+			// thread a (shared, empty) semaphore undo list; the program
+			// must start without one, as after a plain fork.
+			if err := unix.Unshare(unix.CLONE_SYSVSEM); err != nil {
+				return fmt.Errorf("run: drop semaphore undo list: %w", err)
+			}
 			if offset != "" {
 				// A time namespace is entered by the next exec, and its
 				// offsets can only be set before that.

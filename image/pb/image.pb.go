@@ -3123,6 +3123,649 @@ func (x *IpcNamespace) GetUndo() []*SemUndo {
 	return nil
 }
 
+// NetNamespace is the configuration of one network namespace: its links,
+// addresses and routes as rtnetlink reports them, and a few per-namespace
+// sysctls. Sockets are not part of it. Interface indexes in NetAddr and
+// NetRoute refer to NetLink.index of the same message.
+type NetNamespace struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is set by the caller that writes the record (the namespace records
+	// know which processes live in it); the network code does not use it.
+	Id            uint64       `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Links         []*NetLink   `protobuf:"bytes,2,rep,name=links,proto3" json:"links,omitempty"`
+	Addrs         []*NetAddr   `protobuf:"bytes,3,rep,name=addrs,proto3" json:"addrs,omitempty"`
+	Routes        []*NetRoute  `protobuf:"bytes,4,rep,name=routes,proto3" json:"routes,omitempty"`
+	Sysctls       []*NetSysctl `protobuf:"bytes,5,rep,name=sysctls,proto3" json:"sysctls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetNamespace) Reset() {
+	*x = NetNamespace{}
+	mi := &file_image_pb_image_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetNamespace) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetNamespace) ProtoMessage() {}
+
+func (x *NetNamespace) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetNamespace.ProtoReflect.Descriptor instead.
+func (*NetNamespace) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *NetNamespace) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *NetNamespace) GetLinks() []*NetLink {
+	if x != nil {
+		return x.Links
+	}
+	return nil
+}
+
+func (x *NetNamespace) GetAddrs() []*NetAddr {
+	if x != nil {
+		return x.Addrs
+	}
+	return nil
+}
+
+func (x *NetNamespace) GetRoutes() []*NetRoute {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+func (x *NetNamespace) GetSysctls() []*NetSysctl {
+	if x != nil {
+		return x.Sysctls
+	}
+	return nil
+}
+
+// NetLink is one network interface (RTM_NEWLINK).
+type NetLink struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Index uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Name  string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// kind is IFLA_INFO_KIND ("dummy", "ifb"); empty for the loopback device.
+	Kind string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	// type is the ARPHRD_* hardware type.
+	Type uint32 `protobuf:"varint,4,opt,name=type,proto3" json:"type,omitempty"`
+	// flags are the IFF_* flags; IFF_UP is restored last.
+	Flags     uint32 `protobuf:"varint,5,opt,name=flags,proto3" json:"flags,omitempty"`
+	Mtu       uint32 `protobuf:"varint,6,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	Hwaddr    []byte `protobuf:"bytes,7,opt,name=hwaddr,proto3" json:"hwaddr,omitempty"`
+	Broadcast []byte `protobuf:"bytes,8,opt,name=broadcast,proto3" json:"broadcast,omitempty"`
+	Txqlen    uint32 `protobuf:"varint,9,opt,name=txqlen,proto3" json:"txqlen,omitempty"`
+	// alias is IFLA_IFALIAS (`ip link set NAME alias TEXT`).
+	Alias         string `protobuf:"bytes,10,opt,name=alias,proto3" json:"alias,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetLink) Reset() {
+	*x = NetLink{}
+	mi := &file_image_pb_image_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetLink) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetLink) ProtoMessage() {}
+
+func (x *NetLink) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetLink.ProtoReflect.Descriptor instead.
+func (*NetLink) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *NetLink) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *NetLink) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NetLink) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *NetLink) GetType() uint32 {
+	if x != nil {
+		return x.Type
+	}
+	return 0
+}
+
+func (x *NetLink) GetFlags() uint32 {
+	if x != nil {
+		return x.Flags
+	}
+	return 0
+}
+
+func (x *NetLink) GetMtu() uint32 {
+	if x != nil {
+		return x.Mtu
+	}
+	return 0
+}
+
+func (x *NetLink) GetHwaddr() []byte {
+	if x != nil {
+		return x.Hwaddr
+	}
+	return nil
+}
+
+func (x *NetLink) GetBroadcast() []byte {
+	if x != nil {
+		return x.Broadcast
+	}
+	return nil
+}
+
+func (x *NetLink) GetTxqlen() uint32 {
+	if x != nil {
+		return x.Txqlen
+	}
+	return 0
+}
+
+func (x *NetLink) GetAlias() string {
+	if x != nil {
+		return x.Alias
+	}
+	return ""
+}
+
+// NetAddr is one interface address (RTM_NEWADDR), with the kernel's
+// attributes kept as they are: for IPv4, local is the address and address
+// the peer (equal unless point-to-point); for IPv6, address is the address.
+type NetAddr struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Ifindex   uint32                 `protobuf:"varint,1,opt,name=ifindex,proto3" json:"ifindex,omitempty"`
+	Family    uint32                 `protobuf:"varint,2,opt,name=family,proto3" json:"family,omitempty"`
+	PrefixLen uint32                 `protobuf:"varint,3,opt,name=prefix_len,json=prefixLen,proto3" json:"prefix_len,omitempty"`
+	Scope     uint32                 `protobuf:"varint,4,opt,name=scope,proto3" json:"scope,omitempty"`
+	// flags are IFA_F_* (IFA_FLAGS, all 32 bits).
+	Flags     uint32 `protobuf:"varint,5,opt,name=flags,proto3" json:"flags,omitempty"`
+	Address   []byte `protobuf:"bytes,6,opt,name=address,proto3" json:"address,omitempty"`
+	Local     []byte `protobuf:"bytes,7,opt,name=local,proto3" json:"local,omitempty"`
+	Broadcast []byte `protobuf:"bytes,8,opt,name=broadcast,proto3" json:"broadcast,omitempty"`
+	Label     string `protobuf:"bytes,9,opt,name=label,proto3" json:"label,omitempty"`
+	// valid_lft and preferred_lft are the seconds left at checkpoint;
+	// 0xffffffff is forever.
+	ValidLft     uint32 `protobuf:"varint,10,opt,name=valid_lft,json=validLft,proto3" json:"valid_lft,omitempty"`
+	PreferredLft uint32 `protobuf:"varint,11,opt,name=preferred_lft,json=preferredLft,proto3" json:"preferred_lft,omitempty"`
+	// proto is IFA_PROTO: 1 loopback, 2 router advertisement, 3 link-local
+	// are made by the kernel and come back by themselves.
+	Proto uint32 `protobuf:"varint,12,opt,name=proto,proto3" json:"proto,omitempty"`
+	// rt_priority is IFA_RT_PRIORITY, the metric of the prefix route.
+	RtPriority    uint32 `protobuf:"varint,13,opt,name=rt_priority,json=rtPriority,proto3" json:"rt_priority,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetAddr) Reset() {
+	*x = NetAddr{}
+	mi := &file_image_pb_image_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetAddr) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetAddr) ProtoMessage() {}
+
+func (x *NetAddr) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetAddr.ProtoReflect.Descriptor instead.
+func (*NetAddr) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *NetAddr) GetIfindex() uint32 {
+	if x != nil {
+		return x.Ifindex
+	}
+	return 0
+}
+
+func (x *NetAddr) GetFamily() uint32 {
+	if x != nil {
+		return x.Family
+	}
+	return 0
+}
+
+func (x *NetAddr) GetPrefixLen() uint32 {
+	if x != nil {
+		return x.PrefixLen
+	}
+	return 0
+}
+
+func (x *NetAddr) GetScope() uint32 {
+	if x != nil {
+		return x.Scope
+	}
+	return 0
+}
+
+func (x *NetAddr) GetFlags() uint32 {
+	if x != nil {
+		return x.Flags
+	}
+	return 0
+}
+
+func (x *NetAddr) GetAddress() []byte {
+	if x != nil {
+		return x.Address
+	}
+	return nil
+}
+
+func (x *NetAddr) GetLocal() []byte {
+	if x != nil {
+		return x.Local
+	}
+	return nil
+}
+
+func (x *NetAddr) GetBroadcast() []byte {
+	if x != nil {
+		return x.Broadcast
+	}
+	return nil
+}
+
+func (x *NetAddr) GetLabel() string {
+	if x != nil {
+		return x.Label
+	}
+	return ""
+}
+
+func (x *NetAddr) GetValidLft() uint32 {
+	if x != nil {
+		return x.ValidLft
+	}
+	return 0
+}
+
+func (x *NetAddr) GetPreferredLft() uint32 {
+	if x != nil {
+		return x.PreferredLft
+	}
+	return 0
+}
+
+func (x *NetAddr) GetProto() uint32 {
+	if x != nil {
+		return x.Proto
+	}
+	return 0
+}
+
+func (x *NetAddr) GetRtPriority() uint32 {
+	if x != nil {
+		return x.RtPriority
+	}
+	return 0
+}
+
+// NetRoute is one route (RTM_NEWROUTE). Routes the kernel made for
+// addresses (protocol kernel) are recorded but not re-added.
+type NetRoute struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Family   uint32                 `protobuf:"varint,1,opt,name=family,proto3" json:"family,omitempty"`
+	Table    uint32                 `protobuf:"varint,2,opt,name=table,proto3" json:"table,omitempty"`
+	Protocol uint32                 `protobuf:"varint,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	Scope    uint32                 `protobuf:"varint,4,opt,name=scope,proto3" json:"scope,omitempty"`
+	Type     uint32                 `protobuf:"varint,5,opt,name=type,proto3" json:"type,omitempty"`
+	Flags    uint32                 `protobuf:"varint,6,opt,name=flags,proto3" json:"flags,omitempty"`
+	Tos      uint32                 `protobuf:"varint,7,opt,name=tos,proto3" json:"tos,omitempty"`
+	Dst      []byte                 `protobuf:"bytes,8,opt,name=dst,proto3" json:"dst,omitempty"`
+	DstLen   uint32                 `protobuf:"varint,9,opt,name=dst_len,json=dstLen,proto3" json:"dst_len,omitempty"`
+	Src      []byte                 `protobuf:"bytes,10,opt,name=src,proto3" json:"src,omitempty"`
+	SrcLen   uint32                 `protobuf:"varint,11,opt,name=src_len,json=srcLen,proto3" json:"src_len,omitempty"`
+	Oif      uint32                 `protobuf:"varint,12,opt,name=oif,proto3" json:"oif,omitempty"`
+	Gateway  []byte                 `protobuf:"bytes,13,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	Priority uint32                 `protobuf:"varint,14,opt,name=priority,proto3" json:"priority,omitempty"`
+	Prefsrc  []byte                 `protobuf:"bytes,15,opt,name=prefsrc,proto3" json:"prefsrc,omitempty"`
+	// pref is RTA_PREF, the IPv6 router preference.
+	Pref    uint32       `protobuf:"varint,16,opt,name=pref,proto3" json:"pref,omitempty"`
+	Metrics []*NetMetric `protobuf:"bytes,17,rep,name=metrics,proto3" json:"metrics,omitempty"`
+	// expires is the seconds left before an IPv6 route expires; 0 = never.
+	Expires       uint32 `protobuf:"varint,18,opt,name=expires,proto3" json:"expires,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetRoute) Reset() {
+	*x = NetRoute{}
+	mi := &file_image_pb_image_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetRoute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetRoute) ProtoMessage() {}
+
+func (x *NetRoute) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetRoute.ProtoReflect.Descriptor instead.
+func (*NetRoute) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *NetRoute) GetFamily() uint32 {
+	if x != nil {
+		return x.Family
+	}
+	return 0
+}
+
+func (x *NetRoute) GetTable() uint32 {
+	if x != nil {
+		return x.Table
+	}
+	return 0
+}
+
+func (x *NetRoute) GetProtocol() uint32 {
+	if x != nil {
+		return x.Protocol
+	}
+	return 0
+}
+
+func (x *NetRoute) GetScope() uint32 {
+	if x != nil {
+		return x.Scope
+	}
+	return 0
+}
+
+func (x *NetRoute) GetType() uint32 {
+	if x != nil {
+		return x.Type
+	}
+	return 0
+}
+
+func (x *NetRoute) GetFlags() uint32 {
+	if x != nil {
+		return x.Flags
+	}
+	return 0
+}
+
+func (x *NetRoute) GetTos() uint32 {
+	if x != nil {
+		return x.Tos
+	}
+	return 0
+}
+
+func (x *NetRoute) GetDst() []byte {
+	if x != nil {
+		return x.Dst
+	}
+	return nil
+}
+
+func (x *NetRoute) GetDstLen() uint32 {
+	if x != nil {
+		return x.DstLen
+	}
+	return 0
+}
+
+func (x *NetRoute) GetSrc() []byte {
+	if x != nil {
+		return x.Src
+	}
+	return nil
+}
+
+func (x *NetRoute) GetSrcLen() uint32 {
+	if x != nil {
+		return x.SrcLen
+	}
+	return 0
+}
+
+func (x *NetRoute) GetOif() uint32 {
+	if x != nil {
+		return x.Oif
+	}
+	return 0
+}
+
+func (x *NetRoute) GetGateway() []byte {
+	if x != nil {
+		return x.Gateway
+	}
+	return nil
+}
+
+func (x *NetRoute) GetPriority() uint32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *NetRoute) GetPrefsrc() []byte {
+	if x != nil {
+		return x.Prefsrc
+	}
+	return nil
+}
+
+func (x *NetRoute) GetPref() uint32 {
+	if x != nil {
+		return x.Pref
+	}
+	return 0
+}
+
+func (x *NetRoute) GetMetrics() []*NetMetric {
+	if x != nil {
+		return x.Metrics
+	}
+	return nil
+}
+
+func (x *NetRoute) GetExpires() uint32 {
+	if x != nil {
+		return x.Expires
+	}
+	return 0
+}
+
+// NetMetric is one RTAX_* route metric (mtu, hoplimit, ...).
+type NetMetric struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          uint32                 `protobuf:"varint,1,opt,name=type,proto3" json:"type,omitempty"`
+	Value         uint32                 `protobuf:"varint,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetMetric) Reset() {
+	*x = NetMetric{}
+	mi := &file_image_pb_image_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetMetric) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetMetric) ProtoMessage() {}
+
+func (x *NetMetric) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetMetric.ProtoReflect.Descriptor instead.
+func (*NetMetric) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *NetMetric) GetType() uint32 {
+	if x != nil {
+		return x.Type
+	}
+	return 0
+}
+
+func (x *NetMetric) GetValue() uint32 {
+	if x != nil {
+		return x.Value
+	}
+	return 0
+}
+
+// NetSysctl is one per-namespace sysctl under /proc/sys, named relative to
+// it ("net/ipv4/ip_forward"). Restore writes only names it knows.
+type NetSysctl struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetSysctl) Reset() {
+	*x = NetSysctl{}
+	mi := &file_image_pb_image_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetSysctl) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetSysctl) ProtoMessage() {}
+
+func (x *NetSysctl) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetSysctl.ProtoReflect.Descriptor instead.
+func (*NetSysctl) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *NetSysctl) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NetSysctl) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
 var File_image_pb_image_proto protoreflect.FileDescriptor
 
 const file_image_pb_image_proto_rawDesc = "" +
@@ -3420,7 +4063,68 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x03msg\x18\x04 \x03(\v2\x17.ckpt.image.v1.MsgQueueR\x03msg\x12'\n" +
 	"\x03sem\x18\x05 \x03(\v2\x15.ckpt.image.v1.SemSetR\x03sem\x122\n" +
 	"\asysctls\x18\x06 \x03(\v2\x18.ckpt.image.v1.IpcSysctlR\asysctls\x12*\n" +
-	"\x04undo\x18\a \x03(\v2\x16.ckpt.image.v1.SemUndoR\x04undoB\x1fZ\x1dgithub.com/ckpt/ckpt/image/pbb\x06proto3"
+	"\x04undo\x18\a \x03(\v2\x16.ckpt.image.v1.SemUndoR\x04undo\"\xdf\x01\n" +
+	"\fNetNamespace\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12,\n" +
+	"\x05links\x18\x02 \x03(\v2\x16.ckpt.image.v1.NetLinkR\x05links\x12,\n" +
+	"\x05addrs\x18\x03 \x03(\v2\x16.ckpt.image.v1.NetAddrR\x05addrs\x12/\n" +
+	"\x06routes\x18\x04 \x03(\v2\x17.ckpt.image.v1.NetRouteR\x06routes\x122\n" +
+	"\asysctls\x18\x05 \x03(\v2\x18.ckpt.image.v1.NetSysctlR\asysctls\"\xe7\x01\n" +
+	"\aNetLink\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04type\x18\x04 \x01(\rR\x04type\x12\x14\n" +
+	"\x05flags\x18\x05 \x01(\rR\x05flags\x12\x10\n" +
+	"\x03mtu\x18\x06 \x01(\rR\x03mtu\x12\x16\n" +
+	"\x06hwaddr\x18\a \x01(\fR\x06hwaddr\x12\x1c\n" +
+	"\tbroadcast\x18\b \x01(\fR\tbroadcast\x12\x16\n" +
+	"\x06txqlen\x18\t \x01(\rR\x06txqlen\x12\x14\n" +
+	"\x05alias\x18\n" +
+	" \x01(\tR\x05alias\"\xe3\x02\n" +
+	"\aNetAddr\x12\x18\n" +
+	"\aifindex\x18\x01 \x01(\rR\aifindex\x12\x16\n" +
+	"\x06family\x18\x02 \x01(\rR\x06family\x12\x1d\n" +
+	"\n" +
+	"prefix_len\x18\x03 \x01(\rR\tprefixLen\x12\x14\n" +
+	"\x05scope\x18\x04 \x01(\rR\x05scope\x12\x14\n" +
+	"\x05flags\x18\x05 \x01(\rR\x05flags\x12\x18\n" +
+	"\aaddress\x18\x06 \x01(\fR\aaddress\x12\x14\n" +
+	"\x05local\x18\a \x01(\fR\x05local\x12\x1c\n" +
+	"\tbroadcast\x18\b \x01(\fR\tbroadcast\x12\x14\n" +
+	"\x05label\x18\t \x01(\tR\x05label\x12\x1b\n" +
+	"\tvalid_lft\x18\n" +
+	" \x01(\rR\bvalidLft\x12#\n" +
+	"\rpreferred_lft\x18\v \x01(\rR\fpreferredLft\x12\x14\n" +
+	"\x05proto\x18\f \x01(\rR\x05proto\x12\x1f\n" +
+	"\vrt_priority\x18\r \x01(\rR\n" +
+	"rtPriority\"\xc0\x03\n" +
+	"\bNetRoute\x12\x16\n" +
+	"\x06family\x18\x01 \x01(\rR\x06family\x12\x14\n" +
+	"\x05table\x18\x02 \x01(\rR\x05table\x12\x1a\n" +
+	"\bprotocol\x18\x03 \x01(\rR\bprotocol\x12\x14\n" +
+	"\x05scope\x18\x04 \x01(\rR\x05scope\x12\x12\n" +
+	"\x04type\x18\x05 \x01(\rR\x04type\x12\x14\n" +
+	"\x05flags\x18\x06 \x01(\rR\x05flags\x12\x10\n" +
+	"\x03tos\x18\a \x01(\rR\x03tos\x12\x10\n" +
+	"\x03dst\x18\b \x01(\fR\x03dst\x12\x17\n" +
+	"\adst_len\x18\t \x01(\rR\x06dstLen\x12\x10\n" +
+	"\x03src\x18\n" +
+	" \x01(\fR\x03src\x12\x17\n" +
+	"\asrc_len\x18\v \x01(\rR\x06srcLen\x12\x10\n" +
+	"\x03oif\x18\f \x01(\rR\x03oif\x12\x18\n" +
+	"\agateway\x18\r \x01(\fR\agateway\x12\x1a\n" +
+	"\bpriority\x18\x0e \x01(\rR\bpriority\x12\x18\n" +
+	"\aprefsrc\x18\x0f \x01(\fR\aprefsrc\x12\x12\n" +
+	"\x04pref\x18\x10 \x01(\rR\x04pref\x122\n" +
+	"\ametrics\x18\x11 \x03(\v2\x18.ckpt.image.v1.NetMetricR\ametrics\x12\x18\n" +
+	"\aexpires\x18\x12 \x01(\rR\aexpires\"5\n" +
+	"\tNetMetric\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\rR\x04type\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value\"5\n" +
+	"\tNetSysctl\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05valueB\x1fZ\x1dgithub.com/ckpt/ckpt/image/pbb\x06proto3"
 
 var (
 	file_image_pb_image_proto_rawDescOnce sync.Once
@@ -3435,7 +4139,7 @@ func file_image_pb_image_proto_rawDescGZIP() []byte {
 }
 
 var file_image_pb_image_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_image_pb_image_proto_goTypes = []any{
 	(File_Kind)(0),         // 0: ckpt.image.v1.File.Kind
 	(Namespace_Kind)(0),    // 1: ckpt.image.v1.Namespace.Kind
@@ -3470,6 +4174,12 @@ var file_image_pb_image_proto_goTypes = []any{
 	(*SemAdj)(nil),         // 30: ckpt.image.v1.SemAdj
 	(*IpcSysctl)(nil),      // 31: ckpt.image.v1.IpcSysctl
 	(*IpcNamespace)(nil),   // 32: ckpt.image.v1.IpcNamespace
+	(*NetNamespace)(nil),   // 33: ckpt.image.v1.NetNamespace
+	(*NetLink)(nil),        // 34: ckpt.image.v1.NetLink
+	(*NetAddr)(nil),        // 35: ckpt.image.v1.NetAddr
+	(*NetRoute)(nil),       // 36: ckpt.image.v1.NetRoute
+	(*NetMetric)(nil),      // 37: ckpt.image.v1.NetMetric
+	(*NetSysctl)(nil),      // 38: ckpt.image.v1.NetSysctl
 }
 var file_image_pb_image_proto_depIdxs = []int32{
 	20, // 0: ckpt.image.v1.Header.outer_ns:type_name -> ckpt.image.v1.NsIds
@@ -3498,11 +4208,16 @@ var file_image_pb_image_proto_depIdxs = []int32{
 	28, // 23: ckpt.image.v1.IpcNamespace.sem:type_name -> ckpt.image.v1.SemSet
 	31, // 24: ckpt.image.v1.IpcNamespace.sysctls:type_name -> ckpt.image.v1.IpcSysctl
 	29, // 25: ckpt.image.v1.IpcNamespace.undo:type_name -> ckpt.image.v1.SemUndo
-	26, // [26:26] is the sub-list for method output_type
-	26, // [26:26] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	34, // 26: ckpt.image.v1.NetNamespace.links:type_name -> ckpt.image.v1.NetLink
+	35, // 27: ckpt.image.v1.NetNamespace.addrs:type_name -> ckpt.image.v1.NetAddr
+	36, // 28: ckpt.image.v1.NetNamespace.routes:type_name -> ckpt.image.v1.NetRoute
+	38, // 29: ckpt.image.v1.NetNamespace.sysctls:type_name -> ckpt.image.v1.NetSysctl
+	37, // 30: ckpt.image.v1.NetRoute.metrics:type_name -> ckpt.image.v1.NetMetric
+	31, // [31:31] is the sub-list for method output_type
+	31, // [31:31] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_image_pb_image_proto_init() }
@@ -3516,7 +4231,7 @@ func file_image_pb_image_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_image_pb_image_proto_rawDesc), len(file_image_pb_image_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   31,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

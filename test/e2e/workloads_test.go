@@ -193,6 +193,21 @@ func containerWorkloads() []workload {
 			return []string{compile(t, "container"), "box", "100000"}
 		}, signal: true, settle: 20 * time.Millisecond,
 			container: []string{"--pid", "--uts", "--ipc", "--time", "--hostname", "box", "--time-offset", "100000s"}},
+		{name: "container-net", argv: func(t *testing.T) []string {
+			if _, err := exec.LookPath("ip"); err != nil {
+				t.Skip("no ip (iproute2)")
+			}
+			// The kernel may lack the dummy driver; ifb is as simple.
+			setup := `set -e
+ip addr add 127.0.0.2/8 dev lo
+ip link add dummy0 type dummy 2>/dev/null || ip link add dummy0 type ifb
+ip link set dummy0 mtu 1400 up
+ip addr add 10.1.2.3/24 dev dummy0
+ip addr add fd00::1/64 dev dummy0 nodad
+ip route add 10.9.0.0/16 via 10.1.2.1
+exec "$0" "$(hostname)" 0 "ip -o addr; ip -o link; ip route; ip -6 route"`
+			return []string{"sh", "-c", setup, compile(t, "container")}
+		}, signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--net"}},
 		{name: "ipcsem", argv: cWorkload("ipcsem"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},
 		{name: "ipcmsq", argv: cWorkload("ipcmsq"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},
 		{name: "ipcshm", argv: cWorkload("ipcshm"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},

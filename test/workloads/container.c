@@ -4,7 +4,9 @@
 // their PIDs inside it (one answers over a pipe with its own getpid()),
 // that it still reaps orphans, and that the host name and the time
 // namespace's clock offset survive. argv[1] is the expected host name,
-// argv[2] the minimum CLOCK_MONOTONIC in seconds (the offset).
+// argv[2] the minimum CLOCK_MONOTONIC in seconds (the offset); argv[3],
+// if given, a shell command whose output must not change across the
+// restart (e.g. `ip -o addr` in a network namespace of its own).
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,13 +16,33 @@
 #include <unistd.h>
 
 static volatile sig_atomic_t verify;
+
+// run returns the output of a shell command (at most 64 KiB).
+static char *run(const char *cmd) {
+	static char bufs[2][65536];
+	static int which;
+	char *buf = bufs[which++ % 2];
+	FILE *f = popen(cmd, "r");
+	if (!f)
+		return NULL;
+	size_t n = fread(buf, 1, 65535, f);
+	buf[n] = 0;
+	if (pclose(f) != 0)
+		return NULL;
+	return buf;
+}
 static void on_usr2(int s) { (void)s; verify = 1; }
 
 #define CHECK(c, ...) do { if (!(c)) { printf("FAIL: " __VA_ARGS__); printf("\n"); fflush(stdout); exit(1); } } while (0)
 
 int main(int argc, char **argv) {
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	CHECK(argc == 3, "usage: container HOSTNAME MIN_MONOTONIC_S");
+	CHECK(argc == 3 || argc == 4, "usage: container HOSTNAME MIN_MONOTONIC_S [COMMAND]");
+	const char *before = NULL;
+	if (argc == 4) {
+		before = run(argv[3]);
+		CHECK(before != NULL, "command %s failed", argv[3]);
+	}
 	long min_mono = atol(argv[2]);
 	CHECK(getpid() == 1, "pid %d, want 1", getpid());
 	char host[65] = "";
@@ -62,6 +84,8 @@ int main(int argc, char **argv) {
 	close(orph[0]);
 	int st;
 	CHECK(waitpid(mid, &st, 0) == mid, "reap middle");
+	if (before)
+		printf("state:\n%s", before);
 	printf("READY\n");
 	while (!verify)
 		pause();
@@ -81,6 +105,11 @@ int main(int argc, char **argv) {
 	close(orph[1]);
 	pid_t o = wait(&st);
 	CHECK(o > 0 && WIFEXITED(st) && WEXITSTATUS(st) == 7, "reap orphan: %d status %#x", o, st);
+	if (before) {
+		const char *after = run(argv[3]);
+		CHECK(after != NULL, "command %s failed after restart", argv[3]);
+		CHECK(strcmp(before, after) == 0, "state changed; before:\n%safter:\n%s", before, after);
+	}
 	printf("PASS\n");
 	return 0;
 }
