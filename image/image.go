@@ -54,6 +54,11 @@ const (
 	TypePad     Type = 7
 	TypeError   Type = 8
 	TypeTail    Type = 9
+
+	// Mount namespace (resource/mounts.go): the mount table, then the
+	// contents of its tmpfs mounts.
+	TypeMountNs   Type = 13
+	TypeMountFile Type = 14
 )
 
 var typeNames = map[Type]string{
@@ -66,6 +71,9 @@ var typeNames = map[Type]string{
 	TypePad:     "pad",
 	TypeError:   "error",
 	TypeTail:    "tail",
+
+	TypeMountNs:   "mountns",
+	TypeMountFile: "mountfile",
 }
 
 func (t Type) String() string {

@@ -175,6 +175,7 @@ func (r *Reader) Next() (Record, error) {
 			r.pages += length / PageSize
 			return rec, nil
 		case TypeHeader, TypeFile, TypeMm, TypeProcess, TypePageMap, TypeError, TypeTail:
+		case TypeMountNs, TypeMountFile:
 		default:
 			return Record{}, fmt.Errorf("image damaged at byte %d: unknown record type %d", start, uint32(t))
 		}
