@@ -477,6 +477,9 @@ type MountRestore struct {
 	curEnd   uint64
 	curTimes [2]unix.Timespec
 	finished bool
+	// clones are detached copies of tmpfs directories for SAME mounts,
+	// taken before the tmpfs is attached (then paths in it may be covered).
+	clones map[uint32]*os.File
 }
 
 // tmpfsFill is one re-created tmpfs, detached until it is attached in the
@@ -498,7 +501,7 @@ func PrepareMounts(ns *pb.MountNamespace) (mr *MountRestore, err error) {
 	if err := validateMounts(ns); err != nil {
 		return nil, err
 	}
-	mr = &MountRestore{ns: ns, byID: map[uint32]*pb.Mount{}, tmpfs: map[uint32]*tmpfsFill{}}
+	mr = &MountRestore{ns: ns, byID: map[uint32]*pb.Mount{}, tmpfs: map[uint32]*tmpfsFill{}, clones: map[uint32]*os.File{}}
 	defer func() {
 		if err != nil {
 			mr.Close()
@@ -624,6 +627,10 @@ func (mr *MountRestore) Close() {
 		tf.mnt.Close()
 	}
 	mr.tmpfs = nil
+	for _, f := range mr.clones {
+		f.Close()
+	}
+	mr.clones = nil
 }
 
 // beneath is how every path of a mountfile record is resolved: inside the
@@ -842,6 +849,27 @@ func (mr *MountRestore) finish() error {
 		}
 		if err := setMountAttrs(mnt, tf.m.Options); err != nil {
 			return fmt.Errorf("tmpfs %s: %w", tf.m.MountPoint, err)
+		}
+	}
+	for _, m := range mr.ns.Mounts {
+		tf := mr.tmpfs[m.BindOf]
+		if m.Kind != pb.Mount_SAME || tf == nil {
+			continue
+		}
+		// Resolved beneath the tmpfs without following links: the path is
+		// from the image.
+		dir, err := openBeneath(int(tf.mnt.Fd()), relTo(m.Root, "/"), unix.O_PATH)
+		if err != nil {
+			return fmt.Errorf("tmpfs %s: open %s for the mount at %s: %w", tf.m.MountPoint, m.Root, m.MountPoint, err)
+		}
+		fd, err := unix.OpenTree(dir, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+		unix.Close(dir)
+		if err != nil {
+			return fmt.Errorf("tmpfs %s: clone %s for the mount at %s: %w", tf.m.MountPoint, m.Root, m.MountPoint, err)
+		}
+		mr.clones[m.Id] = os.NewFile(uintptr(fd), m.MountPoint)
+		if err := setMountAttrs(fd, m.Options); err != nil {
+			return fmt.Errorf("mount %s: %w", m.MountPoint, err)
 		}
 	}
 	return nil
@@ -1073,6 +1101,14 @@ func (mr *MountRestore) create(t *Target, pl *FdPuller, m *pb.Mount) error {
 			return err
 		}
 	case pb.Mount_SAME:
+		if f := mr.clones[m.Id]; f != nil {
+			if err := attach(t, pl, f, m.MountPoint); err != nil {
+				return err
+			}
+			break
+		}
+		// A second mount of a proc, sysfs, devpts or mqueue: they exist
+		// only in t's namespace, so bind by path there.
 		first := mr.byID[m.BindOf]
 		src := filepath.Join(first.MountPoint, relTo(m.Root, first.Root))
 		a, err := putStrings(t, src, m.MountPoint)

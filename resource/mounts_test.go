@@ -200,7 +200,11 @@ mount --bind $D/src $D/ro
 mount -o remount,bind,ro,nosuid $D/ro
 mount --bind $D/t/dir $D/same
 mount -t tmpfs spaced "$D/with space"
+echo x > "$D/with space/file"
+mount -o remount,ro "$D/with space"
 mount -t proc -o hidepid=1 proc /proc
+mount --bind /proc/sys /proc/sys
+mount -o remount,bind,ro /proc/sys
 `, d)
 	c := startInNamespaces(t, script)
 	pid := c.Process.Pid
@@ -228,7 +232,7 @@ mount -t proc -o hidepid=1 proc /proc
 		kinds[m.MountPoint] = m.Kind
 	}
 	for mp, k := range map[string]pb.Mount_Kind{"/": pb.Mount_BIND, d + "/t": pb.Mount_TMPFS, d + "/t/sub": pb.Mount_TMPFS,
-		d + "/ro": pb.Mount_BIND, d + "/same": pb.Mount_SAME, "/proc": pb.Mount_PROC, d + "/with space": pb.Mount_TMPFS} {
+		d + "/ro": pb.Mount_BIND, d + "/same": pb.Mount_SAME, "/proc": pb.Mount_PROC, "/proc/sys": pb.Mount_SAME, d + "/with space": pb.Mount_TMPFS} {
 		if kinds[mp] != k {
 			t.Errorf("mount %s: kind %v, want %v", mp, kinds[mp], k)
 		}
@@ -380,8 +384,13 @@ mount -t proc -o hidepid=1 proc /proc
 	if b, err := os.ReadFile(root(spid, d+"/ro/inside")); err != nil || string(b) != "data\n" {
 		t.Errorf("bind mount: %q, %v", b, err)
 	}
-	if err := os.WriteFile(root(spid, d+"/ro/new"), nil, 0o644); !errors.Is(err, unix.EROFS) {
-		t.Errorf("write into the read-only bind mount: %v, want EROFS", err)
+	for _, p := range []string{d + "/ro/new", d + "/with space/new"} {
+		if err := os.WriteFile(root(spid, p), nil, 0o644); !errors.Is(err, unix.EROFS) {
+			t.Errorf("write %s into a read-only mount: %v, want EROFS", p, err)
+		}
+	}
+	if b, err := os.ReadFile(root(spid, d+"/with space/file")); err != nil || string(b) != "x\n" {
+		t.Errorf("file in the read-only tmpfs: %q, %v", b, err)
 	}
 	// /proc shows the restored process's own PID namespace: itself as 1.
 	if p := procPids(t, root(spid, "/proc")); strings.Join(p, " ") != "1" {
