@@ -171,6 +171,11 @@ func preflight(pid, skip int, container bool) error {
 		if err := resource.PreflightNamespaces(p, have, p == pid, container); err != nil && !gone(p) {
 			return err
 		}
+		if p == pid && nsOf[p] != nil && nsOf[p].Mnt != have.Mnt {
+			if err := resource.PreflightMountNamespace(p); err != nil && !gone(p) {
+				return fmt.Errorf("process %d: %w", p, err)
+			}
+		}
 		if nsOf[p] != nil && nsOf[p].Net != have.Net && !checkedNet[nsOf[p].Net] {
 			checkedNet[nsOf[p].Net] = true
 			if err := resource.PreflightNetNamespace(p); err != nil && !gone(p) {
@@ -887,6 +892,13 @@ func newHeader(rootPid uint32, outer *pb.NsIds, container bool) *pb.Header {
 func writeImage(opts *Options, w *image.Writer, hdr *pb.Header, namespaces []*pb.Namespace, nets []*pb.NetNamespace, dumped []*frozen, procs []*pb.Process, mms []*pb.Mm, files *resource.FileSet, ipc *ipcDump) error {
 	if err := w.Message(image.TypeHeader, hdr); err != nil {
 		return err
+	}
+	// The root's own mount table (and tmpfs contents) first: restart
+	// mounts it before it opens any file.
+	if root := procs[0]; root.Ns != nil && hdr.OuterNs != nil && root.Ns.Mnt != hdr.OuterNs.Mnt {
+		if _, err := resource.DumpMountNamespace(opts.Pid, w); err != nil {
+			return err
+		}
 	}
 	// Namespaces first: restart creates them before it opens any file.
 	for _, ns := range namespaces {

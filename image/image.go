@@ -68,6 +68,11 @@ const (
 	// TypeIPC is a pb.IpcNamespace: the SysV IPC objects of one IPC
 	// namespace (type 12 is reserved for SysV IPC as well).
 	TypeIPC Type = 11
+
+	// Mount namespace (resource/mounts.go): the mount table, then the
+	// contents of its tmpfs mounts.
+	TypeMountNs   Type = 13
+	TypeMountFile Type = 14
 )
 
 // TypeNetNamespace holds a pb.NetNamespace, one per network namespace
@@ -88,6 +93,8 @@ var typeNames = map[Type]string{
 	TypeLeaks:        "leaks",
 	TypeIPC:          "ipc",
 	TypeNetNamespace: "netns",
+	TypeMountNs:      "mountns",
+	TypeMountFile:    "mountfile",
 }
 
 func (t Type) String() string {

@@ -252,7 +252,14 @@ type OpenFiles struct {
 	// Terminal is the terminal ckpt restart runs in; descriptors that were
 	// on a terminal are reopened on it. Nil when ckpt has none.
 	Terminal *os.File
+	// Root, when set, prefixes the paths of files to open: the restored
+	// container's root ("/proc/PID/root") when it has a mount namespace of
+	// its own, whose mounts ckpt's paths would miss.
+	Root string
 }
+
+// path is where ckpt finds the file the process knew as p.
+func (o *OpenFiles) path(p string) string { return o.Root + p }
 
 // NewOpenFiles returns an empty table.
 func NewOpenFiles() *OpenFiles {
@@ -353,7 +360,7 @@ func (o *OpenFiles) Get(id uint32) (*os.File, *pb.File, error) {
 	if rec.Kind == pb.File_DIRECTORY {
 		flags |= unix.O_DIRECTORY
 	}
-	f, err := os.OpenFile(rec.Path, flags|unix.O_CLOEXEC, 0)
+	f, err := os.OpenFile(o.path(rec.Path), flags|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("reopen %s: %w (the file must exist at restart as it was at checkpoint)", rec.Path, err)
 	}

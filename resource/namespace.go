@@ -88,7 +88,7 @@ func PreflightNamespaces(pid int, have *pb.NsIds, root, container bool) error {
 				return fmt.Errorf("process %d is in a PID namespace of its own: checkpoint it as a container (ckpt checkpoint --container)", pid)
 			}
 			return fmt.Errorf("process %d starts a nested PID namespace: %w yet", pid, ErrUnsupported)
-		case k.Kind == pb.Namespace_TIME && !root:
+		case (k.Kind == pb.Namespace_TIME || k.Kind == pb.Namespace_MNT) && !root:
 			return fmt.Errorf("process %d starts a nested time namespace: %w yet", pid, ErrUnsupported)
 		}
 	}

@@ -121,10 +121,10 @@ func (o *OpenFiles) openPipeEnd(rec *pb.File) (*os.File, error) {
 func (o *OpenFiles) openFifoEnd(rec *pb.File) (*os.File, error) {
 	if o.fifos[rec.Path] == nil {
 		var st unix.Stat_t
-		if err := unix.Stat(rec.Path, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+		if err := unix.Stat(o.path(rec.Path), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
 			return nil, fmt.Errorf("FIFO %s must exist at restart (%v)", rec.Path, err)
 		}
-		k, err := os.OpenFile(rec.Path, os.O_RDWR|unix.O_CLOEXEC, 0)
+		k, err := os.OpenFile(o.path(rec.Path), os.O_RDWR|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return nil, fmt.Errorf("open FIFO %s: %w", rec.Path, err)
 		}
@@ -140,7 +140,7 @@ func (o *OpenFiles) openFifoEnd(rec *pb.File) (*os.File, error) {
 			}
 		}
 	}
-	f, err := os.OpenFile(rec.Path, int(rec.Flags&(unix.O_ACCMODE|unix.O_NONBLOCK))|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	f, err := os.OpenFile(o.path(rec.Path), int(rec.Flags&(unix.O_ACCMODE|unix.O_NONBLOCK))|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("reopen FIFO %s: %w", rec.Path, err)
 	}

@@ -13,6 +13,9 @@ import (
 type namespaces struct {
 	recs map[uint64]*pb.Namespace
 	nets map[uint64]*pb.NetNamespace
+	// mounts is the root's mount table, being filled as the image streams
+	// in (tmpfs contents).
+	mounts *resource.MountRestore
 }
 
 func (n *namespaces) add(ns *pb.Namespace) error {
@@ -56,8 +59,12 @@ func (n *namespaces) newFlags(p *pb.Process, have *pb.NsIds, root, container boo
 		switch {
 		case k.Kind == pb.Namespace_UNKNOWN:
 			return 0, fmt.Errorf("image damaged: process %d has a %s namespace of its own", p.Pid, k.Name)
-		case (k.Kind == pb.Namespace_PID && !(root && container)) || (k.Kind == pb.Namespace_TIME && !root):
+		case (k.Kind == pb.Namespace_PID && !(root && container)) || ((k.Kind == pb.Namespace_TIME || k.Kind == pb.Namespace_MNT) && !root):
 			return 0, fmt.Errorf("image damaged: process %d has a nested %s namespace", p.Pid, k.Name)
+		case k.Kind == pb.Namespace_MNT:
+			if n.mounts == nil {
+				return 0, fmt.Errorf("image damaged: no mount table for the mount namespace of process %d", p.Pid)
+			}
 		case k.Kind == pb.Namespace_NET:
 			if n.nets[p.Ns.Net] == nil {
 				return 0, fmt.Errorf("image damaged: no record of the network namespace of process %d", p.Pid)
@@ -85,7 +92,16 @@ func (n *namespaces) prepareTime(parent *stub, p *pb.Process) error {
 
 // fill restores the state of the namespaces that flags created for the
 // process s, before anything else happens inside them.
-func (n *namespaces) fill(s *stub, p *pb.Process, flags uint64, ipc *ipcState) error {
+func (n *namespaces) fill(s *stub, p *pb.Process, flags uint64, ipc *ipcState, files *resource.OpenFiles) error {
+	if flags&unix.CLONE_NEWNS != 0 {
+		// First: the other namespaces' pseudo-filesystems (proc, sysfs,
+		// mqueue) are mounted from inside them, which exist already
+		// (clone made them all at once).
+		if err := resource.RestoreMountNamespace(s.t, resource.NewFdPullerFrom(s.t, stubPidfd), n.mounts); err != nil {
+			return fmt.Errorf("process %d: %w", p.Pid, err)
+		}
+		files.Root = fmt.Sprintf("/proc/%d/root", s.pid)
+	}
 	if flags&unix.CLONE_NEWUTS != 0 {
 		if err := resource.RestoreUTS(s.pid, n.recs[p.Ns.Uts]); err != nil {
 			return fmt.Errorf("process %d: %w", p.Pid, err)

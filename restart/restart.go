@@ -133,7 +133,7 @@ func restore(opts *Options) (res *Result, err error) {
 		if err != nil {
 			return nil, err
 		}
-		if built && (rec.Type == image.TypeFile || rec.Type == image.TypeMm || rec.Type == image.TypeProcess || rec.Type == image.TypeNamespace || rec.Type == image.TypeNetNamespace || rec.Type == image.TypeIPC) {
+		if built && (rec.Type == image.TypeFile || rec.Type == image.TypeMm || rec.Type == image.TypeProcess || rec.Type == image.TypeNamespace || rec.Type == image.TypeNetNamespace || rec.Type == image.TypeIPC || rec.Type == image.TypeMountNs || rec.Type == image.TypeMountFile) {
 			return nil, fmt.Errorf("image damaged: %v record at byte %d after the pages began", rec.Type, rec.Offset)
 		}
 		switch rec.Type {
@@ -184,6 +184,29 @@ func restore(opts *Options) (res *Result, err error) {
 				}
 			}
 			tasks = append(tasks, t)
+		case image.TypeMountNs:
+			ns := &pb.MountNamespace{}
+			if err := image.Unmarshal(rec, ns); err != nil {
+				return nil, err
+			}
+			if nss.mounts != nil {
+				return nil, fmt.Errorf("image damaged: two mount tables")
+			}
+			if nss.mounts, err = resource.PrepareMounts(ns); err != nil {
+				return nil, err
+			}
+			defer nss.mounts.Close()
+		case image.TypeMountFile:
+			f := &pb.MountFile{}
+			if err := image.Unmarshal(rec, f); err != nil {
+				return nil, err
+			}
+			if nss.mounts == nil {
+				return nil, fmt.Errorf("image damaged: a mount file before the mount table")
+			}
+			if err := nss.mounts.AddFile(f); err != nil {
+				return nil, err
+			}
 		case image.TypeNetNamespace:
 			ns := &pb.NetNamespace{}
 			if err := image.Unmarshal(rec, ns); err != nil {
@@ -439,7 +462,7 @@ func build(opts *Options, hdr *pb.Header, nss *namespaces, ipc *ipcState, tasks 
 		return nil, err
 	}
 	created = append(created, root.s)
-	if err := nss.fill(root.s, root.p, rootFlags, ipc); err != nil {
+	if err := nss.fill(root.s, root.p, rootFlags, ipc, files); err != nil {
 		return created, err
 	}
 	// Every signal stays blocked while the tree is built, but SIGTRAP: the
@@ -484,7 +507,7 @@ func build(opts *Options, hdr *pb.Header, nss *namespaces, ipc *ipcState, tasks 
 				return created, fmt.Errorf("process %d: %w", t.p.Pid, err)
 			}
 			created = append(created, c.s)
-			if err := nss.fill(c.s, c.p, nsFlags, ipc); err != nil {
+			if err := nss.fill(c.s, c.p, nsFlags, ipc, files); err != nil {
 				return created, err
 			}
 		}

@@ -113,6 +113,10 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 			m = &pb.IpcNamespace{}
 		case image.TypeNetNamespace:
 			m = &pb.NetNamespace{}
+		case image.TypeMountNs:
+			m = &pb.MountNamespace{}
+		case image.TypeMountFile:
+			m = &pb.MountFile{}
 		}
 		if m != nil {
 			if err := image.Unmarshal(rec, m); err != nil {
@@ -140,6 +144,12 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 		case *pb.NetNamespace:
 			if !asJSON {
 				fmt.Fprintln(out, strings.Join(resource.DescribeNetNamespace(v), "\n"))
+			}
+		case *pb.MountNamespace:
+			if !asJSON {
+				for _, mnt := range v.Mounts {
+					fmt.Fprintf(out, "mount %d: %s %s %s (%s) %s\n", mnt.Id, mnt.MountPoint, mnt.FsType, mnt.Source, strings.ToLower(mnt.Kind.String()), mnt.Options)
+				}
 			}
 		case *pb.PageMap:
 			for _, mm := range mms {

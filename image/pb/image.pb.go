@@ -180,6 +180,80 @@ func (Namespace_Kind) EnumDescriptor() ([]byte, []int) {
 	return file_image_pb_image_proto_rawDescGZIP(), []int{19, 0}
 }
 
+// Kind says how restart re-creates the mount.
+type Mount_Kind int32
+
+const (
+	Mount_KIND_UNSPECIFIED Mount_Kind = 0
+	// BIND: a filesystem the checkpointing ckpt could see in its own mount
+	// namespace (a host disk, the host's /proc): bind-mounted from
+	// bind_source at restart.
+	Mount_BIND Mount_Kind = 1
+	// TMPFS: a new tmpfs with the superblock options; its contents follow
+	// in mountfile records with this mount's id.
+	Mount_TMPFS Mount_Kind = 2
+	// PROC, SYSFS, DEVPTS, MQUEUE: a new instance, mounted by a process in
+	// the restored namespaces (proc shows the PID namespace of its mounter).
+	Mount_PROC   Mount_Kind = 3
+	Mount_SYSFS  Mount_Kind = 4
+	Mount_DEVPTS Mount_Kind = 5
+	Mount_MQUEUE Mount_Kind = 6
+	// SAME: another mount of the superblock of an earlier mount of this
+	// image (bind_of): bind-mounted from there at restart.
+	Mount_SAME Mount_Kind = 7
+)
+
+// Enum value maps for Mount_Kind.
+var (
+	Mount_Kind_name = map[int32]string{
+		0: "KIND_UNSPECIFIED",
+		1: "BIND",
+		2: "TMPFS",
+		3: "PROC",
+		4: "SYSFS",
+		5: "DEVPTS",
+		6: "MQUEUE",
+		7: "SAME",
+	}
+	Mount_Kind_value = map[string]int32{
+		"KIND_UNSPECIFIED": 0,
+		"BIND":             1,
+		"TMPFS":            2,
+		"PROC":             3,
+		"SYSFS":            4,
+		"DEVPTS":           5,
+		"MQUEUE":           6,
+		"SAME":             7,
+	}
+)
+
+func (x Mount_Kind) Enum() *Mount_Kind {
+	p := new(Mount_Kind)
+	*p = x
+	return p
+}
+
+func (x Mount_Kind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Mount_Kind) Descriptor() protoreflect.EnumDescriptor {
+	return file_image_pb_image_proto_enumTypes[2].Descriptor()
+}
+
+func (Mount_Kind) Type() protoreflect.EnumType {
+	return &file_image_pb_image_proto_enumTypes[2]
+}
+
+func (x Mount_Kind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Mount_Kind.Descriptor instead.
+func (Mount_Kind) EnumDescriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{38, 0}
+}
+
 // Header is the first record of every image.
 type Header struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3766,6 +3840,368 @@ func (x *NetSysctl) GetValue() string {
 	return ""
 }
 
+// MountNamespace is the mount table of a container, from the root
+// process's /proc/PID/mountinfo, ordered parents before children so that
+// the mounts can be created in this order.
+type MountNamespace struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Mounts        []*Mount               `protobuf:"bytes,1,rep,name=mounts,proto3" json:"mounts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MountNamespace) Reset() {
+	*x = MountNamespace{}
+	mi := &file_image_pb_image_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MountNamespace) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MountNamespace) ProtoMessage() {}
+
+func (x *MountNamespace) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MountNamespace.ProtoReflect.Descriptor instead.
+func (*MountNamespace) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *MountNamespace) GetMounts() []*Mount {
+	if x != nil {
+		return x.Mounts
+	}
+	return nil
+}
+
+type Mount struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Id         uint32                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	ParentId   uint32                 `protobuf:"varint,2,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
+	MountPoint string                 `protobuf:"bytes,3,opt,name=mount_point,json=mountPoint,proto3" json:"mount_point,omitempty"`
+	// root is the path inside the filesystem that is mounted ("/", or a
+	// subdirectory or file for a bind mount).
+	Root   string `protobuf:"bytes,4,opt,name=root,proto3" json:"root,omitempty"`
+	FsType string `protobuf:"bytes,5,opt,name=fs_type,json=fsType,proto3" json:"fs_type,omitempty"`
+	Source string `protobuf:"bytes,6,opt,name=source,proto3" json:"source,omitempty"`
+	// options are the per-mount options, super_options the superblock's,
+	// both as mountinfo shows them.
+	Options      string     `protobuf:"bytes,7,opt,name=options,proto3" json:"options,omitempty"`
+	SuperOptions string     `protobuf:"bytes,8,opt,name=super_options,json=superOptions,proto3" json:"super_options,omitempty"`
+	DevMajor     uint32     `protobuf:"varint,9,opt,name=dev_major,json=devMajor,proto3" json:"dev_major,omitempty"`
+	DevMinor     uint32     `protobuf:"varint,10,opt,name=dev_minor,json=devMinor,proto3" json:"dev_minor,omitempty"`
+	Kind         Mount_Kind `protobuf:"varint,11,opt,name=kind,proto3,enum=ckpt.image.v1.Mount_Kind" json:"kind,omitempty"`
+	// bind_source is, for BIND, the path of root in the checkpointing
+	// ckpt's mount namespace.
+	BindSource string `protobuf:"bytes,12,opt,name=bind_source,json=bindSource,proto3" json:"bind_source,omitempty"`
+	// bind_of is, for SAME, the id of the earlier mount of the same
+	// superblock; root is then relative to the same filesystem.
+	BindOf        uint32 `protobuf:"varint,13,opt,name=bind_of,json=bindOf,proto3" json:"bind_of,omitempty"`
+	Unbindable    bool   `protobuf:"varint,14,opt,name=unbindable,proto3" json:"unbindable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Mount) Reset() {
+	*x = Mount{}
+	mi := &file_image_pb_image_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Mount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Mount) ProtoMessage() {}
+
+func (x *Mount) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Mount.ProtoReflect.Descriptor instead.
+func (*Mount) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *Mount) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Mount) GetParentId() uint32 {
+	if x != nil {
+		return x.ParentId
+	}
+	return 0
+}
+
+func (x *Mount) GetMountPoint() string {
+	if x != nil {
+		return x.MountPoint
+	}
+	return ""
+}
+
+func (x *Mount) GetRoot() string {
+	if x != nil {
+		return x.Root
+	}
+	return ""
+}
+
+func (x *Mount) GetFsType() string {
+	if x != nil {
+		return x.FsType
+	}
+	return ""
+}
+
+func (x *Mount) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *Mount) GetOptions() string {
+	if x != nil {
+		return x.Options
+	}
+	return ""
+}
+
+func (x *Mount) GetSuperOptions() string {
+	if x != nil {
+		return x.SuperOptions
+	}
+	return ""
+}
+
+func (x *Mount) GetDevMajor() uint32 {
+	if x != nil {
+		return x.DevMajor
+	}
+	return 0
+}
+
+func (x *Mount) GetDevMinor() uint32 {
+	if x != nil {
+		return x.DevMinor
+	}
+	return 0
+}
+
+func (x *Mount) GetKind() Mount_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return Mount_KIND_UNSPECIFIED
+}
+
+func (x *Mount) GetBindSource() string {
+	if x != nil {
+		return x.BindSource
+	}
+	return ""
+}
+
+func (x *Mount) GetBindOf() uint32 {
+	if x != nil {
+		return x.BindOf
+	}
+	return 0
+}
+
+func (x *Mount) GetUnbindable() bool {
+	if x != nil {
+		return x.Unbindable
+	}
+	return false
+}
+
+// MountFile is one file of a TMPFS mount, or a chunk of its data. Files
+// come parents before children; a regular file's data follows in chunk
+// records (at most 1 MiB each, holes left out).
+type MountFile struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	MountId uint32                 `protobuf:"varint,1,opt,name=mount_id,json=mountId,proto3" json:"mount_id,omitempty"`
+	// path is relative to the filesystem's root; "." is the root itself.
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// mode is st_mode (type and permissions).
+	Mode    uint32 `protobuf:"varint,3,opt,name=mode,proto3" json:"mode,omitempty"`
+	Uid     uint32 `protobuf:"varint,4,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid     uint32 `protobuf:"varint,5,opt,name=gid,proto3" json:"gid,omitempty"`
+	AtimeNs int64  `protobuf:"varint,6,opt,name=atime_ns,json=atimeNs,proto3" json:"atime_ns,omitempty"`
+	MtimeNs int64  `protobuf:"varint,7,opt,name=mtime_ns,json=mtimeNs,proto3" json:"mtime_ns,omitempty"`
+	// size of a regular file.
+	Size uint64 `protobuf:"varint,8,opt,name=size,proto3" json:"size,omitempty"`
+	// symlink is a symbolic link's target.
+	Symlink string `protobuf:"bytes,9,opt,name=symlink,proto3" json:"symlink,omitempty"`
+	// hardlink, if set, is the path of an earlier file of this mount that
+	// this one is another name of.
+	Hardlink string `protobuf:"bytes,10,opt,name=hardlink,proto3" json:"hardlink,omitempty"`
+	// rdev of a device node.
+	Rdev uint64 `protobuf:"varint,11,opt,name=rdev,proto3" json:"rdev,omitempty"`
+	// chunk marks a data record of the file at path: data at offset.
+	Chunk         bool   `protobuf:"varint,12,opt,name=chunk,proto3" json:"chunk,omitempty"`
+	Offset        uint64 `protobuf:"varint,13,opt,name=offset,proto3" json:"offset,omitempty"`
+	Data          []byte `protobuf:"bytes,14,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MountFile) Reset() {
+	*x = MountFile{}
+	mi := &file_image_pb_image_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MountFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MountFile) ProtoMessage() {}
+
+func (x *MountFile) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MountFile.ProtoReflect.Descriptor instead.
+func (*MountFile) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *MountFile) GetMountId() uint32 {
+	if x != nil {
+		return x.MountId
+	}
+	return 0
+}
+
+func (x *MountFile) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *MountFile) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *MountFile) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *MountFile) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
+func (x *MountFile) GetAtimeNs() int64 {
+	if x != nil {
+		return x.AtimeNs
+	}
+	return 0
+}
+
+func (x *MountFile) GetMtimeNs() int64 {
+	if x != nil {
+		return x.MtimeNs
+	}
+	return 0
+}
+
+func (x *MountFile) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *MountFile) GetSymlink() string {
+	if x != nil {
+		return x.Symlink
+	}
+	return ""
+}
+
+func (x *MountFile) GetHardlink() string {
+	if x != nil {
+		return x.Hardlink
+	}
+	return ""
+}
+
+func (x *MountFile) GetRdev() uint64 {
+	if x != nil {
+		return x.Rdev
+	}
+	return 0
+}
+
+func (x *MountFile) GetChunk() bool {
+	if x != nil {
+		return x.Chunk
+	}
+	return false
+}
+
+func (x *MountFile) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *MountFile) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 var File_image_pb_image_proto protoreflect.FileDescriptor
 
 const file_image_pb_image_proto_rawDesc = "" +
@@ -4124,7 +4560,56 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\rR\x05value\"5\n" +
 	"\tNetSysctl\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05valueB\x1fZ\x1dgithub.com/ckpt/ckpt/image/pbb\x06proto3"
+	"\x05value\x18\x02 \x01(\tR\x05value\">\n" +
+	"\x0eMountNamespace\x12,\n" +
+	"\x06mounts\x18\x01 \x03(\v2\x14.ckpt.image.v1.MountR\x06mounts\"\x86\x04\n" +
+	"\x05Mount\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x1b\n" +
+	"\tparent_id\x18\x02 \x01(\rR\bparentId\x12\x1f\n" +
+	"\vmount_point\x18\x03 \x01(\tR\n" +
+	"mountPoint\x12\x12\n" +
+	"\x04root\x18\x04 \x01(\tR\x04root\x12\x17\n" +
+	"\afs_type\x18\x05 \x01(\tR\x06fsType\x12\x16\n" +
+	"\x06source\x18\x06 \x01(\tR\x06source\x12\x18\n" +
+	"\aoptions\x18\a \x01(\tR\aoptions\x12#\n" +
+	"\rsuper_options\x18\b \x01(\tR\fsuperOptions\x12\x1b\n" +
+	"\tdev_major\x18\t \x01(\rR\bdevMajor\x12\x1b\n" +
+	"\tdev_minor\x18\n" +
+	" \x01(\rR\bdevMinor\x12-\n" +
+	"\x04kind\x18\v \x01(\x0e2\x19.ckpt.image.v1.Mount.KindR\x04kind\x12\x1f\n" +
+	"\vbind_source\x18\f \x01(\tR\n" +
+	"bindSource\x12\x17\n" +
+	"\abind_of\x18\r \x01(\rR\x06bindOf\x12\x1e\n" +
+	"\n" +
+	"unbindable\x18\x0e \x01(\bR\n" +
+	"unbindable\"h\n" +
+	"\x04Kind\x12\x14\n" +
+	"\x10KIND_UNSPECIFIED\x10\x00\x12\b\n" +
+	"\x04BIND\x10\x01\x12\t\n" +
+	"\x05TMPFS\x10\x02\x12\b\n" +
+	"\x04PROC\x10\x03\x12\t\n" +
+	"\x05SYSFS\x10\x04\x12\n" +
+	"\n" +
+	"\x06DEVPTS\x10\x05\x12\n" +
+	"\n" +
+	"\x06MQUEUE\x10\x06\x12\b\n" +
+	"\x04SAME\x10\a\"\xc8\x02\n" +
+	"\tMountFile\x12\x19\n" +
+	"\bmount_id\x18\x01 \x01(\rR\amountId\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
+	"\x04mode\x18\x03 \x01(\rR\x04mode\x12\x10\n" +
+	"\x03uid\x18\x04 \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\x05 \x01(\rR\x03gid\x12\x19\n" +
+	"\batime_ns\x18\x06 \x01(\x03R\aatimeNs\x12\x19\n" +
+	"\bmtime_ns\x18\a \x01(\x03R\amtimeNs\x12\x12\n" +
+	"\x04size\x18\b \x01(\x04R\x04size\x12\x18\n" +
+	"\asymlink\x18\t \x01(\tR\asymlink\x12\x1a\n" +
+	"\bhardlink\x18\n" +
+	" \x01(\tR\bhardlink\x12\x12\n" +
+	"\x04rdev\x18\v \x01(\x04R\x04rdev\x12\x14\n" +
+	"\x05chunk\x18\f \x01(\bR\x05chunk\x12\x16\n" +
+	"\x06offset\x18\r \x01(\x04R\x06offset\x12\x12\n" +
+	"\x04data\x18\x0e \x01(\fR\x04dataB\x1fZ\x1dgithub.com/ckpt/ckpt/image/pbb\x06proto3"
 
 var (
 	file_image_pb_image_proto_rawDescOnce sync.Once
@@ -4138,86 +4623,92 @@ func file_image_pb_image_proto_rawDescGZIP() []byte {
 	return file_image_pb_image_proto_rawDescData
 }
 
-var file_image_pb_image_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_image_pb_image_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_image_pb_image_proto_goTypes = []any{
 	(File_Kind)(0),         // 0: ckpt.image.v1.File.Kind
 	(Namespace_Kind)(0),    // 1: ckpt.image.v1.Namespace.Kind
-	(*Header)(nil),         // 2: ckpt.image.v1.Header
-	(*File)(nil),           // 3: ckpt.image.v1.File
-	(*InotifyWatch)(nil),   // 4: ckpt.image.v1.InotifyWatch
-	(*EpollItem)(nil),      // 5: ckpt.image.v1.EpollItem
-	(*Vma)(nil),            // 6: ckpt.image.v1.Vma
-	(*Mm)(nil),             // 7: ckpt.image.v1.Mm
-	(*Sigaction)(nil),      // 8: ckpt.image.v1.Sigaction
-	(*Itimer)(nil),         // 9: ckpt.image.v1.Itimer
-	(*Rlimit)(nil),         // 10: ckpt.image.v1.Rlimit
-	(*SyscallRestart)(nil), // 11: ckpt.image.v1.SyscallRestart
-	(*Thread)(nil),         // 12: ckpt.image.v1.Thread
-	(*Fd)(nil),             // 13: ckpt.image.v1.Fd
-	(*Creds)(nil),          // 14: ckpt.image.v1.Creds
-	(*Process)(nil),        // 15: ckpt.image.v1.Process
-	(*PageRun)(nil),        // 16: ckpt.image.v1.PageRun
-	(*PageMap)(nil),        // 17: ckpt.image.v1.PageMap
-	(*Error)(nil),          // 18: ckpt.image.v1.Error
-	(*Tail)(nil),           // 19: ckpt.image.v1.Tail
-	(*NsIds)(nil),          // 20: ckpt.image.v1.NsIds
-	(*Namespace)(nil),      // 21: ckpt.image.v1.Namespace
-	(*Leak)(nil),           // 22: ckpt.image.v1.Leak
-	(*Leaks)(nil),          // 23: ckpt.image.v1.Leaks
-	(*IpcPerm)(nil),        // 24: ckpt.image.v1.IpcPerm
-	(*ShmSegment)(nil),     // 25: ckpt.image.v1.ShmSegment
-	(*MsgQueue)(nil),       // 26: ckpt.image.v1.MsgQueue
-	(*Msg)(nil),            // 27: ckpt.image.v1.Msg
-	(*SemSet)(nil),         // 28: ckpt.image.v1.SemSet
-	(*SemUndo)(nil),        // 29: ckpt.image.v1.SemUndo
-	(*SemAdj)(nil),         // 30: ckpt.image.v1.SemAdj
-	(*IpcSysctl)(nil),      // 31: ckpt.image.v1.IpcSysctl
-	(*IpcNamespace)(nil),   // 32: ckpt.image.v1.IpcNamespace
-	(*NetNamespace)(nil),   // 33: ckpt.image.v1.NetNamespace
-	(*NetLink)(nil),        // 34: ckpt.image.v1.NetLink
-	(*NetAddr)(nil),        // 35: ckpt.image.v1.NetAddr
-	(*NetRoute)(nil),       // 36: ckpt.image.v1.NetRoute
-	(*NetMetric)(nil),      // 37: ckpt.image.v1.NetMetric
-	(*NetSysctl)(nil),      // 38: ckpt.image.v1.NetSysctl
+	(Mount_Kind)(0),        // 2: ckpt.image.v1.Mount.Kind
+	(*Header)(nil),         // 3: ckpt.image.v1.Header
+	(*File)(nil),           // 4: ckpt.image.v1.File
+	(*InotifyWatch)(nil),   // 5: ckpt.image.v1.InotifyWatch
+	(*EpollItem)(nil),      // 6: ckpt.image.v1.EpollItem
+	(*Vma)(nil),            // 7: ckpt.image.v1.Vma
+	(*Mm)(nil),             // 8: ckpt.image.v1.Mm
+	(*Sigaction)(nil),      // 9: ckpt.image.v1.Sigaction
+	(*Itimer)(nil),         // 10: ckpt.image.v1.Itimer
+	(*Rlimit)(nil),         // 11: ckpt.image.v1.Rlimit
+	(*SyscallRestart)(nil), // 12: ckpt.image.v1.SyscallRestart
+	(*Thread)(nil),         // 13: ckpt.image.v1.Thread
+	(*Fd)(nil),             // 14: ckpt.image.v1.Fd
+	(*Creds)(nil),          // 15: ckpt.image.v1.Creds
+	(*Process)(nil),        // 16: ckpt.image.v1.Process
+	(*PageRun)(nil),        // 17: ckpt.image.v1.PageRun
+	(*PageMap)(nil),        // 18: ckpt.image.v1.PageMap
+	(*Error)(nil),          // 19: ckpt.image.v1.Error
+	(*Tail)(nil),           // 20: ckpt.image.v1.Tail
+	(*NsIds)(nil),          // 21: ckpt.image.v1.NsIds
+	(*Namespace)(nil),      // 22: ckpt.image.v1.Namespace
+	(*Leak)(nil),           // 23: ckpt.image.v1.Leak
+	(*Leaks)(nil),          // 24: ckpt.image.v1.Leaks
+	(*IpcPerm)(nil),        // 25: ckpt.image.v1.IpcPerm
+	(*ShmSegment)(nil),     // 26: ckpt.image.v1.ShmSegment
+	(*MsgQueue)(nil),       // 27: ckpt.image.v1.MsgQueue
+	(*Msg)(nil),            // 28: ckpt.image.v1.Msg
+	(*SemSet)(nil),         // 29: ckpt.image.v1.SemSet
+	(*SemUndo)(nil),        // 30: ckpt.image.v1.SemUndo
+	(*SemAdj)(nil),         // 31: ckpt.image.v1.SemAdj
+	(*IpcSysctl)(nil),      // 32: ckpt.image.v1.IpcSysctl
+	(*IpcNamespace)(nil),   // 33: ckpt.image.v1.IpcNamespace
+	(*NetNamespace)(nil),   // 34: ckpt.image.v1.NetNamespace
+	(*NetLink)(nil),        // 35: ckpt.image.v1.NetLink
+	(*NetAddr)(nil),        // 36: ckpt.image.v1.NetAddr
+	(*NetRoute)(nil),       // 37: ckpt.image.v1.NetRoute
+	(*NetMetric)(nil),      // 38: ckpt.image.v1.NetMetric
+	(*NetSysctl)(nil),      // 39: ckpt.image.v1.NetSysctl
+	(*MountNamespace)(nil), // 40: ckpt.image.v1.MountNamespace
+	(*Mount)(nil),          // 41: ckpt.image.v1.Mount
+	(*MountFile)(nil),      // 42: ckpt.image.v1.MountFile
 }
 var file_image_pb_image_proto_depIdxs = []int32{
-	20, // 0: ckpt.image.v1.Header.outer_ns:type_name -> ckpt.image.v1.NsIds
+	21, // 0: ckpt.image.v1.Header.outer_ns:type_name -> ckpt.image.v1.NsIds
 	0,  // 1: ckpt.image.v1.File.kind:type_name -> ckpt.image.v1.File.Kind
-	5,  // 2: ckpt.image.v1.File.epoll_items:type_name -> ckpt.image.v1.EpollItem
-	4,  // 3: ckpt.image.v1.File.inotify_watches:type_name -> ckpt.image.v1.InotifyWatch
-	6,  // 4: ckpt.image.v1.Mm.vmas:type_name -> ckpt.image.v1.Vma
-	11, // 5: ckpt.image.v1.Thread.restart:type_name -> ckpt.image.v1.SyscallRestart
-	13, // 6: ckpt.image.v1.Process.fds:type_name -> ckpt.image.v1.Fd
-	8,  // 7: ckpt.image.v1.Process.sigactions:type_name -> ckpt.image.v1.Sigaction
-	9,  // 8: ckpt.image.v1.Process.itimers:type_name -> ckpt.image.v1.Itimer
-	10, // 9: ckpt.image.v1.Process.rlimits:type_name -> ckpt.image.v1.Rlimit
-	12, // 10: ckpt.image.v1.Process.threads:type_name -> ckpt.image.v1.Thread
-	14, // 11: ckpt.image.v1.Process.creds:type_name -> ckpt.image.v1.Creds
-	20, // 12: ckpt.image.v1.Process.ns:type_name -> ckpt.image.v1.NsIds
-	16, // 13: ckpt.image.v1.PageMap.runs:type_name -> ckpt.image.v1.PageRun
+	6,  // 2: ckpt.image.v1.File.epoll_items:type_name -> ckpt.image.v1.EpollItem
+	5,  // 3: ckpt.image.v1.File.inotify_watches:type_name -> ckpt.image.v1.InotifyWatch
+	7,  // 4: ckpt.image.v1.Mm.vmas:type_name -> ckpt.image.v1.Vma
+	12, // 5: ckpt.image.v1.Thread.restart:type_name -> ckpt.image.v1.SyscallRestart
+	14, // 6: ckpt.image.v1.Process.fds:type_name -> ckpt.image.v1.Fd
+	9,  // 7: ckpt.image.v1.Process.sigactions:type_name -> ckpt.image.v1.Sigaction
+	10, // 8: ckpt.image.v1.Process.itimers:type_name -> ckpt.image.v1.Itimer
+	11, // 9: ckpt.image.v1.Process.rlimits:type_name -> ckpt.image.v1.Rlimit
+	13, // 10: ckpt.image.v1.Process.threads:type_name -> ckpt.image.v1.Thread
+	15, // 11: ckpt.image.v1.Process.creds:type_name -> ckpt.image.v1.Creds
+	21, // 12: ckpt.image.v1.Process.ns:type_name -> ckpt.image.v1.NsIds
+	17, // 13: ckpt.image.v1.PageMap.runs:type_name -> ckpt.image.v1.PageRun
 	1,  // 14: ckpt.image.v1.Namespace.kind:type_name -> ckpt.image.v1.Namespace.Kind
-	22, // 15: ckpt.image.v1.Leaks.leaks:type_name -> ckpt.image.v1.Leak
-	24, // 16: ckpt.image.v1.ShmSegment.perm:type_name -> ckpt.image.v1.IpcPerm
-	24, // 17: ckpt.image.v1.MsgQueue.perm:type_name -> ckpt.image.v1.IpcPerm
-	27, // 18: ckpt.image.v1.MsgQueue.messages:type_name -> ckpt.image.v1.Msg
-	24, // 19: ckpt.image.v1.SemSet.perm:type_name -> ckpt.image.v1.IpcPerm
-	30, // 20: ckpt.image.v1.SemUndo.adj:type_name -> ckpt.image.v1.SemAdj
-	25, // 21: ckpt.image.v1.IpcNamespace.shm:type_name -> ckpt.image.v1.ShmSegment
-	26, // 22: ckpt.image.v1.IpcNamespace.msg:type_name -> ckpt.image.v1.MsgQueue
-	28, // 23: ckpt.image.v1.IpcNamespace.sem:type_name -> ckpt.image.v1.SemSet
-	31, // 24: ckpt.image.v1.IpcNamespace.sysctls:type_name -> ckpt.image.v1.IpcSysctl
-	29, // 25: ckpt.image.v1.IpcNamespace.undo:type_name -> ckpt.image.v1.SemUndo
-	34, // 26: ckpt.image.v1.NetNamespace.links:type_name -> ckpt.image.v1.NetLink
-	35, // 27: ckpt.image.v1.NetNamespace.addrs:type_name -> ckpt.image.v1.NetAddr
-	36, // 28: ckpt.image.v1.NetNamespace.routes:type_name -> ckpt.image.v1.NetRoute
-	38, // 29: ckpt.image.v1.NetNamespace.sysctls:type_name -> ckpt.image.v1.NetSysctl
-	37, // 30: ckpt.image.v1.NetRoute.metrics:type_name -> ckpt.image.v1.NetMetric
-	31, // [31:31] is the sub-list for method output_type
-	31, // [31:31] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	23, // 15: ckpt.image.v1.Leaks.leaks:type_name -> ckpt.image.v1.Leak
+	25, // 16: ckpt.image.v1.ShmSegment.perm:type_name -> ckpt.image.v1.IpcPerm
+	25, // 17: ckpt.image.v1.MsgQueue.perm:type_name -> ckpt.image.v1.IpcPerm
+	28, // 18: ckpt.image.v1.MsgQueue.messages:type_name -> ckpt.image.v1.Msg
+	25, // 19: ckpt.image.v1.SemSet.perm:type_name -> ckpt.image.v1.IpcPerm
+	31, // 20: ckpt.image.v1.SemUndo.adj:type_name -> ckpt.image.v1.SemAdj
+	26, // 21: ckpt.image.v1.IpcNamespace.shm:type_name -> ckpt.image.v1.ShmSegment
+	27, // 22: ckpt.image.v1.IpcNamespace.msg:type_name -> ckpt.image.v1.MsgQueue
+	29, // 23: ckpt.image.v1.IpcNamespace.sem:type_name -> ckpt.image.v1.SemSet
+	32, // 24: ckpt.image.v1.IpcNamespace.sysctls:type_name -> ckpt.image.v1.IpcSysctl
+	30, // 25: ckpt.image.v1.IpcNamespace.undo:type_name -> ckpt.image.v1.SemUndo
+	35, // 26: ckpt.image.v1.NetNamespace.links:type_name -> ckpt.image.v1.NetLink
+	36, // 27: ckpt.image.v1.NetNamespace.addrs:type_name -> ckpt.image.v1.NetAddr
+	37, // 28: ckpt.image.v1.NetNamespace.routes:type_name -> ckpt.image.v1.NetRoute
+	39, // 29: ckpt.image.v1.NetNamespace.sysctls:type_name -> ckpt.image.v1.NetSysctl
+	38, // 30: ckpt.image.v1.NetRoute.metrics:type_name -> ckpt.image.v1.NetMetric
+	41, // 31: ckpt.image.v1.MountNamespace.mounts:type_name -> ckpt.image.v1.Mount
+	2,  // 32: ckpt.image.v1.Mount.kind:type_name -> ckpt.image.v1.Mount.Kind
+	33, // [33:33] is the sub-list for method output_type
+	33, // [33:33] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_image_pb_image_proto_init() }
@@ -4230,8 +4721,8 @@ func file_image_pb_image_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_image_pb_image_proto_rawDesc), len(file_image_pb_image_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   37,
+			NumEnums:      3,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

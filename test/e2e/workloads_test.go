@@ -208,6 +208,23 @@ ip route add 10.9.0.0/16 via 10.1.2.1
 exec "$0" "$(hostname)" 0 "ip -o addr; ip -o link; ip route; ip -6 route"`
 			return []string{"sh", "-c", setup, compile(t, "container")}
 		}, signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--net"}},
+		{name: "container-mounts", argv: func(t *testing.T) []string {
+			// A tmpfs with files, a read-only bind mount and the
+			// container's own /proc (ckpt run --mount --pid); the state
+			// compared is the mount table (without ids) and the files.
+			setup := `set -e
+mkdir -p m b
+mount -t tmpfs -o size=4m,mode=755 tmpfs m
+echo hello > m/f
+mkdir m/d
+echo deep > m/d/g
+ln -s f m/l
+chmod 640 m/f
+mount --bind -o ro "$(dirname "$0")" b
+exec "$0" "$(hostname)" 0 "awk '{print \$5, \$6, \$9, \$10}' /proc/self/mountinfo | sort; ls -lnR m; cat m/f m/d/g; ls /proc | grep -c '^[0-9]'; touch b/x 2>&1 | grep -c Read-only"`
+			return []string{"sh", "-c", setup, compile(t, "container")}
+		}, signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--mount"}},
+		{name: "tree", argv: cWorkload("tree"), signal: true, settle: 50 * time.Millisecond, container: []string{"--pid", "--mount", "--ipc", "--uts"}},
 		{name: "ipcsem", argv: cWorkload("ipcsem"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},
 		{name: "ipcmsq", argv: cWorkload("ipcmsq"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},
 		{name: "ipcshm", argv: cWorkload("ipcshm"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},
