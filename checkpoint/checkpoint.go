@@ -690,6 +690,18 @@ func dump(opts *Options, stats *Stats) (err error) {
 	if err != nil {
 		return err
 	}
+	leaks, err := findLeaks(ft, namespaces, ipc)
+	if err != nil {
+		return err
+	}
+	if len(leaks) > 0 && opts.Container {
+		return fmt.Errorf("the container shares with processes outside it what a restart cannot share again: %s; end the sharing, then checkpoint again", describeLeaks(leaks))
+	}
+	if opts.Warn != nil {
+		for _, l := range leakLines(leaks) {
+			opts.Warn(l + "; a restart cannot share it again")
+		}
+	}
 	rootPid := uint32(opts.Pid)
 	if opts.Container {
 		inner, err := translatePids(procs)
@@ -715,7 +727,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 		return err
 	}
 	w.Progress = opts.Progress
-	if err := writeImage(opts, w, hdr, namespaces, nets, dumped, procs, mms, files, ipc); err != nil {
+	if err := writeImage(opts, w, hdr, namespaces, nets, leaks, dumped, procs, mms, files, ipc); err != nil {
 		if ferr := w.Fail(err); ferr != nil && opts.Warn != nil {
 			opts.Warn("could not record the failure in the image: " + ferr.Error())
 		}
@@ -889,9 +901,14 @@ func newHeader(rootPid uint32, outer *pb.NsIds, container bool) *pb.Header {
 	}
 }
 
-func writeImage(opts *Options, w *image.Writer, hdr *pb.Header, namespaces []*pb.Namespace, nets []*pb.NetNamespace, dumped []*frozen, procs []*pb.Process, mms []*pb.Mm, files *resource.FileSet, ipc *ipcDump) error {
+func writeImage(opts *Options, w *image.Writer, hdr *pb.Header, namespaces []*pb.Namespace, nets []*pb.NetNamespace, leaks []*pb.Leak, dumped []*frozen, procs []*pb.Process, mms []*pb.Mm, files *resource.FileSet, ipc *ipcDump) error {
 	if err := w.Message(image.TypeHeader, hdr); err != nil {
 		return err
+	}
+	if len(leaks) > 0 {
+		if err := w.Message(image.TypeLeaks, &pb.Leaks{Leaks: leaks}); err != nil {
+			return err
+		}
 	}
 	// The root's own mount table (and tmpfs contents) first: restart
 	// mounts it before it opens any file.

@@ -80,7 +80,11 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 		}
 		fmt.Fprintf(out, "  written by ckpt %s on %s at %s\n", h.ToolVersion, h.Hostname, time.Unix(0, h.TimeUnixNano).UTC().Format(time.RFC3339))
 		fmt.Fprintf(out, "  kernel %s\n", h.Kernel)
-		fmt.Fprintf(out, "  checkpoint of pid %d\n", h.RootPid)
+		if h.Container {
+			fmt.Fprintf(out, "  checkpoint of a container (pid %d inside is its init)\n", h.RootPid)
+		} else {
+			fmt.Fprintf(out, "  checkpoint of pid %d\n", h.RootPid)
+		}
 		if h.CheckpointId != 0 {
 			fmt.Fprintf(out, "  checkpoint id %d\n", h.CheckpointId)
 		}
@@ -117,6 +121,10 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 			m = &pb.MountNamespace{}
 		case image.TypeMountFile:
 			m = &pb.MountFile{}
+		case image.TypeNamespace:
+			m = &pb.Namespace{}
+		case image.TypeLeaks:
+			m = &pb.Leaks{}
 		}
 		if m != nil {
 			if err := image.Unmarshal(rec, m); err != nil {
@@ -140,6 +148,23 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 		case *pb.IpcNamespace:
 			if !asJSON {
 				printIPC(out, v)
+			}
+		case *pb.Namespace:
+			if !asJSON {
+				fmt.Fprintf(out, "namespace %s %d", strings.ToLower(v.Kind.String()), v.Id)
+				switch v.Kind {
+				case pb.Namespace_UTS:
+					fmt.Fprintf(out, ": host name %q, domain name %q", v.Hostname, v.Domainname)
+				case pb.Namespace_TIME:
+					fmt.Fprintf(out, ": monotonic offset %v, boot time offset %v", time.Duration(v.MonotonicOffsetNs), time.Duration(v.BoottimeOffsetNs))
+				}
+				fmt.Fprintln(out)
+			}
+		case *pb.Leaks:
+			if !asJSON {
+				for _, l := range v.Leaks {
+					fmt.Fprintf(out, "leak: %s\n", describeLeak(l))
+				}
 			}
 		case *pb.NetNamespace:
 			if !asJSON {
@@ -292,4 +317,12 @@ func printIPC(out io.Writer, ns *pb.IpcNamespace) {
 	for _, c := range ns.Sysctls {
 		fmt.Fprintf(out, "  kernel.%s = %s\n", c.Name, c.Value)
 	}
+}
+
+// describeLeak says what a process shared with one outside.
+func describeLeak(l *pb.Leak) string {
+	if l.Pid != 0 {
+		return fmt.Sprintf("process %d shared %s with %d (%s) outside", l.Pid, l.What, l.OutsidePid, l.OutsideComm)
+	}
+	return fmt.Sprintf("%d (%s) outside was in the %s", l.OutsidePid, l.OutsideComm, l.What)
 }

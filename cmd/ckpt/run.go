@@ -91,6 +91,15 @@ its parent: it forwards signals to it and exits with its status.`,
 					return fmt.Errorf("run: write pid file: %w", err)
 				}
 			}
+			// Let go of the program's standard files: a container must
+			// share nothing with processes outside it (see leak detection
+			// in ckpt checkpoint --container).
+			if null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0); err == nil {
+				for fd := 0; fd <= 2; fd++ {
+					unix.Dup3(int(null.Fd()), fd, 0)
+				}
+				null.Close()
+			}
 			return &exitError{code: waitChild(c.Process.Pid, sigs)}
 		},
 	}

@@ -137,7 +137,8 @@ func TestRefusesUnsupported(t *testing.T) {
 		{"posix-timer", func() *exec.Cmd {
 			return exec.Command("python3", "-c", "import ctypes,time\nt=ctypes.c_void_p()\nctypes.CDLL(None).timer_create(1, None, ctypes.byref(t))\ntime.sleep(100)")
 		}, "has POSIX timers"},
-		{"namespace", func() *exec.Cmd { return exec.Command("unshare", "--uts", "sleep", "100") }, "is in another uts namespace"},
+		{"user-namespace", func() *exec.Cmd { return exec.Command("unshare", "--user", "sleep", "100") }, "is in a user namespace of its own"},
+		{"pid-namespace-for-children", func() *exec.Cmd { return exec.Command("unshare", "--pid", "--fork", "sleep", "100") }, "has unshared a pid namespace for its children"},
 		{"capabilities", func() *exec.Cmd {
 			return exec.Command("python3", "-c", "import ctypes,time\nctypes.CDLL(None).prctl(24, 13, 0, 0, 0)\ntime.sleep(100)")
 		}, "has capabilities CapBnd="},

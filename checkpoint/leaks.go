@@ -1,0 +1,288 @@
+package checkpoint
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ckpt/ckpt/image/pb"
+	"github.com/ckpt/ckpt/proc"
+	"github.com/ckpt/ckpt/resource"
+)
+
+// Leak detection, after the seed: what the checkpointed processes share
+// with a process outside them cannot come back shared after a restart. A
+// container must share nothing (the checkpoint fails, naming every leak);
+// a subtree may, with a warning, and the image records the leaks.
+//
+// The checkpointer scans every other process of the machine: its
+// namespaces, its descriptors (a pipe with an end inside; an open file
+// description an inside process holds too, by kcmp; a shared memory object
+// of the inside) and, when the inside has shared memory, its mappings.
+// Terminals and the null/zero/random devices are not leaks: their sharing
+// carries no state, and restart hands terminals over on purpose.
+
+// insideRef is one descriptor of an inside process.
+type insideRef struct{ pid, fd int }
+
+// leakFinder holds what the inside holds, for the scan of the outside.
+type leakFinder struct {
+	inside map[int]bool
+	// ns are the namespaces the image re-creates: kind name -> id.
+	ns map[string]uint64
+	// pipes by inode, other files by (dev, ino) for a kcmp check, and
+	// shared memory objects by (dev, ino).
+	pipes map[uint64]insideRef
+	files map[[2]uint64][]insideRef
+	shmem map[[2]uint64]insideRef
+	// sysv are the SysV segments attached inside (shmid -> pid), when the
+	// inside shares ckpt's IPC namespace.
+	sysv map[uint64]int
+}
+
+// newLeakFinder records the inside: pids (ckpt's PIDs) and the
+// namespaces of their own.
+func newLeakFinder(pids []int, namespaces []*pb.Namespace, hostIPC bool) (*leakFinder, error) {
+	lf := &leakFinder{inside: map[int]bool{}, ns: map[string]uint64{}, pipes: map[uint64]insideRef{},
+		files: map[[2]uint64][]insideRef{}, shmem: map[[2]uint64]insideRef{}, sysv: map[uint64]int{}}
+	for _, ns := range namespaces {
+		for _, k := range resource.NsKinds {
+			if k.Kind == ns.Kind {
+				lf.ns[k.Name] = ns.Id
+			}
+		}
+	}
+	for _, pid := range pids {
+		lf.inside[pid] = true
+	}
+	for _, pid := range pids {
+		fds, err := fdList(pid)
+		if err != nil {
+			return nil, err
+		}
+		for _, fd := range fds {
+			var st unix.Stat_t
+			if unix.Stat(proc.Path(pid, "fd/"+strconv.Itoa(fd)), &st) != nil || noState(&st) {
+				continue
+			}
+			ref := insideRef{pid, fd}
+			key := [2]uint64{st.Dev, st.Ino}
+			switch {
+			case st.Mode&unix.S_IFMT == unix.S_IFIFO:
+				lf.pipes[st.Ino] = ref
+			case isShmemFile(pid, fd):
+				lf.shmem[key] = ref
+			default:
+				lf.files[key] = append(lf.files[key], ref)
+			}
+		}
+		vmas, err := proc.ReadSmaps(pid)
+		if err != nil {
+			return nil, err
+		}
+		for i := range vmas {
+			v := &vmas[i]
+			if v.Inode == 0 {
+				continue
+			}
+			if hostIPC && resource.SysvVma(v) != nil {
+				lf.sysv[v.Inode] = pid
+			} else if v.Shared() && isShmemName(v.Name) {
+				lf.shmem[[2]uint64{unix.Mkdev(v.Major, v.Minor), v.Inode}] = insideRef{pid, -1}
+			}
+		}
+	}
+	return lf, nil
+}
+
+// noState tells descriptors whose sharing carries no state: terminals
+// and the null, zero, random and urandom devices.
+func noState(st *unix.Stat_t) bool {
+	if st.Mode&unix.S_IFMT != unix.S_IFCHR {
+		return false
+	}
+	if resource.IsTTY(st.Rdev) {
+		return true
+	}
+	return unix.Major(st.Rdev) == 1 && (unix.Minor(st.Rdev) == 3 || unix.Minor(st.Rdev) == 5 || unix.Minor(st.Rdev) == 8 || unix.Minor(st.Rdev) == 9)
+}
+
+// isShmemFile tells a memfd or other shared memory file, whose pages are
+// shared by whoever opens it.
+func isShmemFile(pid, fd int) bool {
+	target, _ := os.Readlink(proc.Path(pid, "fd/"+strconv.Itoa(fd)))
+	return isShmemName(target)
+}
+
+// isShmemName tells the names of shared memory objects in /proc.
+func isShmemName(name string) bool {
+	return strings.HasPrefix(name, "/memfd:") || strings.HasPrefix(name, "/dev/shm/") || strings.HasPrefix(name, "/dev/zero")
+}
+
+// fdList lists the descriptors of pid.
+func fdList(pid int) ([]int, error) {
+	ents, err := os.ReadDir(proc.Path(pid, "fd"))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	out := make([]int, 0, len(ents))
+	for _, e := range ents {
+		if n, err := strconv.Atoi(e.Name()); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+// scan looks at every process outside and returns what it shares with
+// the inside, at most one leak per object and outside process.
+func (lf *leakFinder) scan() ([]*pb.Leak, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	self := os.Getpid()
+	var leaks []*pb.Leak
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self || lf.inside[pid] {
+			continue
+		}
+		st, err := proc.ReadStat(pid)
+		if err != nil || st.Flags&0x00200000 != 0 { // gone, or a kernel thread
+			continue
+		}
+		leaks = append(leaks, lf.scanOne(pid, st.Comm)...)
+	}
+	sort.SliceStable(leaks, func(i, j int) bool { return leaks[i].Pid < leaks[j].Pid })
+	return leaks, nil
+}
+
+func (lf *leakFinder) scanOne(pid int, comm string) []*pb.Leak {
+	var out []*pb.Leak
+	seen := map[string]bool{}
+	add := func(in int, what string) {
+		if !seen[what] {
+			seen[what] = true
+			out = append(out, &pb.Leak{Pid: uint32(in), What: what, OutsidePid: uint32(pid), OutsideComm: comm})
+		}
+	}
+	for kind, id := range lf.ns {
+		var st unix.Stat_t
+		if unix.Stat(proc.Path(pid, "ns/"+kind), &st) == nil && st.Ino == id {
+			add(0, fmt.Sprintf("%s namespace %d", kind, id))
+		}
+	}
+	fds, _ := fdList(pid)
+	for _, fd := range fds {
+		var st unix.Stat_t
+		if unix.Stat(proc.Path(pid, "fd/"+strconv.Itoa(fd)), &st) != nil || noState(&st) {
+			continue
+		}
+		key := [2]uint64{st.Dev, st.Ino}
+		if st.Mode&unix.S_IFMT == unix.S_IFIFO {
+			if ref, ok := lf.pipes[st.Ino]; ok {
+				add(ref.pid, fmt.Sprintf("pipe:[%d] (fd %d inside)", st.Ino, ref.fd))
+			}
+			continue
+		}
+		if ref, ok := lf.shmem[key]; ok {
+			add(ref.pid, fmt.Sprintf("shared memory %s", describeShmem(ref, st.Ino)))
+			continue
+		}
+		for _, ref := range lf.files[key] {
+			r, _, errno := unix.Syscall6(unix.SYS_KCMP, uintptr(ref.pid), uintptr(pid), 0 /* KCMP_FILE */, uintptr(ref.fd), uintptr(fd), 0)
+			if errno == 0 && r == 0 {
+				target, _ := os.Readlink(proc.Path(ref.pid, "fd/"+strconv.Itoa(ref.fd)))
+				add(ref.pid, fmt.Sprintf("open file %s (fd %d inside, %d outside)", target, ref.fd, fd))
+				break
+			}
+		}
+	}
+	if len(lf.shmem) > 0 || len(lf.sysv) > 0 {
+		vmas, _ := proc.ReadSmaps(pid)
+		for i := range vmas {
+			v := &vmas[i]
+			if v.Inode == 0 {
+				continue
+			}
+			if in, ok := lf.sysv[v.Inode]; ok && resource.SysvVma(v) != nil {
+				add(in, fmt.Sprintf("SysV shared memory segment %d", v.Inode))
+			} else if ref, ok := lf.shmem[[2]uint64{unix.Mkdev(v.Major, v.Minor), v.Inode}]; ok && v.Shared() {
+				add(ref.pid, fmt.Sprintf("shared memory %s", describeShmem(ref, v.Inode)))
+			}
+		}
+	}
+	return out
+}
+
+func describeShmem(ref insideRef, ino uint64) string {
+	if ref.fd >= 0 {
+		target, _ := os.Readlink(proc.Path(ref.pid, "fd/"+strconv.Itoa(ref.fd)))
+		return fmt.Sprintf("%s (fd %d inside)", target, ref.fd)
+	}
+	return fmt.Sprintf("inode %d (mapped inside)", ino)
+}
+
+// describeLeaks says what is shared with whom, one clause per inside
+// object, its outside holders together.
+func describeLeaks(leaks []*pb.Leak) string {
+	return strings.Join(leakLines(leaks), "; ")
+}
+
+// leakLines groups leaks by inside object.
+func leakLines(leaks []*pb.Leak) []string {
+	type key struct {
+		pid  uint32
+		what string
+	}
+	var order []key
+	holders := map[key][]string{}
+	for _, l := range leaks {
+		k := key{l.Pid, l.What}
+		if holders[k] == nil {
+			order = append(order, k)
+		}
+		holders[k] = append(holders[k], fmt.Sprintf("%d (%s)", l.OutsidePid, l.OutsideComm))
+	}
+	var out []string
+	for _, k := range order {
+		who := strings.Join(holders[k], ", ")
+		if k.pid != 0 {
+			out = append(out, fmt.Sprintf("process %d shares %s with %s outside", k.pid, k.what, who))
+		} else {
+			out = append(out, fmt.Sprintf("%s outside the tree %s in its %s", who, map[bool]string{true: "is", false: "are"}[len(holders[k]) == 1], k.what))
+		}
+	}
+	return out
+}
+
+// findLeaks lists what the frozen tree shares with the rest of the
+// machine.
+func findLeaks(ft *frozenTree, namespaces []*pb.Namespace, ipc *ipcDump) ([]*pb.Leak, error) {
+	var pids []int
+	for _, f := range ft.procs {
+		pids = append(pids, f.pid)
+	}
+	self, err := selfIPC()
+	if err != nil {
+		return nil, err
+	}
+	_, hostIPC := ipc.pidIn[self]
+	lf, err := newLeakFinder(pids, namespaces, hostIPC)
+	if err != nil {
+		return nil, err
+	}
+	for _, z := range ft.zombies {
+		lf.inside[z.Pid] = true
+	}
+	return lf.scan()
+}
