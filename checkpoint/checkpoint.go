@@ -593,6 +593,35 @@ func (ft *frozenTree) freeze(root, skip int) error {
 
 func dump(opts *Options, stats *Stats) (err error) {
 	ft := &frozenTree{}
+	// What a subtree shares with the outside is only a warning: scan the
+	// machine before the freeze, so that the scan adds nothing to the
+	// frozen time (it is the bulk of a tiny checkpoint's). The record goes
+	// at the end of the image. A container is scanned frozen, below,
+	// before anything is written.
+	var leaks []*pb.Leak
+	var subtreeLeaks func() ([]*pb.Leak, error)
+	if !opts.Container {
+		pids, err := tree(opts.Pid, opts.skip())
+		if err != nil {
+			return err
+		}
+		ns, err := treeNamespaces(pids)
+		if err != nil {
+			return err
+		}
+		found, err := findLeaks(pids, ns)
+		if err != nil {
+			return fmt.Errorf("look for what the tree shares with other processes: %w", err)
+		}
+		subtreeLeaks = func() ([]*pb.Leak, error) {
+			if opts.Warn != nil {
+				for _, l := range leakLines(found) {
+					opts.Warn(l + "; a restart cannot share it again")
+				}
+			}
+			return found, nil
+		}
+	}
 	var fz *freezer
 	if opts.Freezer != "" {
 		if fz, err = openFreezer(opts.Freezer); err != nil {
@@ -690,18 +719,23 @@ func dump(opts *Options, stats *Stats) (err error) {
 	if err != nil {
 		return err
 	}
-	leaks, err := findLeaks(ft, namespaces, ipc)
-	if err != nil {
-		return err
+	if opts.Container {
+		// Correctness matters here: scan with the container frozen.
+		var pids []int
+		for _, f := range ft.procs {
+			pids = append(pids, f.pid)
+		}
+		for _, z := range ft.zombies {
+			pids = append(pids, z.Pid)
+		}
+		if leaks, err = findLeaks(pids, ownNamespaces(namespaces)); err != nil {
+			return err
+		}
 	}
 	if len(leaks) > 0 && opts.Container {
 		return fmt.Errorf("the container shares with processes outside it what a restart cannot share again: %s; end the sharing, then checkpoint again", describeLeaks(leaks))
 	}
-	if opts.Warn != nil {
-		for _, l := range leakLines(leaks) {
-			opts.Warn(l + "; a restart cannot share it again")
-		}
-	}
+
 	rootPid := uint32(opts.Pid)
 	if opts.Container {
 		inner, err := translatePids(procs)
@@ -727,7 +761,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 		return err
 	}
 	w.Progress = opts.Progress
-	if err := writeImage(opts, w, hdr, namespaces, nets, leaks, dumped, procs, mms, files, ipc); err != nil {
+	if err := writeImage(opts, w, hdr, namespaces, nets, subtreeLeaks, dumped, procs, mms, files, ipc); err != nil {
 		if ferr := w.Fail(err); ferr != nil && opts.Warn != nil {
 			opts.Warn("could not record the failure in the image: " + ferr.Error())
 		}
@@ -901,15 +935,11 @@ func newHeader(rootPid uint32, outer *pb.NsIds, container bool) *pb.Header {
 	}
 }
 
-func writeImage(opts *Options, w *image.Writer, hdr *pb.Header, namespaces []*pb.Namespace, nets []*pb.NetNamespace, leaks []*pb.Leak, dumped []*frozen, procs []*pb.Process, mms []*pb.Mm, files *resource.FileSet, ipc *ipcDump) error {
+func writeImage(opts *Options, w *image.Writer, hdr *pb.Header, namespaces []*pb.Namespace, nets []*pb.NetNamespace, leaks func() ([]*pb.Leak, error), dumped []*frozen, procs []*pb.Process, mms []*pb.Mm, files *resource.FileSet, ipc *ipcDump) error {
 	if err := w.Message(image.TypeHeader, hdr); err != nil {
 		return err
 	}
-	if len(leaks) > 0 {
-		if err := w.Message(image.TypeLeaks, &pb.Leaks{Leaks: leaks}); err != nil {
-			return err
-		}
-	}
+
 	// The root's own mount table (and tmpfs contents) first: restart
 	// mounts it before it opens any file.
 	if root := procs[0]; root.Ns != nil && hdr.OuterNs != nil && root.Ns.Mnt != hdr.OuterNs.Mnt {
@@ -966,6 +996,17 @@ func writeImage(opts *Options, w *image.Writer, hdr *pb.Header, namespaces []*pb
 	for _, rec := range ipc.recs {
 		if err := resource.DumpIPCShmPages(ipc.pidIn[rec.Ns], rec, w); err != nil {
 			return err
+		}
+	}
+	if leaks != nil {
+		l, err := leaks()
+		if err != nil {
+			return fmt.Errorf("look for what the tree shares with other processes: %w", err)
+		}
+		if len(l) > 0 {
+			if err := w.Message(image.TypeLeaks, &pb.Leaks{Leaks: l}); err != nil {
+				return err
+			}
 		}
 	}
 	if err := opts.fault("tail"); err != nil {

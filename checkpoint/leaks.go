@@ -46,17 +46,10 @@ type leakFinder struct {
 }
 
 // newLeakFinder records the inside: pids (ckpt's PIDs) and the
-// namespaces of their own.
-func newLeakFinder(pids []int, namespaces []*pb.Namespace, hostIPC bool) (*leakFinder, error) {
-	lf := &leakFinder{inside: map[int]bool{}, ns: map[string]uint64{}, pipes: map[uint64]insideRef{},
+// namespaces of their own (kind -> id).
+func newLeakFinder(pids []int, ns map[string]uint64, hostIPC bool) (*leakFinder, error) {
+	lf := &leakFinder{inside: map[int]bool{}, ns: ns, pipes: map[uint64]insideRef{},
 		files: map[[2]uint64][]insideRef{}, shmem: map[[2]uint64]insideRef{}, sysv: map[uint64]int{}}
-	for _, ns := range namespaces {
-		for _, k := range resource.NsKinds {
-			if k.Kind == ns.Kind {
-				lf.ns[k.Name] = ns.Id
-			}
-		}
-	}
 	for _, pid := range pids {
 		lf.inside[pid] = true
 	}
@@ -81,18 +74,10 @@ func newLeakFinder(pids []int, namespaces []*pb.Namespace, hostIPC bool) (*leakF
 				lf.files[key] = append(lf.files[key], ref)
 			}
 		}
-		vmas, err := proc.ReadSmaps(pid)
-		if err != nil {
-			return nil, err
-		}
-		for i := range vmas {
-			v := &vmas[i]
-			if v.Inode == 0 {
-				continue
-			}
-			if hostIPC && resource.SysvVma(v) != nil {
+		for _, v := range sharedMaps(pid) {
+			if hostIPC && resource.SysvVma(&v) != nil {
 				lf.sysv[v.Inode] = pid
-			} else if v.Shared() && isShmemName(v.Name) {
+			} else if isShmemName(v.Name) {
 				lf.shmem[[2]uint64{unix.Mkdev(v.Major, v.Minor), v.Inode}] = insideRef{pid, -1}
 			}
 		}
@@ -156,24 +141,27 @@ func (lf *leakFinder) scan() ([]*pb.Leak, error) {
 		if err != nil || pid == self || lf.inside[pid] {
 			continue
 		}
-		st, err := proc.ReadStat(pid)
-		if err != nil || st.Flags&0x00200000 != 0 { // gone, or a kernel thread
-			continue
-		}
-		leaks = append(leaks, lf.scanOne(pid, st.Comm)...)
+		// (Kernel threads have no namespaces and no descriptors to show.)
+		leaks = append(leaks, lf.scanOne(pid)...)
 	}
 	sort.SliceStable(leaks, func(i, j int) bool { return leaks[i].Pid < leaks[j].Pid })
 	return leaks, nil
 }
 
-func (lf *leakFinder) scanOne(pid int, comm string) []*pb.Leak {
+func (lf *leakFinder) scanOne(pid int) []*pb.Leak {
 	var out []*pb.Leak
 	seen := map[string]bool{}
+	comm := ""
 	add := func(in int, what string) {
-		if !seen[what] {
-			seen[what] = true
-			out = append(out, &pb.Leak{Pid: uint32(in), What: what, OutsidePid: uint32(pid), OutsideComm: comm})
+		if seen[what] {
+			return
 		}
+		seen[what] = true
+		if comm == "" {
+			b, _ := os.ReadFile(proc.Path(pid, "comm"))
+			comm = strings.TrimSpace(string(b))
+		}
+		out = append(out, &pb.Leak{Pid: uint32(in), What: what, OutsidePid: uint32(pid), OutsideComm: comm})
 	}
 	for kind, id := range lf.ns {
 		var st unix.Stat_t
@@ -208,15 +196,10 @@ func (lf *leakFinder) scanOne(pid int, comm string) []*pb.Leak {
 		}
 	}
 	if len(lf.shmem) > 0 || len(lf.sysv) > 0 {
-		vmas, _ := proc.ReadSmaps(pid)
-		for i := range vmas {
-			v := &vmas[i]
-			if v.Inode == 0 {
-				continue
-			}
-			if in, ok := lf.sysv[v.Inode]; ok && resource.SysvVma(v) != nil {
+		for _, v := range sharedMaps(pid) {
+			if in, ok := lf.sysv[v.Inode]; ok && resource.SysvVma(&v) != nil {
 				add(in, fmt.Sprintf("SysV shared memory segment %d", v.Inode))
-			} else if ref, ok := lf.shmem[[2]uint64{unix.Mkdev(v.Major, v.Minor), v.Inode}]; ok && v.Shared() {
+			} else if ref, ok := lf.shmem[[2]uint64{unix.Mkdev(v.Major, v.Minor), v.Inode}]; ok {
 				add(ref.pid, fmt.Sprintf("shared memory %s", describeShmem(ref, v.Inode)))
 			}
 		}
@@ -265,24 +248,96 @@ func leakLines(leaks []*pb.Leak) []string {
 	return out
 }
 
-// findLeaks lists what the frozen tree shares with the rest of the
-// machine.
-func findLeaks(ft *frozenTree, namespaces []*pb.Namespace, ipc *ipcDump) ([]*pb.Leak, error) {
-	var pids []int
-	for _, f := range ft.procs {
-		pids = append(pids, f.pid)
-	}
+// findLeaks lists what the processes pids share with the rest of the
+// machine; ns are the namespaces the image re-creates (kind -> id).
+func findLeaks(pids []int, ns map[string]uint64) ([]*pb.Leak, error) {
 	self, err := selfIPC()
 	if err != nil {
 		return nil, err
 	}
-	_, hostIPC := ipc.pidIn[self]
-	lf, err := newLeakFinder(pids, namespaces, hostIPC)
+	hostIPC := false
+	for _, pid := range pids {
+		if id, err := resource.IPCNamespaceOf(pid); err == nil && id == self {
+			hostIPC = true
+		}
+	}
+	lf, err := newLeakFinder(pids, ns, hostIPC)
 	if err != nil {
 		return nil, err
 	}
-	for _, z := range ft.zombies {
-		lf.inside[z.Pid] = true
-	}
 	return lf.scan()
+}
+
+// ownNamespaces are the namespaces the image re-creates, by kind.
+func ownNamespaces(namespaces []*pb.Namespace) map[string]uint64 {
+	out := map[string]uint64{}
+	for _, ns := range namespaces {
+		for _, k := range resource.NsKinds {
+			if k.Kind == ns.Kind {
+				out[k.Name] = ns.Id
+			}
+		}
+	}
+	return out
+}
+
+// treeNamespaces finds the same before the tree is frozen (for a subtree
+// checkpoint, whose leaks are only warnings): a process's namespaces that
+// differ from its parent's, the root's from ckpt's.
+func treeNamespaces(pids []int) (map[string]uint64, error) {
+	outer, err := resource.ReadNsIds(0)
+	if err != nil {
+		return nil, err
+	}
+	ids := map[int]*pb.NsIds{}
+	out := map[string]uint64{}
+	for i, pid := range pids {
+		mine, err := resource.ReadNsIds(pid)
+		if err != nil {
+			continue // ended meanwhile
+		}
+		ids[pid] = mine
+		have := outer
+		if i > 0 {
+			st, err := proc.ReadStat(pid)
+			if err != nil || ids[st.Ppid] == nil {
+				continue
+			}
+			have = ids[st.Ppid]
+		}
+		for _, k := range resource.NsKinds {
+			if k.Get(mine) != k.Get(have) {
+				out[k.Name] = k.Get(mine)
+			}
+		}
+	}
+	return out, nil
+}
+
+// sharedMaps lists the shared mappings of files of pid from
+// /proc/PID/maps (lighter than smaps): what can hold shared memory.
+func sharedMaps(pid int) []proc.Vma {
+	b, err := os.ReadFile(proc.Path(pid, "maps"))
+	if err != nil {
+		return nil
+	}
+	var out []proc.Vma
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 || len(f[1]) < 4 || f[1][3] != 's' {
+			continue
+		}
+		maj, min, ok := strings.Cut(f[3], ":")
+		ino, err := strconv.ParseUint(f[4], 10, 64)
+		if !ok || err != nil || ino == 0 {
+			continue
+		}
+		a, err1 := strconv.ParseUint(maj, 16, 32)
+		b, err2 := strconv.ParseUint(min, 16, 32)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		out = append(out, proc.Vma{Perms: f[1], Major: uint32(a), Minor: uint32(b), Inode: ino, Name: strings.Join(f[5:], " ")})
+	}
+	return out
 }

@@ -7,6 +7,7 @@ import (
 	"os/signal"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -100,7 +101,22 @@ its parent: it forwards signals to it and exits with its status.`,
 				}
 				null.Close()
 			}
-			return &exitError{code: waitChild(c.Process.Pid, sigs)}
+			if !ns.pid {
+				return &exitError{code: waitChild(c.Process.Pid, sigs)}
+			}
+			// A PID namespace's init ignores the signals it has no handler
+			// for, even from outside: stop it with SIGKILL when asked to
+			// stop and it cannot hear it.
+			fwd := make(chan os.Signal, 16)
+			go func() {
+				for s := range sigs {
+					if stop := s == syscall.SIGINT || s == syscall.SIGTERM || s == syscall.SIGHUP || s == syscall.SIGQUIT; stop && !catches(c.Process.Pid, s.(syscall.Signal)) {
+						s = syscall.SIGKILL
+					}
+					fwd <- s
+				}
+			}()
+			return &exitError{code: waitChild(c.Process.Pid, fwd)}
 		},
 	}
 	f := c.Flags()
@@ -212,4 +228,19 @@ func loopbackUp() error {
 	}
 	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
 	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+// catches tells whether process pid has a handler for sig.
+func catches(pid int, sig syscall.Signal) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "SigCgt:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && mask&(1<<(uint(sig)-1)) != 0
+		}
+	}
+	return false
 }
