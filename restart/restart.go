@@ -207,6 +207,9 @@ func restore(opts *Options) (res *Result, err error) {
 			if err := nss.mounts.AddFile(f); err != nil {
 				return nil, err
 			}
+		case image.TypeLeaks:
+			// What the processes shared with others at checkpoint: for
+			// inspect and the warnings already given.
 		case image.TypeNetNamespace:
 			ns := &pb.NetNamespace{}
 			if err := image.Unmarshal(rec, ns); err != nil {

@@ -157,5 +157,12 @@ func TestContainerLeaks(t *testing.T) {
 		if err != nil || !strings.Contains(info, "leak: process "+itoa(sleeper)+" shared pipe:[") {
 			t.Fatalf("inspect: %v, want the leak recorded:\n%s", err, info)
 		}
+		// The record does not stand in the way of a restart.
+		syscall.Kill(sleeper, syscall.SIGKILL)
+		waitPidGone(sleeper, 5*time.Second)
+		if out, err := ckpt(nil, "restart", "--detach", img); err != nil {
+			t.Fatalf("restart of an image with leaks: %v\n%s", err, out)
+		}
+		t.Cleanup(func() { syscall.Kill(sleeper, syscall.SIGKILL); waitPidGone(sleeper, 5*time.Second) })
 	})
 }
