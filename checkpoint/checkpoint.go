@@ -65,6 +65,10 @@ type Options struct {
 	// Container checkpoints a whole container: Pid must be PID 1 of its
 	// PID namespace; the image holds PIDs as seen inside it.
 	Container bool
+
+	phases *Phases // set by Run
+	// subtreeLeaks waits for the leak scan of a subtree (set by Run).
+	subtreeLeaks func() ([]*pb.Leak, error)
 	// SelfTid, if not 0, makes this a self-checkpoint (see self.go):
 	// thread SelfTid of Pid is blocked in read() on the pipe whose write
 	// end is ckpt's descriptor SelfFd.
@@ -83,9 +87,51 @@ type Stats struct {
 	Frozen time.Duration
 	Total  time.Duration
 	Bytes  uint64
+	// Phases is where the time went, in order.
+	Phases Phases
+}
+
+// Phase is a named stretch of a checkpoint or restart.
+type Phase struct {
+	Name string
+	Dur  time.Duration
+}
+
+// Phases records consecutive phases: each mark ends the current one.
+type Phases struct {
+	List []Phase
+	last time.Time
+}
+
+// Start begins the first phase.
+func (p *Phases) Start() { p.last = time.Now() }
+
+// Mark ends the phase running since the last mark and names it.
+func (p *Phases) Mark(name string) {
+	now := time.Now()
+	if !p.last.IsZero() {
+		p.List = append(p.List, Phase{name, now.Sub(p.last)})
+	}
+	p.last = now
+}
+
+// String is "name 1.2ms, name 3.4ms".
+func (p Phases) String() string {
+	var parts []string
+	for _, ph := range p.List {
+		parts = append(parts, fmt.Sprintf("%s %v", ph.Name, ph.Dur.Round(10*time.Microsecond)))
+	}
+	return strings.Join(parts, ", ")
 }
 
 func (o *Options) fault(point string) error { return fault.At(o.Fault, point) }
+
+// mark ends a phase of the checkpoint.
+func (o *Options) mark(name string) {
+	if o.phases != nil {
+		o.phases.Mark(name)
+	}
+}
 
 // Preflight checks, without touching them, that ckpt can checkpoint pid
 // and its descendants (as a container if container is set).
@@ -325,6 +371,10 @@ func tree(pid, skip int) ([]int, error) {
 
 // Run checkpoints one process into opts.Out.
 func Run(opts Options) (*Stats, error) {
+	stats := Stats{}
+	start := time.Now()
+	stats.Phases.Start()
+	opts.phases = &stats.Phases
 	var err error
 	if opts.id, err = newID(); err != nil {
 		return nil, err
@@ -334,11 +384,15 @@ func Run(opts Options) (*Stats, error) {
 			return nil, fmt.Errorf("checkpoint %d: %w", opts.Pid, err)
 		}
 	}
+	if !opts.Container {
+		wait := startLeakScan(&opts)
+		defer wait()
+	}
 	if err := preflight(opts.Pid, opts.skip(), opts.Container); err != nil {
 		return nil, fmt.Errorf("checkpoint %d: %w", opts.Pid, err)
 	}
-	stats := Stats{ID: opts.id}
-	start := time.Now()
+	stats.ID = opts.id
+	stats.Phases.Mark("preflight")
 	err = ptrace.Run(func() error { return dump(&opts, &stats) })
 	stats.Total = time.Since(start)
 	if err != nil {
@@ -593,35 +647,8 @@ func (ft *frozenTree) freeze(root, skip int) error {
 
 func dump(opts *Options, stats *Stats) (err error) {
 	ft := &frozenTree{}
-	// What a subtree shares with the outside is only a warning: scan the
-	// machine before the freeze, so that the scan adds nothing to the
-	// frozen time (it is the bulk of a tiny checkpoint's). The record goes
-	// at the end of the image. A container is scanned frozen, below,
-	// before anything is written.
 	var leaks []*pb.Leak
-	var subtreeLeaks func() ([]*pb.Leak, error)
-	if !opts.Container {
-		pids, err := tree(opts.Pid, opts.skip())
-		if err != nil {
-			return err
-		}
-		ns, err := treeNamespaces(pids)
-		if err != nil {
-			return err
-		}
-		found, err := findLeaks(pids, ns)
-		if err != nil {
-			return fmt.Errorf("look for what the tree shares with other processes: %w", err)
-		}
-		subtreeLeaks = func() ([]*pb.Leak, error) {
-			if opts.Warn != nil {
-				for _, l := range leakLines(found) {
-					opts.Warn(l + "; a restart cannot share it again")
-				}
-			}
-			return found, nil
-		}
-	}
+	subtreeLeaks := opts.subtreeLeaks
 	var fz *freezer
 	if opts.Freezer != "" {
 		if fz, err = openFreezer(opts.Freezer); err != nil {
@@ -664,6 +691,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 	} else if err := ft.freeze(opts.Pid, opts.skip()); err != nil {
 		return err
 	}
+	opts.mark("freeze")
 	if err := opts.fault("seized"); err != nil {
 		return err
 	}
@@ -708,6 +736,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 		procs = append(procs, &pb.Process{Pid: uint32(z.Pid), Ppid: uint32(z.Ppid), Pgid: uint32(z.Pgrp), Sid: uint32(z.Session),
 			Comm: z.Comm, ExitSignal: uint32(z.ExitSignal), Zombie: true, ExitCode: uint32(z.ExitCode)})
 	}
+	opts.mark("collect")
 	if err := ipc.dumpHostIPC(opts, ft, procs, mms); err != nil {
 		return err
 	}
@@ -732,6 +761,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 			return err
 		}
 	}
+	opts.mark("namespaces")
 	if len(leaks) > 0 && opts.Container {
 		return fmt.Errorf("the container shares with processes outside it what a restart cannot share again: %s; end the sharing, then checkpoint again", describeLeaks(leaks))
 	}
@@ -777,7 +807,9 @@ func dump(opts *Options, stats *Stats) (err error) {
 		}
 	}
 	stats.Bytes = w.Offset()
+	opts.mark("finish image")
 	if opts.Kill {
+		defer opts.mark("kill")
 		// Kill while still stopped: no process runs past the image.
 		for _, f := range ft.procs {
 			f.released = true
@@ -981,6 +1013,7 @@ func writeImage(opts *Options, w *image.Writer, hdr *pb.Header, namespaces []*pb
 			return err
 		}
 	}
+	opts.mark("metadata")
 	if err := opts.fault("pages"); err != nil {
 		return err
 	}
@@ -990,6 +1023,7 @@ func writeImage(opts *Options, w *image.Writer, hdr *pb.Header, namespaces []*pb
 			return fmt.Errorf("process %d: %w", f.pid, err)
 		}
 	}
+	opts.mark("memory")
 	if err := resource.DumpShmem(files, w); err != nil {
 		return err
 	}

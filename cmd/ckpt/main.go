@@ -141,6 +141,7 @@ ckpt restart rebuilds it in new ones.`,
 			}
 			if verbose {
 				fmt.Fprintf(os.Stderr, "ckpt: checkpointed %d: %d bytes, frozen %v, total %v, peak memory %s\n", pid, st.Bytes, st.Frozen, st.Total, peakMemory())
+				fmt.Fprintf(os.Stderr, "ckpt: phases: %v\n", st.Phases)
 			}
 			return nil
 		},
