@@ -2,8 +2,8 @@ package resource
 
 import (
 	"fmt"
-	"os"
 	"github.com/ckpt/ckpt/proc"
+	"os"
 
 	"golang.org/x/sys/unix"
 
