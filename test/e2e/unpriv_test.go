@@ -108,3 +108,18 @@ func TestUnprivilegedForeignCreds(t *testing.T) {
 	}
 	p.verifyExit(p.exit, true, 10*time.Second)
 }
+
+// TestUnprivilegedShmem: shared memory cannot be read without root
+// (map_files); the checkpoint says so and writes nothing.
+func TestUnprivilegedShmem(t *testing.T) {
+	p := startWorkloadAs(t, nobody, compile(t, "shmem"))
+	img := filepath.Join(p.dir, "img")
+	out, err := ckptAs(nobody, nil, "checkpoint", "-o", img, itoa(p.pid))
+	if err == nil || !strings.Contains(out, "needs root or CAP_CHECKPOINT_RESTORE") {
+		t.Fatalf("checkpoint of shared memory as nobody: want a refusal naming the privilege, got %v:\n%s", err, out)
+	}
+	if _, err := os.Stat(img); err == nil {
+		t.Errorf("refused checkpoint left an image")
+	}
+	p.verifyExit(p.exit, true, 10*time.Second)
+}
