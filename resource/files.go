@@ -1,6 +1,7 @@
 package resource
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -398,8 +399,14 @@ func (o *OpenFiles) Close() {
 // FdPuller copies descriptors from ckpt into a stub.
 type FdPuller struct {
 	t *Target
-	// pidfd is the stub's pidfd for ckpt's process.
+	// pidfd is the stub's pidfd for ckpt's process, or, if send is set, its
+	// end of a unix socket that ckpt sends descriptors through.
 	pidfd uint64
+	// send, if set, is ckpt's end of that socket. Stubs in a user namespace
+	// of their own may not pidfd_getfd from ckpt (ptrace access to a
+	// process of the parent user namespace), so ckpt pushes descriptors
+	// with SCM_RIGHTS instead.
+	send *os.File
 }
 
 // highFd bounds descriptor numbers in an image.
@@ -409,12 +416,13 @@ const highFd = 1 << 20
 // from the one it holds at from and numbered at least minFd, out of the way
 // of the descriptors to restore. The pidfd is inherited rather than opened
 // by PID because ckpt has no PID inside a container's PID namespace.
-func NewFdPuller(t *Target, from, minFd uint64) (*FdPuller, error) {
+// With send set, from is the stub's end of ckpt's socket instead.
+func NewFdPuller(t *Target, from, minFd uint64, send *os.File) (*FdPuller, error) {
 	hi, err := t.Syscall(unix.SYS_FCNTL, from, unix.F_DUPFD_CLOEXEC, minFd)
 	if err != nil {
 		return nil, fmt.Errorf("move stub pidfd: %w", err)
 	}
-	return &FdPuller{t: t, pidfd: hi}, nil
+	return &FdPuller{t: t, pidfd: hi, send: send}, nil
 }
 
 // Fd is the stub's descriptor of ckpt's pidfd.
@@ -423,11 +431,49 @@ func (p *FdPuller) Fd() uint64 { return p.pidfd }
 // Pull copies ckpt's descriptor fd into the stub and returns its number
 // there (close-on-exec set).
 func (p *FdPuller) Pull(f *os.File) (uint64, error) {
+	if p.send != nil {
+		return p.receive(f)
+	}
 	n, err := p.t.Syscall(unix.SYS_PIDFD_GETFD, p.pidfd, uint64(f.Fd()), 0)
 	if err != nil {
 		return 0, fmt.Errorf("pidfd_getfd %s: %w", f.Name(), err)
 	}
 	return n, nil
+}
+
+// receive sends f over ckpt's socket and has the stub take it with an
+// injected recvmsg. Its buffers are at the end of the scratch area, out of
+// the way of arguments callers put at its start.
+func (p *FdPuller) receive(f *os.File) (uint64, error) {
+	if err := unix.Sendmsg(int(p.send.Fd()), []byte{0}, unix.UnixRights(int(f.Fd())), nil, 0); err != nil {
+		return 0, fmt.Errorf("send %s to the stub: %w", f.Name(), err)
+	}
+	const size = 104 // msghdr 56, iovec 16, data 8, cmsg 24
+	if p.t.ScratchLen < 128 {
+		return 0, fmt.Errorf("scratch area of %d too small to receive a descriptor", p.t.Pid)
+	}
+	base := p.t.Scratch + p.t.ScratchLen - 128
+	b := make([]byte, size)
+	le := binary.LittleEndian
+	le.PutUint64(b[16:], base+56) // msg_iov
+	le.PutUint64(b[24:], 1)       // msg_iovlen
+	le.PutUint64(b[32:], base+80) // msg_control
+	le.PutUint64(b[40:], 24)      // msg_controllen
+	le.PutUint64(b[56:], base+72) // iov_base
+	le.PutUint64(b[64:], 1)       // iov_len
+	if err := p.t.WriteMem(base, b); err != nil {
+		return 0, err
+	}
+	if _, err := p.t.Syscall(unix.SYS_RECVMSG, p.pidfd, base, unix.MSG_CMSG_CLOEXEC); err != nil {
+		return 0, fmt.Errorf("receive %s in the stub: %w", f.Name(), err)
+	}
+	if err := p.t.ReadMem(base+80, b[:24]); err != nil {
+		return 0, err
+	}
+	if le.Uint64(b) != 20 || le.Uint32(b[8:]) != unix.SOL_SOCKET || le.Uint32(b[12:]) != unix.SCM_RIGHTS {
+		return 0, fmt.Errorf("receive %s in the stub: no descriptor arrived", f.Name())
+	}
+	return uint64(le.Uint32(b[16:])), nil
 }
 
 // Close closes the stub's pidfd.

@@ -59,9 +59,17 @@ func inIPCNamespace(pid int, f func() error) error {
 		return fmt.Errorf("open IPC namespace of %d: %w", pid, err)
 	}
 	defer ns.Close()
+	// Already there (ckpt's own namespace): no setns, which needs
+	// CAP_SYS_ADMIN even for one's own namespace, and ckpt may not be root.
+	var st, self unix.Stat_t
+	same := unix.Fstat(int(ns.Fd()), &st) == nil && unix.Stat("/proc/thread-self/ns/ipc", &self) == nil && st.Ino == self.Ino && st.Dev == self.Dev
 	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: see above
+		if same {
+			done <- f()
+			return
+		}
 		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWIPC); err != nil {
 			done <- fmt.Errorf("enter IPC namespace of %d: %w", pid, err)
 			return

@@ -1180,8 +1180,9 @@ func attach(t *Target, pl *FdPuller, f *os.File, mp string) error {
 // already holds as descriptor pidfd: a stub in a new PID namespace cannot
 // open one itself (ckpt's PID is not visible there), but inherits one
 // opened by its parent before the clone.
-func NewFdPullerFrom(t *Target, pidfd uint64) *FdPuller {
-	return &FdPuller{t: t, pidfd: pidfd}
+// (With send set, pidfd is the stub's end of ckpt's socket; see FdPuller.)
+func NewFdPullerFrom(t *Target, pidfd uint64, send *os.File) *FdPuller {
+	return &FdPuller{t: t, pidfd: pidfd, send: send}
 }
 
 // atFdcwd is AT_FDCWD as a system call argument.

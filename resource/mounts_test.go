@@ -317,7 +317,7 @@ mount -o remount,bind,ro /proc/sys
 			return fmt.Errorf("no syscall instruction behind %#x: %v", regs.Rip, err)
 		}
 		tg.Inj = &ptrace.Injector{Tid: spid, SyscallAddr: regs.Rip - 2, Base: regs}
-		if err := RestoreMountNamespace(tg, NewFdPullerFrom(tg, 3), mr); err != nil {
+		if err := RestoreMountNamespace(tg, NewFdPullerFrom(tg, 3, nil), mr); err != nil {
 			return err
 		}
 		// Let it sleep on, as it was, for the checks below.

@@ -43,6 +43,11 @@ type shmemSource struct {
 func (s *FileSet) shmemObject(path, name string) (uint32, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
+		if errors.Is(err, unix.EPERM) && strings.Contains(path, "/map_files/") && os.Geteuid() != 0 {
+			// map_files needs CAP_CHECKPOINT_RESTORE in the initial user
+			// namespace (docs/security.md).
+			return 0, fmt.Errorf("shared memory %s: reading a shared mapping (/proc/PID/map_files) needs root or CAP_CHECKPOINT_RESTORE: %w", name, ErrUnsupported)
+		}
 		return 0, fmt.Errorf("shared memory %s: %w", name, err)
 	}
 	key := shmemKey{st.Dev, st.Ino}

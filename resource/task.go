@@ -140,6 +140,17 @@ func RestoreCreds(t *Target, c *pb.Creds) error {
 	if _, err := t.Syscall(unix.SYS_SETGROUPS, uint64(len(c.Groups)), addr); err != nil {
 		return fmt.Errorf("set groups: %w", err)
 	}
+	return RestoreIDs(t, c)
+}
+
+// RestoreIDs sets the uids and gids of c but not the supplementary groups:
+// in a user namespace that denies setgroups (an unprivileged restart) the
+// thread keeps the groups it inherited from ckpt, which the credential
+// check found equal to the image's.
+func RestoreIDs(t *Target, c *pb.Creds) error {
+	if c == nil {
+		return nil
+	}
 	if _, err := t.Syscall(unix.SYS_SETRESGID, uint64(c.Gid), uint64(c.Egid), uint64(c.Sgid)); err != nil {
 		return fmt.Errorf("set gids %d/%d/%d: %w", c.Gid, c.Egid, c.Sgid, err)
 	}

@@ -97,7 +97,7 @@ func (n *namespaces) fill(s *stub, p *pb.Process, flags uint64, ipc *ipcState, f
 		// First: the other namespaces' pseudo-filesystems (proc, sysfs,
 		// mqueue) are mounted from inside them, which exist already
 		// (clone made them all at once).
-		if err := resource.RestoreMountNamespace(s.t, resource.NewFdPullerFrom(s.t, stubPidfd), n.mounts); err != nil {
+		if err := resource.RestoreMountNamespace(s.t, resource.NewFdPullerFrom(s.t, stubPidfd, s.send), n.mounts); err != nil {
 			return fmt.Errorf("process %d: %w", p.Pid, err)
 		}
 		files.Root = fmt.Sprintf("/proc/%d/root", s.pid)

@@ -46,6 +46,9 @@ type Options struct {
 	Foreground bool
 	// Progress, if set, counts the image bytes read so far.
 	Progress *atomic.Uint64
+
+	// user is the state of an unprivileged restart (nil for root).
+	user *userNS
 }
 
 // Result describes a restored process.
@@ -53,6 +56,11 @@ type Result struct {
 	Pid   int
 	Comm  string
 	Total time.Duration
+	// init, in an unprivileged restart, is the first stub that stays the
+	// init of the new PID namespace (ckpt's child instead of the root),
+	// and status the pipe it reports the root's wait status on.
+	init   int
+	status *os.File
 }
 
 func (o *Options) fault(point string) error { return fault.At(o.Fault, point) }
@@ -101,6 +109,10 @@ func restore(opts *Options) (res *Result, err error) {
 		return nil, err
 	}
 	r.Progress = opts.Progress
+	if os.Geteuid() != 0 {
+		opts.user = &userNS{}
+		defer opts.user.close()
+	}
 	files := resource.NewOpenFiles()
 	files.Terminal = opts.Terminal
 	defer files.Close()
@@ -114,6 +126,9 @@ func restore(opts *Options) (res *Result, err error) {
 		if err != nil {
 			for i := len(created) - 1; i >= 0; i-- {
 				created[i].kill()
+			}
+			if opts.user != nil && opts.user.init != nil {
+				opts.user.init.kill()
 			}
 		}
 	}()
@@ -318,7 +333,15 @@ func restore(opts *Options) (res *Result, err error) {
 			return nil, err
 		}
 	}
-	return &Result{Pid: root.s.pid, Comm: root.p.Comm}, nil
+	res = &Result{Pid: root.s.pid, Comm: root.p.Comm}
+	if um := opts.user; um != nil && um.init != nil {
+		if err := um.startInit(root.p.Pid); err != nil {
+			return nil, err
+		}
+		res.init, res.status = um.init.pid, um.statusR
+		um.statusR = nil
+	}
+	return res, nil
 }
 
 func validateProcess(p *pb.Process, mm *pb.Mm) error {
@@ -410,6 +433,16 @@ func build(opts *Options, hdr *pb.Header, nss *namespaces, ipc *ipcState, tasks 
 		}
 		parent.children = append(parent.children, t)
 	}
+	um := opts.user
+	if um != nil {
+		// Before anything is created: nobody gains privileges from an image.
+		if err := checkCreds(tasks); err != nil {
+			return nil, err
+		}
+		if err := um.prepare(hdr.Container); err != nil {
+			return nil, err
+		}
+	}
 	rootFlags, err := nss.newFlags(root.p, hdr.OuterNs, true, hdr.Container)
 	if err != nil {
 		return nil, err
@@ -421,7 +454,7 @@ func build(opts *Options, hdr *pb.Header, nss *namespaces, ipc *ipcState, tasks 
 	// (A new PID namespace has them all.)
 	var taken []string
 	for _, t := range tasks {
-		if rootFlags&unix.CLONE_NEWPID != 0 {
+		if rootFlags&unix.CLONE_NEWPID != 0 || um != nil && um.newPID {
 			break
 		}
 		ids := []uint32{t.p.Pid}
@@ -445,18 +478,29 @@ func build(opts *Options, hdr *pb.Header, nss *namespaces, ipc *ipcState, tasks 
 			created = nil
 		}
 	}()
-	s0, err := startStub0()
+	s0, err := startStub0(um)
 	if err != nil {
 		return nil, err
 	}
-	defer s0.kill()
+	rootClone, rootSig := uint64(unix.CLONE_PARENT), uint64(0)
+	if um != nil && um.newPID {
+		// s0 is the init of the new PID namespace and stays: the root is
+		// its child (init cannot clone with CLONE_PARENT).
+		um.init = s0
+		rootClone, rootSig = 0, uint64(root.p.ExitSignal)
+		if rootSig == 0 {
+			rootSig = uint64(unix.SIGCHLD)
+		}
+	} else {
+		defer s0.kill()
+	}
 	if rootFlags&unix.CLONE_NEWTIME != 0 {
 		if err := nss.prepareTime(s0, root.p); err != nil {
 			return nil, err
 		}
 		rootFlags &^= unix.CLONE_NEWTIME
 	}
-	if root.s, err = cloneInSession(s0, root, byPid, unix.CLONE_PARENT|rootFlags, 0, &created); err != nil {
+	if root.s, err = cloneInSession(s0, root, byPid, rootClone|rootFlags, rootSig, &created); err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			if perr := checkPidFree(int(root.p.Pid)); perr != nil {
 				return nil, perr
@@ -718,7 +762,7 @@ func preparePuller(t *task) error {
 		from = o.pull.Fd()
 	}
 	var err error
-	if t.pull, err = resource.NewFdPuller(s.t, from, uint64(maxFd)+1); err != nil {
+	if t.pull, err = resource.NewFdPuller(s.t, from, uint64(maxFd)+1, s.send); err != nil {
 		return err
 	}
 	if t.filesOwner == nil {
@@ -804,7 +848,13 @@ func finish(opts *Options, tk *task, files *resource.OpenFiles) error {
 		}
 	}
 	for i, th := range p.Threads {
-		if err := resource.RestoreCreds(targets[i], p.Creds); err != nil {
+		var err error
+		if opts.user != nil {
+			err = restoreUserCreds(targets[i], p.Creds)
+		} else {
+			err = resource.RestoreCreds(targets[i], p.Creds)
+		}
+		if err != nil {
 			return fmt.Errorf("thread %d: %w", th.Tid, err)
 		}
 		if err := resource.RestoreThreadPending(targets[i], int(p.Pid), th); err != nil {

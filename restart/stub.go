@@ -28,9 +28,35 @@ const stubCodeOff = 0x80
 // and never reach the int3; it is there in case anything ever does.
 var stubCode = []byte{0x0f, 0x05, 0xcc, 0xeb, 0xfb}
 
+// initCode is where a first stub that is the init of the PID namespace it
+// restores into (an unprivileged restart, see unpriv.go) goes once the
+// tree runs: it reaps every process that ends in the namespace; when the
+// restored root (PID r12) ends, it writes the root's 4-byte wait status to
+// descriptor r13 and exits with its exit code, which ends the namespace.
+//
+//	reap: mov edi,-1; mov rsi,rsp; mov edx,__WALL; xor r10d,r10d
+//	      mov eax,SYS_wait4; syscall
+//	      cmp eax,-ECHILD; je gone
+//	      cmp eax,r12d; jne reap
+//	      mov edi,r13d; mov rsi,rsp; mov edx,4; mov eax,SYS_write; syscall
+//	      mov edi,[rsp]; shr edi,8; and edi,0xff; mov eax,SYS_exit_group; syscall
+//	gone: mov edi,255; mov eax,SYS_exit_group; syscall; jmp gone
+var initCode = []byte{
+	0xbf, 0xff, 0xff, 0xff, 0xff, 0x48, 0x89, 0xe6, 0xba, 0x00, 0x00, 0x00,
+	0x40, 0x45, 0x31, 0xd2, 0xb8, 0x3d, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x83,
+	0xf8, 0xf6, 0x74, 0x2a, 0x44, 0x39, 0xe0, 0x75, 0xdf, 0x44, 0x89, 0xef,
+	0x48, 0x89, 0xe6, 0xba, 0x04, 0x00, 0x00, 0x00, 0xb8, 0x01, 0x00, 0x00,
+	0x00, 0x0f, 0x05, 0x8b, 0x3c, 0x24, 0xc1, 0xef, 0x08, 0x81, 0xe7, 0xff,
+	0x00, 0x00, 0x00, 0xb8, 0xe7, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xbf, 0xff,
+	0x00, 0x00, 0x00, 0xb8, 0xe7, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xeb, 0xf2,
+}
+
+// initCodeOff is initCode's offset in the stub executable.
+const initCodeOff = stubCodeOff + 16
+
 // stubELF builds the stub executable.
 func stubELF() []byte {
-	b := make([]byte, stubCodeOff+len(stubCode))
+	b := make([]byte, initCodeOff+len(initCode))
 	copy(b, "\x7fELF")
 	b[4], b[5], b[6] = 2, 1, 1 // 64-bit, little endian, version 1
 	le := binary.LittleEndian
@@ -51,6 +77,7 @@ func stubELF() []byte {
 	le.PutUint64(ph[40:], uint64(len(b)))
 	le.PutUint64(ph[48:], 0x1000)
 	copy(b[stubCodeOff:], stubCode)
+	copy(b[initCodeOff:], initCode)
 	return b
 }
 
@@ -63,6 +90,10 @@ type stub struct {
 	code uint64
 	// tids are the threads created besides the main one.
 	tids []int
+	// send is ckpt's end of the socket the stub receives descriptors
+	// through, in an unprivileged restart (see resource.FdPuller); nil
+	// when the stub pulls them with its pidfd of ckpt.
+	send *os.File
 }
 
 // stubPidfd is where every stub holds a pidfd of ckpt, inherited from the
@@ -75,9 +106,13 @@ const scratchPages = 4
 // startStub0 starts the first stub, a plain child of ckpt whose only job is
 // to clone the restored process with its original PID.
 //
+// With um set (an unprivileged restart) it starts in a user namespace of
+// its own, and a PID namespace too unless the image is a container's; see
+// unpriv.go.
+//
 // Preconditions: called from inside ptrace.Run (the child's tracer is the
 // calling thread).
-func startStub0() (*stub, error) {
+func startStub0(um *userNS) (*stub, error) {
 	fd, err := unix.MemfdCreate("ckpt-stub", unix.MFD_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("create stub: %w", err)
@@ -97,15 +132,25 @@ func startStub0() (*stub, error) {
 		return nil, fmt.Errorf("pidfd_open ckpt: %w", err)
 	}
 	defer unix.Close(self)
-	pid, err := syscall.ForkExec(fmt.Sprintf("/proc/self/fd/%d", fd), []string{"ckpt-stub"}, &syscall.ProcAttr{
+	attr := &syscall.ProcAttr{
 		Env:   []string{},
 		Files: []uintptr{devnull.Fd(), devnull.Fd(), devnull.Fd(), uintptr(self)},
 		Sys:   &syscall.SysProcAttr{Ptrace: true, Pdeathsig: syscall.SIGKILL},
-	})
+	}
+	if um != nil {
+		um.setup(attr)
+	}
+	pid, err := syscall.ForkExec(fmt.Sprintf("/proc/self/fd/%d", fd), []string{"ckpt-stub"}, attr)
 	if err != nil {
+		if um != nil {
+			return nil, fmt.Errorf("start stub in a user namespace of its own: %w", err)
+		}
 		return nil, fmt.Errorf("start stub: %w", err)
 	}
 	s := &stub{pid: pid, code: stubBase + stubCodeOff}
+	if um != nil {
+		s.send = um.sock
+	}
 	if _, err := ptrace.WaitSignalStop(pid); err != nil {
 		s.kill()
 		return nil, fmt.Errorf("start stub: %w", err)
@@ -142,7 +187,7 @@ func (s *stub) clone(pid int, flags, exitSignal uint64) (*stub, error) {
 		return nil, fmt.Errorf("create process %d: %w", pid, err)
 	}
 	t.Pid = t.Inj.Tid
-	return &stub{pid: t.Pid, code: s.code, t: t}, nil
+	return &stub{pid: t.Pid, code: s.code, t: t, send: s.send}, nil
 }
 
 // clone3 injects clone3 with set_tid = id into the stub and returns the

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"unsafe"
 
 	"github.com/spf13/cobra"
@@ -182,7 +183,12 @@ func checkCmd() *cobra.Command {
 				fmt.Println()
 			}
 			if os.Geteuid() != 0 {
-				fmt.Println("note: not running as root; restoring original PIDs needs CAP_CHECKPOINT_RESTORE")
+				fmt.Printf("as uid %d: checkpoint of your own processes (not shared memory mappings); ", os.Geteuid())
+				if err := probeUserRestore(); err != nil {
+					fmt.Printf("restart NOT possible: a user+PID namespace with CAP_CHECKPOINT_RESTORE cannot be created (%v)\n", err)
+				} else {
+					fmt.Println("restart of images of your own processes in a user+PID namespace of their own (see docs/security.md)")
+				}
 			}
 			if missing > 0 {
 				return fmt.Errorf("check: %d required feature%s missing", missing, strings.Repeat("s", min(missing-1, 1)))
@@ -190,4 +196,22 @@ func checkCmd() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// probeUserRestore tells whether an unprivileged restart can create its
+// namespaces: a child in a new user and PID namespace with ambient
+// CAP_CHECKPOINT_RESTORE (ckpt --version runs there).
+func probeUserRestore() error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(self, "--version")
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  unix.CLONE_NEWUSER | unix.CLONE_NEWPID,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: os.Geteuid(), HostID: os.Geteuid(), Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: os.Getegid(), HostID: os.Getegid(), Size: 1}},
+		AmbientCaps: []uintptr{unix.CAP_CHECKPOINT_RESTORE},
+	}
+	return cmd.Run()
 }

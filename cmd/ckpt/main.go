@@ -250,7 +250,7 @@ as the process runs.`,
 			for _, s := range held {
 				unix.Kill(res.Pid, s.(syscall.Signal))
 			}
-			return &exitError{code: waitChild(res.Pid, sigs)}
+			return &exitError{code: waitRestored(res, sigs)}
 		},
 	}
 	c.Flags().BoolVarP(&detach, "detach", "d", false, "return as soon as the process runs")
@@ -262,20 +262,22 @@ as the process runs.`,
 // a shell would report. A process killed by a signal makes ckpt die of the
 // same signal.
 func waitChild(pid int, sigs chan os.Signal) int {
+	return waitRestored(&restart.Result{Pid: pid}, sigs)
+}
+
+// waitRestored is waitChild for a restored process, which in an
+// unprivileged restart is not ckpt's child but the init stub's (see
+// restart.Result.Wait).
+func waitRestored(res *restart.Result, sigs chan os.Signal) int {
+	pid := res.Pid
 	done := make(chan unix.WaitStatus, 1)
 	go func() {
-		var ws unix.WaitStatus
-		for {
-			_, err := unix.Wait4(pid, &ws, 0, nil)
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil {
-				ws = unix.WaitStatus(255 << 8)
-			}
-			done <- ws
-			return
+		ws, err := res.Wait()
+		if err != nil {
+			warn(err.Error())
+			ws = unix.WaitStatus(255 << 8)
 		}
+		done <- ws
 	}()
 	for {
 		select {

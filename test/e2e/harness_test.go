@@ -124,6 +124,9 @@ type proc struct {
 	cmd *exec.Cmd
 	// exit reports the original process's end (the harness is its parent).
 	exit *exited
+	// cred, if set, is the user the workload and every ckpt command of it
+	// run as (unprivileged checkpoint/restart).
+	cred *syscall.Credential
 }
 
 // exited is closed-channel completion with the result, so that any number
@@ -153,21 +156,35 @@ func (e *exited) wait(timeout time.Duration) bool {
 // stdout and stderr to a log, and waits for READY.
 func startWorkload(t *testing.T, argv ...string) *proc {
 	t.Helper()
+	return startWorkloadAs(t, nil, argv...)
+}
+
+// startWorkloadAs is startWorkload as the user cred (nil: root), in a
+// directory that user owns.
+func startWorkloadAs(t *testing.T, cred *syscall.Credential, argv ...string) *proc {
+	t.Helper()
 	dir := t.TempDir()
+	if cred != nil {
+		os.Chmod(filepath.Dir(dir), 0o755)
+		os.Chown(dir, int(cred.Uid), int(cred.Gid))
+	}
 	logPath := filepath.Join(dir, "log")
 	logf, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer logf.Close()
+	if cred != nil {
+		logf.Chown(int(cred.Uid), int(cred.Gid)) // restart reopens it as that user
+	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: cred}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{t: t, pid: cmd.Process.Pid, dir: dir, log: logPath, cmd: cmd, exit: newExited(cmd.Wait)}
+	p := &proc{t: t, pid: cmd.Process.Pid, dir: dir, log: logPath, cmd: cmd, exit: newExited(cmd.Wait), cred: cred}
 	t.Cleanup(p.cleanup)
 	p.waitLog("READY", 20*time.Second)
 	return p
@@ -248,8 +265,14 @@ func hasLine(text, word string) bool {
 
 // ckpt runs the ckpt binary and returns its combined output and error.
 func ckpt(env []string, args ...string) (string, error) {
+	return ckptAs(nil, env, args...)
+}
+
+// ckptAs is ckpt run as the user cred (nil: root).
+func ckptAs(cred *syscall.Credential, env []string, args ...string) (string, error) {
 	cmd := exec.Command(ckptBin, args...)
 	cmd.Env = append(os.Environ(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
@@ -269,7 +292,7 @@ func (p *proc) restart(img string, env ...string) *restarted {
 	p.t.Helper()
 	r := &restarted{cmd: exec.Command(ckptBin, "restart", "-v", img)}
 	r.cmd.Env = append(os.Environ(), env...)
-	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: p.cred}
 	stderr, err := r.cmd.StderrPipe()
 	if err != nil {
 		p.t.Fatal(err)

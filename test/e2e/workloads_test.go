@@ -30,6 +30,8 @@ type workload struct {
 	// container, if set, runs the workload as a container's init with
 	// `ckpt run` and these flags, checkpointed with --container.
 	container []string
+	// user, if set, runs the workload and ckpt as that user (unpriv_test.go).
+	user *syscall.Credential
 }
 
 func cWorkload(name string, extra ...string) func(t *testing.T) []string {
@@ -112,7 +114,7 @@ func runWorkload(t *testing.T, w workload, mode string) {
 		p = startContainer(t, w.container, argv...)
 		how = []string{"--container"}
 	} else {
-		p = startWorkload(t, argv...)
+		p = startWorkloadAs(t, w.user, argv...)
 	}
 	ready := time.Now()
 	started := ready
@@ -120,7 +122,7 @@ func runWorkload(t *testing.T, w workload, mode string) {
 	img := filepath.Join(p.dir, "img")
 	switch mode {
 	case "running":
-		if out, err := ckpt(nil, append(append([]string{"checkpoint"}, how...), "-o", img, itoa(p.pid))...); err != nil {
+		if out, err := ckptAs(w.user, nil, append(append([]string{"checkpoint"}, how...), "-o", img, itoa(p.pid))...); err != nil {
 			t.Fatalf("checkpoint: %v\n%s", err, out)
 		}
 		p.verifyExitOf(p.exit, w, 10*time.Second)
@@ -138,7 +140,7 @@ func runWorkload(t *testing.T, w workload, mode string) {
 		ran := time.Duration(0) // time the workload has run, for the sleep check
 		for i := 0; i < cycles; i++ {
 			ran += time.Since(started)
-			if out, err := ckpt(nil, append(append([]string{"checkpoint"}, how...), "--kill", "-o", img, itoa(p.pid))...); err != nil {
+			if out, err := ckptAs(w.user, nil, append(append([]string{"checkpoint"}, how...), "--kill", "-o", img, itoa(p.pid))...); err != nil {
 				t.Fatalf("checkpoint %d: %v\n%s\nlog:\n%s", i+1, err, out, p.logText())
 			}
 			if i == 0 {
@@ -147,8 +149,12 @@ func runWorkload(t *testing.T, w workload, mode string) {
 			if alive(p.pid) {
 				t.Fatalf("process %d still runs after checkpoint --kill", p.pid)
 			}
+			orig := p.pid
 			r = p.restart(img)
 			started = time.Now()
+			if w.user != nil {
+				checkUserRestore(t, p.pid, orig, img)
+			}
 			if i+1 < cycles {
 				time.Sleep(w.settle / 2)
 			}
