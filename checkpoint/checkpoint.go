@@ -185,7 +185,7 @@ func preflight(pid, skip int, container bool) error {
 	if err := resource.PreflightSemUndo(pids); err != nil {
 		return err
 	}
-	outer, err := resource.ReadNsIds(0)
+	outer, _, err := outerOf(pid, container)
 	if err != nil {
 		return err
 	}
@@ -740,7 +740,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 	if err := ipc.dumpHostIPC(opts, ft, procs, mms); err != nil {
 		return err
 	}
-	outer, err := resource.ReadNsIds(0)
+	outer, nested, err := outerOf(opts.Pid, opts.Container)
 	if err != nil {
 		return err
 	}
@@ -767,7 +767,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 	}
 
 	rootPid := uint32(opts.Pid)
-	if opts.Container {
+	if opts.Container || nested {
 		inner, err := translatePids(procs)
 		if err != nil {
 			return err

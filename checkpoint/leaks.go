@@ -286,7 +286,7 @@ func ownNamespaces(namespaces []*pb.Namespace) map[string]uint64 {
 // checkpoint, whose leaks are only warnings): a process's namespaces that
 // differ from its parent's, the root's from ckpt's.
 func treeNamespaces(pids []int) (map[string]uint64, error) {
-	outer, err := resource.ReadNsIds(0)
+	outer, _, err := outerOf(pids[0], false)
 	if err != nil {
 		return nil, err
 	}

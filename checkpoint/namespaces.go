@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/ckpt/ckpt/image/pb"
 	"github.com/ckpt/ckpt/proc"
 	"github.com/ckpt/ckpt/resource"
@@ -158,4 +160,45 @@ func collectNamespaces(procs []*pb.Process, outer *pb.NsIds) ([]*pb.Namespace, [
 		}
 	}
 	return out, nets, nil
+}
+
+// outerOf returns the namespaces a checkpoint of root takes as given:
+// ckpt's own, except for a subtree (not a container) whose root is a child
+// of the init of a PID namespace of its own — as after an unprivileged
+// ckpt restart, which builds the tree under an init stub in a new user
+// and PID namespace. Its PID and user namespaces then count as outside
+// the tree: the image holds the PIDs inside (restart puts them back in
+// whatever PID namespace it restores into) and no namespace to create.
+// nested reports that case.
+func outerOf(root int, container bool) (outer *pb.NsIds, nested bool, err error) {
+	outer, err = resource.ReadNsIds(0)
+	if err != nil {
+		return nil, false, err
+	}
+	if container {
+		return outer, false, nil
+	}
+	mine, err := resource.ReadNsIds(root)
+	if err != nil {
+		return nil, false, err
+	}
+	if mine.Pid == outer.Pid {
+		return outer, false, nil
+	}
+	st, err := proc.ReadStat(root)
+	if err != nil {
+		return nil, false, err
+	}
+	if parent, err := innermost(st.Ppid, "NSpid"); err != nil || parent != 1 {
+		return outer, false, nil // refused by PreflightNamespaces
+	}
+	if self, err := innermost(root, "NSpid"); err != nil || self == 1 {
+		return outer, false, nil // an init: a container
+	}
+	if pns, err := resource.ReadNsIds(st.Ppid); err != nil || pns.Pid != mine.Pid {
+		return outer, false, nil
+	}
+	adj := proto.Clone(outer).(*pb.NsIds)
+	adj.Pid, adj.User = mine.Pid, mine.User
+	return adj, true, nil
 }

@@ -249,10 +249,26 @@ func PreflightTask(pid int) error {
 	}
 	uids, _ := st.Uints("Uid", 10)
 	root := len(uids) == 4 && (uids[0] == 0 || uids[1] == 0 || uids[2] == 0)
+	// A process in a user namespace below ckpt's (a tree restored by an
+	// unprivileged ckpt restart) got the full bounding set a new user
+	// namespace starts with, as it will again.
+	bnd := self["CapBnd"]
+	if theirs, err := ReadNsIds(pid); err == nil {
+		if ours, err := ReadNsIds(0); err == nil && theirs.User != ours.User {
+			if b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
+				if last, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && last < 63 {
+					bnd = fmt.Sprintf("%016x", uint64(1)<<(last+1)-1)
+				}
+			}
+		}
+	}
 	for _, k := range []string{"CapPrm", "CapEff", "CapInh", "CapAmb", "CapBnd"} {
 		want := "0000000000000000"
-		if root && k != "CapInh" && k != "CapAmb" || k == "CapBnd" {
+		if root && k != "CapInh" && k != "CapAmb" {
 			want = self[k]
+		}
+		if k == "CapBnd" {
+			want = bnd
 		}
 		if st[k] != want {
 			return fmt.Errorf("process %d has capabilities %s=%s, which a restart (giving %s) would not reproduce: %w yet", pid, k, st[k], want, ErrUnsupported)

@@ -14,12 +14,10 @@ import (
 // nobody is the unprivileged user the tests run workloads and ckpt as.
 var nobody = &syscall.Credential{Uid: 65534, Gid: 65534}
 
-// TestUnprivileged checkpoints and restarts workloads as user nobody
-// (kill+restart, and checkpoint leaving them running): ckpt restores them
-// in a user and PID namespace of their own, with their original PIDs
-// inside. The harness's third mode (two cycles) needs a checkpoint of a
-// tree inside such namespaces, which is not supported yet
-// (docs/security.md).
+// TestUnprivileged checkpoints and restarts workloads as user nobody in
+// the three harness modes: ckpt restores them in a user and PID namespace
+// of their own, with their original PIDs inside; the second cycle
+// checkpoints such a restored tree (its PIDs inside) and restores it again.
 func TestUnprivileged(t *testing.T) {
 	for _, w := range []workload{
 		{name: "busy", argv: cWorkload("busy"), signal: true, settle: 100 * time.Millisecond},
@@ -27,7 +25,7 @@ func TestUnprivileged(t *testing.T) {
 		{name: "tree", argv: cWorkload("tree"), signal: true, settle: 50 * time.Millisecond},
 	} {
 		w.user = nobody
-		for _, mode := range []string{"kill", "running"} {
+		for _, mode := range []string{"kill", "running", "twice"} {
 			t.Run(w.name+"/"+mode, func(t *testing.T) { runWorkload(t, w, mode) })
 		}
 	}

@@ -137,6 +137,7 @@ func runWorkload(t *testing.T, w workload, mode string) {
 			cycles = 2
 		}
 		var r *restarted
+		orig := p.pid           // the PID the workload keeps (inside, after an unprivileged restart)
 		ran := time.Duration(0) // time the workload has run, for the sleep check
 		for i := 0; i < cycles; i++ {
 			ran += time.Since(started)
@@ -149,7 +150,6 @@ func runWorkload(t *testing.T, w workload, mode string) {
 			if alive(p.pid) {
 				t.Fatalf("process %d still runs after checkpoint --kill", p.pid)
 			}
-			orig := p.pid
 			r = p.restart(img)
 			started = time.Now()
 			if w.user != nil {
