@@ -67,6 +67,8 @@ type Options struct {
 	Container bool
 
 	phases *Phases // set by Run
+	// undo tells semaphore undo lists apart (set by Run).
+	undo *resource.UndoProbe
 	// subtreeLeaks waits for the leak scan of a subtree (set by Run).
 	subtreeLeaks func() ([]*pb.Leak, error)
 	// SelfTid, if not 0, makes this a self-checkpoint (see self.go):
@@ -135,11 +137,18 @@ func (o *Options) mark(name string) {
 
 // Preflight checks, without touching them, that ckpt can checkpoint pid
 // and its descendants (as a container if container is set).
-func Preflight(pid int, container bool) error { return preflight(pid, 0, container) }
+func Preflight(pid int, container bool) error {
+	probe, err := resource.NewUndoProbe()
+	if err != nil {
+		return err
+	}
+	defer probe.Close()
+	return preflight(pid, 0, container, probe)
+}
 
 // preflight is Preflight leaving out the subtree of process skip (ckpt
 // itself in a self-checkpoint).
-func preflight(pid, skip int, container bool) error {
+func preflight(pid, skip int, container bool, probe *resource.UndoProbe) error {
 	if pid <= 0 {
 		return fmt.Errorf("invalid pid %d", pid)
 	}
@@ -182,7 +191,7 @@ func preflight(pid, skip int, container bool) error {
 			return err
 		}
 	}
-	if err := resource.PreflightSemUndo(pids); err != nil {
+	if err := resource.PreflightSemUndo(probe, pids); err != nil {
 		return err
 	}
 	outer, _, err := outerOf(pid, container)
@@ -388,7 +397,11 @@ func Run(opts Options) (*Stats, error) {
 		wait := startLeakScan(&opts)
 		defer wait()
 	}
-	if err := preflight(opts.Pid, opts.skip(), opts.Container); err != nil {
+	if opts.undo, err = resource.NewUndoProbe(); err != nil {
+		return nil, fmt.Errorf("checkpoint %d: %w", opts.Pid, err)
+	}
+	defer opts.undo.Close()
+	if err := preflight(opts.Pid, opts.skip(), opts.Container, opts.undo); err != nil {
 		return nil, fmt.Errorf("checkpoint %d: %w", opts.Pid, err)
 	}
 	stats.ID = opts.id
@@ -939,7 +952,7 @@ func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64, ipcNs
 		for _, th := range f.threads {
 			targets, tids = append(targets, th.target), append(tids, th.tid)
 		}
-		if err := resource.DumpSemUndo(ipcNs, f.pid, targets, tids); err != nil {
+		if err := resource.DumpSemUndo(opts.undo, ipcNs, f.pid, targets, tids); err != nil {
 			return err
 		}
 	}

@@ -121,7 +121,7 @@ func (d *ipcDump) dumpHostIPC(opts *Options, ft *frozenTree, procs []*pb.Process
 			continue
 		}
 		for _, th := range f.threads {
-			if has, _ := resource.HasSemUndo(th.tid); has {
+			if has, _ := opts.undo.Has(th.tid); has {
 				opts.Warn(fmt.Sprintf("process %d has a semaphore undo list (SEM_UNDO); semaphores of ckpt's own IPC namespace are not captured, so the restarted process will not undo its semaphore operations when it exits (checkpoint it in an IPC namespace of its own: ckpt run --ipc)", f.pid))
 				break
 			}

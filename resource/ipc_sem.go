@@ -2,12 +2,13 @@ package resource
 
 import (
 	"fmt"
-	"github.com/ckpt/ckpt/proc"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ckpt/ckpt/image/pb"
+	"github.com/ckpt/ckpt/proc"
 )
 
 // SysV semaphore sets and the per-process undo lists (semadj). See ipc.go
@@ -50,49 +51,76 @@ func restoreSemSet(s *pb.SemSet, adj map[[2]int32]int32) error {
 	return nil
 }
 
-// HasSemUndo reports whether task tid holds a semaphore undo list, by
-// kcmp against a task known to have none: a kernel thread (kthreadd, PID
-// 2). Not ckpt itself: the Go runtime creates its threads with
-// CLONE_SYSVSEM, which gives the process an (empty) list, as glibc's
-// pthread_create does for every multi-threaded program.
-func HasSemUndo(tid int) (bool, error) {
-	ref, err := noUndoTask()
-	if err != nil {
-		return false, err
-	}
-	r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(ref), uintptr(tid), kcmpSysvsem, 0, 0, 0)
-	if e == unix.EPERM && os.Geteuid() != 0 {
-		// Only root may kcmp kthreadd. Without a reference task an undo
-		// list cannot be told from none; an unprivileged checkpoint counts
-		// it as none. That loses nothing in ckpt's own IPC namespace,
-		// whose semaphores are not captured anyway, but lets processes
-		// sharing one list (CLONE_SYSVSEM) through PreflightSemUndo, and a
-		// list in an IPC namespace of the tree's own is not applied (see
-		// docs/security.md).
-		return false, nil
-	}
-	if e != 0 {
-		return false, fmt.Errorf("compare undo list of %d: %w", tid, e)
-	}
-	return r != 0, nil
+// UndoProbe tells tasks that hold a semaphore undo list from those that
+// do not, by kcmp KCMP_SYSVSEM against a task known to have none: a
+// kernel thread (kthreadd, PID 2) where ckpt may see and compare it (root,
+// in the initial PID namespace), otherwise a zombie child of ckpt (an
+// exiting task drops its list). Not ckpt itself: the Go runtime creates
+// its threads with CLONE_SYSVSEM, which gives the process an (empty)
+// list, as glibc's pthread_create does for every multi-threaded program.
+type UndoProbe struct {
+	ref   int
+	child *os.Process
 }
 
-// noUndoTask finds a task without a semaphore undo list to compare with.
-func noUndoTask() (int, error) {
-	st, err := proc.ReadStat(2)
-	if err != nil || st.Flags&0x00200000 == 0 { // PF_KTHREAD
-		return 0, fmt.Errorf("cannot tell semaphore undo lists apart: PID 2 is not the kernel's kthreadd (is ckpt in a PID namespace?)")
+// NewUndoProbe finds or makes the reference task. Close releases it.
+func NewUndoProbe() (*UndoProbe, error) {
+	if st, err := proc.ReadStat(2); err == nil && st.Flags&0x00200000 != 0 { // PF_KTHREAD
+		if _, _, e := unix.Syscall6(unix.SYS_KCMP, 2, 2, kcmpSysvsem, 0, 0, 0); e == 0 {
+			return &UndoProbe{ref: 2}, nil
+		}
 	}
-	return 2, nil
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		return nil, err
+	}
+	defer null.Close()
+	child, err := os.StartProcess(exe, []string{"ckpt", "help"}, &os.ProcAttr{Files: []*os.File{null, null, null}})
+	if err != nil {
+		return nil, fmt.Errorf("start a reference task for semaphore undo lists: %w", err)
+	}
+	p := &UndoProbe{ref: child.Pid, child: child}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(500 * time.Microsecond) {
+		st, err := proc.ReadStat(child.Pid)
+		if err == nil && st.State == 'Z' {
+			return p, nil
+		}
+		if err != nil || time.Now().After(deadline) {
+			p.Close()
+			return nil, fmt.Errorf("reference task for semaphore undo lists did not end")
+		}
+	}
+}
+
+// Close reaps the reference child, if any.
+func (p *UndoProbe) Close() {
+	if p != nil && p.child != nil {
+		p.child.Kill()
+		p.child.Wait()
+		p.child = nil
+	}
+}
+
+// Has reports whether task tid holds a semaphore undo list.
+func (p *UndoProbe) Has(tid int) (bool, error) {
+	r, _, e := unix.Syscall6(unix.SYS_KCMP, uintptr(p.ref), uintptr(tid), kcmpSysvsem, 0, 0, 0)
+	if e != 0 {
+		return false, fmt.Errorf("compare semaphore undo list of %d: %w", tid, e)
+	}
+	return r != 0, nil
 }
 
 // PreflightSemUndo refuses processes (not threads) that share one
 // semaphore undo list (clone with CLONE_SYSVSEM but not CLONE_THREAD):
 // a restart cannot rebuild that sharing.
-func PreflightSemUndo(pids []int) error {
+func PreflightSemUndo(probe *UndoProbe, pids []int) error {
 	var holders []int
 	for _, pid := range pids {
-		has, err := HasSemUndo(pid)
+		has, err := probe.Has(pid)
 		if err != nil {
 			return err
 		}
@@ -145,10 +173,10 @@ func readSemValues(pid int, ns *pb.IpcNamespace) (map[int32][]uint16, error) {
 // (so nothing else changes a value meanwhile, and no process is queued
 // on a semaphore); called during the injected burst (threads can run
 // injected system calls); PreflightSemUndo passed.
-func DumpSemUndo(ns *pb.IpcNamespace, pid int, threads []*Target, tids []int) error {
+func DumpSemUndo(probe *UndoProbe, ns *pb.IpcNamespace, pid int, threads []*Target, tids []int) error {
 	var holders []int
 	for i, tid := range tids {
-		has, err := HasSemUndo(tid)
+		has, err := probe.Has(tid)
 		if err != nil {
 			return err
 		}

@@ -140,7 +140,12 @@ func TestIPCNamespaceDumpRestore(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if err := resource.DumpSemUndo(ns, child, []*resource.Target{s.t}, []int{child}); err != nil {
+		probe, err := resource.NewUndoProbe()
+		if err != nil {
+			return err
+		}
+		defer probe.Close()
+		if err := resource.DumpSemUndo(probe, ns, child, []*resource.Target{s.t}, []int{child}); err != nil {
 			return err
 		}
 		return s.release()
