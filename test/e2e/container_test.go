@@ -166,3 +166,40 @@ func TestContainerLeaks(t *testing.T) {
 		t.Cleanup(func() { syscall.Kill(sleeper, syscall.SIGKILL); waitPidGone(sleeper, 5*time.Second) })
 	})
 }
+
+// TestContainerRestartFailure: a container restart that fails partway
+// (at each fault point) leaves no process of it behind, and a later
+// restart of the same image works.
+func TestContainerRestartFailure(t *testing.T) {
+	p := containerProc(t)
+	img := filepath.Join(p.dir, "img")
+	if out, err := ckpt(nil, "checkpoint", "--container", "--kill", "-o", img, itoa(p.pid)); err != nil {
+		t.Fatalf("checkpoint: %v\n%s", err, out)
+	}
+	p.exit.wait(10 * time.Second)
+	before := inChildPidNamespaces()
+	for _, fault := range []string{"stub", "mapped", "pages", "final"} {
+		out, err := ckpt([]string{"CKPT_FAULT=" + fault}, "restart", img)
+		if err == nil {
+			t.Fatalf("restart with fault %s succeeded", fault)
+		}
+		if n := inChildPidNamespaces(); n != before {
+			t.Fatalf("restart failed at %s (%s) but left %d processes in PID namespaces (%d before)", fault, strings.TrimSpace(out), n, before)
+		}
+	}
+	r := p.restart(img)
+	p.verifyExit(r.exit, true, 10*time.Second)
+}
+
+// inChildPidNamespaces counts live processes in PID namespaces below the
+// test's (a container's, or a failed restart's leftovers).
+func inChildPidNamespaces() int {
+	n := 0
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && len(strings.Fields(status(pid, "NSpid"))) > 1 && alive(pid) {
+			n++
+		}
+	}
+	return n
+}
