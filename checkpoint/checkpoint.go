@@ -33,6 +33,7 @@ import (
 	"github.com/ckpt/ckpt/image"
 	"github.com/ckpt/ckpt/image/pb"
 	"github.com/ckpt/ckpt/internal/fault"
+	"github.com/ckpt/ckpt/internal/phase"
 	"github.com/ckpt/ckpt/proc"
 	"github.com/ckpt/ckpt/ptrace"
 	"github.com/ckpt/ckpt/resource"
@@ -66,7 +67,7 @@ type Options struct {
 	// PID namespace; the image holds PIDs as seen inside it.
 	Container bool
 
-	phases *Phases // set by Run
+	phases *phase.Phases // set by Run
 	// undo tells semaphore undo lists apart (set by Run).
 	undo *resource.UndoProbe
 	// subtreeLeaks waits for the leak scan of a subtree (set by Run).
@@ -90,50 +91,14 @@ type Stats struct {
 	Total  time.Duration
 	Bytes  uint64
 	// Phases is where the time went, in order.
-	Phases Phases
+	Phases phase.Phases
 }
 
-// Phase is a named stretch of a checkpoint or restart.
-type Phase struct {
-	Name string
-	Dur  time.Duration
-}
-
-// Phases records consecutive phases: each mark ends the current one.
-type Phases struct {
-	List []Phase
-	last time.Time
-}
-
-// Start begins the first phase.
-func (p *Phases) Start() { p.last = time.Now() }
-
-// Mark ends the phase running since the last mark and names it.
-func (p *Phases) Mark(name string) {
-	now := time.Now()
-	if !p.last.IsZero() {
-		p.List = append(p.List, Phase{name, now.Sub(p.last)})
-	}
-	p.last = now
-}
-
-// String is "name 1.2ms, name 3.4ms".
-func (p Phases) String() string {
-	var parts []string
-	for _, ph := range p.List {
-		parts = append(parts, fmt.Sprintf("%s %v", ph.Name, ph.Dur.Round(10*time.Microsecond)))
-	}
-	return strings.Join(parts, ", ")
-}
 
 func (o *Options) fault(point string) error { return fault.At(o.Fault, point) }
 
 // mark ends a phase of the checkpoint.
-func (o *Options) mark(name string) {
-	if o.phases != nil {
-		o.phases.Mark(name)
-	}
-}
+func (o *Options) mark(name string) { o.phases.Mark(name) }
 
 // Preflight checks, without touching them, that ckpt can checkpoint pid
 // and its descendants (as a container if container is set).

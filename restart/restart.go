@@ -26,6 +26,7 @@ import (
 	"github.com/ckpt/ckpt/image"
 	"github.com/ckpt/ckpt/image/pb"
 	"github.com/ckpt/ckpt/internal/fault"
+	"github.com/ckpt/ckpt/internal/phase"
 	"github.com/ckpt/ckpt/proc"
 	"github.com/ckpt/ckpt/ptrace"
 	"github.com/ckpt/ckpt/resource"
@@ -34,6 +35,8 @@ import (
 // Options control one restart.
 type Options struct {
 	In io.Reader
+	// phases, set by Run, times the restart.
+	phases *phase.Phases
 	// Warn reports non-fatal findings; nil discards them.
 	Warn func(string)
 	// Fault, for tests: fail at a named point (see package fault).
@@ -56,6 +59,8 @@ type Result struct {
 	Pid   int
 	Comm  string
 	Total time.Duration
+	// Phases is where the time went, in order.
+	Phases phase.Phases
 	// init, in an unprivileged restart, is the first stub that stays the
 	// init of the new PID namespace (ckpt's child instead of the root),
 	// and status the pipe it reports the root's wait status on.
@@ -69,6 +74,9 @@ func (o *Options) fault(point string) error { return fault.At(o.Fault, point) }
 // is ckpt's child afterwards.
 func Run(opts Options) (*Result, error) {
 	start := time.Now()
+	var phases phase.Phases
+	phases.Start()
+	opts.phases = &phases
 	var res *Result
 	err := ptrace.Run(func() error {
 		var err error
@@ -79,8 +87,12 @@ func Run(opts Options) (*Result, error) {
 		return nil, fmt.Errorf("restart: %w", err)
 	}
 	res.Total = time.Since(start)
+	res.Phases = phases
 	return res, nil
 }
+
+// mark ends a phase of the restart.
+func (o *Options) mark(name string) { o.phases.Mark(name) }
 
 // task is one process of the image during its restore.
 type task struct {
@@ -246,6 +258,7 @@ func restore(opts *Options) (res *Result, err error) {
 				if err := ipc.restoreHost(); err != nil {
 					return nil, err
 				}
+				opts.mark("read metadata")
 				if created, err = build(opts, r.Header, nss, &ipc, tasks, files); err != nil {
 					return nil, err
 				}
@@ -292,6 +305,7 @@ func restore(opts *Options) (res *Result, err error) {
 		}
 	}
 	if !built {
+		opts.mark("read metadata")
 		if err := ipc.restoreHost(); err != nil {
 			return nil, err
 		}
@@ -299,6 +313,7 @@ func restore(opts *Options) (res *Result, err error) {
 			return nil, err
 		}
 	}
+	opts.mark("pages")
 	// Every segment is attached again and filled.
 	if err := ipc.finish(); err != nil {
 		return nil, err
@@ -311,6 +326,7 @@ func restore(opts *Options) (res *Result, err error) {
 			return nil, fmt.Errorf("process %d (%s): %w", t.p.Pid, t.p.Comm, err)
 		}
 	}
+	opts.mark("finish")
 	for _, t := range tasks {
 		if t.p.Zombie || t.mmOwner != nil {
 			continue
@@ -333,6 +349,7 @@ func restore(opts *Options) (res *Result, err error) {
 			return nil, err
 		}
 	}
+	opts.mark("unmap stubs and release")
 	res = &Result{Pid: root.s.pid, Comm: root.p.Comm}
 	if um := opts.user; um != nil && um.init != nil {
 		if err := um.startInit(root.p.Pid); err != nil {
@@ -559,6 +576,7 @@ func build(opts *Options, hdr *pb.Header, nss *namespaces, ipc *ipcState, tasks 
 			}
 		}
 	}
+	opts.mark("create processes")
 	if err := opts.fault("stub"); err != nil {
 		return created, err
 	}
@@ -657,6 +675,7 @@ func build(opts *Options, hdr *pb.Header, nss *namespaces, ipc *ipcState, tasks 
 	if err != nil {
 		return created, err
 	}
+	opts.mark("map areas")
 	if err := opts.fault("mapped"); err != nil {
 		return created, err
 	}

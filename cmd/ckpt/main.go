@@ -243,6 +243,7 @@ as the process runs.`,
 			}
 			if verbose {
 				fmt.Fprintf(os.Stderr, "ckpt: %s, peak memory %s\n", res.Describe(), peakMemory())
+				fmt.Fprintf(os.Stderr, "ckpt: phases: %v\n", res.Phases)
 			}
 			if detach {
 				return nil

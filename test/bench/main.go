@@ -94,11 +94,13 @@ func main() {
 
 	for _, sz := range []int{0, *bigMB} {
 		var ck, rs, frozen, size, rssCk, rssRs, w, r, zck, zsize []float64
+		var ckPh, rsPh [][]phaseTime
 		for i := 0; i < *runs; i++ {
 			res := cycle(bin, work, sz)
 			ck, rs, frozen = append(ck, res.ckpt), append(rs, res.restart), append(frozen, res.frozen)
 			size, rssCk, rssRs = append(size, res.size), append(rssCk, res.rssCkpt), append(rssRs, res.rssRestart)
 			zck, zsize = append(zck, res.zckpt), append(zsize, res.zsize)
+			ckPh, rsPh = append(ckPh, res.ckptPhases), append(rsPh, res.restartPhases)
 			if sz > 0 {
 				w = append(w, baselineW(work, uint64(sz)<<20))
 				r = append(r, baselineR(work, uint64(sz)<<20))
@@ -111,6 +113,8 @@ func main() {
 		fmt.Printf("\n%s\n", name)
 		fmt.Printf("  checkpoint (--kill, to file)    %8.1f ms   (frozen %.1f ms)\n", med(ck)*1e3, med(frozen)*1e3)
 		fmt.Printf("  restart (--detach)              %8.1f ms\n", med(rs)*1e3)
+		printPhases("checkpoint", ckPh)
+		printPhases("restart", rsPh)
 		fmt.Printf("  image size                      %8.2f MiB\n", med(size)/(1<<20))
 		fmt.Printf("  checkpoint --compress (zstd)    %8.1f ms, %.2f MiB image\n", med(zck)*1e3, med(zsize)/(1<<20))
 		fmt.Printf("  ckpt peak RSS                   %8.1f MiB checkpoint, %.1f MiB restart\n", med(rssCk)/1024, med(rssRs)/1024)
@@ -126,6 +130,53 @@ func main() {
 type result struct {
 	ckpt, restart, frozen, size, rssCkpt, rssRestart float64
 	zckpt, zsize                                     float64
+	// phases of the checkpoint and the restart as ckpt -v reports them.
+	ckptPhases, restartPhases []phaseTime
+}
+
+type phaseTime struct {
+	name string
+	sec  float64
+}
+
+// phasesOf parses "ckpt: phases: name 1.2ms, other 30µs".
+func phasesOf(msg string) []phaseTime {
+	i := strings.Index(msg, "ckpt: phases: ")
+	if i < 0 {
+		return nil
+	}
+	line, _, _ := strings.Cut(msg[i+len("ckpt: phases: "):], "\n")
+	var out []phaseTime
+	for _, part := range strings.Split(line, ", ") {
+		j := strings.LastIndexByte(part, ' ')
+		if j < 0 {
+			continue
+		}
+		d, err := time.ParseDuration(part[j+1:])
+		if err != nil {
+			continue
+		}
+		out = append(out, phaseTime{part[:j], d.Seconds()})
+	}
+	return out
+}
+
+// printPhases prints the median of each phase over runs, in order.
+func printPhases(what string, runs [][]phaseTime) {
+	if len(runs) == 0 || len(runs[0]) == 0 {
+		return
+	}
+	var parts []string
+	for i, ph := range runs[0] {
+		var v []float64
+		for _, r := range runs {
+			if i < len(r) && r[i].name == ph.name {
+				v = append(v, r[i].sec)
+			}
+		}
+		parts = append(parts, fmt.Sprintf("%s %.1f", ph.name, med(v)*1e3))
+	}
+	fmt.Printf("  %-31s %s (ms)\n", what+" by phase", strings.Join(parts, ", "))
 }
 
 // cycle starts the workload, checkpoints it with --kill and restarts it.
@@ -178,6 +229,7 @@ func cycleN(bin, work string, mb, procs int) result {
 		fatal(fmt.Errorf("checkpoint: %v: %s", err, msg))
 	}
 	res.rssCkpt = peakKiB(string(msg))
+	res.ckptPhases = phasesOf(string(msg))
 	if i := strings.Index(string(msg), "frozen "); i >= 0 {
 		var d time.Duration
 		f := strings.Fields(string(msg[i+7:]))
@@ -196,6 +248,7 @@ func cycleN(bin, work string, mb, procs int) result {
 	}
 	res.restart = time.Since(t0).Seconds()
 	res.rssRestart = peakKiB(string(msg))
+	res.restartPhases = phasesOf(string(msg))
 	unix.Kill(-pid, unix.SIGKILL) // the restored tree is its own process group
 	unix.Kill(pid, unix.SIGKILL)
 	for i := 0; i < 5000; i++ { // the restored process's parent was ckpt: init reaps it
