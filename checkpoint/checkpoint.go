@@ -94,7 +94,6 @@ type Stats struct {
 	Phases phase.Phases
 }
 
-
 func (o *Options) fault(point string) error { return fault.At(o.Fault, point) }
 
 // mark ends a phase of the checkpoint.
