@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 
@@ -50,33 +49,18 @@ import (
 // attached are saved (IpcNamespace.host), restored under the same id, or
 // reused if that very segment still exists.
 
-// inIPCNamespace runs f on a fresh OS thread that has joined the IPC
-// namespace of pid. The thread stays locked, so the Go runtime discards it
-// when f returns: no other goroutine ever runs in that namespace.
+// inIPCNamespace runs f in the IPC namespace of pid: on an OS thread
+// that joined it (see inNamespace), or, when that is ckpt's own, on a
+// locked thread without setns, which needs CAP_SYS_ADMIN even for one's
+// own namespace (ckpt may not be root).
 func inIPCNamespace(pid int, f func() error) error {
-	ns, err := os.Open(proc.Path(pid, "ns/ipc"))
-	if err != nil {
-		return fmt.Errorf("open IPC namespace of %d: %w", pid, err)
-	}
-	defer ns.Close()
-	// Already there (ckpt's own namespace): no setns, which needs
-	// CAP_SYS_ADMIN even for one's own namespace, and ckpt may not be root.
 	var st, self unix.Stat_t
-	same := unix.Fstat(int(ns.Fd()), &st) == nil && unix.Stat("/proc/thread-self/ns/ipc", &self) == nil && st.Ino == self.Ino && st.Dev == self.Dev
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: see above
-		if same {
-			done <- f()
-			return
-		}
-		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWIPC); err != nil {
-			done <- fmt.Errorf("enter IPC namespace of %d: %w", pid, err)
-			return
-		}
-		done <- f()
-	}()
-	return <-done
+	if unix.Stat(proc.Path(pid, "ns/ipc"), &st) == nil && unix.Stat("/proc/thread-self/ns/ipc", &self) == nil && st.Ino == self.Ino && st.Dev == self.Dev {
+		// On a thread of its own anyway: f may change the thread's
+		// credentials to create objects as their owner.
+		return onOwnThread(f)
+	}
+	return inNamespace(pid, "ipc", f)
 }
 
 // IPCNamespaceOf returns the inode number that names pid's IPC namespace.

@@ -48,7 +48,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 
@@ -255,53 +254,41 @@ func sortMounts(ms []proc.Mount) ([]proc.Mount, error) {
 
 // openTreeIn returns a detached copy of the mount at mp in pid's mount
 // namespace, without the mounts below or on top of it. open_tree only
-// clones mounts of the caller's namespace, so it runs on a thread that
-// joins pid's namespace and then ckpt's own again: the Go runtime does not
-// throw a locked thread away if it is the main thread, and another
-// goroutine would then resolve paths in the container.
+// clones mounts of the caller's namespace, so it runs on a thread of its
+// own (onOwnThread) that joins pid's namespace.
 func openTreeIn(pid int, mp string) (*os.File, error) {
-	type result struct {
-		fd  int
-		err error
+	fd := -1
+	// A thread of its own: it gets a filesystem context of its own.
+	err := onOwnThread(func() error {
+		self, err := unix.Open("/proc/thread-self/ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("open ckpt's mount namespace: %w", err)
+		}
+		defer unix.Close(self)
+		nsfd, err := unix.Open(proc.Path(pid, "ns/mnt"), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("open mount namespace of %d: %w", pid, err)
+		}
+		defer unix.Close(nsfd)
+		if err := unix.Unshare(unix.CLONE_FS); err != nil {
+			return fmt.Errorf("unshare filesystem context: %w", err)
+		}
+		if err := unix.Setns(nsfd, unix.CLONE_NEWNS); err != nil {
+			return fmt.Errorf("join mount namespace of %d: %w", pid, err)
+		}
+		var oerr error
+		fd, oerr = unix.OpenTree(unix.AT_FDCWD, mp, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_SYMLINK_NOFOLLOW)
+		// Back to ckpt's namespace (the thread is thrown away anyway).
+		unix.Setns(self, unix.CLONE_NEWNS)
+		if oerr != nil {
+			return fmt.Errorf("open_tree %s: %w", mp, oerr)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		// No UnlockOSThread: the thread has a filesystem context of its
-		// own now, and exits with the goroutine.
-		fd, err := func() (int, error) {
-			self, err := unix.Open("/proc/thread-self/ns/mnt", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				return -1, fmt.Errorf("open ckpt's mount namespace: %w", err)
-			}
-			defer unix.Close(self)
-			nsfd, err := unix.Open(proc.Path(pid, "ns/mnt"), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				return -1, fmt.Errorf("open mount namespace of %d: %w", pid, err)
-			}
-			defer unix.Close(nsfd)
-			if err := unix.Unshare(unix.CLONE_FS); err != nil {
-				return -1, fmt.Errorf("unshare filesystem context: %w", err)
-			}
-			if err := unix.Setns(nsfd, unix.CLONE_NEWNS); err != nil {
-				return -1, fmt.Errorf("join mount namespace of %d: %w", pid, err)
-			}
-			fd, err := unix.OpenTree(unix.AT_FDCWD, mp, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_SYMLINK_NOFOLLOW)
-			if err := unix.Setns(self, unix.CLONE_NEWNS); err != nil {
-				panic(fmt.Sprintf("cannot return to ckpt's mount namespace: %v", err))
-			}
-			if err != nil {
-				return -1, fmt.Errorf("open_tree %s: %w", mp, err)
-			}
-			return fd, nil
-		}()
-		done <- result{fd, err}
-	}()
-	r := <-done
-	if r.err != nil {
-		return nil, r.err
-	}
-	return os.NewFile(uintptr(r.fd), mp), nil
+	return os.NewFile(uintptr(fd), mp), nil
 }
 
 // dumpTmpfs writes the files of a tmpfs, parents before children, each

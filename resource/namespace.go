@@ -192,26 +192,48 @@ func RestoreTimeOffsets(pid int, ns *pb.Namespace) error {
 	return nil
 }
 
-// inNamespace runs fn on a fresh OS thread that has joined the kind
-// namespace of pid. The thread is never unlocked, so the Go runtime ends
-// it with the goroutine instead of reusing a thread in a foreign
-// namespace.
+// inNamespace runs fn on an OS thread that has joined the kind namespace
+// of pid (see onOwnThread).
 func inNamespace(pid int, kind string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
+	return onOwnThread(func() error {
 		fd, err := unix.Open(proc.Path(pid, "ns/"+kind), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
-			errc <- err
-			return
+			return err
 		}
 		err = unix.Setns(fd, 0)
 		unix.Close(fd)
 		if err != nil {
-			errc <- fmt.Errorf("join %s namespace of %d: %w", kind, pid, err)
-			return
+			return fmt.Errorf("join %s namespace of %d: %w", kind, pid, err)
 		}
-		errc <- fn()
+		return fn()
+	})
+}
+
+// onOwnThread runs fn on an OS thread of its own, which fn may change
+// (namespaces, credentials): the thread is never unlocked, so the Go
+// runtime throws it away when the goroutine ends and no other goroutine
+// ever runs on it.
+//
+// The main thread is never used: the runtime cannot end it, and /proc/self
+// (as opposed to /proc/thread-self) shows its namespaces and credentials,
+// which must stay ckpt's own. When the goroutine lands on it, it keeps the
+// main thread locked, unchanged, while a second goroutine (which thus
+// cannot get the main thread) does the work.
+func onOwnThread(fn func() error) error {
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if unix.Gettid() != unix.Getpid() {
+			done <- fn()
+			return // still locked: the thread ends here
+		}
+		inner := make(chan error, 1)
+		go func() {
+			runtime.LockOSThread()
+			inner <- fn()
+		}()
+		done <- <-inner
+		runtime.UnlockOSThread() // the main thread, untouched
 	}()
-	return <-errc
+	return <-done
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"runtime"
 	"slices"
 	"strings"
 
@@ -830,50 +829,9 @@ func addRoute(c *rtnl, r *pb.NetRoute, index map[uint32]uint32) error {
 	return c.do(unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_EXCL, m.b)
 }
 
-// inNetns runs f on a new OS thread that has joined the network namespace
-// of pid. The thread is never unlocked: the Go runtime throws it away when
-// the goroutine ends, so no other goroutine ever runs in that namespace.
-//
-// The main thread is never used: the runtime cannot end it, and /proc/PID
-// (as opposed to /proc/PID/task/TID) shows its namespaces, which must stay
-// ckpt's own. When the goroutine lands on it, it keeps the main thread
-// locked, unchanged, while a second goroutine (which thus cannot get the
-// main thread) does the work.
-func inNetns(pid int, f func() error) error {
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if unix.Gettid() != unix.Getpid() {
-			done <- joinNetns(pid, f)
-			return
-		}
-		inner := make(chan error, 1)
-		go func() {
-			runtime.LockOSThread()
-			inner <- joinNetns(pid, f)
-		}()
-		done <- <-inner
-		runtime.UnlockOSThread()
-	}()
-	return <-done
-}
-
-// joinNetns runs f after the calling thread joined the network namespace
-// of pid. Preconditions: the goroutine is locked to a thread that is not
-// the main thread, and never unlocks it.
-func joinNetns(pid int, f func() error) error {
-	path := fmt.Sprintf("/proc/%d/ns/net", pid)
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", path, err)
-	}
-	err = unix.Setns(fd, unix.CLONE_NEWNET)
-	unix.Close(fd)
-	if err != nil {
-		return fmt.Errorf("join %s: %w", path, err)
-	}
-	return f()
-}
+// inNetns runs f on an OS thread that has joined the network namespace of
+// pid (see inNamespace).
+func inNetns(pid int, f func() error) error { return inNamespace(pid, "net", f) }
 
 func addrString(a *pb.NetAddr) string {
 	b := a.Address

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
@@ -135,30 +136,52 @@ func TestRefusesUnsupported(t *testing.T) {
 	}{
 		{"clone-fs", func() *exec.Cmd { return exec.Command(compile(t, "clonefs")) }, "share one cwd, root and umask (CLONE_FS)"},
 		{"posix-timer", func() *exec.Cmd {
-			return exec.Command("python3", "-c", "import ctypes,time\nt=ctypes.c_void_p()\nctypes.CDLL(None).timer_create(1, None, ctypes.byref(t))\ntime.sleep(100)")
+			return exec.Command("python3", "-c", "import ctypes,time\nt=ctypes.c_void_p()\nctypes.CDLL(None).timer_create(1, None, ctypes.byref(t))\nprint('READY', flush=True)\ntime.sleep(100)")
 		}, "has POSIX timers"},
 		{"user-namespace", func() *exec.Cmd { return exec.Command("unshare", "--user", "sleep", "100") }, "is in a user namespace of its own"},
 		{"pid-namespace-for-children", func() *exec.Cmd { return exec.Command("unshare", "--pid", "--fork", "sleep", "100") }, "has unshared a pid namespace for its children"},
 		{"capabilities", func() *exec.Cmd {
-			return exec.Command("python3", "-c", "import ctypes,time\nctypes.CDLL(None).prctl(24, 13, 0, 0, 0)\ntime.sleep(100)")
+			return exec.Command("python3", "-c", "import ctypes,time\nctypes.CDLL(None).prctl(24, 13, 0, 0, 0)\nprint('READY', flush=True)\ntime.sleep(100)")
 		}, "has capabilities CapBnd="},
 		{"deleted", func() *exec.Cmd {
-			return exec.Command("python3", "-c", "import os,time\nf=open('/tmp/ckpt-e2e-deleted','w')\nos.unlink('/tmp/ckpt-e2e-deleted')\ntime.sleep(100)")
+			return exec.Command("python3", "-c", "import os,time\nf=open('/tmp/ckpt-e2e-deleted','w')\nos.unlink('/tmp/ckpt-e2e-deleted')\nprint('READY', flush=True)\ntime.sleep(100)")
 		}, "is the deleted file /tmp/ckpt-e2e-deleted"},
 		{"socket", func() *exec.Cmd {
-			return exec.Command("python3", "-c", "import socket,time\ns=socket.socket()\ntime.sleep(100)")
+			return exec.Command("python3", "-c", "import socket,time\ns=socket.socket()\nprint('READY', flush=True)\ntime.sleep(100)")
 		}, "is socket:["},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := tt.cmd()
 			c.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+			stdout, err := c.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
 			if err := c.Start(); err != nil {
 				t.Fatal(err)
 			}
 			e := newExited(c.Wait)
 			t.Cleanup(func() { syscall.Kill(-c.Process.Pid, syscall.SIGKILL); e.wait(5 * time.Second) })
-			time.Sleep(300 * time.Millisecond)
+			if c.Args[0] == "python3" {
+				// Wait until it has set up what must be refused (python
+				// can take a while to start on a loaded machine).
+				ready := make(chan bool, 1)
+				go func() {
+					line, _ := bufio.NewReader(stdout).ReadString('\n')
+					ready <- strings.TrimSpace(line) == "READY"
+				}()
+				select {
+				case ok := <-ready:
+					if !ok {
+						t.Fatalf("%s did not say READY", tt.name)
+					}
+				case <-time.After(20 * time.Second):
+					t.Fatalf("%s did not say READY within 20 s", tt.name)
+				}
+			} else {
+				time.Sleep(300 * time.Millisecond)
+			}
 			maps := mapsOf(t, c.Process.Pid)
 			img := filepath.Join(t.TempDir(), "img")
 			out, err := ckpt(nil, "checkpoint", "--kill", "-o", img, itoa(c.Process.Pid))
