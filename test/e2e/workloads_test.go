@@ -64,6 +64,19 @@ func workloads() []workload {
 		{name: "go", argv: func(t *testing.T) []string { return []string{compileGo(t, "goprog")} }, signal: true, settle: 200 * time.Millisecond},
 		{name: "sleep-rel", argv: func(t *testing.T) []string { return []string{compile(t, "sleep"), "rel"} }, settle: time.Second, sleep: "rel"},
 		{name: "sleep-abs", argv: func(t *testing.T) []string { return []string{compile(t, "sleep"), "abs"} }, settle: time.Second, sleep: "abs"},
+		{name: "uts-namespace", argv: func(t *testing.T) []string {
+			// Not a container: a process with a UTS namespace of its own
+			// gets a new one back, with its host name.
+			return []string{"unshare", "--uts", "python3", "-c", `import signal, socket
+socket.sethostname("subtree-uts")
+got = []
+signal.signal(signal.SIGUSR2, lambda *a: got.append(1))
+print("READY", flush=True)
+while not got:
+    signal.pause()
+h = socket.gethostname()
+print("PASS" if h == "subtree-uts" else "FAIL: host name " + h, flush=True)`}
+		}, signal: true, settle: 20 * time.Millisecond},
 		{name: "python3", argv: func(t *testing.T) []string {
 			py, err := exec.LookPath("python3")
 			if err != nil {
