@@ -768,7 +768,13 @@ func dump(opts *Options, stats *Stats) (err error) {
 		return err
 	}
 	w.Progress = opts.Progress
-	if err := writeImage(opts, w, hdr, namespaces, nets, subtreeLeaks, dumped, procs, mms, files, ipc); err != nil {
+	// Without --kill (and a freezer to re-freeze), the processes may run
+	// on as soon as their memory is in the image, before its last records.
+	var thaw func() error
+	if !opts.Kill && fz == nil {
+		thaw = ft.release
+	}
+	if err := writeImage(opts, w, hdr, namespaces, nets, subtreeLeaks, thaw, dumped, procs, mms, files, ipc); err != nil {
 		if ferr := w.Fail(err); ferr != nil && opts.Warn != nil {
 			opts.Warn("could not record the failure in the image: " + ferr.Error())
 		}
@@ -944,7 +950,10 @@ func newHeader(rootPid uint32, outer *pb.NsIds, container bool) *pb.Header {
 	}
 }
 
-func writeImage(opts *Options, w *image.Writer, hdr *pb.Header, namespaces []*pb.Namespace, nets []*pb.NetNamespace, leaks func() ([]*pb.Leak, error), dumped []*frozen, procs []*pb.Process, mms []*pb.Mm, files *resource.FileSet, ipc *ipcDump) error {
+// thaw, if set, lets the processes go once everything of theirs is in
+// the image, before the leaks record (which may still be being looked for)
+// and the tail.
+func writeImage(opts *Options, w *image.Writer, hdr *pb.Header, namespaces []*pb.Namespace, nets []*pb.NetNamespace, leaks func() ([]*pb.Leak, error), thaw func() error, dumped []*frozen, procs []*pb.Process, mms []*pb.Mm, files *resource.FileSet, ipc *ipcDump) error {
 	if err := w.Message(image.TypeHeader, hdr); err != nil {
 		return err
 	}
@@ -1009,6 +1018,11 @@ func writeImage(opts *Options, w *image.Writer, hdr *pb.Header, namespaces []*pb
 			return err
 		}
 	}
+	if thaw != nil {
+		if err := thaw(); err != nil {
+			return fmt.Errorf("release processes: %w", err)
+		}
+	}
 	if leaks != nil {
 		l, err := leaks()
 		if err != nil {
@@ -1062,11 +1076,13 @@ func syscallInsn(pid int, regs *ptrace.Regs) (uint64, error) {
 // a restart can reuse it at once.
 func waitGone(pid int, warn func(string)) error {
 	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
+	// A parent usually reaps within a fraction of a millisecond: poll
+	// fast at first, then back off.
+	for pause := 50 * time.Microsecond; time.Now().Before(deadline); pause = min(2*pause, 2*time.Millisecond) {
 		if _, err := os.Stat(proc.Path(pid, "stat")); errors.Is(err, os.ErrNotExist) {
 			return nil
 		}
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(pause)
 	}
 	if warn != nil {
 		warn(fmt.Sprintf("process %d was killed but its parent has not reaped it yet; its PID stays taken until then", pid))
