@@ -110,3 +110,26 @@ func callError(c Call, i int, err error) error {
 	}
 	return fmt.Errorf("system call %d (call %d of a batch): %w", c.Nr, i, err)
 }
+
+// batchData lays out, from the start of the scratch area, the memory the
+// calls of one batch point to, so that no two overlap and none reaches the
+// entries.
+type batchData struct {
+	t   *Target
+	off uint64
+}
+
+// put copies b into the next free bytes and returns its address.
+func (d *batchData) put(b []byte) (uint64, error) {
+	if d.off+uint64(len(b)) > d.t.DataLen() {
+		return 0, fmt.Errorf("scratch area of %d too small for %d bytes of call arguments", d.t.Pid, d.off+uint64(len(b)))
+	}
+	addr, err := d.t.Put(d.off, b)
+	d.off = (d.off + uint64(len(b)) + 7) &^ 7
+	return addr, err
+}
+
+// putString copies s, NUL-terminated.
+func (d *batchData) putString(s string) (uint64, error) {
+	return d.put(append([]byte(s), 0))
+}
