@@ -1,6 +1,7 @@
 package ptrace
 
 import (
+	"errors"
 	"fmt"
 
 	"golang.org/x/sys/unix"
@@ -22,6 +23,9 @@ type Injector struct {
 	// of two PTRACE_SYSCALL stops. The thread's SIGTRAP must not be blocked
 	// or ignored, or the kernel resets its handler when the int3 hits.
 	Trap bool
+	// BatchAddr, if not zero, is the address of a batch loop (see RunBatch)
+	// in the tracee's code, ended by an int3 like Trap mode's calls.
+	BatchAddr uint64
 	// atExit records that the last stop was a syscall-exit stop, where the
 	// kernel does not run its syscall-restart logic on resume.
 	atExit bool
@@ -74,16 +78,47 @@ func (in *Injector) ToExit(nr uintptr, args ...uint64) (uint64, error) {
 // instruction.
 func (in *Injector) trapCall(nr uintptr, args ...uint64) (uint64, error) {
 	regs := in.callRegs(nr, args...)
-	if err := SetRegs(in.Tid, &regs); err != nil {
-		return 0, err
+	out, err := in.runToTrap(&regs)
+	if err != nil {
+		return 0, fmt.Errorf("syscall %d: %w", nr, err)
+	}
+	return out.Rax, nil
+}
+
+// RunBatch runs the tracee's batch loop over the call entries in
+// [first, end) of its memory, up to its int3, and returns the address of
+// the entry it stopped at: end if every call succeeded, else the one that
+// failed. The entry layout is the loop's own (restart/stub.go).
+func (in *Injector) RunBatch(first, end uint64) (uint64, error) {
+	if in.BatchAddr == 0 {
+		return 0, errors.New("ptrace: no batch loop in the tracee")
+	}
+	regs := in.Base
+	regs.Rip = in.BatchAddr
+	regs.R12, regs.R13 = first, end
+	regs.Orig_rax = ^uint64(0)
+	out, err := in.runToTrap(&regs)
+	if err != nil {
+		return 0, fmt.Errorf("batch of system calls: %w", err)
+	}
+	if out.R12 < first || out.R12 > end {
+		return 0, fmt.Errorf("batch of system calls: stopped at entry %#x outside %#x-%#x", out.R12, first, end)
+	}
+	return out.R12, nil
+}
+
+// runToTrap sets regs and resumes the thread until it reaches an int3.
+func (in *Injector) runToTrap(regs *Regs) (*Regs, error) {
+	if err := SetRegs(in.Tid, regs); err != nil {
+		return nil, err
 	}
 	if err := Cont(in.Tid, 0); err != nil {
-		return 0, err
+		return nil, err
 	}
 	for {
 		ws, err := Wait(in.Tid)
 		if err != nil {
-			return 0, fmt.Errorf("syscall %d: %w", nr, err)
+			return nil, err
 		}
 		if !ws.Stopped() {
 			continue
@@ -93,18 +128,18 @@ func (in *Injector) trapCall(nr uintptr, args ...uint64) (uint64, error) {
 		}
 		if ws.TrapCause() > 0 || int(ws.StopSignal()) == syscallStop {
 			if err := Cont(in.Tid, 0); err != nil {
-				return 0, err
+				return nil, err
 			}
 			continue
 		}
-		return 0, fmt.Errorf("syscall %d: %w: got %v", nr, errNoStop, ws.StopSignal())
+		return nil, fmt.Errorf("%w: got %v", errNoStop, ws.StopSignal())
 	}
 	out, err := GetRegs(in.Tid)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	in.atExit = false
-	return out.Rax, nil
+	return &out, nil
 }
 
 // callRegs returns the registers that make the thread run nr(args...) at

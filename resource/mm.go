@@ -321,32 +321,60 @@ func MoveSpecials(t *Target, mm *pb.Mm, have []proc.Vma, tmp uint64) error {
 	for name := range want {
 		return fmt.Errorf("the image has %s but this kernel does not provide it; restart on the same kernel as the checkpoint", name)
 	}
-	// Two steps, through tmp, so that no move lands on an area not yet moved.
+	// Two steps, through tmp, so that no move lands on an area not yet
+	// moved; one batch.
+	var calls []Call
 	at := tmp
-	for i := range moves {
-		if _, err := t.Syscall(unix.SYS_MREMAP, moves[i].from, moves[i].size, moves[i].size, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, at); err != nil {
-			return fmt.Errorf("move vdso area %#x: %w", moves[i].from, err)
-		}
-		moves[i].from = at
-		at += moves[i].size
-	}
 	for _, m := range moves {
-		if _, err := t.Syscall(unix.SYS_MREMAP, m.from, m.size, m.size, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, m.to); err != nil {
-			return fmt.Errorf("move vdso area to %#x: %w", m.to, err)
-		}
+		calls = append(calls, Call{Nr: unix.SYS_MREMAP, Args: []uint64{m.from, m.size, m.size, unix.MREMAP_MAYMOVE | unix.MREMAP_FIXED, at},
+			Err: func(err error) error { return fmt.Errorf("move vdso area %#x: %w", m.from, err) }})
+		at += m.size
 	}
-	return nil
+	at = tmp
+	for _, m := range moves {
+		calls = append(calls, Call{Nr: unix.SYS_MREMAP, Args: []uint64{at, m.size, m.size, unix.MREMAP_MAYMOVE | unix.MREMAP_FIXED, m.to},
+			Err: func(err error) error { return fmt.Errorf("move vdso area to %#x: %w", m.to, err) }})
+		at += m.size
+	}
+	_, err := t.Batch(calls)
+	return err
 }
 
 // MapVmas creates every non-special area of mm in the stub, writable so
-// that pages can be filled; FinishMm sets the final protections.
+// that pages can be filled; FinishMm sets the final protections. Each
+// mapped file is pulled into the stub once, however many areas map it; the
+// mmaps and the closes of those descriptors run as one batch (SysV
+// segments, attached on their own, split it).
 func MapVmas(t *Target, mm *pb.Mm, files *OpenFiles, pl *FdPuller) error {
+	var calls []Call
+	var toClose []uint64
+	fds := map[uint32]uint64{} // file id -> descriptor in the stub
+	flush := func() error {
+		for _, fd := range toClose {
+			calls = append(calls, Call{Nr: unix.SYS_CLOSE, Args: []uint64{fd},
+				Err: func(err error) error { return fmt.Errorf("close mapped file in the stub: %w", err) }})
+		}
+		_, err := t.Batch(calls)
+		if err != nil {
+			// The batch stopped before its closes (the stub is about to be
+			// killed, but leave nothing behind on principle).
+			for _, fd := range toClose {
+				t.Syscall(unix.SYS_CLOSE, fd)
+			}
+		}
+		calls, toClose = calls[:0], toClose[:0]
+		clear(fds)
+		return err
+	}
 	for i := 0; i < len(mm.Vmas); i++ {
 		v := mm.Vmas[i]
 		if v.Special != "" {
 			continue
 		}
 		if v.SysvShm {
+			if err := flush(); err != nil {
+				return err
+			}
 			group := shmGroup(mm.Vmas, i)
 			if err := attachShm(t, group); err != nil {
 				return err
@@ -369,28 +397,30 @@ func MapVmas(t *Target, mm *pb.Mm, files *OpenFiles, pl *FdPuller) error {
 		}
 		if v.FileId == 0 {
 			flags |= unix.MAP_ANONYMOUS
+		} else if got, ok := fds[v.FileId]; ok {
+			fd = got
 		} else {
 			f, rec, err := files.Get(v.FileId)
 			if err != nil {
+				flush()
 				return fmt.Errorf("vma %#x-%#x: %w", v.Start, v.End, err)
 			}
 			var st unix.Stat_t
 			if err := unix.Fstat(int(f.Fd()), &st); err == nil && st.Size != rec.Size {
+				flush()
 				return fmt.Errorf("restore vma %#x-%#x: %s changed since the checkpoint (%d bytes, was %d); restore the original file", v.Start, v.End, rec.Path, st.Size, rec.Size)
 			}
 			if fd, err = pl.Pull(f); err != nil {
+				flush()
 				return fmt.Errorf("vma %#x-%#x: %w", v.Start, v.End, err)
 			}
+			fds[v.FileId] = fd
+			toClose = append(toClose, fd)
 		}
-		_, err := t.Syscall(unix.SYS_MMAP, v.Start, length, prot, flags, fd, v.Pgoff*pageSize)
-		if fd != ^uint64(0) {
-			t.Syscall(unix.SYS_CLOSE, fd)
-		}
-		if err != nil {
-			return fmt.Errorf("restore vma %#x-%#x (%s): %w", v.Start, v.End, v.Name, err)
-		}
+		calls = append(calls, Call{Nr: unix.SYS_MMAP, Args: []uint64{v.Start, length, prot, flags, fd, v.Pgoff * pageSize},
+			Err: func(err error) error { return fmt.Errorf("restore vma %#x-%#x (%s): %w", v.Start, v.End, v.Name, err) }})
 	}
-	return nil
+	return flush()
 }
 
 // RestorePages copies the pages of one PAGES record into the stub.
@@ -429,28 +459,20 @@ const prSetMmMap = 14
 // FinishMm sets the final protections and the mm fields (brk, arg/env,
 // auxv, exe).
 func FinishMm(t *Target, mm *pb.Mm, files *OpenFiles, pl *FdPuller) error {
-	for _, v := range mm.Vmas {
-		if v.Special != "" || v.Shared {
-			continue
-		}
-		if _, err := t.Syscall(unix.SYS_MPROTECT, v.Start, v.End-v.Start, uint64(v.Prot)); err != nil {
-			return fmt.Errorf("protect vma %#x-%#x: %w", v.Start, v.End, err)
-		}
-	}
 	exe, _, err := files.Get(mm.ExeFileId)
 	if err != nil {
 		return fmt.Errorf("exe: %w", err)
+	}
+	if len(mm.Auxv) > 1024 || len(mm.Auxv)%16 != 0 {
+		return fmt.Errorf("image damaged: auxv of %d bytes", len(mm.Auxv))
 	}
 	exeFd, err := pl.Pull(exe)
 	if err != nil {
 		return err
 	}
-	defer t.Syscall(unix.SYS_CLOSE, exeFd)
-	if len(mm.Auxv) > 1024 || len(mm.Auxv)%16 != 0 {
-		return fmt.Errorf("image damaged: auxv of %d bytes", len(mm.Auxv))
-	}
 	auxv, err := t.Put(1024, mm.Auxv)
 	if err != nil {
+		t.Syscall(unix.SYS_CLOSE, exeFd)
 		return err
 	}
 	m := prctlMmMap{
@@ -461,10 +483,30 @@ func FinishMm(t *Target, mm *pb.Mm, files *OpenFiles, pl *FdPuller) error {
 	}
 	addr, err := t.Put(0, bytesOf(&m))
 	if err != nil {
+		t.Syscall(unix.SYS_CLOSE, exeFd)
 		return err
 	}
-	if _, err := t.Syscall(unix.SYS_PRCTL, unix.PR_SET_MM, prSetMmMap, addr, uint64(unsafe.Sizeof(m))); err != nil {
-		return fmt.Errorf("set mm layout (brk %#x, exe %s): %w", mm.Brk, exe.Name(), err)
+	// One batch: the protections, the mm fields, the close of the exe.
+	var calls []Call
+	for _, v := range mm.Vmas {
+		if v.Special != "" || v.Shared {
+			continue
+		}
+		calls = append(calls, Call{Nr: unix.SYS_MPROTECT, Args: []uint64{v.Start, v.End - v.Start, uint64(v.Prot)},
+			Err: func(err error) error { return fmt.Errorf("protect vma %#x-%#x: %w", v.Start, v.End, err) }})
+	}
+	calls = append(calls,
+		Call{Nr: unix.SYS_PRCTL, Args: []uint64{unix.PR_SET_MM, prSetMmMap, addr, uint64(unsafe.Sizeof(m))},
+			Err: func(err error) error {
+				return fmt.Errorf("set mm layout (brk %#x, exe %s): %w", mm.Brk, exe.Name(), err)
+			}},
+		Call{Nr: unix.SYS_CLOSE, Args: []uint64{exeFd},
+			Err: func(err error) error { return fmt.Errorf("close exe in the stub: %w", err) }})
+	if res, err := t.Batch(calls); err != nil {
+		if len(res) < len(calls)-1 {
+			t.Syscall(unix.SYS_CLOSE, exeFd)
+		}
+		return err
 	}
 	return nil
 }

@@ -118,36 +118,49 @@ func DumpThreadSignals(t *Target, th *pb.Thread) error {
 // RestoreSignals installs the dispositions. Timers and pending signals come
 // later (RestorePendingAndTimers), once nothing else is left to inject.
 func RestoreSignals(t *Target, p *pb.Process) error {
+	d := &batchData{t: t}
+	var calls []Call
 	for _, a := range p.Sigactions {
 		if a.Signo < 1 || a.Signo > 64 || a.Signo == uint32(unix.SIGKILL) || a.Signo == uint32(unix.SIGSTOP) {
 			return fmt.Errorf("image damaged: handler for signal %d", a.Signo)
 		}
 		act := kernelSigaction{Handler: a.Handler, Flags: a.Flags, Restorer: a.Restorer, Mask: a.Mask}
-		addr, err := t.Put(0, bytesOf(&act))
+		addr, err := d.put(bytesOf(&act))
 		if err != nil {
 			return err
 		}
-		if _, err := t.Syscall(unix.SYS_RT_SIGACTION, uint64(a.Signo), addr, 0, 8); err != nil {
-			return fmt.Errorf("restore handler of signal %d: %w", a.Signo, err)
-		}
+		calls = append(calls, Call{Nr: unix.SYS_RT_SIGACTION, Args: []uint64{uint64(a.Signo), addr, 0, 8},
+			Err: func(err error) error { return fmt.Errorf("restore handler of signal %d: %w", a.Signo, err) }})
 	}
-	return nil
+	_, err := t.Batch(calls)
+	return err
 }
 
 // RestoreThreadSignals sets the thread's alternate stack.
 func RestoreThreadSignals(t *Target, th *pb.Thread) error {
-	if th.AltstackSp == 0 && th.AltstackSize == 0 {
-		return nil
-	}
-	ss := stackT{Sp: th.AltstackSp, Size: th.AltstackSize, Flags: th.AltstackFlags &^ ssOnstack}
-	addr, err := t.Put(0, bytesOf(&ss))
+	c, err := altstackCalls(&batchData{t: t}, th)
 	if err != nil {
 		return err
 	}
-	if _, err := t.Syscall(unix.SYS_SIGALTSTACK, addr, 0); err != nil {
-		return fmt.Errorf("restore alternate signal stack %#x+%d: %w", ss.Sp, ss.Size, err)
+	_, err = t.Batch(c)
+	return err
+}
+
+// altstackCalls are the calls (none or one) that set the thread's
+// alternate signal stack.
+func altstackCalls(d *batchData, th *pb.Thread) ([]Call, error) {
+	if th.AltstackSp == 0 && th.AltstackSize == 0 {
+		return nil, nil
 	}
-	return nil
+	ss := stackT{Sp: th.AltstackSp, Size: th.AltstackSize, Flags: th.AltstackFlags &^ ssOnstack}
+	addr, err := d.put(bytesOf(&ss))
+	if err != nil {
+		return nil, err
+	}
+	return []Call{{Nr: unix.SYS_SIGALTSTACK, Args: []uint64{addr, 0},
+		Err: func(err error) error {
+			return fmt.Errorf("restore alternate signal stack %#x+%d: %w", ss.Sp, ss.Size, err)
+		}}}, nil
 }
 
 // queueSignal queues one saved siginfo again, from inside the process: to

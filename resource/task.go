@@ -81,17 +81,7 @@ func DumpTask(pid int, p *pb.Process) error {
 // RestoreTask sets name, personality, umask, limits, cwd and root in the
 // stub. Credentials are set last of all, by RestoreCreds.
 func RestoreTask(t *Target, p *pb.Process) error {
-	if _, err := t.Syscall(unix.SYS_PERSONALITY, uint64(p.Personality)); err != nil {
-		return fmt.Errorf("set personality %#x: %w", p.Personality, err)
-	}
-	if _, err := t.Syscall(unix.SYS_UMASK, uint64(p.Umask)); err != nil {
-		return fmt.Errorf("set umask: %w", err)
-	}
-	if err := SetName(t, p.Comm); err != nil {
-		return err
-	}
-	var addr uint64
-	var err error
+	// Limits are set from outside; the rest is one batch.
 	for _, r := range p.Rlimits {
 		if r.Resource >= numRlimits {
 			return fmt.Errorf("image damaged: rlimit %d", r.Resource)
@@ -103,21 +93,35 @@ func RestoreTask(t *Target, p *pb.Process) error {
 			return fmt.Errorf("set rlimit %d to %d/%d (hard limit here is %d; raise it before restarting): %w", r.Resource, r.Cur, r.Max, cur.Max, err)
 		}
 	}
-	if addr, err = t.PutString(0, p.Cwd); err != nil {
+	d := &batchData{t: t}
+	calls := []Call{
+		{Nr: unix.SYS_PERSONALITY, Args: []uint64{uint64(p.Personality)},
+			Err: func(err error) error { return fmt.Errorf("set personality %#x: %w", p.Personality, err) }},
+		{Nr: unix.SYS_UMASK, Args: []uint64{uint64(p.Umask)},
+			Err: func(err error) error { return fmt.Errorf("set umask: %w", err) }},
+	}
+	name, err := nameCall(d, p.Comm)
+	if err != nil {
 		return err
 	}
-	if _, err := t.Syscall(unix.SYS_CHDIR, addr); err != nil {
-		return fmt.Errorf("change directory to %s (it must exist at restart): %w", p.Cwd, err)
+	calls = append(calls, name)
+	addr, err := d.putString(p.Cwd)
+	if err != nil {
+		return err
 	}
+	calls = append(calls, Call{Nr: unix.SYS_CHDIR, Args: []uint64{addr},
+		Err: func(err error) error {
+			return fmt.Errorf("change directory to %s (it must exist at restart): %w", p.Cwd, err)
+		}})
 	if p.Root != "/" && p.Root != "" {
-		if addr, err = t.PutString(0, p.Root); err != nil {
+		if addr, err = d.putString(p.Root); err != nil {
 			return err
 		}
-		if _, err := t.Syscall(unix.SYS_CHROOT, addr); err != nil {
-			return fmt.Errorf("change root to %s: %w", p.Root, err)
-		}
+		calls = append(calls, Call{Nr: unix.SYS_CHROOT, Args: []uint64{addr},
+			Err: func(err error) error { return fmt.Errorf("change root to %s: %w", p.Root, err) }})
 	}
-	return nil
+	_, err = t.Batch(calls)
+	return err
 }
 
 // RestoreCreds gives the stub the process's credentials. It comes after
@@ -133,14 +137,14 @@ func RestoreCreds(t *Target, c *pb.Creds) error {
 	var addr uint64
 	if len(groups) > 0 {
 		var err error
-		if addr, err = t.Put(0, groups); err != nil {
+		if addr, err = (&batchData{t: t}).put(groups); err != nil {
 			return err
 		}
 	}
-	if _, err := t.Syscall(unix.SYS_SETGROUPS, uint64(len(c.Groups)), addr); err != nil {
-		return fmt.Errorf("set groups: %w", err)
-	}
-	return RestoreIDs(t, c)
+	calls := append([]Call{{Nr: unix.SYS_SETGROUPS, Args: []uint64{uint64(len(c.Groups)), addr},
+		Err: func(err error) error { return fmt.Errorf("set groups: %w", err) }}}, idCalls(c)...)
+	_, err := t.Batch(calls)
+	return err
 }
 
 // RestoreIDs sets the uids and gids of c but not the supplementary groups:
@@ -151,19 +155,23 @@ func RestoreIDs(t *Target, c *pb.Creds) error {
 	if c == nil {
 		return nil
 	}
-	if _, err := t.Syscall(unix.SYS_SETRESGID, uint64(c.Gid), uint64(c.Egid), uint64(c.Sgid)); err != nil {
-		return fmt.Errorf("set gids %d/%d/%d: %w", c.Gid, c.Egid, c.Sgid, err)
+	_, err := t.Batch(idCalls(c))
+	return err
+}
+
+// idCalls set the uids and gids of c, gids first (while setgid is still
+// allowed).
+func idCalls(c *pb.Creds) []Call {
+	return []Call{
+		{Nr: unix.SYS_SETRESGID, Args: []uint64{uint64(c.Gid), uint64(c.Egid), uint64(c.Sgid)},
+			Err: func(err error) error { return fmt.Errorf("set gids %d/%d/%d: %w", c.Gid, c.Egid, c.Sgid, err) }},
+		{Nr: unix.SYS_SETFSGID, Args: []uint64{uint64(c.Fsgid)},
+			Err: func(err error) error { return fmt.Errorf("set fsgid: %w", err) }},
+		{Nr: unix.SYS_SETRESUID, Args: []uint64{uint64(c.Uid), uint64(c.Euid), uint64(c.Suid)},
+			Err: func(err error) error { return fmt.Errorf("set uids %d/%d/%d: %w", c.Uid, c.Euid, c.Suid, err) }},
+		{Nr: unix.SYS_SETFSUID, Args: []uint64{uint64(c.Fsuid)},
+			Err: func(err error) error { return fmt.Errorf("set fsuid: %w", err) }},
 	}
-	if _, err := t.Syscall(unix.SYS_SETFSGID, uint64(c.Fsgid)); err != nil {
-		return fmt.Errorf("set fsgid: %w", err)
-	}
-	if _, err := t.Syscall(unix.SYS_SETRESUID, uint64(c.Uid), uint64(c.Euid), uint64(c.Suid)); err != nil {
-		return fmt.Errorf("set uids %d/%d/%d: %w", c.Uid, c.Euid, c.Suid, err)
-	}
-	if _, err := t.Syscall(unix.SYS_SETFSUID, uint64(c.Fsuid)); err != nil {
-		return fmt.Errorf("set fsuid: %w", err)
-	}
-	return nil
 }
 
 // RestoreNoNewPrivs sets no_new_privs in the thread t runs in, if the
@@ -215,17 +223,25 @@ func parseLimits(text string) ([]*pb.Rlimit, error) {
 
 // SetName sets the name (comm) of the thread t runs in.
 func SetName(t *Target, name string) error {
-	if len(name) > 15 {
-		name = name[:15]
-	}
-	addr, err := t.PutString(0, name)
+	c, err := nameCall(&batchData{t: t}, name)
 	if err != nil {
 		return err
 	}
-	if _, err := t.Syscall(unix.SYS_PRCTL, unix.PR_SET_NAME, addr); err != nil {
-		return fmt.Errorf("set name %q: %w", name, err)
+	_, err = t.Batch([]Call{c})
+	return err
+}
+
+// nameCall is the call that sets the thread's name.
+func nameCall(d *batchData, name string) (Call, error) {
+	if len(name) > 15 {
+		name = name[:15]
 	}
-	return nil
+	addr, err := d.putString(name)
+	if err != nil {
+		return Call{}, err
+	}
+	return Call{Nr: unix.SYS_PRCTL, Args: []uint64{unix.PR_SET_NAME, addr},
+		Err: func(err error) error { return fmt.Errorf("set name %q: %w", name, err) }}, nil
 }
 
 // PreflightTask refuses, before anything is touched, process state that

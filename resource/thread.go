@@ -124,26 +124,28 @@ func dumpRestart(t *Target, r ptrace.Regs) (*pb.SyscallRestart, error) {
 // RestoreThread restores the thread's name, rseq, robust futex list,
 // clear_child_tid and alternate stack.
 func RestoreThread(t *Target, th *pb.Thread) error {
-	if err := SetName(t, th.Comm); err != nil {
+	d := &batchData{t: t}
+	name, err := nameCall(d, th.Comm)
+	if err != nil {
 		return err
 	}
+	calls := []Call{name}
 	if th.RseqLen != 0 {
-		if _, err := t.Syscall(unix.SYS_RSEQ, th.RseqAddr, uint64(th.RseqLen), 0, uint64(th.RseqSig)); err != nil {
-			return fmt.Errorf("register rseq area %#x: %w", th.RseqAddr, err)
-		}
+		calls = append(calls, Call{Nr: unix.SYS_RSEQ, Args: []uint64{th.RseqAddr, uint64(th.RseqLen), 0, uint64(th.RseqSig)},
+			Err: func(err error) error { return fmt.Errorf("register rseq area %#x: %w", th.RseqAddr, err) }})
 	}
 	if th.RobustList != 0 {
-		if _, err := t.Syscall(unix.SYS_SET_ROBUST_LIST, th.RobustList, th.RobustListLen); err != nil {
-			return fmt.Errorf("set robust futex list %#x: %w", th.RobustList, err)
-		}
+		calls = append(calls, Call{Nr: unix.SYS_SET_ROBUST_LIST, Args: []uint64{th.RobustList, th.RobustListLen},
+			Err: func(err error) error { return fmt.Errorf("set robust futex list %#x: %w", th.RobustList, err) }})
 	}
-	if _, err := t.Syscall(unix.SYS_SET_TID_ADDRESS, th.ClearChildTid); err != nil {
-		return fmt.Errorf("set clear_child_tid %#x: %w", th.ClearChildTid, err)
-	}
-	if err := RestoreThreadSignals(t, th); err != nil {
+	calls = append(calls, Call{Nr: unix.SYS_SET_TID_ADDRESS, Args: []uint64{th.ClearChildTid},
+		Err: func(err error) error { return fmt.Errorf("set clear_child_tid %#x: %w", th.ClearChildTid, err) }})
+	alt, err := altstackCalls(d, th)
+	if err != nil {
 		return err
 	}
-	return nil
+	_, err = t.Batch(append(calls, alt...))
+	return err
 }
 
 // ThreadRegs decodes the registers of an image thread.

@@ -735,7 +735,7 @@ func prepare(t *task, files *resource.OpenFiles) error {
 		// The owner (prepared before: it is an ancestor) has set up the
 		// shared address space and moved the stub code; use it.
 		s.code = o.s.code
-		s.t.Inj.SyscallAddr = o.s.t.Inj.SyscallAddr
+		s.t.Inj.SyscallAddr, s.t.Inj.BatchAddr = o.s.t.Inj.SyscallAddr, o.s.t.Inj.BatchAddr
 		s.t.Scratch, s.t.ScratchLen = o.s.t.Scratch, o.s.t.ScratchLen
 		return preparePuller(t)
 	}
@@ -786,11 +786,12 @@ func preparePuller(t *task) error {
 	}
 	if t.filesOwner == nil {
 		hi := t.pull.Fd()
-		if _, err := s.t.Syscall(unix.SYS_CLOSE_RANGE, 0, hi-1, 0); err != nil {
-			return fmt.Errorf("close stub descriptors: %w", err)
-		}
-		if _, err := s.t.Syscall(unix.SYS_CLOSE_RANGE, hi+1, ^uint64(0)>>33, 0); err != nil {
-			return fmt.Errorf("close stub descriptors: %w", err)
+		closeErr := func(err error) error { return fmt.Errorf("close stub descriptors: %w", err) }
+		if _, err := s.t.Batch([]resource.Call{
+			{Nr: unix.SYS_CLOSE_RANGE, Args: []uint64{0, hi - 1, 0}, Err: closeErr},
+			{Nr: unix.SYS_CLOSE_RANGE, Args: []uint64{hi + 1, ^uint64(0) >> 33, 0}, Err: closeErr},
+		}); err != nil {
+			return err
 		}
 	}
 	return nil

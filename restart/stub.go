@@ -24,9 +24,37 @@ import (
 const stubBase = 0x10000
 const stubCodeOff = 0x80
 
-// stubCode is `syscall; int3; jmp .-3`. Injected calls stop at syscall exit
-// and never reach the int3; it is there in case anything ever does.
-var stubCode = []byte{0x0f, 0x05, 0xcc, 0xeb, 0xfb}
+// stubCode is the stub's only code, at the start of its code page:
+//
+//	0x00: syscall; int3; jmp 0x00 (+3 bytes of padding)
+//
+// A single injected call (ptrace.Injector in Trap mode) runs the syscall
+// and stops at the int3.
+//
+//	0x08: batch: cmp r12,r13; jae done
+//	      mov rax,[r12]; mov rdi,[r12+8]; mov rsi,[r12+16]; mov rdx,[r12+24]
+//	      mov r10,[r12+32]; mov r8,[r12+40]; mov r9,[r12+48]; syscall
+//	      mov [r12+56],rax; cmp rax,-4095; jae done
+//	      add r12,64; jmp batch
+//	0x44: done: int3; jmp done
+//
+// The batch loop runs the 64-byte entries {nr, a1..a6, result} in
+// [r12, r13) of scratch memory in order, storing each result, and stops at
+// the int3 after the last or at the first that fails: a whole run of
+// independent calls costs one ptrace stop instead of one per call (see
+// resource.Target.Batch).
+var stubCode = []byte{
+	0x0f, 0x05, 0xcc, 0xeb, 0xfb, 0x90, 0x90, 0x90,
+	0x4d, 0x39, 0xec, 0x73, 0x37, 0x49, 0x8b, 0x04, 0x24, 0x49, 0x8b, 0x7c,
+	0x24, 0x08, 0x49, 0x8b, 0x74, 0x24, 0x10, 0x49, 0x8b, 0x54, 0x24, 0x18,
+	0x4d, 0x8b, 0x54, 0x24, 0x20, 0x4d, 0x8b, 0x44, 0x24, 0x28, 0x4d, 0x8b,
+	0x4c, 0x24, 0x30, 0x0f, 0x05, 0x49, 0x89, 0x44, 0x24, 0x38, 0x48, 0x3d,
+	0x01, 0xf0, 0xff, 0xff, 0x73, 0x06, 0x49, 0x83, 0xc4, 0x40, 0xeb, 0xc4,
+	0xcc, 0xeb, 0xfd,
+}
+
+// stubBatchOff is the batch loop's offset in stubCode.
+const stubBatchOff = 0x08
 
 // initCode is where a first stub that is the init of the PID namespace it
 // restores into (an unprivileged restart, see unpriv.go) goes once the
@@ -52,7 +80,7 @@ var initCode = []byte{
 }
 
 // initCodeOff is initCode's offset in the stub executable.
-const initCodeOff = stubCodeOff + 16
+const initCodeOff = stubCodeOff + 0x50
 
 // stubELF builds the stub executable.
 func stubELF() []byte {
@@ -164,7 +192,7 @@ func startStub0(um *userNS) (*stub, error) {
 		s.kill()
 		return nil, err
 	}
-	inj := &ptrace.Injector{Tid: pid, SyscallAddr: s.code, Base: regs, Trap: true}
+	inj := &ptrace.Injector{Tid: pid, SyscallAddr: s.code, BatchAddr: s.code + stubBatchOff, Base: regs, Trap: true}
 	// Until relocation, scratch memory is the stub's initial stack.
 	s.t = &resource.Target{Pid: pid, Inj: inj, Scratch: (regs.Rsp - 8192) &^ 15, ScratchLen: 4096}
 	return s, nil
@@ -223,7 +251,7 @@ func (s *stub) clone3(id int, flags, exitSignal uint64) (*resource.Target, error
 	if err != nil {
 		return nil, err
 	}
-	inj := &ptrace.Injector{Tid: child, SyscallAddr: s.code, Base: regs, Trap: true}
+	inj := &ptrace.Injector{Tid: child, SyscallAddr: s.code, BatchAddr: s.code + stubBatchOff, Base: regs, Trap: true}
 	return &resource.Target{Pid: s.pid, Inj: inj, Scratch: s.t.Scratch, ScratchLen: s.t.ScratchLen}, nil
 }
 
@@ -260,22 +288,23 @@ func (s *stub) cloneThread(tid int) (*resource.Target, error) {
 // The exe file must not stay mapped, or PR_SET_MM_MAP refuses a new exe.
 func (s *stub) relocate(at uint64) ([]proc.Vma, error) {
 	size := uint64(1+scratchPages) * 4096
-	if _, err := s.t.Syscall(unix.SYS_MMAP, at, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0); err != nil {
+	// Writable and executable at first, so that the code can be written
+	// and then run to make it read-only along with the unmapping below.
+	if _, err := s.t.Syscall(unix.SYS_MMAP, at, size, unix.PROT_READ|unix.PROT_WRITE|unix.PROT_EXEC, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uint64(0), 0); err != nil {
 		return nil, fmt.Errorf("map stub at %#x: %w", at, err)
 	}
 	if err := s.t.WriteMem(at, stubCode); err != nil {
 		return nil, err
 	}
-	if _, err := s.t.Syscall(unix.SYS_MPROTECT, at, 4096, unix.PROT_READ|unix.PROT_EXEC); err != nil {
-		return nil, fmt.Errorf("protect stub code: %w", err)
-	}
 	s.code = at
-	s.t.Inj.SyscallAddr = at
+	s.t.Inj.SyscallAddr, s.t.Inj.BatchAddr = at, at+stubBatchOff
 	s.t.Scratch, s.t.ScratchLen = at+4096, scratchPages*4096
 	vmas, err := proc.ReadSmaps(s.pid)
 	if err != nil {
 		return nil, err
 	}
+	calls := []resource.Call{{Nr: unix.SYS_MPROTECT, Args: []uint64{at, 4096, unix.PROT_READ | unix.PROT_EXEC},
+		Err: func(err error) error { return fmt.Errorf("protect stub code: %w", err) }}}
 	var specials []proc.Vma
 	for _, v := range vmas {
 		switch {
@@ -283,10 +312,12 @@ func (s *stub) relocate(at uint64) ([]proc.Vma, error) {
 		case v.Name == "[vdso]" || v.Name == "[vvar]" || v.Name == "[vvar_vclock]":
 			specials = append(specials, v)
 		default:
-			if _, err := s.t.Syscall(unix.SYS_MUNMAP, v.Start, v.End-v.Start); err != nil {
-				return nil, fmt.Errorf("unmap stub area %#x-%#x: %w", v.Start, v.End, err)
-			}
+			calls = append(calls, resource.Call{Nr: unix.SYS_MUNMAP, Args: []uint64{v.Start, v.End - v.Start},
+				Err: func(err error) error { return fmt.Errorf("unmap stub area %#x-%#x: %w", v.Start, v.End, err) }})
 		}
+	}
+	if _, err := s.t.Batch(calls); err != nil {
+		return nil, err
 	}
 	return specials, nil
 }
