@@ -48,7 +48,9 @@ func TestMain(m *testing.M) {
 	}
 	os.Chmod(buildDir, 0o755) // workloads also run as other users
 	ckptBin = filepath.Join(buildDir, "ckpt")
-	out, err := exec.Command("go", "build", "-o", ckptBin, filepath.Join(repoRoot, "cmd", "ckpt")).CombinedOutput()
+	build := exec.Command("go", "build", "-o", ckptBin, filepath.Join(repoRoot, "cmd", "ckpt"))
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as `make build`
+	out, err := build.CombinedOutput()
 	if err != nil {
 		fmt.Printf("build ckpt: %v\n%s", err, out)
 		os.Exit(1)
