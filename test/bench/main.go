@@ -8,6 +8,7 @@
 package main
 
 import (
+	"bufio"
 	"flag"
 	"fmt"
 	"os"
@@ -36,8 +37,16 @@ int main(int argc, char **argv) {
 		for (size_t i = 0; i < n / 8; i++) { s ^= s << 13; s ^= s >> 7; s ^= s << 17; p[i] = s; }
 	}
 	int procs = argc > 2 ? atoi(argv[2]) : 1;
-	for (int i = 1; i < procs; i++)
-		if (fork() == 0) for (;;) pause();
+	int pipes = argc > 3 && strcmp(argv[3], "pipes") == 0;
+	for (int i = 1; i < procs; i++) {
+		int p[2];
+		if (pipes && pipe(p) != 0) return 1;
+		if (fork() == 0) {
+			if (pipes) close(p[1]); /* keeps the read end */
+			for (;;) pause();
+		}
+		if (pipes) { close(p[0]); write(p[1], "x", 1); } /* keeps the write end, one unread byte */
+	}
 	printf("READY\n");
 	fflush(stdout);
 	for (;;) pause();
@@ -91,6 +100,14 @@ func main() {
 	}
 	memcpy := median(*runs, func() float64 { return memcpyGBs(256 << 20) })
 	fmt.Printf("memcpy bandwidth                  %8.2f GB/s\n", memcpy)
+	var tck, tfr, trs []float64
+	for i := 0; i < *runs; i++ {
+		c, f, r := treeCycle(bin, work)
+		tck, tfr, trs = append(tck, c), append(tfr, f), append(trs, r)
+	}
+	fmt.Printf("\n3-process tree with pipes\n")
+	fmt.Printf("  checkpoint (left running)       %8.1f ms   (frozen %.1f ms)\n", med(tck)*1e3, med(tfr)*1e3)
+	fmt.Printf("  restart (--detach)              %8.1f ms\n", med(trs)*1e3)
 
 	for _, sz := range []int{0, *bigMB} {
 		var ck, rs, frozen, size, rssCk, rssRs, w, r, zck, zsize []float64
@@ -177,6 +194,64 @@ func printPhases(what string, runs [][]phaseTime) {
 		parts = append(parts, fmt.Sprintf("%s %.1f", ph.name, med(v)*1e3))
 	}
 	fmt.Printf("  %-31s %s (ms)\n", what+" by phase", strings.Join(parts, ", "))
+}
+
+// treeCycle checkpoints a 3-process tree linked by pipes, leaving it
+// running (a --kill would wait for init to reap the orphaned children,
+// lazily on this machine), then kills it and, once its PIDs are free,
+// restarts it.
+func treeCycle(bin, work string) (ckptSec, frozenSec, restartSec float64) {
+	cmd := exec.Command(bin, "0", "3", "pipes")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		fatal(err)
+	}
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	if strings.TrimSpace(line) != "READY" {
+		fatal(fmt.Errorf("tree workload did not start"))
+	}
+	pid := cmd.Process.Pid
+	go cmd.Wait()
+	kids, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	img := filepath.Join(work, "tree.img")
+	t0 := time.Now()
+	msg, err := exec.Command(*ckpt, "checkpoint", "-v", "-o", img, fmt.Sprint(pid)).CombinedOutput()
+	ckptSec = time.Since(t0).Seconds()
+	if err != nil {
+		fatal(fmt.Errorf("checkpoint tree: %v: %s", err, msg))
+	}
+	if i := strings.Index(string(msg), "frozen "); i >= 0 {
+		f := strings.Fields(string(msg[i+7:]))
+		if len(f) > 0 {
+			d, _ := time.ParseDuration(strings.TrimSuffix(f[0], ","))
+			frozenSec = d.Seconds()
+		}
+	}
+	unix.Kill(-pid, unix.SIGKILL)
+	pids := append([]string{fmt.Sprint(pid)}, strings.Fields(string(kids))...)
+	waitFree := func() {
+		for _, p := range pids {
+			for i := 0; i < 5000; i++ {
+				if _, err := os.Stat("/proc/" + p); os.IsNotExist(err) {
+					break
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}
+	waitFree()
+	t0 = time.Now()
+	if msg, err := exec.Command(*ckpt, "restart", "--detach", img).CombinedOutput(); err != nil {
+		fatal(fmt.Errorf("restart tree: %v: %s", err, msg))
+	}
+	restartSec = time.Since(t0).Seconds()
+	unix.Kill(-pid, unix.SIGKILL)
+	waitFree()
+	return ckptSec, frozenSec, restartSec
 }
 
 // cycle starts the workload, checkpoints it with --kill and restarts it.
