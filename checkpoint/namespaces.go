@@ -2,8 +2,6 @@ package checkpoint
 
 import (
 	"fmt"
-	"strconv"
-	"strings"
 
 	"google.golang.org/protobuf/proto"
 
@@ -15,7 +13,7 @@ import (
 // checkContainerInit refuses a --container checkpoint of anything but the
 // init (PID 1) of a PID namespace other than ckpt's.
 func checkContainerInit(pid int) error {
-	ids, err := nsIDs(pid, "NSpid")
+	ids, err := proc.NsIDs(pid, "NSpid")
 	if err != nil {
 		return err
 	}
@@ -28,36 +26,6 @@ func checkContainerInit(pid int) error {
 	return nil
 }
 
-// nsIDs reads one of the NSpid/NSpgid/NSsid lines of /proc/PID/status: the
-// id in every PID namespace from ckpt's /proc's down to the process's own.
-func nsIDs(pid int, key string) ([]uint32, error) {
-	st, err := proc.ReadStatus(pid)
-	if err != nil {
-		return nil, err
-	}
-	var out []uint32
-	for _, f := range strings.Fields(st[key]) {
-		v, err := strconv.ParseUint(f, 10, 32)
-		if err != nil {
-			return nil, fmt.Errorf("process %d: bad %s %q", pid, key, st[key])
-		}
-		out = append(out, uint32(v))
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("process %d: no %s in its status", pid, key)
-	}
-	return out, nil
-}
-
-// innermost reads the id of key in the process's own PID namespace.
-func innermost(pid int, key string) (uint32, error) {
-	ids, err := nsIDs(pid, key)
-	if err != nil {
-		return 0, err
-	}
-	return ids[len(ids)-1], nil
-}
-
 // translatePids rewrites every PID of a container image as seen inside the
 // container's PID namespace. Processes (and their threads) are named by
 // their own NSpid; groups and sessions by NSpgid and NSsid, which the
@@ -68,7 +36,7 @@ func translatePids(procs []*pb.Process) (map[uint32]uint32, error) {
 	for _, p := range procs {
 		if p.Zombie {
 			// A zombie's status still has its NSpid lines.
-			v, err := innermost(int(p.Pid), "NSpid")
+			v, err := proc.InnerID(int(p.Pid), "NSpid")
 			if err != nil {
 				return nil, fmt.Errorf("zombie %d: %w", p.Pid, err)
 			}
@@ -76,7 +44,7 @@ func translatePids(procs []*pb.Process) (map[uint32]uint32, error) {
 			continue
 		}
 		for _, th := range p.Threads {
-			v, err := innermost(int(th.Tid), "NSpid")
+			v, err := proc.InnerID(int(th.Tid), "NSpid")
 			if err != nil {
 				return nil, fmt.Errorf("thread %d: %w", th.Tid, err)
 			}
@@ -85,11 +53,11 @@ func translatePids(procs []*pb.Process) (map[uint32]uint32, error) {
 	}
 	for _, p := range procs {
 		host := int(p.Pid)
-		g, err := innermost(host, "NSpgid")
+		g, err := proc.InnerID(host, "NSpgid")
 		if err != nil {
 			return nil, err
 		}
-		s, err := innermost(host, "NSsid")
+		s, err := proc.InnerID(host, "NSsid")
 		if err != nil {
 			return nil, err
 		}
@@ -189,10 +157,10 @@ func outerOf(root int, container bool) (outer *pb.NsIds, nested bool, err error)
 	if err != nil {
 		return nil, false, err
 	}
-	if parent, err := innermost(st.Ppid, "NSpid"); err != nil || parent != 1 {
+	if parent, err := proc.InnerID(st.Ppid, "NSpid"); err != nil || parent != 1 {
 		return outer, false, nil // refused by PreflightNamespaces
 	}
-	if self, err := innermost(root, "NSpid"); err != nil || self == 1 {
+	if self, err := proc.InnerID(root, "NSpid"); err != nil || self == 1 {
 		return outer, false, nil // an init: a container
 	}
 	if pns, err := resource.ReadNsIds(st.Ppid); err != nil || pns.Pid != mine.Pid {

@@ -221,6 +221,38 @@ func (s Status) Uints(k string, base int) ([]uint64, error) {
 	return out, nil
 }
 
+// NsIDs reads one of the NSpid, NSpgid or NSsid lines of the status of
+// pid: the id in every PID namespace from that of /proc's mount down to the
+// task's own.
+func NsIDs(pid int, key string) ([]uint32, error) {
+	st, err := ReadStatus(pid)
+	if err != nil {
+		return nil, err
+	}
+	var out []uint32
+	for _, f := range strings.Fields(st[key]) {
+		v, err := strconv.ParseUint(f, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("process %d: bad %s %q", pid, key, st[key])
+		}
+		out = append(out, uint32(v))
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("process %d: no %s in its status", pid, key)
+	}
+	return out, nil
+}
+
+// InnerID reads the id of key (NSpid, NSpgid, NSsid) in the task's own PID
+// namespace.
+func InnerID(pid int, key string) (uint32, error) {
+	ids, err := NsIDs(pid, key)
+	if err != nil {
+		return 0, err
+	}
+	return ids[len(ids)-1], nil
+}
+
 // FdInfo is /proc/PID/fdinfo/FD.
 type FdInfo struct {
 	Pos   int64

@@ -1,6 +1,9 @@
 package proc
 
-import "testing"
+import (
+	"os"
+	"testing"
+)
 
 func TestParseSmaps(t *testing.T) {
 	text := `55ccffb32000-55ccffb34000 r--p 00000000 fe:00 247766                     /usr/bin/my prog
@@ -43,5 +46,19 @@ func TestParseStat(t *testing.T) {
 	}
 	if st.Pid != 1234 || st.Comm != "a b) c)" || st.State != 'S' || st.Ppid != 1 || st.StartCode != 94 || st.StartBrk != 98 || st.EnvEnd != 102 || st.ExitSignal != 17 {
 		t.Fatalf("got %+v", st)
+	}
+}
+
+func TestInnerIDOfSelf(t *testing.T) {
+	ids, err := NsIDs(os.Getpid(), "NSpid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The tests run in the PID namespace of /proc's mount: one level.
+	if len(ids) != 1 || int(ids[0]) != os.Getpid() {
+		t.Fatalf("NSpid of self = %v, want [%d]", ids, os.Getpid())
+	}
+	if _, err := InnerID(os.Getpid(), "NSnone"); err == nil {
+		t.Fatal("a missing key gave no error")
 	}
 }

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
-	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -242,7 +240,7 @@ func (s *stub) clone3(id int, flags, exitSignal uint64) (*resource.Target, error
 	if child != id {
 		// In a new PID namespace the two IDs differ; set_tid fixed the one
 		// inside.
-		if inner, err := innerID(child); err != nil || inner != id { // cannot happen
+		if inner, err := proc.InnerID(child, "NSpid"); err != nil || int(inner) != id { // cannot happen
 			(&stub{pid: child}).kill()
 			return nil, fmt.Errorf("got id %d (%d inside, %v)", child, inner, err)
 		}
@@ -253,19 +251,6 @@ func (s *stub) clone3(id int, flags, exitSignal uint64) (*resource.Target, error
 	}
 	inj := &ptrace.Injector{Tid: child, SyscallAddr: s.code, BatchAddr: s.code + stubBatchOff, Base: regs, Trap: true}
 	return &resource.Target{Pid: s.pid, Inj: inj, Scratch: s.t.Scratch, ScratchLen: s.t.ScratchLen}, nil
-}
-
-// innerID is the ID of task tid in its own PID namespace.
-func innerID(tid int) (int, error) {
-	st, err := proc.ReadStatus(tid)
-	if err != nil {
-		return 0, err
-	}
-	f := strings.Fields(st["NSpid"])
-	if len(f) == 0 {
-		return 0, fmt.Errorf("task %d has no NSpid", tid)
-	}
-	return strconv.Atoi(f[len(f)-1])
 }
 
 // threadFlags make a clone3 child a thread of the stub.
