@@ -86,16 +86,10 @@ func newLeakFinder(pids []int, ns map[string]uint64, hostIPC bool) (*leakFinder,
 	return lf, nil
 }
 
-// noState tells descriptors whose sharing carries no state: terminals
-// and the null, zero, random and urandom devices.
+// noState tells descriptors whose sharing carries no state (see
+// resource.StatelessDevice).
 func noState(st *unix.Stat_t) bool {
-	if st.Mode&unix.S_IFMT != unix.S_IFCHR {
-		return false
-	}
-	if resource.IsTTY(st.Rdev) {
-		return true
-	}
-	return unix.Major(st.Rdev) == 1 && (unix.Minor(st.Rdev) == 3 || unix.Minor(st.Rdev) == 5 || unix.Minor(st.Rdev) == 8 || unix.Minor(st.Rdev) == 9)
+	return st.Mode&unix.S_IFMT == unix.S_IFCHR && resource.StatelessDevice(st.Rdev)
 }
 
 // isShmemFile tells a memfd or other shared memory file, whose pages are
@@ -105,27 +99,20 @@ func isShmemFile(pid, fd int) bool {
 	return isShmemName(target)
 }
 
-// isShmemName tells the names of shared memory objects in /proc.
+// isShmemName tells the names of shared memory objects in /proc: those
+// ckpt restores as shared memory, and POSIX shared memory files.
 func isShmemName(name string) bool {
-	return strings.HasPrefix(name, "/memfd:") || strings.HasPrefix(name, "/dev/shm/") || strings.HasPrefix(name, "/dev/zero")
+	return resource.IsShmemName(name) || strings.HasPrefix(name, "/dev/shm/")
 }
 
-// fdList lists the descriptors of pid.
+// fdList lists the descriptors of pid; none for a process that is gone or
+// not ckpt's to look at.
 func fdList(pid int) ([]int, error) {
-	ents, err := os.ReadDir(proc.Path(pid, "fd"))
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission) {
-			return nil, nil
-		}
-		return nil, err
+	fds, err := resource.ListFds(pid)
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission) {
+		return nil, nil
 	}
-	out := make([]int, 0, len(ents))
-	for _, e := range ents {
-		if n, err := strconv.Atoi(e.Name()); err == nil {
-			out = append(out, n)
-		}
-	}
-	return out, nil
+	return fds, err
 }
 
 // scan looks at every process outside and returns what it shares with

@@ -215,7 +215,7 @@ func restoreEpollItems(t *Target, epfd int32, rec *pb.File) error {
 // for its time; timerfd_gettime, injected, does the latter, which the
 // process cannot tell from its own call.
 func SyncTimerfds(t *Target) error {
-	fds, err := listFds(t.Pid)
+	fds, err := ListFds(t.Pid)
 	if err != nil {
 		return err
 	}

@@ -55,6 +55,13 @@ var charDevs = map[uint64]string{
 	unix.Mkdev(1, 9): "/dev/urandom",
 }
 
+// StatelessDevice tells character devices whose sharing between processes
+// carries no state: terminals (restart hands them over) and the devices of
+// charDevs.
+func StatelessDevice(rdev uint64) bool {
+	return IsTTY(rdev) || charDevs[rdev] != ""
+}
+
 // IsTTY reports whether a character device is a terminal: a pty slave,
 // a virtual console, a serial line or /dev/tty and /dev/console.
 func IsTTY(rdev uint64) bool {
@@ -73,7 +80,7 @@ func IsTTY(rdev uint64) bool {
 // Preflight checks, without touching the process, that every descriptor is
 // of a kind ckpt can checkpoint.
 func PreflightFiles(pid int) error {
-	fds, err := listFds(pid)
+	fds, err := ListFds(pid)
 	if err != nil {
 		return err
 	}
@@ -85,7 +92,8 @@ func PreflightFiles(pid int) error {
 	return nil
 }
 
-func listFds(pid int) ([]int, error) {
+// ListFds lists the descriptor numbers of pid, in order.
+func ListFds(pid int) ([]int, error) {
 	ents, err := os.ReadDir(proc.Path(pid, "fd"))
 	if err != nil {
 		return nil, fmt.Errorf("list descriptors of %d: %w", pid, err)
@@ -132,7 +140,7 @@ func describeFile(pid, fd int) (*pb.File, error) {
 	f := &pb.File{Path: target, Flags: fi.Flags, Pos: fi.Pos, Size: st.Size, Mode: st.Mode, Rdev: st.Rdev}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG, unix.S_IFDIR:
-		if st.Mode&unix.S_IFMT == unix.S_IFREG && isShmemName(target) && strings.HasPrefix(target, "/memfd:") {
+		if st.Mode&unix.S_IFMT == unix.S_IFREG && IsShmemName(target) && strings.HasPrefix(target, "/memfd:") {
 			f.Kind = pb.File_MEMFD
 			break
 		}
@@ -183,7 +191,7 @@ func describeFile(pid, fd int) (*pb.File, error) {
 // DumpFiles records the descriptor table of pid. Descriptors that share one
 // open file description (dup, fork) get one File record (found with kcmp).
 func DumpFiles(pid int, p *pb.Process, s *FileSet) error {
-	fds, err := listFds(pid)
+	fds, err := ListFds(pid)
 	if err != nil {
 		return err
 	}

@@ -40,7 +40,7 @@ func checkVma(pid int, v *proc.Vma) error {
 	switch {
 	case v.Name == "[vsyscall]" || specialNames[v.Name]:
 		return nil
-	case v.Inode != 0 && isShmemName(v.Name):
+	case v.Inode != 0 && IsShmemName(v.Name):
 		return nil
 	case isSysvShm(v):
 		if !v.Shared() {
@@ -109,7 +109,7 @@ func DumpMm(pid int, brk uint64, files *FileSet) (*pb.Mm, error) {
 		case isSysvShm(&v):
 			// The inode number of a SysV segment's file is its id.
 			pv.SysvShm, pv.SysvShmid = true, int32(v.Inode)
-		case isShmemName(v.Name):
+		case IsShmemName(v.Name):
 			if !v.Shared() {
 				return nil, fmt.Errorf("process %d maps %s privately at %#x-%#x: %w yet", pid, v.Name, v.Start, v.End, ErrUnsupported)
 			}

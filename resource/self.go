@@ -81,7 +81,7 @@ func WaitSelfRead(pid, tid int, ino uint64, timeout time.Duration) (int, error) 
 // instead of reporting the restart.
 func CheckSelfWriters(pids []int, ino uint64) error {
 	for _, pid := range pids {
-		fds, err := listFds(pid)
+		fds, err := ListFds(pid)
 		if err != nil {
 			return err
 		}

@@ -27,9 +27,9 @@ import (
 // shmemKey identifies a shmem object.
 type shmemKey struct{ dev, ino uint64 }
 
-// isShmemName tells whether a mapping or fd name is a shmem object ckpt
+// IsShmemName tells whether a mapping or fd name is a shmem object ckpt
 // handles.
-func isShmemName(name string) bool {
+func IsShmemName(name string) bool {
 	return name == "/dev/zero (deleted)" || strings.HasPrefix(name, "/memfd:") && strings.HasSuffix(name, " (deleted)")
 }
 
