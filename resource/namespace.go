@@ -176,6 +176,11 @@ func RestoreUTS(pid int, ns *pb.Namespace) error {
 // RestoreTimeOffsets writes the offsets of the time namespace that pid
 // has unshared for its children, before any process is in it.
 func RestoreTimeOffsets(pid int, ns *pb.Namespace) error {
+	return WriteTimeOffsets(proc.Path(pid, "timens_offsets"), ns)
+}
+
+// WriteTimeOffsets writes ns's offsets into a timens_offsets file (path).
+func WriteTimeOffsets(path string, ns *pb.Namespace) error {
 	split := func(off int64) (int64, int64) {
 		sec, nsec := off/1e9, off%1e9
 		if nsec < 0 {
@@ -186,7 +191,7 @@ func RestoreTimeOffsets(pid int, ns *pb.Namespace) error {
 	ms, mn := split(ns.MonotonicOffsetNs)
 	bs, bn := split(ns.BoottimeOffsetNs)
 	text := fmt.Sprintf("monotonic %d %d\nboottime %d %d\n", ms, mn, bs, bn)
-	if err := os.WriteFile(proc.Path(pid, "timens_offsets"), []byte(text), 0); err != nil {
+	if err := os.WriteFile(path, []byte(text), 0); err != nil {
 		return fmt.Errorf("restore time namespace offsets: %w", err)
 	}
 	return nil

@@ -5,14 +5,18 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path"
 	"runtime"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
+
+	"github.com/ckpt/ckpt/image/pb"
+	"github.com/ckpt/ckpt/proc"
+	"github.com/ckpt/ckpt/resource"
 )
 
 // runNs are the namespaces `ckpt run` can create.
@@ -182,22 +186,26 @@ func initCmd() *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("run: time offset: %w", err)
 				}
-				sec, nsec := int64(d/time.Second), int64(d%time.Second)
-				if nsec < 0 {
-					sec, nsec = sec-1, nsec+1e9
+				// The namespace is this thread's (it unshared): its
+				// offsets are under /proc/TID (there is none under
+				// /proc/thread-self), with the TID /proc knows, which
+				// differs from ours when /proc is the host's.
+				self, err := os.Readlink("/proc/thread-self")
+				if err != nil {
+					return fmt.Errorf("run: %w", err)
 				}
-				text := fmt.Sprintf("monotonic %d %d\nboottime %d %d\n", sec, nsec, sec, nsec)
-				if err := os.WriteFile("/proc/self/timens_offsets", []byte(text), 0); err != nil {
-					return fmt.Errorf("run: set time offsets: %w", err)
+				ns := &pb.Namespace{Kind: pb.Namespace_TIME, MonotonicOffsetNs: int64(d), BoottimeOffsetNs: int64(d)}
+				if err := resource.WriteTimeOffsets("/proc/"+path.Base(self)+"/timens_offsets", ns); err != nil {
+					return fmt.Errorf("run: %w", err)
 				}
 			}
-			path, err := exec.LookPath(args[0])
+			prog, err := exec.LookPath(args[0])
 			if err != nil {
 				return fmt.Errorf("run: %w", err)
 			}
 			signal.Reset()
-			if err := syscall.Exec(path, args, os.Environ()); err != nil {
-				return fmt.Errorf("run %s: %w", path, err)
+			if err := syscall.Exec(prog, args, os.Environ()); err != nil {
+				return fmt.Errorf("run %s: %w", prog, err)
 			}
 			return nil
 		},
@@ -232,15 +240,10 @@ func loopbackUp() error {
 
 // catches tells whether process pid has a handler for sig.
 func catches(pid int, sig syscall.Signal) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	st, err := proc.ReadStatus(pid)
 	if err != nil {
 		return false
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "SigCgt:"); ok {
-			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			return err == nil && mask&(1<<(uint(sig)-1)) != 0
-		}
-	}
-	return false
+	mask, err := st.Uints("SigCgt", 16)
+	return err == nil && len(mask) == 1 && mask[0]&(1<<(uint(sig)-1)) != 0
 }
