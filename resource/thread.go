@@ -196,6 +196,15 @@ func stopForRelease(t *Target, tid int) error {
 	if err := unix.Tgkill(t.Pid, tid, unix.SIGSTOP); err != nil {
 		return fmt.Errorf("stop thread %d: %w", tid, err)
 	}
+	if err := contToSigstop(tid); err != nil {
+		return fmt.Errorf("thread %d: %w", tid, err)
+	}
+	return nil
+}
+
+// contToSigstop resumes a stopped thread that has a SIGSTOP queued and
+// waits for it in that signal's delivery stop.
+func contToSigstop(tid int) error {
 	if err := ptrace.Cont(tid, 0); err != nil {
 		return err
 	}
@@ -204,7 +213,7 @@ func stopForRelease(t *Target, tid int) error {
 		return err
 	}
 	if !ws.Stopped() || ws.StopSignal() != unix.SIGSTOP {
-		return fmt.Errorf("thread %d: unexpected stop %v, want SIGSTOP", tid, ws.StopSignal())
+		return fmt.Errorf("unexpected stop %v, want SIGSTOP", ws.StopSignal())
 	}
 	return nil
 }
@@ -297,15 +306,8 @@ func restartSleep(t *Target, th *pb.Thread) error {
 	if err != nil {
 		return err
 	}
-	if err := ptrace.Cont(tid, 0); err != nil {
-		return err
-	}
-	ws, err := ptrace.Wait(tid)
-	if err != nil {
-		return err
-	}
-	if !ws.Stopped() || ws.StopSignal() != unix.SIGSTOP {
-		return fmt.Errorf("restored sleep of %d: unexpected stop %v", t.Inj.Tid, ws.StopSignal())
+	if err := contToSigstop(tid); err != nil {
+		return fmt.Errorf("restored sleep of %d: %w", tid, err)
 	}
 	if err := t.WriteMem(tsAddr, saved); err != nil {
 		return err
