@@ -165,6 +165,17 @@ func startWorkload(t *testing.T, argv ...string) *proc {
 // directory that user owns.
 func startWorkloadAs(t *testing.T, cred *syscall.Credential, argv ...string) *proc {
 	t.Helper()
+	p := startWith(t, &syscall.SysProcAttr{Credential: cred}, argv...)
+	p.waitLog("READY", 20*time.Second)
+	return p
+}
+
+// startWith starts argv like startWorkload, with process attributes
+// (credentials, clone flags), without waiting for READY; the workload
+// always gets a session of its own.
+func startWith(t *testing.T, attr *syscall.SysProcAttr, argv ...string) *proc {
+	t.Helper()
+	cred := attr.Credential
 	dir := t.TempDir()
 	if cred != nil {
 		os.Chmod(filepath.Dir(dir), 0o755)
@@ -182,13 +193,13 @@ func startWorkloadAs(t *testing.T, cred *syscall.Credential, argv ...string) *pr
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: cred}
+	attr.Setsid = true
+	cmd.SysProcAttr = attr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	p := &proc{t: t, pid: cmd.Process.Pid, dir: dir, log: logPath, cmd: cmd, exit: newExited(cmd.Wait), cred: cred}
 	t.Cleanup(p.cleanup)
-	p.waitLog("READY", 20*time.Second)
 	return p
 }
 

@@ -4,9 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"syscall"
@@ -25,26 +22,11 @@ import (
 // own (gone with its processes).
 func startInNewIPC(t *testing.T, argv ...string) *proc {
 	t.Helper()
-	dir := t.TempDir()
-	logPath := filepath.Join(dir, "log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Cloneflags: unix.CLONE_NEWIPC}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{t: t, pid: cmd.Process.Pid, dir: dir, log: logPath, cmd: cmd, exit: newExited(cmd.Wait)}
-	t.Cleanup(func() {
+	p := startWith(t, &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWIPC}, argv...)
+	t.Cleanup(func() { // before p's own cleanup
 		if c := p.logInt(`child (\d+)`); c > 0 {
 			syscall.Kill(c, syscall.SIGKILL)
 		}
-		p.cleanup()
 	})
 	p.waitLog("READY", 20*time.Second)
 	return p
