@@ -69,11 +69,9 @@ func workloads() []workload {
 			// gets a new one back, with its host name.
 			return []string{"unshare", "--uts", "python3", "-c", `import signal, socket
 socket.sethostname("subtree-uts")
-got = []
-signal.signal(signal.SIGUSR2, lambda *a: got.append(1))
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
 print("READY", flush=True)
-while not got:
-    signal.pause()
+signal.sigwait({signal.SIGUSR2})  # pause() could miss a signal that came just before it
 h = socket.gethostname()
 print("PASS" if h == "subtree-uts" else "FAIL: host name " + h, flush=True)`}
 		}, signal: true, settle: 20 * time.Millisecond},

@@ -86,9 +86,16 @@ int main(int argc, char **argv) {
 	CHECK(waitpid(mid, &st, 0) == mid, "reap middle");
 	if (before)
 		printf("state:\n%s", before);
+	// SIGUSR2 is only taken inside sigsuspend: with pause(), one arriving
+	// between the test and the call would leave init waiting forever.
+	sigset_t usr2, old;
+	sigemptyset(&usr2);
+	sigaddset(&usr2, SIGUSR2);
+	sigprocmask(SIG_BLOCK, &usr2, &old);
 	printf("READY\n");
 	while (!verify)
-		pause();
+		sigsuspend(&old);
+	sigprocmask(SIG_SETMASK, &old, NULL);
 
 	CHECK(getpid() == 1 && getppid() == 0, "pid %d ppid %d after restart", getpid(), getppid());
 	gethostname(host, sizeof host);

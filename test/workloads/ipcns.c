@@ -41,6 +41,20 @@
 static volatile sig_atomic_t sig1, sig2;
 static void on_sig(int s) { if (s == SIGUSR1) sig1 = 1; else sig2 = 1; }
 
+// await waits for a handler to set *flag. The signals are only taken inside
+// sigsuspend: with pause(), one arriving between the test and the call (a
+// window every restart reopens, as the call is restarted without a signal)
+// would leave it waiting forever.
+static void await(volatile sig_atomic_t *flag) {
+	sigset_t both, old;
+	sigemptyset(&both);
+	sigaddset(&both, SIGUSR1);
+	sigaddset(&both, SIGUSR2);
+	sigprocmask(SIG_BLOCK, &both, &old);
+	while (!*flag) sigsuspend(&old);
+	sigprocmask(SIG_SETMASK, &old, NULL);
+}
+
 #define CHECK(cond, ...) do { if (!(cond)) { printf("FAIL: " __VA_ARGS__); printf("\n"); return 1; } } while (0)
 
 struct msg { long type; char text[256]; };
@@ -114,11 +128,11 @@ static int check(int a, int b, int d, int q, int s, int p) {
 	pid_t c = idle_child();
 	printf("child %d\n", c);
 	printf("READY\n");
-	while (!sig1) pause();
+	await(&sig1);
 	char *ma = shmat(a, NULL, SHM_RDONLY), *md = shmat(d, NULL, SHM_RDONLY);
 	CHECK(ma != (void *)-1 && md != (void *)-1, "shmat: %m");
 	printf("ATTACHED\n");
-	while (!sig2) pause();
+	await(&sig2);
 
 	CHECK(shmget(KA, 0, 0) == a && shmget(KB, 0, 0) == b, "shm keys give %d %d, want %d %d", shmget(KA, 0, 0), shmget(KB, 0, 0), a, b);
 	CHECK(shmget(KD, 0, 0) < 0, "removed segment D still has its key");

@@ -124,7 +124,7 @@ int main(void) {
 	while (atomic_load(&ready) < NT) usleep(1000);
 	pthread_kill(th[1], SIGRTMIN + 2);
 	printf("READY\n");
-	while (!usr2) pause();
+	while (!usr2) usleep(5000); // pause() could miss a signal taken just before it
 	atomic_store(&verify, 1);
 	pthread_mutex_lock(&mu);
 	pthread_cond_broadcast(&cond);
