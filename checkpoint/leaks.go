@@ -1,7 +1,6 @@
 package checkpoint
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -55,14 +54,9 @@ func newLeakFinder(pids []int, ns map[string]uint64, hostIPC bool) (*leakFinder,
 		lf.inside[pid] = true
 	}
 	for _, pid := range pids {
-		fds, err := fdList(pid)
-		if err != nil {
-			return nil, err
-		}
-		for _, fd := range fds {
-			var st unix.Stat_t
-			if unix.Stat(proc.Path(pid, "fd/"+strconv.Itoa(fd)), &st) != nil || noState(&st) {
-				continue
+		err := fdStats(pid, func(fd int, st *unix.Stat_t) {
+			if noState(st) {
+				return
 			}
 			ref := insideRef{pid, fd}
 			key := [2]uint64{st.Dev, st.Ino}
@@ -74,6 +68,9 @@ func newLeakFinder(pids []int, ns map[string]uint64, hostIPC bool) (*leakFinder,
 			default:
 				lf.files[key] = append(lf.files[key], ref)
 			}
+		})
+		if err != nil {
+			return nil, err
 		}
 		for _, v := range sharedMaps(pid) {
 			if hostIPC && resource.SysvVma(&v) != nil {
@@ -105,14 +102,49 @@ func isShmemName(name string) bool {
 	return resource.IsShmemName(name) || strings.HasPrefix(name, "/dev/shm/")
 }
 
-// fdList lists the descriptors of pid; none for a process that is gone or
-// not ckpt's to look at.
-func fdList(pid int) ([]int, error) {
-	fds, err := resource.ListFds(pid)
-	if errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission) {
-		return nil, nil
+// fdStats calls fn for each descriptor of pid, in order, with what it
+// refers to; nothing for a process that is gone or not ckpt's to look at.
+// The scan of the whole machine does this for every process, so it works
+// relative to one open /proc/PID/fd (a stat per descriptor, no path walk
+// from /proc and none of the os package's per-file set-up).
+func fdStats(pid int, fn func(fd int, st *unix.Stat_t)) error {
+	dir, err := unix.Open(proc.Path(pid, "fd"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err == unix.ENOENT || err == unix.EACCES || err == unix.ESRCH {
+		return nil
 	}
-	return fds, err
+	if err != nil {
+		return fmt.Errorf("list descriptors of %d: %w", pid, err)
+	}
+	defer unix.Close(dir)
+	var names []string
+	var buf [4096]byte
+	for {
+		n, err := unix.Getdents(dir, buf[:])
+		if err == unix.ENOENT || err == unix.ESRCH {
+			return nil // ended meanwhile
+		}
+		if err != nil {
+			return fmt.Errorf("list descriptors of %d: %w", pid, err)
+		}
+		if n <= 0 {
+			break
+		}
+		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+	}
+	fds := make([]int, 0, len(names))
+	for _, name := range names {
+		if fd, err := strconv.Atoi(name); err == nil {
+			fds = append(fds, fd)
+		}
+	}
+	sort.Ints(fds)
+	for _, fd := range fds {
+		var st unix.Stat_t
+		if unix.Fstatat(dir, strconv.Itoa(fd), &st, 0) == nil {
+			fn(fd, &st)
+		}
+	}
+	return nil
 }
 
 // scan looks at every process outside and returns what it shares with
@@ -157,22 +189,20 @@ func (lf *leakFinder) scanOne(pid int) []*pb.Leak {
 			add(0, fmt.Sprintf("%s namespace %d", kind, id))
 		}
 	}
-	fds, _ := fdList(pid)
-	for _, fd := range fds {
-		var st unix.Stat_t
-		if unix.Stat(proc.Path(pid, "fd/"+strconv.Itoa(fd)), &st) != nil || noState(&st) {
-			continue
+	fdStats(pid, func(fd int, st *unix.Stat_t) {
+		if noState(st) {
+			return
 		}
 		key := [2]uint64{st.Dev, st.Ino}
 		if st.Mode&unix.S_IFMT == unix.S_IFIFO {
 			if ref, ok := lf.pipes[st.Ino]; ok {
 				add(ref.pid, fmt.Sprintf("pipe:[%d] (fd %d inside)", st.Ino, ref.fd))
 			}
-			continue
+			return
 		}
 		if ref, ok := lf.shmem[key]; ok {
 			add(ref.pid, fmt.Sprintf("shared memory %s", describeShmem(ref, st.Ino)))
-			continue
+			return
 		}
 		for _, ref := range lf.files[key] {
 			r, _, errno := unix.Syscall6(unix.SYS_KCMP, uintptr(ref.pid), uintptr(pid), 0 /* KCMP_FILE */, uintptr(ref.fd), uintptr(fd), 0)
@@ -182,7 +212,7 @@ func (lf *leakFinder) scanOne(pid int) []*pb.Leak {
 				break
 			}
 		}
-	}
+	})
 	if len(lf.shmem) > 0 || len(lf.sysv) > 0 {
 		for _, v := range sharedMaps(pid) {
 			if in, ok := lf.sysv[v.Inode]; ok && resource.SysvVma(&v) != nil {

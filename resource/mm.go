@@ -152,7 +152,17 @@ func DumpPages(t *Target, mm *pb.Mm, w *image.Writer) error {
 		return fmt.Errorf("open memory of %d: %w", t.Pid, err)
 	}
 	defer mem.Close()
-	d := &pageDumper{t: t, mem: mem, w: w, mmID: mm.Id, buf: make([]byte, 4<<20)}
+	pw := newPageWriter(w, 4<<20)
+	d := &pageDumper{t: t, mem: mem, pw: pw, mmID: mm.Id}
+	if err := d.dump(pm, mm); err != nil {
+		pw.close()
+		return err
+	}
+	return pw.close()
+}
+
+// dump reads and hands over every private area's pages.
+func (d *pageDumper) dump(pm *os.File, mm *pb.Mm) error {
 	for _, v := range mm.Vmas {
 		if v.Special != "" || v.Shared {
 			continue
@@ -196,9 +206,9 @@ func DumpPages(t *Target, mm *pb.Mm, w *image.Writer) error {
 type pageDumper struct {
 	t                  *Target
 	mem                *os.File
-	w                  *image.Writer
+	pw                 *pageWriter
 	mmID               uint32
-	buf                []byte
+	buf                []byte // nil until the first run of a buffer-full
 	used               int
 	pieces             [][2]uint64 // address, length in buf, in order
 	readable, skipZero bool
@@ -209,6 +219,12 @@ var zeroPage [pageSize]byte
 // add reads [addr, addr+n) into the buffer, flushing it when full.
 func (d *pageDumper) add(addr, n uint64) error {
 	for n > 0 {
+		if d.buf == nil {
+			var err error
+			if d.buf, err = d.pw.buffer(); err != nil {
+				return err
+			}
+		}
 		c := min(n, uint64(len(d.buf)-d.used))
 		b := d.buf[d.used : d.used+int(c)]
 		var err error
@@ -258,13 +274,92 @@ func (d *pageDumper) flush() error {
 		off += int(pc[1])
 	}
 	d.pieces, d.used = d.pieces[:0], 0
-	if len(runs) == 0 {
+	if d.buf == nil {
 		return nil
 	}
-	return d.w.Pages(&pb.PageMap{MmId: d.mmID, Runs: runs}, func(out io.Writer) error {
-		_, err := out.Write(d.buf[:k])
-		return err
-	})
+	buf := d.buf
+	d.buf = nil
+	return d.pw.submit(&pb.PageMap{MmId: d.mmID, Runs: runs}, buf, k)
+}
+
+// pageWriter writes PAGES records on a goroutine of its own, so that
+// reading the next buffer-full from the target (process_vm_readv, a copy)
+// overlaps with checksumming and writing the last one: with two buffers
+// on two cores, the memory phase costs about what the writes alone cost.
+type pageWriter struct {
+	w    *image.Writer
+	jobs chan pageJob
+	free chan []byte
+	done chan error
+	err  error // the writer's error, once done has delivered it
+	// failed is set by the writer goroutine on its first error, so that
+	// the reader stops instead of reading the rest for nothing.
+	failed chan struct{}
+}
+
+type pageJob struct {
+	pm  *pb.PageMap // nil: buf holds only zero pages, nothing to write
+	buf []byte
+	n   int
+}
+
+func newPageWriter(w *image.Writer, size int) *pageWriter {
+	pw := &pageWriter{w: w, jobs: make(chan pageJob, 1), free: make(chan []byte, 2), done: make(chan error, 1), failed: make(chan struct{})}
+	pw.free <- make([]byte, size)
+	pw.free <- make([]byte, size)
+	go pw.run()
+	return pw
+}
+
+func (pw *pageWriter) run() {
+	var err error
+	for j := range pw.jobs {
+		if err == nil && j.pm != nil {
+			err = pw.w.Pages(j.pm, func(out io.Writer) error {
+				_, err := out.Write(j.buf[:j.n])
+				return err
+			})
+			if err != nil {
+				close(pw.failed)
+			}
+		}
+		pw.free <- j.buf
+	}
+	pw.done <- err
+}
+
+// buffer waits for a buffer the writer is done with, or for its failure.
+func (pw *pageWriter) buffer() ([]byte, error) {
+	select {
+	case b := <-pw.free:
+		return b, nil
+	case <-pw.failed:
+		return nil, pw.close()
+	}
+}
+
+// submit hands over buf, whose first n bytes are the pages of pm's runs.
+func (pw *pageWriter) submit(pm *pb.PageMap, buf []byte, n int) error {
+	if len(pm.Runs) == 0 {
+		pm = nil
+	}
+	select {
+	case pw.jobs <- pageJob{pm, buf, n}:
+		return nil
+	case <-pw.failed:
+		return pw.close()
+	}
+}
+
+// close waits until everything submitted is written and returns the first
+// write error. The image writer is the caller's again afterwards.
+func (pw *pageWriter) close() error {
+	if pw.jobs != nil {
+		close(pw.jobs)
+		pw.jobs = nil
+		pw.err = <-pw.done
+	}
+	return pw.err
 }
 
 // ValidateMm checks an image address space before anything is built.

@@ -1,0 +1,142 @@
+package resource
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"strings"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ckpt/ckpt/image"
+	"github.com/ckpt/ckpt/image/pb"
+)
+
+// failAfter accepts n bytes, then fails every write.
+type failAfter struct {
+	n   int
+	err error
+}
+
+func (f *failAfter) Write(b []byte) (int, error) {
+	if len(b) > f.n {
+		k := f.n
+		f.n = 0
+		return k, f.err
+	}
+	f.n -= len(b)
+	return len(b), nil
+}
+
+// ownArea maps size bytes of anonymous memory in this process and fills
+// every page but those zero says with a pattern of its address.
+func ownArea(t *testing.T, size int, zero func(page int) bool) ([]byte, *pb.Mm) {
+	t.Helper()
+	mem, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Munmap(mem) })
+	for p := 0; p < size/pageSize; p++ {
+		if !zero(p) {
+			for i := 0; i < pageSize; i += 8 {
+				mem[p*pageSize+i] = byte(p)
+				mem[p*pageSize+i+1] = byte(i)
+			}
+		}
+	}
+	start := uint64(uintptr(unsafe.Pointer(&mem[0])))
+	return mem, &pb.Mm{Id: 1, Vmas: []*pb.Vma{{Start: start, End: start + uint64(size), Prot: unix.PROT_READ | unix.PROT_WRITE}}}
+}
+
+// TestDumpPages dumps an area of this very process, through the two-buffer
+// writer, and reads the image back: every non-zero page, in order, under
+// the right address.
+func TestDumpPages(t *testing.T) {
+	const size = 11<<20 + 3*pageSize // a few buffer-fulls and a partial one
+	zero := func(p int) bool { return p%7 == 3 || p > 900 && p < 1300 }
+	mem, mm := ownArea(t, size, zero)
+	var out bytes.Buffer
+	w, err := image.NewWriter(&out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Message(image.TypeHeader, &pb.Header{FormatVersion: image.FormatVersion, PageSize: image.PageSize}); err != nil {
+		t.Fatal(err)
+	}
+	if err := DumpPages(&Target{Pid: os.Getpid()}, mm, w); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := image.NewReader(&out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := mm.Vmas[0].Start
+	next := 0 // the next non-zero page expected
+	advance := func() {
+		for next < size/pageSize && zero(next) {
+			next++
+		}
+	}
+	advance()
+	var pm pb.PageMap
+	page := make([]byte, pageSize)
+	for {
+		rec, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch rec.Type {
+		case image.TypePageMap:
+			if err := image.Unmarshal(rec, &pm); err != nil {
+				t.Fatal(err)
+			}
+		case image.TypePages:
+			for _, run := range pm.Runs {
+				for i := uint64(0); i < run.Npages; i++ {
+					p := int((run.Addr-start)/pageSize + i)
+					if p != next {
+						t.Fatalf("page %d in the image, want page %d", p, next)
+					}
+					if _, err := io.ReadFull(r, page); err != nil {
+						t.Fatal(err)
+					}
+					if !bytes.Equal(page, mem[p*pageSize:(p+1)*pageSize]) {
+						t.Fatalf("page %d differs", p)
+					}
+					next++
+					advance()
+				}
+			}
+		}
+	}
+	if next != size/pageSize {
+		t.Fatalf("image ends before page %d of %d", next, size/pageSize)
+	}
+}
+
+// TestDumpPagesWriteError: a write failure in the middle of the pages ends
+// the dump with that error, whichever buffer the reader side is at.
+func TestDumpPagesWriteError(t *testing.T) {
+	_, mm := ownArea(t, 24<<20, func(int) bool { return false })
+	for _, after := range []int{100, 5 << 20, 13 << 20} {
+		fail := errors.New("disk full")
+		w, err := image.NewWriter(&failAfter{n: after, err: fail})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = DumpPages(&Target{Pid: os.Getpid()}, mm, w)
+		if !errors.Is(err, fail) || !strings.Contains(err.Error(), "disk full") {
+			t.Fatalf("failing after %d bytes: got %v, want the write error", after, err)
+		}
+	}
+}
