@@ -758,7 +758,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 	out := opts.Out
 	var enc *zstd.Encoder
 	if opts.Compress {
-		if enc, err = zstd.NewWriter(out, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(2)); err != nil {
+		if enc, err = image.NewCompressor(out); err != nil {
 			return err
 		}
 		out = enc

@@ -98,7 +98,7 @@ func Convert(in io.Reader, out io.Writer, c Compression) (ConvertResult, error) 
 	steps := versions[r.Version-OldestVersion : len(versions)-1]
 	var enc *zstd.Encoder
 	if res.Compressed {
-		if enc, err = zstd.NewWriter(out, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(2)); err != nil {
+		if enc, err = NewCompressor(out); err != nil {
 			return res, err
 		}
 		out = enc
