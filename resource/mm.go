@@ -70,7 +70,7 @@ func DumpMm(pid int, brk uint64, files *FileSet) (*pb.Mm, error) {
 	if err != nil {
 		return nil, err
 	}
-	auxv, err := os.ReadFile(proc.Path(pid, "auxv"))
+	auxv, err := proc.ReadFile(proc.Path(pid, "auxv"))
 	if err != nil {
 		return nil, err
 	}
@@ -292,8 +292,8 @@ type pageWriter struct {
 	free chan []byte
 	done chan error
 	err  error // the writer's error, once done has delivered it
-	// failed is set by the writer goroutine on its first error, so that
-	// the reader stops instead of reading the rest for nothing.
+	// failed is closed by the writer goroutine on its first error, so
+	// that the reader stops instead of reading the rest for nothing.
 	failed chan struct{}
 }
 
