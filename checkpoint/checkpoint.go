@@ -283,7 +283,7 @@ func sharers(procs []*frozen, kind int, what string) (map[int]int, error) {
 // that kernel wait cannot be rebuilt.
 func inVfork(a, b int) bool {
 	for _, pid := range []int{a, b} {
-		sc, err := os.ReadFile(proc.Path(pid, "syscall"))
+		sc, err := proc.ReadFile(proc.Path(pid, "syscall"))
 		if err != nil {
 			continue
 		}

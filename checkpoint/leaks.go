@@ -178,7 +178,7 @@ func (lf *leakFinder) scanOne(pid int) []*pb.Leak {
 		}
 		seen[what] = true
 		if comm == "" {
-			b, _ := os.ReadFile(proc.Path(pid, "comm"))
+			b, _ := proc.ReadFile(proc.Path(pid, "comm"))
 			comm = strings.TrimSpace(string(b))
 		}
 		out = append(out, &pb.Leak{Pid: uint32(in), What: what, OutsidePid: uint32(pid), OutsideComm: comm})
@@ -335,7 +335,7 @@ func treeNamespaces(pids []int) (map[string]uint64, error) {
 // sharedMaps lists the shared mappings of files of pid from
 // /proc/PID/maps (lighter than smaps): what can hold shared memory.
 func sharedMaps(pid int) []proc.Vma {
-	b, err := os.ReadFile(proc.Path(pid, "maps"))
+	b, err := proc.ReadFile(proc.Path(pid, "maps"))
 	if err != nil {
 		return nil
 	}

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 )
@@ -43,7 +42,7 @@ func (m *Mount) HasOption(o string) bool {
 
 // ReadMountInfo reads and parses /proc/PID/mountinfo.
 func ReadMountInfo(pid int) ([]Mount, error) {
-	b, err := os.ReadFile(Path(pid, "mountinfo"))
+	b, err := ReadFile(Path(pid, "mountinfo"))
 	if err != nil {
 		return nil, err
 	}

@@ -11,11 +11,42 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Path returns /proc/PID/name.
 func Path(pid int, name string) string {
 	return "/proc/" + strconv.Itoa(pid) + "/" + name
+}
+
+// ReadFile reads a whole /proc file. Unlike os.ReadFile it skips the os
+// package's per-file set-up (a poller registration attempt and its fcntl
+// calls), about 10 µs a file on the test VM; a checkpoint reads dozens.
+// Errors are *os.PathError, as os.ReadFile's.
+func ReadFile(path string) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	b := make([]byte, 0, 1024)
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := unix.Read(fd, b[len(b):cap(b)])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &os.PathError{Op: "read", Path: path, Err: err}
+		}
+		if n == 0 {
+			return b, nil
+		}
+		b = b[:len(b)+n]
+	}
 }
 
 // Vma is one line of /proc/PID/smaps with its flags.
@@ -48,7 +79,7 @@ func (v *Vma) HasFlag(f string) bool {
 
 // ReadSmaps reads and parses /proc/PID/smaps.
 func ReadSmaps(pid int) ([]Vma, error) {
-	b, err := os.ReadFile(Path(pid, "smaps"))
+	b, err := ReadFile(Path(pid, "smaps"))
 	if err != nil {
 		return nil, err
 	}
@@ -142,7 +173,7 @@ type Stat struct {
 
 // ReadStat reads /proc/PID/stat.
 func ReadStat(pid int) (*Stat, error) {
-	b, err := os.ReadFile(Path(pid, "stat"))
+	b, err := ReadFile(Path(pid, "stat"))
 	if err != nil {
 		return nil, err
 	}
@@ -189,7 +220,7 @@ type Status map[string]string
 
 // ReadStatus reads /proc/PID/status.
 func ReadStatus(pid int) (Status, error) {
-	b, err := os.ReadFile(Path(pid, "status"))
+	b, err := ReadFile(Path(pid, "status"))
 	if err != nil {
 		return nil, err
 	}
@@ -306,7 +337,7 @@ func Children(pid int) ([]int, error) {
 	}
 	var out []int
 	for _, t := range tids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, t))
+		b, err := ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, t))
 		if err != nil {
 			continue
 		}

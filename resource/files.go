@@ -129,7 +129,7 @@ func describeFile(pid, fd int) (*pb.File, error) {
 	if err := unix.Stat(link, &st); err != nil {
 		return nil, fmt.Errorf("stat fd %d (%s) of %d: %w", fd, target, pid, err)
 	}
-	info, err := os.ReadFile(proc.Path(pid, "fdinfo/"+strconv.Itoa(fd)))
+	info, err := proc.ReadFile(proc.Path(pid, "fdinfo/"+strconv.Itoa(fd)))
 	if err != nil {
 		return nil, err
 	}

@@ -18,12 +18,12 @@ const numRlimits = 16
 // DumpTask reads what a process has besides memory, files, threads and
 // signals: name, personality, umask, limits, credentials, cwd and root.
 func DumpTask(pid int, p *pb.Process) error {
-	comm, err := os.ReadFile(proc.Path(pid, "comm"))
+	comm, err := proc.ReadFile(proc.Path(pid, "comm"))
 	if err != nil {
 		return err
 	}
 	p.Comm = strings.TrimSuffix(string(comm), "\n")
-	pers, err := os.ReadFile(proc.Path(pid, "personality"))
+	pers, err := proc.ReadFile(proc.Path(pid, "personality"))
 	if err != nil {
 		return err
 	}
@@ -62,7 +62,7 @@ func DumpTask(pid int, p *pb.Process) error {
 	p.NoNewPrivs = st["NoNewPrivs"] == "1"
 	// /proc/PID/limits rather than prlimit(2): the latter needs
 	// CAP_SYS_RESOURCE for another user's process.
-	limits, err := os.ReadFile(proc.Path(pid, "limits"))
+	limits, err := proc.ReadFile(proc.Path(pid, "limits"))
 	if err != nil {
 		return err
 	}
@@ -249,7 +249,7 @@ func nameCall(d *batchData, name string) (Call, error) {
 // timers, seccomp filters and a
 // capability set other than the one its credentials give at restart.
 func PreflightTask(pid int) error {
-	if b, err := os.ReadFile(proc.Path(pid, "timers")); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+	if b, err := proc.ReadFile(proc.Path(pid, "timers")); err == nil && len(strings.TrimSpace(string(b))) > 0 {
 		return fmt.Errorf("process %d has POSIX timers (timer_create): %w yet", pid, ErrUnsupported)
 	}
 	st, err := proc.ReadStatus(pid)

@@ -3,13 +3,13 @@ package resource
 import (
 	"encoding/binary"
 	"fmt"
-	"os"
 	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ckpt/ckpt/image/pb"
+	"github.com/ckpt/ckpt/proc"
 	"github.com/ckpt/ckpt/ptrace"
 )
 
@@ -32,7 +32,7 @@ const RegsSize = int(unsafe.Sizeof(ptrace.Regs{}))
 // from before ckpt blocked signals for injection.
 func DumpThread(t *Target, tid int, regs ptrace.Regs, sigmask uint64) (*pb.Thread, error) {
 	th := &pb.Thread{Tid: uint32(tid), Sigmask: sigmask}
-	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/comm", t.Pid, tid))
+	comm, err := proc.ReadFile(fmt.Sprintf("/proc/%d/task/%d/comm", t.Pid, tid))
 	if err != nil {
 		return nil, err
 	}
