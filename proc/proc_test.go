@@ -1,7 +1,9 @@
 package proc
 
 import (
+	"errors"
 	"os"
+	"strings"
 	"testing"
 )
 
@@ -60,5 +62,32 @@ func TestInnerIDOfSelf(t *testing.T) {
 	}
 	if _, err := InnerID(os.Getpid(), "NSnone"); err == nil {
 		t.Fatal("a missing key gave no error")
+	}
+}
+
+func TestReadFile(t *testing.T) {
+	for _, tc := range []struct {
+		path    string
+		missing bool
+	}{
+		{path: "/proc/self/limits"}, // one read
+		{path: "/proc/self/smaps"},  // many reads, beyond the first buffer
+		{path: "/proc/self/no-such-file", missing: true},
+	} {
+		got, err := ReadFile(tc.path)
+		if tc.missing {
+			if !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), tc.path) {
+				t.Errorf("%s: got %v, want a not-exist error naming the file", tc.path, err)
+			}
+			continue
+		}
+		want, werr := os.ReadFile(tc.path)
+		if err != nil || werr != nil {
+			t.Fatalf("%s: %v, %v", tc.path, err, werr)
+		}
+		// smaps changes as the test allocates; compare its first line and size.
+		if first := func(b []byte) string { l, _, _ := strings.Cut(string(b), "\n"); return l }; first(got) != first(want) || len(got) < len(want)/2 {
+			t.Errorf("%s: read %d bytes starting %q, os.ReadFile %d bytes starting %q", tc.path, len(got), first(got), len(want), first(want))
+		}
 	}
 }
