@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -104,44 +105,17 @@ func isShmemName(name string) bool {
 
 // fdStats calls fn for each descriptor of pid, in order, with what it
 // refers to; nothing for a process that is gone or not ckpt's to look at.
-// The scan of the whole machine does this for every process, so it works
-// relative to one open /proc/PID/fd (a stat per descriptor, no path walk
-// from /proc and none of the os package's per-file set-up).
 func fdStats(pid int, fn func(fd int, st *unix.Stat_t)) error {
-	dir, err := unix.Open(proc.Path(pid, "fd"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err == unix.ENOENT || err == unix.EACCES || err == unix.ESRCH {
+	fds, sts, err := resource.FdStats(pid, true)
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission) || errors.Is(err, unix.ESRCH) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("list descriptors of %d: %w", pid, err)
+		return err
 	}
-	defer unix.Close(dir)
-	var names []string
-	var buf [4096]byte
-	for {
-		n, err := unix.Getdents(dir, buf[:])
-		if err == unix.ENOENT || err == unix.ESRCH {
-			return nil // ended meanwhile
-		}
-		if err != nil {
-			return fmt.Errorf("list descriptors of %d: %w", pid, err)
-		}
-		if n <= 0 {
-			break
-		}
-		_, _, names = unix.ParseDirent(buf[:n], -1, names)
-	}
-	fds := make([]int, 0, len(names))
-	for _, name := range names {
-		if fd, err := strconv.Atoi(name); err == nil {
-			fds = append(fds, fd)
-		}
-	}
-	sort.Ints(fds)
-	for _, fd := range fds {
-		var st unix.Stat_t
-		if unix.Fstatat(dir, strconv.Itoa(fd), &st, 0) == nil {
-			fn(fd, &st)
+	for i, fd := range fds {
+		if sts[i].Mode != 0 { // 0: closed meanwhile
+			fn(fd, &sts[i])
 		}
 	}
 	return nil

@@ -94,18 +94,48 @@ func PreflightFiles(pid int) error {
 
 // ListFds lists the descriptor numbers of pid, in order.
 func ListFds(pid int) ([]int, error) {
-	ents, err := os.ReadDir(proc.Path(pid, "fd"))
+	fds, _, err := FdStats(pid, false)
+	return fds, err
+}
+
+// FdStats lists the descriptor numbers of pid, in order, and with withStat
+// what each refers to (a zero Stat_t for a descriptor closed meanwhile).
+// The leak scan does this for every process of the machine, so it works
+// relative to one open /proc/PID/fd: a stat per descriptor without a path
+// walk from /proc, and none of the os package's per-file set-up.
+func FdStats(pid int, withStat bool) ([]int, []unix.Stat_t, error) {
+	dir, err := unix.Open(proc.Path(pid, "fd"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("list descriptors of %d: %w", pid, err)
+		return nil, nil, fmt.Errorf("list descriptors of %d: %w", pid, err)
 	}
-	var fds []int
-	for _, e := range ents {
-		if n, err := strconv.Atoi(e.Name()); err == nil {
-			fds = append(fds, n)
+	defer unix.Close(dir)
+	var names []string
+	var buf [4096]byte
+	for {
+		n, err := unix.Getdents(dir, buf[:])
+		if err != nil {
+			return nil, nil, fmt.Errorf("list descriptors of %d: %w", pid, err)
+		}
+		if n <= 0 {
+			break
+		}
+		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+	}
+	fds := make([]int, 0, len(names))
+	for _, name := range names {
+		if fd, err := strconv.Atoi(name); err == nil {
+			fds = append(fds, fd)
 		}
 	}
 	sort.Ints(fds)
-	return fds, nil
+	if !withStat {
+		return fds, nil, nil
+	}
+	sts := make([]unix.Stat_t, len(fds))
+	for i, fd := range fds {
+		unix.Fstatat(dir, strconv.Itoa(fd), &sts[i], 0)
+	}
+	return fds, sts, nil
 }
 
 // describeFd builds the File record of one descriptor and tells whether
