@@ -1003,11 +1003,16 @@ func writeImage(opts *Options, w *image.Writer, hdr *pb.Header, namespaces []*pb
 	if err := opts.fault("pages"); err != nil {
 		return err
 	}
+	pw := resource.NewPageWriter(w)
 	for i, f := range dumped {
 		t := &resource.Target{Pid: f.pid} // pages are read by host PID
-		if err := resource.DumpPages(t, mms[i], w); err != nil {
+		if err := resource.DumpPages(t, mms[i], pw); err != nil {
+			pw.Close()
 			return fmt.Errorf("process %d: %w", f.pid, err)
 		}
+	}
+	if err := pw.Close(); err != nil {
+		return err
 	}
 	opts.mark("memory")
 	if err := resource.DumpShmem(files, w); err != nil {

@@ -140,8 +140,9 @@ const dumpWindow = 64 << 20
 // DumpPages writes the pages of every private area that hold data of their
 // own: for anonymous areas the present or swapped pages (never-touched ones
 // and the shared zero page are left out), for file areas only the pages that
-// became anonymous (clean pages come back from the file).
-func DumpPages(t *Target, mm *pb.Mm, w *image.Writer) error {
+// became anonymous (clean pages come back from the file). The pages go
+// through pw, which may still be writing them when DumpPages returns.
+func DumpPages(t *Target, mm *pb.Mm, pw *PageWriter) error {
 	pm, err := os.Open(proc.Path(t.Pid, "pagemap"))
 	if err != nil {
 		return fmt.Errorf("open pagemap of %d: %w", t.Pid, err)
@@ -152,13 +153,8 @@ func DumpPages(t *Target, mm *pb.Mm, w *image.Writer) error {
 		return fmt.Errorf("open memory of %d: %w", t.Pid, err)
 	}
 	defer mem.Close()
-	pw := newPageWriter(w, 4<<20)
 	d := &pageDumper{t: t, mem: mem, pw: pw, mmID: mm.Id}
-	if err := d.dump(pm, mm); err != nil {
-		pw.close()
-		return err
-	}
-	return pw.close()
+	return d.dump(pm, mm)
 }
 
 // dump reads and hands over every private area's pages.
@@ -206,7 +202,7 @@ func (d *pageDumper) dump(pm *os.File, mm *pb.Mm) error {
 type pageDumper struct {
 	t                  *Target
 	mem                *os.File
-	pw                 *pageWriter
+	pw                 *PageWriter
 	mmID               uint32
 	buf                []byte // nil until the first run of a buffer-full
 	used               int
@@ -282,11 +278,15 @@ func (d *pageDumper) flush() error {
 	return d.pw.submit(&pb.PageMap{MmId: d.mmID, Runs: runs}, buf, k)
 }
 
-// pageWriter writes PAGES records on a goroutine of its own, so that
-// reading the next buffer-full from the target (process_vm_readv, a copy)
+// PageWriter writes PAGES records on a goroutine of its own, so that
+// reading the next buffer-full from a target (process_vm_readv, a copy)
 // overlaps with checksumming and writing the last one: with two buffers
 // on two cores, the memory phase costs about what the writes alone cost.
-type pageWriter struct {
+// One PageWriter serves every process of a checkpoint: its two 4 MiB
+// buffers are allocated once (per process, allocating and faulting them in
+// cost ~5 ms, more than a small process's pages). While it is open, the
+// image writer is its alone.
+type PageWriter struct {
 	w    *image.Writer
 	jobs chan pageJob
 	free chan []byte
@@ -303,15 +303,17 @@ type pageJob struct {
 	n   int
 }
 
-func newPageWriter(w *image.Writer, size int) *pageWriter {
-	pw := &pageWriter{w: w, jobs: make(chan pageJob, 1), free: make(chan []byte, 2), done: make(chan error, 1), failed: make(chan struct{})}
+// NewPageWriter starts a PageWriter on w; Close must follow.
+func NewPageWriter(w *image.Writer) *PageWriter {
+	const size = 4 << 20
+	pw := &PageWriter{w: w, jobs: make(chan pageJob, 1), free: make(chan []byte, 2), done: make(chan error, 1), failed: make(chan struct{})}
 	pw.free <- make([]byte, size)
 	pw.free <- make([]byte, size)
 	go pw.run()
 	return pw
 }
 
-func (pw *pageWriter) run() {
+func (pw *PageWriter) run() {
 	var err error
 	for j := range pw.jobs {
 		if err == nil && j.pm != nil {
@@ -329,17 +331,17 @@ func (pw *pageWriter) run() {
 }
 
 // buffer waits for a buffer the writer is done with, or for its failure.
-func (pw *pageWriter) buffer() ([]byte, error) {
+func (pw *PageWriter) buffer() ([]byte, error) {
 	select {
 	case b := <-pw.free:
 		return b, nil
 	case <-pw.failed:
-		return nil, pw.close()
+		return nil, pw.Close()
 	}
 }
 
 // submit hands over buf, whose first n bytes are the pages of pm's runs.
-func (pw *pageWriter) submit(pm *pb.PageMap, buf []byte, n int) error {
+func (pw *PageWriter) submit(pm *pb.PageMap, buf []byte, n int) error {
 	if len(pm.Runs) == 0 {
 		pm = nil
 	}
@@ -347,13 +349,13 @@ func (pw *pageWriter) submit(pm *pb.PageMap, buf []byte, n int) error {
 	case pw.jobs <- pageJob{pm, buf, n}:
 		return nil
 	case <-pw.failed:
-		return pw.close()
+		return pw.Close()
 	}
 }
 
-// close waits until everything submitted is written and returns the first
+// Close waits until everything submitted is written and returns the first
 // write error. The image writer is the caller's again afterwards.
-func (pw *pageWriter) close() error {
+func (pw *PageWriter) Close() error {
 	if pw.jobs != nil {
 		close(pw.jobs)
 		pw.jobs = nil

@@ -67,7 +67,11 @@ func TestDumpPages(t *testing.T) {
 	if err := w.Message(image.TypeHeader, &pb.Header{FormatVersion: image.FormatVersion, PageSize: image.PageSize}); err != nil {
 		t.Fatal(err)
 	}
-	if err := DumpPages(&Target{Pid: os.Getpid()}, mm, w); err != nil {
+	pw := NewPageWriter(w)
+	if err := DumpPages(&Target{Pid: os.Getpid()}, mm, pw); err != nil {
+		t.Fatal(err)
+	}
+	if err := pw.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if err := w.Close(); err != nil {
@@ -134,7 +138,11 @@ func TestDumpPagesWriteError(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		err = DumpPages(&Target{Pid: os.Getpid()}, mm, w)
+		pw := NewPageWriter(w)
+		err = DumpPages(&Target{Pid: os.Getpid()}, mm, pw)
+		if cerr := pw.Close(); err == nil {
+			err = cerr
+		}
 		if !errors.Is(err, fail) || !strings.Contains(err.Error(), "disk full") {
 			t.Fatalf("failing after %d bytes: got %v, want the write error", after, err)
 		}
