@@ -207,7 +207,7 @@ func preflight(pid, skip int, container bool, probe *resource.UndoProbe) error {
 		if err := resource.PreflightFiles(p); err != nil && !gone(p) {
 			return err
 		}
-		if _, err := resource.PreflightMm(p); err != nil && !gone(p) {
+		if err := resource.PreflightMm(p); err != nil && !gone(p) {
 			return err
 		}
 	}
@@ -794,12 +794,27 @@ func dump(opts *Options, stats *Stats) (err error) {
 	if opts.Kill {
 		defer opts.mark("kill")
 		// Kill while still stopped: no process runs past the image.
+		// Freeing a big address space takes the dying process a while
+		// (~0.1 s for 1 GiB here); process_mrelease frees it from this
+		// thread at the same time, on the other core (1 GiB: 106 -> 58
+		// ms). Best effort: a kernel without it, or memory shared with
+		// another process, just leaves the work to the exit.
+		var pidfds []int
+		for _, f := range ft.procs {
+			if fd, err := unix.PidfdOpen(f.pid, 0); err == nil {
+				pidfds = append(pidfds, fd)
+			}
+		}
 		for _, f := range ft.procs {
 			f.released = true
 			f.frozenFor = time.Since(f.frozenAt)
 			if err := unix.Kill(f.pid, unix.SIGKILL); err != nil {
 				return fmt.Errorf("kill %d: %w", f.pid, err)
 			}
+		}
+		for _, fd := range pidfds {
+			unix.Syscall(unix.SYS_PROCESS_MRELEASE, uintptr(fd), 0, 0)
+			unix.Close(fd)
 		}
 		// Consume the tracer's exit reports so that parents can reap:
 		// other threads first, a leader is reported only after them;
