@@ -800,6 +800,11 @@ func dump(opts *Options, stats *Stats) (err error) {
 		// ms). Best effort: a kernel without it, or memory shared with
 		// another process, just leaves the work to the exit.
 		var pidfds []int
+		defer func() {
+			for _, fd := range pidfds {
+				unix.Close(fd)
+			}
+		}()
 		for _, f := range ft.procs {
 			if fd, err := unix.PidfdOpen(f.pid, 0); err == nil {
 				pidfds = append(pidfds, fd)
@@ -814,7 +819,6 @@ func dump(opts *Options, stats *Stats) (err error) {
 		}
 		for _, fd := range pidfds {
 			unix.Syscall(unix.SYS_PROCESS_MRELEASE, uintptr(fd), 0, 0)
-			unix.Close(fd)
 		}
 		// Consume the tracer's exit reports so that parents can reap:
 		// other threads first, a leader is reported only after them;
