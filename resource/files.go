@@ -523,13 +523,174 @@ func (p *FdPuller) Close() error {
 // RestoreFiles rebuilds the descriptor table of the stub. Descriptors of
 // one open file description are placed once and duplicated; epoll items are
 // registered last, when every descriptor they name exists.
+//
+// The stub's table holds only the puller's pidfd at this point (see
+// restart's preparePuller). Every description is pulled in one batch of
+// pidfd_getfd calls, landing on whatever numbers are free; a second batch
+// moves them to their own numbers (planFdMoves) and duplicates them: two
+// ptrace stops per scratch-full of calls instead of three per descriptor.
+// Tables with an epoll instance, and pullers that receive over a socket
+// (an unprivileged restart), go one call at a time (restoreFilesSerial).
 func RestoreFiles(t *Target, pl *FdPuller, files *OpenFiles, p *pb.Process) error {
-	placed := map[uint32]int32{} // file id -> first descriptor holding it
-	var epolls []uint32
 	for _, fd := range p.Fds {
 		if fd.Fd < 0 || fd.Fd >= highFd {
 			return fmt.Errorf("image damaged: descriptor %d", fd.Fd)
 		}
+		rec, err := files.Record(fd.FileId)
+		if err != nil {
+			return fmt.Errorf("fd %d: %w", fd.Fd, err)
+		}
+		if rec.Kind == pb.File_EPOLL || pl.send != nil {
+			return restoreFilesSerial(t, pl, files, p)
+		}
+	}
+	// Pull each description once, for the first descriptor holding it.
+	type first struct {
+		fd  *pb.Fd
+		rec *pb.File
+	}
+	var firsts []first
+	var dups []*pb.Fd
+	placed := map[uint32]int32{} // file id -> first descriptor holding it
+	var pulls []Call
+	for _, fd := range p.Fds {
+		if _, ok := placed[fd.FileId]; ok {
+			dups = append(dups, fd)
+			continue
+		}
+		placed[fd.FileId] = fd.Fd
+		rec, _ := files.Record(fd.FileId)
+		f, _, err := files.Get(fd.FileId)
+		if err != nil {
+			return fmt.Errorf("fd %d (%s): %w", fd.Fd, rec.Path, err)
+		}
+		firsts = append(firsts, first{fd, rec})
+		what := fmt.Sprintf("fd %d (%s)", fd.Fd, rec.Path)
+		pulls = append(pulls, Call{Nr: unix.SYS_PIDFD_GETFD, Args: []uint64{pl.pidfd, uint64(f.Fd()), 0},
+			Err: func(err error) error { return fmt.Errorf("%s: pidfd_getfd: %w", what, err) }})
+	}
+	tmps, err := t.Batch(pulls)
+	if err != nil {
+		return err
+	}
+	moves := make([]fdMove, len(firsts))
+	spare := pl.pidfd
+	for i, f := range firsts {
+		flags := uint64(0)
+		if f.fd.Cloexec {
+			flags = unix.O_CLOEXEC
+		}
+		moves[i] = fdMove{from: tmps[i], to: uint64(f.fd.Fd), flags: flags}
+		spare = max(spare, tmps[i])
+	}
+	for _, fd := range p.Fds {
+		spare = max(spare, uint64(fd.Fd))
+	}
+	var calls []Call
+	for _, op := range planFdMoves(moves, spare+1) {
+		switch {
+		case op.close:
+			calls = append(calls, Call{Nr: unix.SYS_CLOSE, Args: []uint64{op.from},
+				Err: func(err error) error { return fmt.Errorf("close pulled descriptor %d: %w", op.from, err) }})
+		case op.from == op.to:
+			calls = append(calls, Call{Nr: unix.SYS_FCNTL, Args: []uint64{op.from, unix.F_SETFD, op.flags / unix.O_CLOEXEC},
+				Err: func(err error) error { return fmt.Errorf("fd %d: %w", op.to, err) }})
+		default:
+			calls = append(calls, Call{Nr: unix.SYS_DUP3, Args: []uint64{op.from, op.to, op.flags},
+				Err: func(err error) error { return fmt.Errorf("fd %d: dup3 of %d: %w", op.to, op.from, err) }})
+		}
+	}
+	for _, fd := range dups {
+		flags := uint64(0)
+		if fd.Cloexec {
+			flags = unix.O_CLOEXEC
+		}
+		prev := placed[fd.FileId]
+		calls = append(calls, Call{Nr: unix.SYS_DUP3, Args: []uint64{uint64(prev), uint64(fd.Fd), flags},
+			Err: func(err error) error { return fmt.Errorf("fd %d: dup3 of fd %d: %w", fd.Fd, prev, err) }})
+	}
+	// What is left of the pulled copies: numbers no descriptor of the image
+	// has (the dups above may have landed on others of them).
+	inImage := map[uint64]bool{}
+	for _, fd := range p.Fds {
+		inImage[uint64(fd.Fd)] = true
+	}
+	for _, m := range moves {
+		if !inImage[m.from] {
+			from := m.from
+			calls = append(calls, Call{Nr: unix.SYS_CLOSE, Args: []uint64{from},
+				Err: func(err error) error { return fmt.Errorf("close pulled descriptor %d: %w", from, err) }})
+		}
+	}
+	_, err = t.Batch(calls)
+	return err
+}
+
+// fdMove is a descriptor to move from one number to another in the stub,
+// with the close-on-exec flag (0 or O_CLOEXEC) it gets there.
+type fdMove struct{ from, to, flags uint64 }
+
+// fdOp is one step of a planned move: dup3(from, to, flags), or when
+// from == to setting the flag in place, or with close set close(from).
+type fdOp struct {
+	from, to, flags uint64
+	close           bool
+}
+
+// planFdMoves orders moves that all happen "at once": no dup3 may land on
+// a number that is still the source of a move not yet done. Chains are
+// done from their free end; a cycle (3 -> 4 -> 3) is broken by moving one
+// source to spare first (a number no move touches), which is closed when
+// it has served. The sources are not closed, except spare: the caller
+// closes those that no descriptor of the image reuses.
+func planFdMoves(moves []fdMove, spare uint64) []fdOp {
+	var ops []fdOp
+	pending := map[uint64]int{} // source -> moves still to read it
+	left := make([]fdMove, 0, len(moves))
+	for _, m := range moves {
+		if m.from == m.to {
+			ops = append(ops, fdOp{from: m.from, to: m.to, flags: m.flags})
+			continue
+		}
+		pending[m.from]++
+		left = append(left, m)
+	}
+	for len(left) > 0 {
+		progress := false
+		rest := left[:0]
+		for _, m := range left {
+			if pending[m.to] > 0 {
+				rest = append(rest, m)
+				continue
+			}
+			ops = append(ops, fdOp{from: m.from, to: m.to, flags: m.flags})
+			pending[m.from]--
+			if m.from == spare {
+				ops = append(ops, fdOp{from: spare, close: true})
+			}
+			progress = true
+		}
+		left = rest
+		if !progress {
+			// Every move left waits for another: a cycle. Park one source
+			// (never the parked one: that move is always free to run by
+			// the time the cycle it broke is undone).
+			m := &left[0]
+			ops = append(ops, fdOp{from: m.from, to: spare, flags: unix.O_CLOEXEC})
+			pending[m.from]--
+			pending[spare]++
+			m.from = spare
+		}
+	}
+	return ops
+}
+
+// restoreFilesSerial is RestoreFiles one injected call at a time, for the
+// tables the batched path does not handle.
+func restoreFilesSerial(t *Target, pl *FdPuller, files *OpenFiles, p *pb.Process) error {
+	placed := map[uint32]int32{} // file id -> first descriptor holding it
+	var epolls []uint32
+	for _, fd := range p.Fds {
 		flags := uint64(0)
 		if fd.Cloexec {
 			flags = unix.O_CLOEXEC
