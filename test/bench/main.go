@@ -85,7 +85,7 @@ func main() {
 		row := func(name string, mb, procs int) {
 			var ck, fr, rs []float64
 			for i := 0; i < *runs; i++ {
-				res := cycleN(bin, work, mb, procs)
+				res := cycleN(bin, work, mb, procs, false)
 				ck, fr, rs = append(ck, res.ckpt), append(fr, res.frozen), append(rs, res.restart)
 			}
 			fmt.Printf("%-22s %9.1f ms %9.1f ms %9.1f ms\n", name, med(ck)*1e3, med(fr)*1e3, med(rs)*1e3)
@@ -115,13 +115,12 @@ func main() {
 		for i := 0; i < *runs; i++ {
 			res := cycle(bin, work, sz)
 			ck, rs, frozen = append(ck, res.ckpt), append(rs, res.restart), append(frozen, res.frozen)
+			if sz > 0 {
+				w, r = append(w, res.w), append(r, res.r)
+			}
 			size, rssCk, rssRs = append(size, res.size), append(rssCk, res.rssCkpt), append(rssRs, res.rssRestart)
 			zck, zsize = append(zck, res.zckpt), append(zsize, res.zsize)
 			ckPh, rsPh = append(ckPh, res.ckptPhases), append(rsPh, res.restartPhases)
-			if sz > 0 {
-				w = append(w, baselineW(work, uint64(sz)<<20))
-				r = append(r, baselineR(work, uint64(sz)<<20))
-			}
 		}
 		name := "tiny process"
 		if sz > 0 {
@@ -146,7 +145,9 @@ func main() {
 
 type result struct {
 	ckpt, restart, frozen, size, rssCkpt, rssRestart float64
-	zckpt, zsize                                     float64
+	// w and r are the baselines W and R, measured inside the cycle.
+	w, r         float64
+	zckpt, zsize float64
 	// phases of the checkpoint and the restart as ckpt -v reports them.
 	ckptPhases, restartPhases []phaseTime
 }
@@ -255,10 +256,11 @@ func treeCycle(bin, work string) (ckptSec, frozenSec, restartSec float64) {
 }
 
 // cycle starts the workload, checkpoints it with --kill and restarts it.
-func cycle(bin, work string, mb int) result { return cycleN(bin, work, mb, 1) }
+// With mb > 0 it also measures the baselines W and R (see cycleN).
+func cycle(bin, work string, mb int) result { return cycleN(bin, work, mb, 1, mb > 0) }
 
 // cycleN does the same with a tree of procs processes.
-func cycleN(bin, work string, mb, procs int) result {
+func cycleN(bin, work string, mb, procs int, baselines bool) result {
 	cmd := exec.Command(bin, fmt.Sprint(mb), fmt.Sprint(procs))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	logPath := filepath.Join(work, "log")
@@ -324,6 +326,16 @@ func cycleN(bin, work string, mb, procs int) result {
 	res.restart = time.Since(t0).Seconds()
 	res.rssRestart = peakKiB(string(msg))
 	res.restartPhases = phasesOf(string(msg))
+	os.Remove(img)
+	// The baselines run under the conditions of what they stand for. On
+	// this VM, whether a write or a fill gets pages freed a moment ago or
+	// fresh ones from the host decides its speed. W, like the checkpoint's
+	// write: with the workload's memory resident (the restored copy now)
+	// and an image-sized file just removed (the image now, the compressed
+	// image then).
+	if baselines {
+		res.w = baselineW(work, uint64(mb)<<20)
+	}
 	unix.Kill(-pid, unix.SIGKILL) // the restored tree is its own process group
 	unix.Kill(pid, unix.SIGKILL)
 	for i := 0; i < 5000; i++ { // the restored process's parent was ckpt: init reaps it
@@ -332,7 +344,11 @@ func cycleN(bin, work string, mb, procs int) result {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	os.Remove(img)
+	// R, like the restart's fill: right after a process of that size died
+	// (the restored copy now, the checkpointed one then).
+	if baselines {
+		res.r = baselineR(work, uint64(mb)<<20)
+	}
 	return res
 }
 
