@@ -7,6 +7,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -145,6 +146,45 @@ func DumpNetNamespace(pid int) (*pb.NetNamespace, error) {
 		return nil, fmt.Errorf("net namespace of %d: %w", pid, err)
 	}
 	return ns, nil
+}
+
+// dadWait bounds waitDAD. On the links ckpt restores (loopback, and dummy
+// and ifb, which do no ARP) duplicate address detection completes as soon
+// as the kernel's workqueue runs; a link that really probes takes a second
+// or two, and is left to finish on its own.
+const dadWait = 2 * time.Second
+
+// waitDAD waits until no IPv6 address of the namespace is tentative, so
+// that the restored processes find their addresses usable (bind fails on a
+// tentative one) and the kernel's local routes for them in place, as they
+// were at checkpoint. The kernel starts duplicate address detection of a
+// new address from a workqueue, even where it has nothing to probe, so a
+// dump taken right after the addresses were added can still show them
+// tentative. Images with a tentative address (a checkpoint taken during
+// detection) are not waited for.
+func waitDAD(c *rtnl, ns *pb.NetNamespace) error {
+	for _, a := range ns.Addrs {
+		if a.Flags&unix.IFA_F_TENTATIVE != 0 {
+			return nil
+		}
+	}
+	for deadline := time.Now().Add(dadWait); ; time.Sleep(time.Millisecond) {
+		msgs, err := c.dump(unix.RTM_GETADDR, make([]byte, unix.SizeofIfAddrmsg))
+		if err != nil {
+			return fmt.Errorf("list addresses: %w", err)
+		}
+		tentative := false
+		for _, m := range msgs {
+			a, err := parseAddr(m)
+			if err != nil {
+				return fmt.Errorf("list addresses: %w", err)
+			}
+			tentative = tentative || a.Flags&unix.IFA_F_TENTATIVE != 0
+		}
+		if !tentative || time.Now().After(deadline) {
+			return nil
+		}
+	}
 }
 
 func dumpNetns() (*pb.NetNamespace, error) {
@@ -631,6 +671,9 @@ func restoreNetns(ns *pb.NetNamespace) error {
 		if err := addAddr(c, a, index[a.Ifindex], names[a.Ifindex]); err != nil {
 			return fmt.Errorf("address %s on %s: %w", addrString(a), names[a.Ifindex], err)
 		}
+	}
+	if err := waitDAD(c, ns); err != nil {
+		return err
 	}
 
 	// Routes: a gateway may be reachable only through another restored
