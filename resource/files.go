@@ -525,53 +525,67 @@ func (p *FdPuller) Close() error {
 // registered last, when every descriptor they name exists.
 //
 // The stub's table holds only the puller's pidfd at this point (see
-// restart's preparePuller). Every description is pulled in one batch of
-// pidfd_getfd calls, landing on whatever numbers are free; a second batch
+// restart's preparePuller). Every description is first opened in the stub
+// wherever the kernel puts it — pulled from ckpt with one batch of
+// pidfd_getfd calls, or one call at a time where a call's result is needed
+// (an epoll instance is created; a puller that receives over a socket, in
+// an unprivileged restart, takes each with recvmsg) — then a second batch
 // moves them to their own numbers (planFdMoves) and duplicates them: two
 // ptrace stops per scratch-full of calls instead of three per descriptor.
-// Tables with an epoll instance, and pullers that receive over a socket
-// (an unprivileged restart), go one call at a time (restoreFilesSerial).
 func RestoreFiles(t *Target, pl *FdPuller, files *OpenFiles, p *pb.Process) error {
+	type first struct {
+		fd  *pb.Fd
+		tmp uint64
+	}
+	var firsts []first
+	var batched []int // indexes in firsts of the batched pulls, in order
+	var dups []*pb.Fd
+	var epolls []uint32
+	placed := map[uint32]int32{} // file id -> first descriptor holding it
+	var pulls []Call
 	for _, fd := range p.Fds {
 		if fd.Fd < 0 || fd.Fd >= highFd {
 			return fmt.Errorf("image damaged: descriptor %d", fd.Fd)
 		}
-		rec, err := files.Record(fd.FileId)
-		if err != nil {
-			return fmt.Errorf("fd %d: %w", fd.Fd, err)
-		}
-		if rec.Kind == pb.File_EPOLL || pl.send != nil {
-			return restoreFilesSerial(t, pl, files, p)
-		}
-	}
-	// Pull each description once, for the first descriptor holding it.
-	type first struct {
-		fd  *pb.Fd
-		rec *pb.File
-	}
-	var firsts []first
-	var dups []*pb.Fd
-	placed := map[uint32]int32{} // file id -> first descriptor holding it
-	var pulls []Call
-	for _, fd := range p.Fds {
 		if _, ok := placed[fd.FileId]; ok {
 			dups = append(dups, fd)
 			continue
 		}
 		placed[fd.FileId] = fd.Fd
-		rec, _ := files.Record(fd.FileId)
-		f, _, err := files.Get(fd.FileId)
+		rec, err := files.Record(fd.FileId)
 		if err != nil {
-			return fmt.Errorf("fd %d (%s): %w", fd.Fd, rec.Path, err)
+			return fmt.Errorf("fd %d: %w", fd.Fd, err)
 		}
-		firsts = append(firsts, first{fd, rec})
 		what := fmt.Sprintf("fd %d (%s)", fd.Fd, rec.Path)
-		pulls = append(pulls, Call{Nr: unix.SYS_PIDFD_GETFD, Args: []uint64{pl.pidfd, uint64(f.Fd()), 0},
-			Err: func(err error) error { return fmt.Errorf("%s: pidfd_getfd: %w", what, err) }})
+		var tmp uint64
+		switch {
+		case rec.Kind == pb.File_EPOLL:
+			tmp, err = createEpoll(t)
+			epolls = append(epolls, fd.FileId)
+		default:
+			var f *os.File
+			if f, _, err = files.Get(fd.FileId); err != nil {
+				break
+			}
+			if pl.send != nil {
+				tmp, err = pl.Pull(f)
+				break
+			}
+			batched = append(batched, len(firsts))
+			pulls = append(pulls, Call{Nr: unix.SYS_PIDFD_GETFD, Args: []uint64{pl.pidfd, uint64(f.Fd()), 0},
+				Err: func(err error) error { return fmt.Errorf("%s: pidfd_getfd: %w", what, err) }})
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		firsts = append(firsts, first{fd, tmp})
 	}
 	tmps, err := t.Batch(pulls)
 	if err != nil {
 		return err
+	}
+	for i, j := range batched {
+		firsts[j].tmp = tmps[i]
 	}
 	moves := make([]fdMove, len(firsts))
 	spare := pl.pidfd
@@ -580,8 +594,8 @@ func RestoreFiles(t *Target, pl *FdPuller, files *OpenFiles, p *pb.Process) erro
 		if f.fd.Cloexec {
 			flags = unix.O_CLOEXEC
 		}
-		moves[i] = fdMove{from: tmps[i], to: uint64(f.fd.Fd), flags: flags}
-		spare = max(spare, tmps[i])
+		moves[i] = fdMove{from: f.tmp, to: uint64(f.fd.Fd), flags: flags}
+		spare = max(spare, f.tmp)
 	}
 	for _, fd := range p.Fds {
 		spare = max(spare, uint64(fd.Fd))
@@ -609,7 +623,7 @@ func RestoreFiles(t *Target, pl *FdPuller, files *OpenFiles, p *pb.Process) erro
 		calls = append(calls, Call{Nr: unix.SYS_DUP3, Args: []uint64{uint64(prev), uint64(fd.Fd), flags},
 			Err: func(err error) error { return fmt.Errorf("fd %d: dup3 of fd %d: %w", fd.Fd, prev, err) }})
 	}
-	// What is left of the pulled copies: numbers no descriptor of the image
+	// What is left of the first copies: numbers no descriptor of the image
 	// has (the dups above may have landed on others of them).
 	inImage := map[uint64]bool{}
 	for _, fd := range p.Fds {
@@ -622,8 +636,16 @@ func RestoreFiles(t *Target, pl *FdPuller, files *OpenFiles, p *pb.Process) erro
 				Err: func(err error) error { return fmt.Errorf("close pulled descriptor %d: %w", from, err) }})
 		}
 	}
-	_, err = t.Batch(calls)
-	return err
+	if _, err := t.Batch(calls); err != nil {
+		return err
+	}
+	for _, id := range epolls {
+		rec, _ := files.Record(id)
+		if err := restoreEpollItems(t, placed[id], rec); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // fdMove is a descriptor to move from one number to another in the stub,
@@ -683,60 +705,4 @@ func planFdMoves(moves []fdMove, spare uint64) []fdOp {
 		}
 	}
 	return ops
-}
-
-// restoreFilesSerial is RestoreFiles one injected call at a time, for the
-// tables the batched path does not handle.
-func restoreFilesSerial(t *Target, pl *FdPuller, files *OpenFiles, p *pb.Process) error {
-	placed := map[uint32]int32{} // file id -> first descriptor holding it
-	var epolls []uint32
-	for _, fd := range p.Fds {
-		flags := uint64(0)
-		if fd.Cloexec {
-			flags = unix.O_CLOEXEC
-		}
-		if prev, ok := placed[fd.FileId]; ok {
-			if _, err := t.Syscall(unix.SYS_DUP3, uint64(prev), uint64(fd.Fd), flags); err != nil {
-				return fmt.Errorf("fd %d: dup3 of fd %d: %w", fd.Fd, prev, err)
-			}
-			continue
-		}
-		rec, err := files.Record(fd.FileId)
-		if err != nil {
-			return fmt.Errorf("fd %d: %w", fd.Fd, err)
-		}
-		var tmp uint64
-		if rec.Kind == pb.File_EPOLL {
-			tmp, err = createEpoll(t)
-			epolls = append(epolls, fd.FileId)
-		} else {
-			var f *os.File
-			if f, _, err = files.Get(fd.FileId); err == nil {
-				tmp, err = pl.Pull(f)
-			}
-		}
-		if err != nil {
-			return fmt.Errorf("fd %d (%s): %w", fd.Fd, rec.Path, err)
-		}
-		placed[fd.FileId] = fd.Fd
-		if tmp == uint64(fd.Fd) {
-			if _, err := t.Syscall(unix.SYS_FCNTL, tmp, unix.F_SETFD, flags/unix.O_CLOEXEC); err != nil {
-				return fmt.Errorf("fd %d: %w", fd.Fd, err)
-			}
-			continue
-		}
-		if _, err := t.Syscall(unix.SYS_DUP3, tmp, uint64(fd.Fd), flags); err != nil {
-			return fmt.Errorf("fd %d (%s): dup3: %w", fd.Fd, rec.Path, err)
-		}
-		if _, err := t.Syscall(unix.SYS_CLOSE, tmp); err != nil {
-			return err
-		}
-	}
-	for _, id := range epolls {
-		rec, _ := files.Record(id)
-		if err := restoreEpollItems(t, placed[id], rec); err != nil {
-			return err
-		}
-	}
-	return nil
 }
