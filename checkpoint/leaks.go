@@ -309,27 +309,15 @@ func treeNamespaces(pids []int) (map[string]uint64, error) {
 // sharedMaps lists the shared mappings of files of pid from
 // /proc/PID/maps (lighter than smaps): what can hold shared memory.
 func sharedMaps(pid int) []proc.Vma {
-	b, err := proc.ReadFile(proc.Path(pid, "maps"))
+	vmas, err := proc.ReadMaps(pid)
 	if err != nil {
 		return nil
 	}
 	var out []proc.Vma
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 6 || len(f[1]) < 4 || f[1][3] != 's' {
-			continue
+	for _, v := range vmas {
+		if v.Shared() && v.Inode != 0 && v.Name != "" {
+			out = append(out, v)
 		}
-		maj, min, ok := strings.Cut(f[3], ":")
-		ino, err := strconv.ParseUint(f[4], 10, 64)
-		if !ok || err != nil || ino == 0 {
-			continue
-		}
-		a, err1 := strconv.ParseUint(maj, 16, 32)
-		b, err2 := strconv.ParseUint(min, 16, 32)
-		if err1 != nil || err2 != nil {
-			continue
-		}
-		out = append(out, proc.Vma{Perms: f[1], Major: uint32(a), Minor: uint32(b), Inode: ino, Name: strings.Join(f[5:], " ")})
 	}
 	return out
 }

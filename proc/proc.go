@@ -86,6 +86,16 @@ func ReadSmaps(pid int) ([]Vma, error) {
 	return ParseSmaps(b)
 }
 
+// ReadMaps reads and parses /proc/PID/maps: the areas without smaps'
+// flags and sizes, and without its walk of every page table.
+func ReadMaps(pid int) ([]Vma, error) {
+	b, err := ReadFile(Path(pid, "maps"))
+	if err != nil {
+		return nil, err
+	}
+	return ParseSmaps(b)
+}
+
 // ParseSmaps parses smaps (or maps) text.
 func ParseSmaps(b []byte) ([]Vma, error) {
 	var out []Vma

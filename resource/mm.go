@@ -26,11 +26,7 @@ var specialNames = map[string]bool{"[vdso]": true, "[vvar]": true, "[vvar_vclock
 // checks need no flags, and smaps walks the page tables of every area (about
 // 10 ms for 1 GiB), which the dump does once more anyway.
 func PreflightMm(pid int) error {
-	b, err := proc.ReadFile(proc.Path(pid, "maps"))
-	if err != nil {
-		return fmt.Errorf("read memory map of %d: %w", pid, err)
-	}
-	vmas, err := proc.ParseSmaps(b)
+	vmas, err := proc.ReadMaps(pid)
 	if err != nil {
 		return fmt.Errorf("read memory map of %d: %w", pid, err)
 	}
