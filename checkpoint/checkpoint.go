@@ -70,6 +70,9 @@ type Options struct {
 	phases *phase.Phases // set by Run
 	// undo tells semaphore undo lists apart (set by Run).
 	undo *resource.UndoProbe
+	// cpu is the CPU the tracing thread is bound to, -1 if none (set by
+	// dump; see frozenThread.pin).
+	cpu int
 	// subtreeLeaks waits for the leak scan of a subtree (set by Run).
 	subtreeLeaks func() ([]*pb.Leak, error)
 	// SelfTid, if not 0, makes this a self-checkpoint (see self.go):
@@ -397,6 +400,9 @@ type frozenThread struct {
 	inj      *ptrace.Injector
 	savedMem []byte // scratch bytes below the red zone, to put back
 	target   *resource.Target
+	// cpus, while the thread is bound to the tracer's CPU for injection,
+	// is the CPU set to give back.
+	cpus *ptrace.CPUSet
 }
 
 // release puts every thread back as it was and lets the process run.
@@ -431,7 +437,47 @@ func (th *frozenThread) restore() error {
 		errs = append(errs, ptrace.SetSigmask(th.tid, th.sigmask))
 		th.maskSet = false
 	}
+	if th.cpus != nil {
+		errs = append(errs, ptrace.SetAffinity(th.tid, th.cpus))
+		th.cpus = nil
+	}
 	return errors.Join(errs...)
+}
+
+// pinTracer binds the tracing thread to its CPU for the injected calls,
+// which threads are then bound to as well (frozenThread.pin), and returns
+// the function that unbinds it. Only for those calls: bound for the whole
+// checkpoint, the tracer would compete for its one CPU with ckpt's other
+// goroutines (the page writer, the leak scan).
+func (o *Options) pinTracer() (unpin func()) {
+	cpu, cpus, err := ptrace.PinSelf()
+	if err != nil {
+		return func() {}
+	}
+	o.cpu = cpu
+	return func() {
+		if o.cpu >= 0 {
+			ptrace.SetAffinity(0, &cpus)
+			o.cpu = -1
+		}
+	}
+}
+
+// pin binds the thread to cpu, ckpt's tracing thread's, for the injected
+// calls: each resume and stop is then a context switch rather than a
+// cross-CPU wakeup (see ptrace/cpu.go). A thread that cannot be bound
+// there (a cpuset without that CPU) is left as it is, only slower.
+func (th *frozenThread) pin(cpu int) {
+	if cpu < 0 {
+		return
+	}
+	set, err := ptrace.Affinity(th.tid)
+	if err != nil || !set.IsSet(cpu) {
+		return
+	}
+	if ptrace.Pin(th.tid, cpu) == nil {
+		th.cpus = &set
+	}
 }
 
 // freeze seizes and stops every thread of pid, listing the threads again
@@ -623,6 +669,7 @@ func (ft *frozenTree) freeze(root, skip int) error {
 }
 
 func dump(opts *Options, stats *Stats) (err error) {
+	opts.cpu = -1
 	ft := &frozenTree{}
 	var leaks []*pb.Leak
 	subtreeLeaks := opts.subtreeLeaks
@@ -694,6 +741,8 @@ func dump(opts *Options, stats *Stats) (err error) {
 	}
 	mmOf := map[int]uint32{}
 	var dumped []*frozen // processes whose address space is dumped, as mms
+	unpin := opts.pinTracer()
+	defer unpin()
 	for _, f := range ft.procs {
 		mmID := uint32(len(mms) + 1)
 		if o := vmOwners[f.pid]; o != 0 {
@@ -713,6 +762,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 		procs = append(procs, &pb.Process{Pid: uint32(z.Pid), Ppid: uint32(z.Ppid), Pgid: uint32(z.Pgrp), Sid: uint32(z.Session),
 			Comm: z.Comm, ExitSignal: uint32(z.ExitSignal), Zombie: true, ExitCode: uint32(z.ExitCode)})
 	}
+	unpin()
 	opts.mark("collect")
 	if err := ipc.dumpHostIPC(opts, ft, procs, mms); err != nil {
 		return err
@@ -911,6 +961,7 @@ func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64, ipcNs
 			return err
 		}
 		th.maskSet = true
+		th.pin(opts.cpu)
 		th.inj = &ptrace.Injector{Tid: th.tid, SyscallAddr: addr, Base: th.regs}
 		th.target.Inj = th.inj
 		if i == 0 {

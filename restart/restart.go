@@ -52,6 +52,10 @@ type Options struct {
 
 	// user is the state of an unprivileged restart (nil for root).
 	user *userNS
+	// cpus, if set, is the CPU set ckpt's tracing thread had before it was
+	// bound to one CPU; the stubs inherit the binding, and the restored
+	// threads get cpus back before they run.
+	cpus *ptrace.CPUSet
 }
 
 // Result describes a restored process.
@@ -121,6 +125,12 @@ func restore(opts *Options) (res *Result, err error) {
 		return nil, err
 	}
 	r.Progress = opts.Progress
+	// Stubs and the tracer on one CPU: every injected call's resume and
+	// stop is then a context switch, not a cross-CPU wakeup (ptrace/cpu.go).
+	// Without the binding the restart just runs slower.
+	if _, cpus, err := ptrace.PinSelf(); err == nil {
+		opts.cpus = &cpus
+	}
 	if os.Geteuid() != 0 {
 		opts.user = &userNS{}
 		defer opts.user.close()
@@ -345,14 +355,14 @@ func restore(opts *Options) (res *Result, err error) {
 	}
 	// Everything is in place: let every process go, the root last.
 	for i := len(tasks) - 1; i >= 0; i-- {
-		if err := release(tasks[i]); err != nil {
+		if err := release(tasks[i], opts.cpus); err != nil {
 			return nil, err
 		}
 	}
 	opts.mark("unmap stubs and release")
 	res = &Result{Pid: root.s.pid, Comm: root.p.Comm}
 	if um := opts.user; um != nil && um.init != nil {
-		if err := um.startInit(root.p.Pid); err != nil {
+		if err := um.startInit(root.p.Pid, opts.cpus); err != nil {
 			return nil, err
 		}
 		res.init, res.status = um.init.pid, um.statusR
@@ -929,16 +939,22 @@ func unmapStub(tk *task) error {
 	return nil
 }
 
-// release sets each thread's final signal mask and detaches it (the other
-// threads first, the main thread last).
-func release(tk *task) error {
+// release sets each thread's final signal mask and CPU set (cpus, if not
+// nil) and detaches it (the other threads first, the main thread last).
+func release(tk *task, cpus *ptrace.CPUSet) error {
 	p := tk.p
 	if p.Zombie {
 		return nil
 	}
 	for i, th := range p.Threads {
-		if err := ptrace.SetSigmask(tk.targets[i].Inj.Tid, th.Sigmask); err != nil {
+		tid := tk.targets[i].Inj.Tid
+		if err := ptrace.SetSigmask(tid, th.Sigmask); err != nil {
 			return err
+		}
+		if cpus != nil {
+			if err := ptrace.SetAffinity(tid, cpus); err != nil {
+				return err
+			}
 		}
 	}
 	for i := len(p.Threads) - 1; i >= 0; i-- {

@@ -170,8 +170,14 @@ func restoreUserCreds(t *resource.Target, c *pb.Creds) error {
 
 // startInit turns the first stub into the namespace's init (initCode) once
 // the tree runs; root is the restored root's PID inside the namespace.
-func (u *userNS) startInit(root uint32) error {
+// cpus, if not nil, is the CPU set it gets back (see Options.cpus).
+func (u *userNS) startInit(root uint32, cpus *ptrace.CPUSet) error {
 	s := u.init
+	if cpus != nil {
+		if err := ptrace.SetAffinity(s.pid, cpus); err != nil {
+			return fmt.Errorf("init stub: %w", err)
+		}
+	}
 	// The stub must outlive ckpt's tracer thread (--detach, or ckpt
 	// restart ending first): no parent-death signal; and it keeps no
 	// descriptor of ckpt's.
