@@ -39,11 +39,16 @@ lint:
 	$(GO) vet $(PKGS)
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
 
-# proto regenerates image/pb from image/pb/image.proto.
+# proto regenerates image/pb from image/pb/image.proto: the message types
+# (protoc-gen-go) and their reflection-free codecs (protoc-gen-go-vtproto,
+# see image/codec.go).
 proto:
 	@command -v protoc >/dev/null || apt-get install -y protobuf-compiler
 	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
-	PATH="$$PATH:$$($(GO) env GOPATH)/bin" protoc --go_out=. --go_opt=paths=source_relative image/pb/image.proto
+	$(GO) install github.com/planetscale/vtprotobuf/cmd/protoc-gen-go-vtproto@v0.6.0
+	PATH="$$PATH:$$($(GO) env GOPATH)/bin" protoc --go_out=. --go_opt=paths=source_relative \
+		--go-vtproto_out=. --go-vtproto_opt=paths=source_relative,features=marshal+unmarshal+size \
+		image/pb/image.proto
 
 # golden rewrites test/golden/testdata/vN.img, the golden image of the
 # current format version N, with this tree's ckpt (as root; see

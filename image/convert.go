@@ -5,7 +5,6 @@ import (
 	"io"
 
 	"github.com/klauspost/compress/zstd"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/ckpt/ckpt/image/pb"
 )
@@ -195,7 +194,7 @@ func setHeaderVersion(rec Record, v uint32) (Record, error) {
 		return rec, err
 	}
 	h.FormatVersion = v
-	b, err := proto.Marshal(h)
+	b, err := marshal(h)
 	if err != nil {
 		return rec, fmt.Errorf("encode header: %w", err)
 	}

@@ -102,7 +102,7 @@ func NewReader(r io.Reader) (*Reader, error) {
 		return nil, fmt.Errorf("image damaged: first record is %v, not header", rec.Type)
 	}
 	h := &pb.Header{}
-	if err := proto.Unmarshal(rec.Payload, h); err != nil {
+	if err := unmarshal(rec.Payload, h); err != nil {
 		return nil, fmt.Errorf("image damaged: header record: %w", err)
 	}
 	if h.FormatVersion != ir.Version {
@@ -240,13 +240,13 @@ func (r *Reader) Next() (Record, error) {
 			r.procs++
 		case TypeError:
 			e := &pb.Error{}
-			if err := proto.Unmarshal(rec.Payload, e); err != nil {
+			if err := unmarshal(rec.Payload, e); err != nil {
 				return Record{}, fmt.Errorf("image damaged: error record: %w", err)
 			}
 			return Record{}, fmt.Errorf("image is incomplete: the checkpoint failed: %s", e.Message)
 		case TypeTail:
 			tail := &pb.Tail{}
-			if err := proto.Unmarshal(rec.Payload, tail); err != nil {
+			if err := unmarshal(rec.Payload, tail); err != nil {
 				return Record{}, fmt.Errorf("image damaged: tail record: %w", err)
 			}
 			if tail.Crc32C != sum || tail.Bytes != start || tail.Records != r.records || tail.Pages != r.pages || tail.Processes != r.procs {
@@ -279,7 +279,7 @@ func (r *Reader) Read(b []byte) (int, error) {
 
 // Unmarshal decodes a metadata payload, naming the record on failure.
 func Unmarshal(rec Record, m proto.Message) error {
-	if err := proto.Unmarshal(rec.Payload, m); err != nil {
+	if err := unmarshal(rec.Payload, m); err != nil {
 		return fmt.Errorf("image damaged: %v record at byte %d: %w", rec.Type, rec.Offset, err)
 	}
 	return nil

@@ -95,7 +95,7 @@ func (w *Writer) padTo8(n uint64) error {
 
 // Message writes one metadata record.
 func (w *Writer) Message(t Type, m proto.Message) error {
-	b, err := proto.Marshal(m)
+	b, err := marshal(m)
 	if err != nil {
 		return fmt.Errorf("encode %v record: %w", t, err)
 	}

@@ -19,7 +19,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ckpt/ckpt/checkpoint"
-	"github.com/ckpt/ckpt/image"
 	"github.com/ckpt/ckpt/restart"
 )
 
@@ -119,11 +118,6 @@ With --container, PID is the init (PID 1) of a container's PID namespace
 ckpt restart rebuilds it in new ones.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			// The records are encoded while the processes are frozen:
-			// build their codecs on the second core meanwhile. (Not for
-			// restart: there the first records are decoded at once, and
-			// a warm-up alongside only competes for the CPU; A/B slower.)
-			go image.Warm()
 			pid, err := strconv.Atoi(args[0])
 			if err != nil || pid <= 0 {
 				return fmt.Errorf("checkpoint: %q is not a process id", args[0])
