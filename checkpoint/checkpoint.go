@@ -463,21 +463,20 @@ func (o *Options) pinTracer() (unpin func()) {
 	}
 }
 
-// pin binds the thread to cpu, ckpt's tracing thread's, for the injected
-// calls: each resume and stop is then a context switch rather than a
-// cross-CPU wakeup (see ptrace/cpu.go). A thread that cannot be bound
-// there (a cpuset without that CPU) is left as it is, only slower.
-func (th *frozenThread) pin(cpu int) {
-	if cpu < 0 {
-		return
-	}
+// pin reads the thread's CPU set, which the image records, and binds the
+// thread to cpu, ckpt's tracing thread's, for the injected calls: each
+// resume and stop is then a context switch rather than a cross-CPU wakeup
+// (see ptrace/cpu.go). A thread that cannot be bound there (a cpuset
+// without that CPU) is left as it is, only slower.
+func (th *frozenThread) pin(cpu int) (ptrace.CPUSet, error) {
 	set, err := ptrace.Affinity(th.tid)
-	if err != nil || !set.IsSet(cpu) {
-		return
+	if err != nil || cpu < 0 || !set.IsSet(cpu) {
+		return set, err
 	}
 	if ptrace.Pin(th.tid, cpu) == nil {
 		th.cpus = &set
 	}
+	return set, nil
 }
 
 // freeze seizes and stops every thread of pid, listing the threads again
@@ -961,7 +960,10 @@ func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64, ipcNs
 			return err
 		}
 		th.maskSet = true
-		th.pin(opts.cpu)
+		cpus, err := th.pin(opts.cpu)
+		if err != nil {
+			return err
+		}
 		th.inj = &ptrace.Injector{Tid: th.tid, SyscallAddr: addr, Base: th.regs}
 		th.target.Inj = th.inj
 		if i == 0 {
@@ -979,6 +981,7 @@ func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64, ipcNs
 		if err != nil {
 			return fmt.Errorf("thread %d: %w", th.tid, err)
 		}
+		dt.Cpus = resource.CPUWords(&cpus)
 		if opts.SelfTid == th.tid {
 			if err := resource.SelfReturn(dt, th.regs, opts.selfReadFd); err != nil {
 				return err

@@ -356,3 +356,32 @@ func guessRestartedSleep(t *Target, r ptrace.Regs) uint64 {
 	}
 	return unix.SYS_RESTART_SYSCALL
 }
+
+// CPUWords is a CPU set as the image stores it: 64 CPUs a word, trailing
+// zero words left out.
+func CPUWords(set *ptrace.CPUSet) []uint64 {
+	var w []uint64
+	for _, m := range set {
+		w = append(w, uint64(m))
+	}
+	for len(w) > 0 && w[len(w)-1] == 0 {
+		w = w[:len(w)-1]
+	}
+	return w
+}
+
+// CPUSetOf is the CPU set of an image thread; ok is false when the image
+// has none (older than the field) or one too wide for this ckpt.
+func CPUSetOf(th *pb.Thread) (set ptrace.CPUSet, ok bool) {
+	if len(th.Cpus) == 0 || len(th.Cpus) > len(set) {
+		return set, false
+	}
+	for i, m := range th.Cpus {
+		for b := 0; b < 64; b++ {
+			if m&(1<<b) != 0 {
+				set.Set(64*i + b)
+			}
+		}
+	}
+	return set, set.Count() > 0
+}

@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -53,8 +54,9 @@ type Options struct {
 	// user is the state of an unprivileged restart (nil for root).
 	user *userNS
 	// cpus, if set, is the CPU set ckpt's tracing thread had before it was
-	// bound to one CPU; the stubs inherit the binding, and the restored
-	// threads get cpus back before they run.
+	// bound to one CPU. The stubs inherit the binding; before they run,
+	// restored threads get their recorded set back, or cpus when the image
+	// has none or this machine cannot honour it (restoreCPUs).
 	cpus *ptrace.CPUSet
 }
 
@@ -355,7 +357,7 @@ func restore(opts *Options) (res *Result, err error) {
 	}
 	// Everything is in place: let every process go, the root last.
 	for i := len(tasks) - 1; i >= 0; i-- {
-		if err := release(tasks[i], opts.cpus); err != nil {
+		if err := release(opts, tasks[i]); err != nil {
 			return nil, err
 		}
 	}
@@ -939,9 +941,9 @@ func unmapStub(tk *task) error {
 	return nil
 }
 
-// release sets each thread's final signal mask and CPU set (cpus, if not
-// nil) and detaches it (the other threads first, the main thread last).
-func release(tk *task, cpus *ptrace.CPUSet) error {
+// release sets each thread's final signal mask and CPU set and detaches it
+// (the other threads first, the main thread last).
+func release(opts *Options, tk *task) error {
 	p := tk.p
 	if p.Zombie {
 		return nil
@@ -951,10 +953,8 @@ func release(tk *task, cpus *ptrace.CPUSet) error {
 		if err := ptrace.SetSigmask(tid, th.Sigmask); err != nil {
 			return err
 		}
-		if cpus != nil {
-			if err := ptrace.SetAffinity(tid, cpus); err != nil {
-				return err
-			}
+		if err := restoreCPUs(opts, th, tid); err != nil {
+			return err
 		}
 	}
 	for i := len(p.Threads) - 1; i >= 0; i-- {
@@ -963,6 +963,50 @@ func release(tk *task, cpus *ptrace.CPUSet) error {
 		}
 	}
 	return nil
+}
+
+// restoreCPUs gives thread tid (th in the image) its CPU set. One this
+// machine cannot honour (fewer CPUs, another cpuset) becomes ckpt's own,
+// with a warning; so does a set the image lacks (an older image), silently.
+func restoreCPUs(opts *Options, th *pb.Thread, tid int) error {
+	if set, ok := resource.CPUSetOf(th); ok {
+		err := ptrace.SetAffinity(tid, &set)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("thread %d: %w", th.Tid, err)
+		}
+		if opts.Warn != nil {
+			opts.Warn(fmt.Sprintf("thread %d ran on CPUs %s, none of which this machine lets it use; it runs on ckpt's CPUs instead", th.Tid, cpuList(&set)))
+		}
+	}
+	if opts.cpus == nil {
+		return nil
+	}
+	return ptrace.SetAffinity(tid, opts.cpus)
+}
+
+// cpuList writes a CPU set the way taskset -c and /proc do: "0-3,6".
+func cpuList(set *ptrace.CPUSet) string {
+	var parts []string
+	n := len(set) * 64
+	for c := 0; c < n; c++ {
+		if !set.IsSet(c) {
+			continue
+		}
+		end := c
+		for end+1 < n && set.IsSet(end+1) {
+			end++
+		}
+		if end == c {
+			parts = append(parts, strconv.Itoa(c))
+		} else {
+			parts = append(parts, fmt.Sprintf("%d-%d", c, end))
+		}
+		c = end
+	}
+	return strings.Join(parts, ",")
 }
 
 // Describe is a one-line summary for logs.

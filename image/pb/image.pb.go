@@ -1323,6 +1323,10 @@ type Thread struct {
 	RobustListLen uint64          `protobuf:"varint,14,opt,name=robust_list_len,json=robustListLen,proto3" json:"robust_list_len,omitempty"`
 	ClearChildTid uint64          `protobuf:"varint,15,opt,name=clear_child_tid,json=clearChildTid,proto3" json:"clear_child_tid,omitempty"`
 	Restart       *SyscallRestart `protobuf:"bytes,16,opt,name=restart,proto3" json:"restart,omitempty"`
+	// cpus is the thread's CPU affinity (sched_getaffinity): bit n of word
+	// n/64 is CPU n, trailing zero words left out. Empty in images older
+	// than the field: the thread then gets ckpt's own CPU set.
+	Cpus          []uint64 `protobuf:"varint,17,rep,packed,name=cpus,proto3" json:"cpus,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1465,6 +1469,13 @@ func (x *Thread) GetClearChildTid() uint64 {
 func (x *Thread) GetRestart() *SyscallRestart {
 	if x != nil {
 		return x.Restart
+	}
+	return nil
+}
+
+func (x *Thread) GetCpus() []uint64 {
+	if x != nil {
+		return x.Cpus
 	}
 	return nil
 }
@@ -4321,7 +4332,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x0eSyscallRestart\x12\x0e\n" +
 	"\x02nr\x18\x01 \x01(\x03R\x02nr\x12!\n" +
 	"\fremaining_ns\x18\x02 \x01(\x03R\vremainingNs\x12'\n" +
-	"\x0fknown_remaining\x18\x03 \x01(\bR\x0eknownRemaining\"\xf8\x03\n" +
+	"\x0fknown_remaining\x18\x03 \x01(\bR\x0eknownRemaining\"\x8c\x04\n" +
 	"\x06Thread\x12\x10\n" +
 	"\x03tid\x18\x01 \x01(\rR\x03tid\x12\x12\n" +
 	"\x04comm\x18\x02 \x01(\tR\x04comm\x12\x12\n" +
@@ -4341,7 +4352,8 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"robustList\x12&\n" +
 	"\x0frobust_list_len\x18\x0e \x01(\x04R\rrobustListLen\x12&\n" +
 	"\x0fclear_child_tid\x18\x0f \x01(\x04R\rclearChildTid\x127\n" +
-	"\arestart\x18\x10 \x01(\v2\x1d.ckpt.image.v1.SyscallRestartR\arestart\"G\n" +
+	"\arestart\x18\x10 \x01(\v2\x1d.ckpt.image.v1.SyscallRestartR\arestart\x12\x12\n" +
+	"\x04cpus\x18\x11 \x03(\x04R\x04cpus\"G\n" +
 	"\x02Fd\x12\x0e\n" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x17\n" +
 	"\afile_id\x18\x02 \x01(\rR\x06fileId\x12\x18\n" +

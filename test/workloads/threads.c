@@ -2,12 +2,13 @@
 // threads: six threads, each in a different kind of wait or work (busy,
 // nanosleep, condition variable, sigwaitinfo, poll on a pipe, read on a
 // pipe), with its
-// own TLS value, name, signal mask and (for one) a pending thread-directed
-// signal. On SIGUSR2 every thread checks its own state and the main thread
+// own TLS value, name, signal mask, CPU affinity (the odd threads are bound
+// to the last CPU) and (for one) a pending thread-directed signal. On SIGUSR2 every thread checks its own state and the main thread
 // reports PASS or FAIL.
 #define _GNU_SOURCE
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -30,6 +31,20 @@ static int pa[2], pb[2]; // pipes that threads 4 and 5 wait on
 
 static void on_usr2(int s) { (void)s; usr2 = 1; }
 
+// affinity_wanted is the CPU set thread i binds itself to: the last CPU for
+// the odd ones, every CPU the process started with for the others.
+static cpu_set_t start_set;
+static void affinity_wanted(int i, cpu_set_t *set) {
+	*set = start_set;
+	if (i % 2 == 1) {
+		int last = -1;
+		for (int c = 0; c < CPU_SETSIZE; c++)
+			if (CPU_ISSET(c, &start_set)) last = c;
+		CPU_ZERO(set);
+		CPU_SET(last, set);
+	}
+}
+
 static void check_common(int i) {
 	char name[16], want[16];
 	snprintf(want, sizeof want, "wl-t%d", i);
@@ -40,6 +55,13 @@ static void check_common(int i) {
 		snprintf(fails[i], sizeof fails[i], "thread %d TLS %#lx, want %#lx", i, tls_value, 0x1000 + (uint64_t)i);
 	else if (syscall(SYS_gettid) != tids[i])
 		snprintf(fails[i], sizeof fails[i], "thread %d tid %ld, want %d", i, syscall(SYS_gettid), tids[i]);
+	else {
+		cpu_set_t got, want;
+		affinity_wanted(i, &want);
+		if (sched_getaffinity(0, sizeof got, &got) != 0 || !CPU_EQUAL(&got, &want))
+			snprintf(fails[i], sizeof fails[i], "thread %d CPU affinity: %d CPUs (first word %#lx), want %d (%#lx)", i,
+			         CPU_COUNT(&got), ((unsigned long *)&got)[0], CPU_COUNT(&want), ((unsigned long *)&want)[0]);
+	}
 }
 
 static void *worker(void *arg) {
@@ -49,6 +71,10 @@ static void *worker(void *arg) {
 	pthread_setname_np(pthread_self(), name);
 	tls_value = 0x1000 + i;
 	tids[i] = syscall(SYS_gettid);
+	cpu_set_t cpus;
+	affinity_wanted(i, &cpus);
+	if (sched_setaffinity(0, sizeof cpus, &cpus) != 0)
+		snprintf(fails[i], sizeof fails[i], "thread %d: sched_setaffinity: %m", i);
 	sigset_t m;
 	sigemptyset(&m);
 	sigaddset(&m, SIGUSR2);
@@ -116,6 +142,7 @@ static void *worker(void *arg) {
 
 int main(void) {
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	sched_getaffinity(0, sizeof start_set, &start_set);
 	struct sigaction sa = {.sa_handler = on_usr2};
 	sigaction(SIGUSR2, &sa, NULL);
 	pipe(pa);
