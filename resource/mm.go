@@ -198,16 +198,20 @@ func (d *pageDumper) dump(pm *os.File, mm *pb.Mm) error {
 				i = j
 			}
 		}
-		if err := d.flush(); err != nil {
-			return fmt.Errorf("dump vma %#x-%#x (%s): %w", v.Start, v.End, v.Name, err)
-		}
+	}
+	// One record for the areas that fit one buffer, not one per area: a
+	// small process has a few pages in each of a dozen areas, and a
+	// record each cost a hand-over to the writer and up to a page of
+	// padding (a tiny image shrank by a quarter).
+	if err := d.flush(); err != nil {
+		return fmt.Errorf("dump pages of process %d: %w", d.t.Pid, err)
 	}
 	return nil
 }
 
-// pageDumper gathers page runs of one area into a buffer and writes them
-// as one PAGES record per buffer-full, without the pages that are all
-// zeros when skipZero is set.
+// pageDumper gathers the page runs of an address space into a buffer and
+// writes them as one PAGES record per buffer-full, without the zero pages
+// of anonymous areas.
 type pageDumper struct {
 	t                  *Target
 	mem                *os.File
@@ -215,8 +219,14 @@ type pageDumper struct {
 	mmID               uint32
 	buf                []byte // nil until the first run of a buffer-full
 	used               int
-	pieces             [][2]uint64 // address, length in buf, in order
+	pieces             []piece // in buffer order
 	readable, skipZero bool
+}
+
+// piece is one run of present pages read into the buffer, of one area.
+type piece struct {
+	addr, n  uint64
+	skipZero bool // anonymous memory: its zero pages are left out
 }
 
 var zeroPage [pageSize]byte
@@ -243,7 +253,7 @@ func (d *pageDumper) add(addr, n uint64) error {
 		if err != nil {
 			return fmt.Errorf("read pages %#x-%#x: %w", addr, addr+c, err)
 		}
-		d.pieces = append(d.pieces, [2]uint64{addr, c})
+		d.pieces = append(d.pieces, piece{addr, c, d.skipZero})
 		d.used += int(c)
 		addr, n = addr+c, n-c
 		if d.used == len(d.buf) {
@@ -260,23 +270,28 @@ func (d *pageDumper) flush() error {
 	var runs []*pb.PageRun
 	off, k := 0, 0
 	for _, pc := range d.pieces {
-		for p := uint64(0); p < pc[1]; p += pageSize {
+		// A run never spans two pieces: two areas may be adjacent, and a
+		// restorer checks that each run lies within one area.
+		joinable := false
+		for p := uint64(0); p < pc.n; p += pageSize {
 			page := d.buf[off+int(p) : off+int(p)+pageSize]
-			if d.skipZero && bytes.Equal(page, zeroPage[:]) {
+			if pc.skipZero && bytes.Equal(page, zeroPage[:]) {
+				joinable = false
 				continue
 			}
-			addr := pc[0] + p
-			if n := len(runs); n > 0 && runs[n-1].Addr+runs[n-1].Npages*pageSize == addr {
+			addr := pc.addr + p
+			if n := len(runs); joinable && runs[n-1].Addr+runs[n-1].Npages*pageSize == addr {
 				runs[n-1].Npages++
 			} else {
 				runs = append(runs, &pb.PageRun{Addr: addr, Npages: 1})
 			}
+			joinable = true
 			if k != off+int(p) {
 				copy(d.buf[k:k+pageSize], page)
 			}
 			k += pageSize
 		}
-		off += int(pc[1])
+		off += int(pc.n)
 	}
 	d.pieces, d.used = d.pieces[:0], 0
 	if d.buf == nil {
@@ -318,13 +333,15 @@ func NewPageWriter(w *image.Writer) *PageWriter {
 	pw := &PageWriter{w: w, jobs: make(chan pageJob, 1), free: make(chan []byte, 2), done: make(chan error, 1), failed: make(chan struct{})}
 	pw.free <- make([]byte, size)
 	pw.free <- make([]byte, size)
-	go pw.run()
+	// The channel is passed, not read from pw: Close clears pw.jobs,
+	// possibly before this goroutine first runs.
+	go pw.run(pw.jobs)
 	return pw
 }
 
-func (pw *PageWriter) run() {
+func (pw *PageWriter) run(jobs <-chan pageJob) {
 	var err error
-	for j := range pw.jobs {
+	for j := range jobs {
 		if err == nil && j.pm != nil {
 			err = pw.w.Pages(j.pm, func(out io.Writer) error {
 				_, err := out.Write(j.buf[:j.n])

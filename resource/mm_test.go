@@ -148,3 +148,66 @@ func TestDumpPagesWriteError(t *testing.T) {
 		}
 	}
 }
+
+// TestDumpPagesAreas dumps two adjacent areas: their pages share one
+// record, but no run crosses from one area into the other (a restorer
+// refuses such a run).
+func TestDumpPagesAreas(t *testing.T) {
+	const size = 16 * pageSize
+	mem, mm := ownArea(t, size, func(p int) bool { return p == 3 })
+	if err := unix.Mprotect(mem[size/2:], unix.PROT_READ); err != nil {
+		t.Fatal(err)
+	}
+	v := mm.Vmas[0]
+	mid := v.Start + size/2
+	mm.Vmas = []*pb.Vma{{Start: v.Start, End: mid, Prot: v.Prot}, {Start: mid, End: v.End, Prot: unix.PROT_READ}}
+	var out bytes.Buffer
+	w, err := image.NewWriter(&out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Message(image.TypeHeader, &pb.Header{FormatVersion: image.FormatVersion, PageSize: image.PageSize}); err != nil {
+		t.Fatal(err)
+	}
+	pw := NewPageWriter(w)
+	if err := DumpPages(&Target{Pid: os.Getpid()}, mm, pw); err != nil {
+		t.Fatal(err)
+	}
+	if err := pw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := image.NewReader(&out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	records, pages := 0, uint64(0)
+	for {
+		rec, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.Type != image.TypePageMap {
+			continue
+		}
+		records++
+		var pm pb.PageMap
+		if err := image.Unmarshal(rec, &pm); err != nil {
+			t.Fatal(err)
+		}
+		for _, run := range pm.Runs {
+			if FindVma(mm, run.Addr, run.Npages*pageSize) == nil {
+				t.Errorf("run %#x+%d pages crosses an area boundary (%#x)", run.Addr, run.Npages, mid)
+			}
+			pages += run.Npages
+		}
+	}
+	if records != 1 || pages != size/pageSize-1 {
+		t.Errorf("%d records with %d pages, want 1 with %d", records, pages, size/pageSize-1)
+	}
+}
