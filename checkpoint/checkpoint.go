@@ -70,6 +70,8 @@ type Options struct {
 	phases *phase.Phases // set by Run
 	// undo tells semaphore undo lists apart (set by Run).
 	undo *resource.UndoProbe
+	// self is ckpt's own status and namespaces (set by Run).
+	self *resource.Self
 	// cpu is the CPU the tracing thread is bound to, -1 if none (set by
 	// dump; see frozenThread.pin).
 	cpu int
@@ -110,12 +112,16 @@ func Preflight(pid int, container bool) error {
 		return err
 	}
 	defer probe.Close()
-	return preflight(pid, 0, container, probe)
+	self, err := resource.ReadSelf()
+	if err != nil {
+		return err
+	}
+	return preflight(pid, 0, container, probe, self)
 }
 
 // preflight is Preflight leaving out the subtree of process skip (ckpt
 // itself in a self-checkpoint).
-func preflight(pid, skip int, container bool, probe *resource.UndoProbe) error {
+func preflight(pid, skip int, container bool, probe *resource.UndoProbe, self *resource.Self) error {
 	if pid <= 0 {
 		return fmt.Errorf("invalid pid %d", pid)
 	}
@@ -161,7 +167,7 @@ func preflight(pid, skip int, container bool, probe *resource.UndoProbe) error {
 	if err := resource.PreflightSemUndo(probe, pids); err != nil {
 		return err
 	}
-	outer, _, err := outerOf(pid, container)
+	outer, _, err := outerOf(self.Ns, pid, container)
 	if err != nil {
 		return err
 	}
@@ -190,7 +196,10 @@ func preflight(pid, skip int, container bool, probe *resource.UndoProbe) error {
 		if nsOf[p], err = resource.ReadNsIds(p); err != nil && !gone(p) {
 			return err
 		}
-		if err := resource.PreflightNamespaces(p, have, p == pid, container); err != nil && !gone(p) {
+		if nsOf[p] == nil {
+			continue // gone
+		}
+		if err := resource.PreflightNamespaces(p, have, nsOf[p], p == pid, container); err != nil && !gone(p) {
 			return err
 		}
 		if p == pid && nsOf[p] != nil && nsOf[p].Mnt != have.Mnt {
@@ -204,7 +213,7 @@ func preflight(pid, skip int, container bool, probe *resource.UndoProbe) error {
 				return fmt.Errorf("process %d: %w", p, err)
 			}
 		}
-		if err := resource.PreflightTask(p); err != nil && !gone(p) {
+		if err := resource.PreflightTask(p, nsOf[p], self); err != nil && !gone(p) {
 			return err
 		}
 		if err := resource.PreflightFiles(p); err != nil && !gone(p) {
@@ -355,6 +364,9 @@ func Run(opts Options) (*Stats, error) {
 	if opts.id, err = newID(); err != nil {
 		return nil, err
 	}
+	if opts.self, err = resource.ReadSelf(); err != nil {
+		return nil, fmt.Errorf("checkpoint %d: %w", opts.Pid, err)
+	}
 	if opts.SelfTid != 0 {
 		if err := prepareSelf(&opts); err != nil {
 			return nil, fmt.Errorf("checkpoint %d: %w", opts.Pid, err)
@@ -368,7 +380,7 @@ func Run(opts Options) (*Stats, error) {
 		return nil, fmt.Errorf("checkpoint %d: %w", opts.Pid, err)
 	}
 	defer opts.undo.Close()
-	if err := preflight(opts.Pid, opts.skip(), opts.Container, opts.undo); err != nil {
+	if err := preflight(opts.Pid, opts.skip(), opts.Container, opts.undo, opts.self); err != nil {
 		return nil, fmt.Errorf("checkpoint %d: %w", opts.Pid, err)
 	}
 	stats.ID = opts.id
@@ -766,7 +778,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 	if err := ipc.dumpHostIPC(opts, ft, procs, mms); err != nil {
 		return err
 	}
-	outer, nested, err := outerOf(opts.Pid, opts.Container)
+	outer, nested, err := outerOf(opts.self.Ns, opts.Pid, opts.Container)
 	if err != nil {
 		return err
 	}

@@ -44,13 +44,20 @@ type leakFinder struct {
 	// sysv are the SysV segments attached inside (shmid -> pid), when the
 	// inside shares ckpt's IPC namespace.
 	sysv map[uint64]int
+	// links are the /proc/PID/fd link texts of the inside's files: an
+	// outside descriptor on the same open file has the same text, so only
+	// those are looked at closer (see scanOne). statAll says that cannot
+	// do: the inside holds a named FIFO or a shared memory file, which a
+	// separate open, under another path, shares too.
+	links   map[string]bool
+	statAll bool
 }
 
 // newLeakFinder records the inside: pids (ckpt's PIDs) and the
 // namespaces of their own (kind -> id).
 func newLeakFinder(pids []int, ns map[string]uint64, hostIPC bool) (*leakFinder, error) {
 	lf := &leakFinder{inside: map[int]bool{}, ns: ns, pipes: map[uint64]insideRef{},
-		files: map[[2]uint64][]insideRef{}, shmem: map[[2]uint64]insideRef{}, sysv: map[uint64]int{}}
+		files: map[[2]uint64][]insideRef{}, shmem: map[[2]uint64]insideRef{}, sysv: map[uint64]int{}, links: map[string]bool{}}
 	for _, pid := range pids {
 		lf.inside[pid] = true
 	}
@@ -61,11 +68,19 @@ func newLeakFinder(pids []int, ns map[string]uint64, hostIPC bool) (*leakFinder,
 			}
 			ref := insideRef{pid, fd}
 			key := [2]uint64{st.Dev, st.Ino}
+			link, _ := os.Readlink(proc.Path(pid, "fd/"+strconv.Itoa(fd)))
+			if link != "" {
+				lf.links[link] = true
+			}
 			switch {
 			case st.Mode&unix.S_IFMT == unix.S_IFIFO:
 				lf.pipes[st.Ino] = ref
-			case isShmemFile(pid, fd):
+				if _, anon := pipeLinkInode(link); !anon {
+					lf.statAll = true
+				}
+			case isShmemName(link):
 				lf.shmem[key] = ref
+				lf.statAll = true
 			default:
 				lf.files[key] = append(lf.files[key], ref)
 			}
@@ -90,11 +105,14 @@ func noState(st *unix.Stat_t) bool {
 	return st.Mode&unix.S_IFMT == unix.S_IFCHR && resource.StatelessDevice(st.Rdev)
 }
 
-// isShmemFile tells a memfd or other shared memory file, whose pages are
-// shared by whoever opens it.
-func isShmemFile(pid, fd int) bool {
-	target, _ := os.Readlink(proc.Path(pid, "fd/"+strconv.Itoa(fd)))
-	return isShmemName(target)
+// pipeLinkInode is the inode of an anonymous pipe's link text,
+// "pipe:[N]".
+func pipeLinkInode(link string) (uint64, bool) {
+	if !strings.HasPrefix(link, "pipe:[") || !strings.HasSuffix(link, "]") {
+		return 0, false
+	}
+	ino, err := strconv.ParseUint(link[len("pipe:["):len(link)-1], 10, 64)
+	return ino, err == nil
 }
 
 // isShmemName tells the names of shared memory objects in /proc: those
@@ -129,17 +147,39 @@ func (lf *leakFinder) scan() ([]*pb.Leak, error) {
 		return nil, err
 	}
 	self := os.Getpid()
+	kthreads := kernelThreads()
 	var leaks []*pb.Leak
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == self || lf.inside[pid] {
+		if err != nil || pid == self || lf.inside[pid] || kthreads[pid] {
 			continue
 		}
-		// (Kernel threads have no namespaces and no descriptors to show.)
 		leaks = append(leaks, lf.scanOne(pid)...)
 	}
 	sort.SliceStable(leaks, func(i, j int) bool { return leaks[i].Pid < leaks[j].Pid })
 	return leaks, nil
+}
+
+// kernelThreads lists the kernel threads, which have no namespaces and no
+// descriptors to look at: the children of kthreadd, when PID 2 is kthreadd
+// (it is not inside a PID namespace): often a third of a machine's
+// processes, each an open and a read of an empty directory saved.
+func kernelThreads() map[int]bool {
+	st, err := proc.ReadStat(2)
+	if err != nil || st.Flags&0x00200000 == 0 { // PF_KTHREAD
+		return nil
+	}
+	b, err := proc.ReadFile(proc.Path(2, "task/2/children"))
+	if err != nil {
+		return nil
+	}
+	out := map[int]bool{2: true}
+	for _, f := range strings.Fields(string(b)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			out[pid] = true
+		}
+	}
+	return out
 }
 
 func (lf *leakFinder) scanOne(pid int) []*pb.Leak {
@@ -163,7 +203,7 @@ func (lf *leakFinder) scanOne(pid int) []*pb.Leak {
 			add(0, fmt.Sprintf("%s namespace %d", kind, id))
 		}
 	}
-	fdStats(pid, func(fd int, st *unix.Stat_t) {
+	check := func(fd int, st *unix.Stat_t) {
 		if noState(st) {
 			return
 		}
@@ -186,7 +226,30 @@ func (lf *leakFinder) scanOne(pid int) []*pb.Leak {
 				break
 			}
 		}
-	})
+	}
+	if lf.statAll {
+		fdStats(pid, check)
+	} else {
+		// An anonymous pipe is known by its link, and any other open file
+		// the inside holds has the same link text in every process: stat
+		// only the descriptors whose text is one of the inside's.
+		fds, links, _ := resource.FdLinks(pid)
+		for i, fd := range fds {
+			if ino, ok := pipeLinkInode(links[i]); ok {
+				if ref, ok := lf.pipes[ino]; ok {
+					add(ref.pid, fmt.Sprintf("pipe:[%d] (fd %d inside)", ino, ref.fd))
+				}
+				continue
+			}
+			if !lf.links[links[i]] {
+				continue
+			}
+			var st unix.Stat_t
+			if unix.Stat(proc.Path(pid, "fd/"+strconv.Itoa(fd)), &st) == nil {
+				check(fd, &st)
+			}
+		}
+	}
 	if len(lf.shmem) > 0 || len(lf.sysv) > 0 {
 		for _, v := range sharedMaps(pid) {
 			if in, ok := lf.sysv[v.Inode]; ok && resource.SysvVma(&v) != nil {
@@ -276,8 +339,8 @@ func ownNamespaces(namespaces []*pb.Namespace) map[string]uint64 {
 // treeNamespaces finds the same before the tree is frozen (for a subtree
 // checkpoint, whose leaks are only warnings): a process's namespaces that
 // differ from its parent's, the root's from ckpt's.
-func treeNamespaces(pids []int) (map[string]uint64, error) {
-	outer, _, err := outerOf(pids[0], false)
+func treeNamespaces(self *pb.NsIds, pids []int) (map[string]uint64, error) {
+	outer, _, err := outerOf(self, pids[0], false)
 	if err != nil {
 		return nil, err
 	}
@@ -340,7 +403,7 @@ func startLeakScan(opts *Options) (wait func()) {
 			done <- result{nil, err}
 			return
 		}
-		ns, err := treeNamespaces(pids)
+		ns, err := treeNamespaces(opts.self.Ns, pids)
 		if err != nil {
 			done <- result{nil, err}
 			return

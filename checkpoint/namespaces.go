@@ -138,11 +138,9 @@ func collectNamespaces(procs []*pb.Process, outer *pb.NsIds) ([]*pb.Namespace, [
 // the tree: the image holds the PIDs inside (restart puts them back in
 // whatever PID namespace it restores into) and no namespace to create.
 // nested reports that case.
-func outerOf(root int, container bool) (outer *pb.NsIds, nested bool, err error) {
-	outer, err = resource.ReadNsIds(0)
-	if err != nil {
-		return nil, false, err
-	}
+// self are ckpt's own namespaces.
+func outerOf(self *pb.NsIds, root int, container bool) (outer *pb.NsIds, nested bool, err error) {
+	outer = self
 	if container {
 		return outer, false, nil
 	}

@@ -104,9 +104,42 @@ func ListFds(pid int) ([]int, error) {
 // relative to one open /proc/PID/fd: a stat per descriptor without a path
 // walk from /proc, and none of the os package's per-file set-up.
 func FdStats(pid int, withStat bool) ([]int, []unix.Stat_t, error) {
+	var sts []unix.Stat_t
+	fds, err := eachFd(pid, func(dir int, fds []int) {
+		if !withStat {
+			return
+		}
+		sts = make([]unix.Stat_t, len(fds))
+		for i, fd := range fds {
+			unix.Fstatat(dir, strconv.Itoa(fd), &sts[i], 0)
+		}
+	})
+	return fds, sts, err
+}
+
+// FdLinks lists the descriptor numbers of pid, in order, with the text of
+// each /proc/PID/fd link ("" for a descriptor closed meanwhile): for the
+// leak scan of the outside, a readlink costs about half a stat.
+func FdLinks(pid int) ([]int, []string, error) {
+	var links []string
+	fds, err := eachFd(pid, func(dir int, fds []int) {
+		links = make([]string, len(fds))
+		var buf [unix.PathMax]byte
+		for i, fd := range fds {
+			if n, err := unix.Readlinkat(dir, strconv.Itoa(fd), buf[:]); err == nil {
+				links[i] = string(buf[:n])
+			}
+		}
+	})
+	return fds, links, err
+}
+
+// eachFd lists the descriptor numbers of pid, in order, and calls fn with
+// them and the open /proc/PID/fd directory.
+func eachFd(pid int, fn func(dir int, fds []int)) ([]int, error) {
 	dir, err := unix.Open(proc.Path(pid, "fd"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, nil, fmt.Errorf("list descriptors of %d: %w", pid, err)
+		return nil, fmt.Errorf("list descriptors of %d: %w", pid, err)
 	}
 	defer unix.Close(dir)
 	var names []string
@@ -114,7 +147,7 @@ func FdStats(pid int, withStat bool) ([]int, []unix.Stat_t, error) {
 	for {
 		n, err := unix.Getdents(dir, buf[:])
 		if err != nil {
-			return nil, nil, fmt.Errorf("list descriptors of %d: %w", pid, err)
+			return nil, fmt.Errorf("list descriptors of %d: %w", pid, err)
 		}
 		if n <= 0 {
 			break
@@ -128,14 +161,8 @@ func FdStats(pid int, withStat bool) ([]int, []unix.Stat_t, error) {
 		}
 	}
 	sort.Ints(fds)
-	if !withStat {
-		return fds, nil, nil
-	}
-	sts := make([]unix.Stat_t, len(fds))
-	for i, fd := range fds {
-		unix.Fstatat(dir, strconv.Itoa(fd), &sts[i], 0)
-	}
-	return fds, sts, nil
+	fn(dir, fds)
+	return fds, nil
 }
 
 // describeFd builds the File record of one descriptor and tells whether

@@ -39,21 +39,39 @@ var NsKinds = []NsKind{
 // Get returns the id of this kind in ids.
 func (k NsKind) Get(ids *pb.NsIds) uint64 { return k.get(ids) }
 
-// ReadNsIds reads the namespaces of pid (0: ckpt itself).
+// ReadNsIds reads the namespaces of pid (0: ckpt itself). It reads the
+// /proc/PID/ns links ("net:[4026531833]"), whose number is the namespace's
+// inode: a readlink costs about half a stat of the same link here, and a
+// checkpoint reads a dozen sets.
 func ReadNsIds(pid int) (*pb.NsIds, error) {
 	ids := &pb.NsIds{}
+	dir := "/proc/self/ns/"
+	if pid != 0 {
+		dir = proc.Path(pid, "ns/")
+	}
+	var buf [64]byte
 	for _, k := range NsKinds {
-		path := "/proc/self/ns/" + k.Name
-		if pid != 0 {
-			path = proc.Path(pid, "ns/"+k.Name)
-		}
-		var st unix.Stat_t
-		if err := unix.Stat(path, &st); err != nil {
+		n, err := unix.Readlink(dir+k.Name, buf[:])
+		if err != nil {
 			return nil, fmt.Errorf("%s namespace of %d: %w", k.Name, pid, err)
 		}
-		k.set(ids, st.Ino)
+		id, ok := nsLinkID(string(buf[:n]))
+		if !ok {
+			return nil, fmt.Errorf("%s namespace of %d: unexpected link %q", k.Name, pid, buf[:n])
+		}
+		k.set(ids, id)
 	}
 	return ids, nil
+}
+
+// nsLinkID is the inode number in a namespace link's text, "kind:[N]".
+func nsLinkID(link string) (uint64, bool) {
+	i := strings.LastIndexByte(link, '[')
+	if i < 0 || !strings.HasSuffix(link, "]") {
+		return 0, false
+	}
+	id, err := strconv.ParseUint(link[i+1:len(link)-1], 10, 64)
+	return id, err == nil
 }
 
 // NewNamespaces returns the clone flags that give a process the
@@ -69,13 +87,10 @@ func NewNamespaces(have, want *pb.NsIds) uint64 {
 }
 
 // PreflightNamespaces refuses namespaces that ckpt cannot re-create.
-// have are the parent's namespaces (ckpt's for the root); container tells
+// have are the parent's namespaces (ckpt's for the root), want pid's own
+// (ReadNsIds); container tells
 // whether pid is the root of a --container checkpoint.
-func PreflightNamespaces(pid int, have *pb.NsIds, root, container bool) error {
-	want, err := ReadNsIds(pid)
-	if err != nil {
-		return err
-	}
+func PreflightNamespaces(pid int, have, want *pb.NsIds, root, container bool) error {
 	for _, k := range NsKinds {
 		if k.get(want) == k.get(have) {
 			continue

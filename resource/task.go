@@ -244,11 +244,32 @@ func nameCall(d *batchData, name string) (Call, error) {
 		Err: func(err error) error { return fmt.Errorf("set name %q: %w", name, err) }}, nil
 }
 
+// Self is what preflight compares each process with: ckpt's own status
+// and namespaces, read once per checkpoint.
+type Self struct {
+	Status proc.Status
+	Ns     *pb.NsIds
+}
+
+// ReadSelf reads ckpt's Self.
+func ReadSelf() (*Self, error) {
+	st, err := proc.ReadStatus(os.Getpid())
+	if err != nil {
+		return nil, err
+	}
+	ns, err := ReadNsIds(0)
+	if err != nil {
+		return nil, err
+	}
+	return &Self{Status: st, Ns: ns}, nil
+}
+
 // PreflightTask refuses, before anything is touched, process state that
 // ckpt cannot restore and would otherwise silently drop or change: POSIX
 // timers, seccomp filters and a
 // capability set other than the one its credentials give at restart.
-func PreflightTask(pid int) error {
+// ns are pid's namespaces.
+func PreflightTask(pid int, ns *pb.NsIds, self *Self) error {
 	if b, err := proc.ReadFile(proc.Path(pid, "timers")); err == nil && len(strings.TrimSpace(string(b))) > 0 {
 		return fmt.Errorf("process %d has POSIX timers (timer_create): %w yet", pid, ErrUnsupported)
 	}
@@ -259,29 +280,23 @@ func PreflightTask(pid int) error {
 	if v := st["Seccomp"]; v != "" && v != "0" {
 		return fmt.Errorf("process %d runs under seccomp (mode %s): %w yet; restoring it without its filter would weaken it", pid, v, ErrUnsupported)
 	}
-	self, err := proc.ReadStatus(os.Getpid())
-	if err != nil {
-		return err
-	}
 	uids, _ := st.Uints("Uid", 10)
 	root := len(uids) == 4 && (uids[0] == 0 || uids[1] == 0 || uids[2] == 0)
 	// A process in a user namespace below ckpt's (a tree restored by an
 	// unprivileged ckpt restart) got the full bounding set a new user
 	// namespace starts with, as it will again.
-	bnd := self["CapBnd"]
-	if theirs, err := ReadNsIds(pid); err == nil {
-		if ours, err := ReadNsIds(0); err == nil && theirs.User != ours.User {
-			if b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
-				if last, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && last < 63 {
-					bnd = fmt.Sprintf("%016x", uint64(1)<<(last+1)-1)
-				}
+	bnd := self.Status["CapBnd"]
+	if ns.User != self.Ns.User {
+		if b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap"); err == nil {
+			if last, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && last < 63 {
+				bnd = fmt.Sprintf("%016x", uint64(1)<<(last+1)-1)
 			}
 		}
 	}
 	for _, k := range []string{"CapPrm", "CapEff", "CapInh", "CapAmb", "CapBnd"} {
 		want := "0000000000000000"
 		if root && k != "CapInh" && k != "CapAmb" {
-			want = self[k]
+			want = self.Status[k]
 		}
 		if k == "CapBnd" {
 			want = bnd

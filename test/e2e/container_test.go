@@ -165,6 +165,26 @@ func TestContainerLeaks(t *testing.T) {
 		}
 		t.Cleanup(func() { syscall.Kill(sleeper, syscall.SIGKILL); waitPidGone(sleeper, 5*time.Second) })
 	})
+	t.Run("subtree-warns-file", func(t *testing.T) {
+		// The workload's output is a file description its parent shell
+		// (outside the subtree) holds open too, as descriptor 3.
+		dir := t.TempDir()
+		cmd := exec.Command("sh", "-c", `exec 3>out; "$0" rel >&3 & wait`, compile(t, "sleep"))
+		cmd.Dir = dir
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exit := newExited(cmd.Wait)
+		t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); exit.wait(5 * time.Second) })
+		time.Sleep(300 * time.Millisecond)
+		sleeper := childNamed("sleep")(t, cmd.Process.Pid)
+		out, err := ckpt(nil, "checkpoint", "-o", filepath.Join(dir, "img"), itoa(sleeper))
+		want := "warning: process " + itoa(sleeper) + " shares open file " + filepath.Join(dir, "out") + " (fd 1 inside, 3 outside) with " + itoa(cmd.Process.Pid) + " (sh)"
+		if err != nil || !strings.Contains(out, want) {
+			t.Fatalf("checkpoint: %v %q, want success with the warning %q", err, out, want)
+		}
+	})
 }
 
 // TestContainerRestartFailure: a container restart that fails partway
