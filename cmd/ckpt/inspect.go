@@ -8,10 +8,12 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/ckpt/ckpt/image"
 	"github.com/ckpt/ckpt/image/pb"
@@ -60,6 +62,7 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 	emit := func(off uint64, t image.Type, length uint64, m proto.Message) error {
 		rec := jsonRecord{Offset: off, Type: t.String(), Length: length}
 		if m != nil {
+			validUTF8(m.ProtoReflect())
 			b, err := protojson.MarshalOptions{EmitUnpopulated: false}.Marshal(m)
 			if err != nil {
 				return err
@@ -325,4 +328,36 @@ func describeLeak(l *pb.Leak) string {
 		return fmt.Sprintf("process %d shared %s with %d (%s) outside", l.Pid, l.What, l.OutsidePid, l.OutsideComm)
 	}
 	return fmt.Sprintf("%d (%s) outside was in the %s", l.OutsidePid, l.OutsideComm, l.What)
+}
+
+// validUTF8 replaces, in m and the messages it holds, the bytes of string
+// fields that are not UTF-8 with U+FFFD: an image keeps names as the
+// kernel gave them, JSON can only carry UTF-8, and protojson refuses the
+// whole record otherwise.
+func validUTF8(m protoreflect.Message) {
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.IsList() && fd.Kind() == protoreflect.StringKind:
+			l := v.List()
+			for i := 0; i < l.Len(); i++ {
+				if s := l.Get(i).String(); !utf8.ValidString(s) {
+					l.Set(i, protoreflect.ValueOfString(strings.ToValidUTF8(s, "\uFFFD")))
+				}
+			}
+		case fd.IsList() && fd.Message() != nil:
+			l := v.List()
+			for i := 0; i < l.Len(); i++ {
+				validUTF8(l.Get(i).Message())
+			}
+		case fd.IsMap():
+			// The image's messages have no maps.
+		case fd.Message() != nil:
+			validUTF8(v.Message())
+		case fd.Kind() == protoreflect.StringKind:
+			if s := v.String(); !utf8.ValidString(s) {
+				m.Set(fd, protoreflect.ValueOfString(strings.ToValidUTF8(s, "\uFFFD")))
+			}
+		}
+		return true
+	})
 }

@@ -10,6 +10,7 @@
  *  - data.txt: 4096 bytes, byte i = (i*7+3)&0xff; fd O_RDONLY, 1000 bytes read
  *  - a dup() of that fd (shares the offset)
  *  - log.txt: O_WRONLY|O_CREAT|O_APPEND, "first\n" written
+ *  - a file whose name is not UTF-8 ("caf\xe9-\xff"): O_RDWR, 5 bytes written
  *  - "." opened O_RDONLY|O_DIRECTORY
  *  - /dev/null O_WRONLY, /dev/zero O_RDONLY, /dev/urandom O_RDONLY|O_CLOEXEC
  *  - mkdir sub, chdir sub; umask 027; PR_SET_NAME "wl-files";
@@ -62,7 +63,9 @@ static void die(const char *what)
 	exit(1);
 }
 
-static int fd_data, fd_dup, fd_log, fd_dir, fd_null, fd_zero, fd_urandom;
+static int fd_data, fd_dup, fd_log, fd_dir, fd_null, fd_zero, fd_urandom, fd_odd;
+// ODD_NAME is not UTF-8: Linux names are bytes, and so are they in an image.
+#define ODD_NAME "caf\xe9-\xff"
 static rlim_t nofile_hard;
 static char initial_fds[64];
 
@@ -158,6 +161,11 @@ int main(void)
 	fd_dup = dup(fd_data);
 	if (fd_dup < 0)
 		die("dup");
+	fd_odd = open(ODD_NAME, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	if (fd_odd < 0)
+		die("open " ODD_NAME);
+	if (write(fd_odd, "12345", 5) != 5)
+		die("write " ODD_NAME);
 
 	if (mkdir("sub", 0755))
 		die("mkdir sub");
@@ -225,6 +233,10 @@ int main(void)
 	check_same_file("data.txt", fd_data, "../data.txt");
 	check_same_file("data.txt dup", fd_dup, "../data.txt");
 	check_same_file("log.txt", fd_log, "../log.txt");
+	check_same_file("non-UTF-8 name", fd_odd, "../" ODD_NAME);
+	if (lseek(fd_odd, 0, SEEK_CUR) != 5)
+		fail("non-UTF-8 name fd %d offset expected 5 actual %lld", fd_odd, (long long)lseek(fd_odd, 0, SEEK_CUR));
+	check_fl("non-UTF-8 name", fd_odd, O_RDWR);
 
 	/* open flags */
 	check_fl("data.txt", fd_data, O_RDONLY);
@@ -252,7 +264,7 @@ int main(void)
 	/* no fds other than those open at start (0,1,2) and ours; none lost */
 	for (int fd = 0; fd < 64; fd++) {
 		if (fd == fd_data || fd == fd_dup || fd == fd_log || fd == fd_dir || fd == fd_null ||
-		    fd == fd_zero || fd == fd_urandom)
+		    fd == fd_zero || fd == fd_urandom || fd == fd_odd)
 			continue;
 		int open_now = fcntl(fd, F_GETFD) >= 0;
 		if (initial_fds[fd] && !open_now)

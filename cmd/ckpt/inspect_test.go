@@ -1,0 +1,48 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/ckpt/ckpt/image"
+	"github.com/ckpt/ckpt/image/pb"
+)
+
+// TestInspectJSONNotUTF8: a name that is not UTF-8 (as the kernel may give
+// it) is printed with U+FFFD in its place, not refused.
+func TestInspectJSONNotUTF8(t *testing.T) {
+	var img bytes.Buffer
+	w, err := image.NewWriter(&img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Message(image.TypeHeader, &pb.Header{FormatVersion: image.FormatVersion, PageSize: image.PageSize, Arch: "x86_64"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Message(image.TypeFile, &pb.File{Id: 1, Path: "/tmp/caf\xe9"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Message(image.TypeProcess, &pb.Process{Pid: 7, Comm: "\xffname", Threads: []*pb.Thread{{Tid: 7, Comm: "t\xfe"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := inspect(&img, &out, true); err != nil {
+		t.Fatalf("inspect --json: %v", err)
+	}
+	text := out.String()
+	for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
+		if !json.Valid([]byte(line)) {
+			t.Errorf("not JSON: %s", line)
+		}
+	}
+	for _, want := range []string{"/tmp/caf\uFFFD", "\uFFFDname", "t\uFFFD"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("output lacks %q:\n%s", want, text)
+		}
+	}
+}
