@@ -2,6 +2,7 @@ package resource
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -546,26 +547,174 @@ func MapVmas(t *Target, mm *pb.Mm, files *OpenFiles, pl *FdPuller) error {
 	return flush()
 }
 
-// RestorePages copies the pages of one PAGES record into the stub.
-func RestorePages(t *Target, mm *pb.Mm, pm *pb.PageMap, r io.Reader, buf []byte) error {
+// PageRestorer fills stubs' memory on a goroutine of its own: while it
+// writes one buffer-full into a stub with process_vm_writev (where a big
+// restart spends most of its time, in the page faults of fresh memory),
+// the caller reads and checksums the next from the image, about a quarter
+// of the work. Two buffers take turns, as in PageWriter. It serves every
+// process of a restart; Close must follow.
+type PageRestorer struct {
+	jobs   chan restoreJob
+	free   chan []byte
+	done   chan error
+	err    error
+	failed chan struct{} // closed by the writer on its first error
+}
+
+type restoreJob struct {
+	t    *Target
+	buf  []byte    // the whole buffer, for reuse
+	n    int       // bytes of buf to write
+	segs []segment // where they go, in order
+}
+
+// segment is a stretch of a stub's memory that the next bytes of a
+// buffer go to.
+type segment struct {
+	addr uint64
+	n    int
+}
+
+// NewPageRestorer starts a PageRestorer.
+func NewPageRestorer() *PageRestorer {
+	pr := &PageRestorer{jobs: make(chan restoreJob, 1), free: make(chan []byte, 2), done: make(chan error, 1), failed: make(chan struct{})}
+	pr.free <- nil // allocated on first use, as large as needed
+	pr.free <- nil
+	// The channel is passed, not read from pr: Close clears pr.jobs.
+	go pr.run(pr.jobs)
+	return pr
+}
+
+func (pr *PageRestorer) run(jobs <-chan restoreJob) {
+	var err error
+	for j := range jobs {
+		if err == nil {
+			if err = writeSegments(j.t, j.buf[:j.n], j.segs); err != nil {
+				close(pr.failed)
+			}
+		}
+		pr.free <- j.buf
+	}
+	pr.done <- err
+}
+
+// writeSegments writes b into t's memory, segment after segment, in as few
+// process_vm_writev calls as the kernel's iovec limit allows.
+func writeSegments(t *Target, b []byte, segs []segment) error {
+	const maxIov = 1024 // UIO_MAXIOV
+	for len(segs) > 0 {
+		k := min(len(segs), maxIov)
+		remote := make([]unix.RemoteIovec, k)
+		n := 0
+		for i, s := range segs[:k] {
+			remote[i] = unix.RemoteIovec{Base: uintptr(s.addr), Len: s.n}
+			n += s.n
+		}
+		local := []unix.Iovec{{Base: &b[0], Len: uint64(n)}}
+		w, err := unix.ProcessVMWritev(t.Pid, local, remote, 0)
+		if err == nil && w != n {
+			err = fmt.Errorf("short write %d of %d", w, n)
+		}
+		if err != nil {
+			return fmt.Errorf("restore pages %#x-%#x of %d: %w", segs[0].addr, segs[k-1].addr+uint64(segs[k-1].n), t.Pid, err)
+		}
+		b, segs = b[n:], segs[k:]
+	}
+	return nil
+}
+
+// buffer waits for a buffer the writer is done with, or for its failure,
+// and makes sure it holds size bytes: a record's pages, at most 4 MiB (a
+// small process's pages then take no more memory than they need).
+func (pr *PageRestorer) buffer(size int) ([]byte, error) {
+	if pr.jobs == nil {
+		if pr.err != nil {
+			return nil, pr.err
+		}
+		return nil, errors.New("page restorer used after Close")
+	}
+	select {
+	case b := <-pr.free:
+		if len(b) < size {
+			b = make([]byte, size)
+		}
+		return b, nil
+	case <-pr.failed:
+		return nil, pr.Close()
+	}
+}
+
+// Restore reads the pages of one PAGES record (pm's runs) from r and hands
+// them to the writer for the stub t, whose address space is mm. The runs
+// are checked against mm before anything is read.
+func (pr *PageRestorer) Restore(t *Target, mm *pb.Mm, pm *pb.PageMap, r io.Reader) error {
 	for _, run := range pm.Runs {
-		size := run.Npages * pageSize
-		v := FindVma(mm, run.Addr, size)
+		v := FindVma(mm, run.Addr, run.Npages*pageSize)
 		if v == nil || v.Special != "" || v.Shared || run.Addr%pageSize != 0 {
 			return fmt.Errorf("image damaged: pages %#x+%d outside any private area", run.Addr, run.Npages)
 		}
-		for off := uint64(0); off < size; {
-			n := min(uint64(len(buf)), size-off)
-			if _, err := io.ReadFull(r, buf[:n]); err != nil {
-				return err
-			}
-			if err := t.WriteMem(run.Addr+off, buf[:n]); err != nil {
-				return fmt.Errorf("restore pages %#x-%#x: %w", run.Addr+off, run.Addr+off+n, err)
-			}
-			off += n
+	}
+	var total uint64
+	for _, run := range pm.Runs {
+		total += run.Npages * pageSize
+	}
+	bufSize := int(min(total, 4<<20))
+	var buf []byte
+	var segs []segment
+	used := 0
+	submit := func() error {
+		j := restoreJob{t: t, buf: buf, n: used, segs: segs}
+		buf, segs, used = nil, nil, 0
+		select {
+		case pr.jobs <- j:
+			return nil
+		case <-pr.failed:
+			pr.free <- j.buf
+			return pr.Close()
 		}
 	}
+	for _, run := range pm.Runs {
+		size := run.Npages * pageSize
+		for off := uint64(0); off < size; {
+			if buf == nil {
+				var err error
+				if buf, err = pr.buffer(bufSize); err != nil {
+					return err
+				}
+			}
+			n := min(uint64(len(buf)-used), size-off)
+			if _, err := io.ReadFull(r, buf[used:used+int(n)]); err != nil {
+				pr.free <- buf
+				return err
+			}
+			segs = append(segs, segment{run.Addr + off, int(n)})
+			used += int(n)
+			off += n
+			if used == len(buf) {
+				if err := submit(); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if used > 0 {
+		return submit()
+	}
+	if buf != nil {
+		pr.free <- buf
+	}
 	return nil
+}
+
+// Close waits until every page handed over is written and returns the
+// first write error.
+func (pr *PageRestorer) Close() error {
+	if pr.jobs != nil {
+		close(pr.jobs)
+		pr.jobs = nil
+		pr.err = <-pr.done
+	}
+	return pr.err
 }
 
 type prctlMmMap struct {

@@ -211,3 +211,97 @@ func TestDumpPagesAreas(t *testing.T) {
 		t.Errorf("%d records with %d pages, want 1 with %d", records, pages, size/pageSize-1)
 	}
 }
+
+// TestPageRestorer dumps an area of this process, clears it, and writes
+// the image's pages back through the restorer's two buffers: every page as
+// it was, the zero pages (left out of the image) zero.
+func TestPageRestorer(t *testing.T) {
+	const size = 9<<20 + 5*pageSize // a few buffer-fulls and a partial one
+	zero := func(p int) bool { return p%5 == 1 }
+	mem, mm := ownArea(t, size, zero)
+	want := append([]byte(nil), mem...)
+	var out bytes.Buffer
+	w, err := image.NewWriter(&out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Message(image.TypeHeader, &pb.Header{FormatVersion: image.FormatVersion, PageSize: image.PageSize}); err != nil {
+		t.Fatal(err)
+	}
+	pw := NewPageWriter(w)
+	self := &Target{Pid: os.Getpid()}
+	if err := DumpPages(self, mm, pw); err != nil {
+		t.Fatal(err)
+	}
+	if err := pw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	clear(mem)
+	r, err := image.NewReader(&out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr := NewPageRestorer()
+	var pm pb.PageMap
+	records := 0
+	for {
+		rec, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch rec.Type {
+		case image.TypePageMap:
+			if err := image.Unmarshal(rec, &pm); err != nil {
+				t.Fatal(err)
+			}
+		case image.TypePages:
+			records++
+			if err := pr.Restore(self, mm, &pm, r); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := pr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if records < 3 {
+		t.Errorf("%d PAGES records, want a few buffer-fulls", records)
+	}
+	for p := 0; p < size/pageSize; p++ {
+		if !bytes.Equal(mem[p*pageSize:(p+1)*pageSize], want[p*pageSize:(p+1)*pageSize]) {
+			t.Fatalf("page %d differs after the restore", p)
+		}
+	}
+}
+
+// TestPageRestorerWriteError: pages that cannot be written (a read-only
+// area) fail the restore, with the addresses, and Close reports it too.
+func TestPageRestorerWriteError(t *testing.T) {
+	mem, mm := ownArea(t, 4*pageSize, func(int) bool { return false })
+	if err := unix.Mprotect(mem, unix.PROT_READ); err != nil {
+		t.Fatal(err)
+	}
+	v := mm.Vmas[0]
+	pm := &pb.PageMap{Runs: []*pb.PageRun{{Addr: v.Start, Npages: 4}}}
+	pr := NewPageRestorer()
+	err := pr.Restore(&Target{Pid: os.Getpid()}, mm, pm, bytes.NewReader(make([]byte, 4*pageSize)))
+	if cerr := pr.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil || !strings.Contains(err.Error(), "restore pages") {
+		t.Fatalf("restore into a read-only area: %v, want a write error", err)
+	}
+	// A run outside the address space is refused before anything is read.
+	pr = NewPageRestorer()
+	defer pr.Close()
+	bad := &pb.PageMap{Runs: []*pb.PageRun{{Addr: v.End, Npages: 1}}}
+	if err := pr.Restore(&Target{Pid: os.Getpid()}, mm, bad, bytes.NewReader(nil)); err == nil || !strings.Contains(err.Error(), "outside any private area") {
+		t.Fatalf("run outside the areas: %v", err)
+	}
+}

@@ -158,6 +158,15 @@ func restore(opts *Options) (res *Result, err error) {
 	}()
 	var pm *pb.PageMap
 	buf := make([]byte, 4<<20)
+	// pr writes the processes' pages while the next are read (started at
+	// the first PAGES record of a process); it is closed, every page
+	// written, before anything depends on them.
+	var pr *resource.PageRestorer
+	defer func() {
+		if pr != nil {
+			pr.Close()
+		}
+	}()
 	var ipc ipcState
 	defer func() {
 		if err != nil {
@@ -304,7 +313,10 @@ func restore(opts *Options) (res *Result, err error) {
 				if t == nil || t.s == nil {
 					return nil, fmt.Errorf("image damaged: pages at byte %d for no process", rec.Offset)
 				}
-				if err := resource.RestorePages(t.s.t, t.mm, pm, r, buf); err != nil {
+				if pr == nil {
+					pr = resource.NewPageRestorer()
+				}
+				if err := pr.Restore(t.s.t, t.mm, pm, r); err != nil {
 					return nil, fmt.Errorf("process %d: %w", t.p.Pid, err)
 				}
 			}
@@ -322,6 +334,11 @@ func restore(opts *Options) (res *Result, err error) {
 			return nil, err
 		}
 		if created, err = build(opts, r.Header, nss, &ipc, tasks, files); err != nil {
+			return nil, err
+		}
+	}
+	if pr != nil {
+		if err := pr.Close(); err != nil {
 			return nil, err
 		}
 	}
