@@ -202,12 +202,12 @@ func preflight(pid, skip int, container bool, probe *resource.UndoProbe, self *r
 		if err := resource.PreflightNamespaces(p, have, nsOf[p], p == pid, container); err != nil && !gone(p) {
 			return err
 		}
-		if p == pid && nsOf[p] != nil && nsOf[p].Mnt != have.Mnt {
+		if p == pid && nsOf[p].Mnt != have.Mnt {
 			if err := resource.PreflightMountNamespace(p); err != nil && !gone(p) {
 				return fmt.Errorf("process %d: %w", p, err)
 			}
 		}
-		if nsOf[p] != nil && nsOf[p].Net != have.Net && !checkedNet[nsOf[p].Net] {
+		if nsOf[p].Net != have.Net && !checkedNet[nsOf[p].Net] {
 			checkedNet[nsOf[p].Net] = true
 			if err := resource.PreflightNetNamespace(p); err != nil && !gone(p) {
 				return fmt.Errorf("process %d: %w", p, err)
@@ -738,7 +738,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 	var mms []*pb.Mm
 	// IPC namespaces of the tree's own, before the injected burst reads
 	// their undo lists.
-	ipc, err := dumpOwnIPC(ft)
+	ipc, err := dumpOwnIPC(ft, opts.self.Ns.Ipc)
 	if err != nil {
 		return err
 	}
@@ -795,7 +795,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 		for _, z := range ft.zombies {
 			pids = append(pids, z.Pid)
 		}
-		if leaks, err = findLeaks(pids, ownNamespaces(namespaces)); err != nil {
+		if leaks, err = findLeaks(pids, ownNamespaces(namespaces), opts.self.Ns.Ipc); err != nil {
 			return err
 		}
 	}

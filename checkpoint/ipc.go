@@ -28,12 +28,9 @@ type ipcDump struct {
 // dumpOwnIPC saves, before the processes are collected, every IPC
 // namespace of the frozen tree other than ckpt's, so that their undo
 // lists can be read during the injected burst (see DumpSemUndo).
-func dumpOwnIPC(ft *frozenTree) (*ipcDump, error) {
+// self is ckpt's own IPC namespace.
+func dumpOwnIPC(ft *frozenTree, self uint64) (*ipcDump, error) {
 	d := &ipcDump{own: map[uint64]*pb.IpcNamespace{}, of: map[int]*pb.IpcNamespace{}, pidIn: map[uint64]int{}}
-	self, err := selfIPC()
-	if err != nil {
-		return nil, err
-	}
 	members := map[uint64][]int{}
 	var order []uint64
 	for _, f := range ft.procs {
@@ -91,10 +88,7 @@ func attachedShm(pids []int) (map[int32]int32, error) {
 // dumpHostIPC saves the segments that processes in ckpt's own IPC
 // namespace have attached, and warns about what is not captured there.
 func (d *ipcDump) dumpHostIPC(opts *Options, ft *frozenTree, procs []*pb.Process, mms []*pb.Mm) error {
-	self, err := selfIPC()
-	if err != nil {
-		return err
-	}
+	self := opts.self.Ns.Ipc
 	pid, ok := d.pidIn[self]
 	if !ok {
 		return nil
@@ -109,9 +103,11 @@ func (d *ipcDump) dumpHostIPC(opts *Options, ft *frozenTree, procs []*pb.Process
 			hostMms = append(hostMms, byID[p.MmId])
 		}
 	}
-	if d.host, err = resource.DumpIPCShared(pid, resource.AttachedShm(hostMms...)); err != nil {
+	host, err := resource.DumpIPCShared(pid, resource.AttachedShm(hostMms...))
+	if err != nil {
 		return err
 	}
+	d.host = host
 	d.recs = append(d.recs, d.host)
 	if opts.Warn == nil || !hostHasSemaphores() {
 		return nil
@@ -146,13 +142,4 @@ func (d *ipcDump) translate(inner map[uint32]uint32) {
 			u.Pid = inner[u.Pid]
 		}
 	}
-}
-
-// selfIPC is ckpt's own IPC namespace.
-func selfIPC() (uint64, error) {
-	ids, err := resource.ReadNsIds(0)
-	if err != nil {
-		return 0, err
-	}
-	return ids.Ipc, nil
 }

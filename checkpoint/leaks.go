@@ -304,12 +304,9 @@ func leakLines(leaks []*pb.Leak) []string {
 }
 
 // findLeaks lists what the processes pids share with the rest of the
-// machine; ns are the namespaces the image re-creates (kind -> id).
-func findLeaks(pids []int, ns map[string]uint64) ([]*pb.Leak, error) {
-	self, err := selfIPC()
-	if err != nil {
-		return nil, err
-	}
+// machine; ns are the namespaces the image re-creates (kind -> id), self
+// ckpt's own IPC namespace.
+func findLeaks(pids []int, ns map[string]uint64, self uint64) ([]*pb.Leak, error) {
 	hostIPC := false
 	for _, pid := range pids {
 		if id, err := resource.IPCNamespaceOf(pid); err == nil && id == self {
@@ -408,7 +405,7 @@ func startLeakScan(opts *Options) (wait func()) {
 			done <- result{nil, err}
 			return
 		}
-		l, err := findLeaks(pids, ns)
+		l, err := findLeaks(pids, ns, opts.self.Ns.Ipc)
 		done <- result{l, err}
 	}()
 	var once sync.Once
