@@ -52,13 +52,10 @@ func ownArea(t *testing.T, size int, zero func(page int) bool) ([]byte, *pb.Mm) 
 	return mem, &pb.Mm{Id: 1, Vmas: []*pb.Vma{{Start: start, End: start + uint64(size), Prot: unix.PROT_READ | unix.PROT_WRITE}}}
 }
 
-// TestDumpPages dumps an area of this very process, through the two-buffer
-// writer, and reads the image back: every non-zero page, in order, under
-// the right address.
-func TestDumpPages(t *testing.T) {
-	const size = 11<<20 + 3*pageSize // a few buffer-fulls and a partial one
-	zero := func(p int) bool { return p%7 == 3 || p > 900 && p < 1300 }
-	mem, mm := ownArea(t, size, zero)
+// dumpOwn writes an image of mm's pages, which are this process's own,
+// through a PageWriter, and returns a reader of it past the header.
+func dumpOwn(t *testing.T, mm *pb.Mm) *image.Reader {
+	t.Helper()
 	var out bytes.Buffer
 	w, err := image.NewWriter(&out)
 	if err != nil {
@@ -81,6 +78,17 @@ func TestDumpPages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return r
+}
+
+// TestDumpPages dumps an area of this very process, through the two-buffer
+// writer, and reads the image back: every non-zero page, in order, under
+// the right address.
+func TestDumpPages(t *testing.T) {
+	const size = 11<<20 + 3*pageSize // a few buffer-fulls and a partial one
+	zero := func(p int) bool { return p%7 == 3 || p > 900 && p < 1300 }
+	mem, mm := ownArea(t, size, zero)
+	r := dumpOwn(t, mm)
 	start := mm.Vmas[0].Start
 	next := 0 // the next non-zero page expected
 	advance := func() {
@@ -161,28 +169,7 @@ func TestDumpPagesAreas(t *testing.T) {
 	v := mm.Vmas[0]
 	mid := v.Start + size/2
 	mm.Vmas = []*pb.Vma{{Start: v.Start, End: mid, Prot: v.Prot}, {Start: mid, End: v.End, Prot: unix.PROT_READ}}
-	var out bytes.Buffer
-	w, err := image.NewWriter(&out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Message(image.TypeHeader, &pb.Header{FormatVersion: image.FormatVersion, PageSize: image.PageSize}); err != nil {
-		t.Fatal(err)
-	}
-	pw := NewPageWriter(w)
-	if err := DumpPages(&Target{Pid: os.Getpid()}, mm, pw); err != nil {
-		t.Fatal(err)
-	}
-	if err := pw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	r, err := image.NewReader(&out)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := dumpOwn(t, mm)
 	records, pages := 0, uint64(0)
 	for {
 		rec, err := r.Next()
@@ -220,30 +207,9 @@ func TestPageRestorer(t *testing.T) {
 	zero := func(p int) bool { return p%5 == 1 }
 	mem, mm := ownArea(t, size, zero)
 	want := append([]byte(nil), mem...)
-	var out bytes.Buffer
-	w, err := image.NewWriter(&out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Message(image.TypeHeader, &pb.Header{FormatVersion: image.FormatVersion, PageSize: image.PageSize}); err != nil {
-		t.Fatal(err)
-	}
-	pw := NewPageWriter(w)
-	self := &Target{Pid: os.Getpid()}
-	if err := DumpPages(self, mm, pw); err != nil {
-		t.Fatal(err)
-	}
-	if err := pw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
+	r := dumpOwn(t, mm)
 	clear(mem)
-	r, err := image.NewReader(&out)
-	if err != nil {
-		t.Fatal(err)
-	}
+	self := &Target{Pid: os.Getpid()}
 	pr := NewPageRestorer()
 	var pm pb.PageMap
 	records := 0

@@ -137,17 +137,7 @@ func TestContainerLeaks(t *testing.T) {
 	})
 	t.Run("subtree-warns", func(t *testing.T) {
 		// A plain workload whose output is a pipe to a process outside it.
-		dir := t.TempDir()
-		cmd := exec.Command("sh", "-c", `"$0" rel | cat > out`, compile(t, "sleep"))
-		cmd.Dir = dir
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exit := newExited(cmd.Wait)
-		t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); exit.wait(5 * time.Second) })
-		time.Sleep(300 * time.Millisecond)
-		sleeper := childNamed("sleep")(t, cmd.Process.Pid)
+		dir, _, sleeper := sleeperUnderShell(t, `"$0" rel | cat > out`)
 		img := filepath.Join(dir, "img")
 		out, err := ckpt(nil, "checkpoint", "-o", img, itoa(sleeper))
 		if err != nil || !strings.Contains(out, "warning: process "+itoa(sleeper)+" shares pipe:[") {
@@ -168,23 +158,31 @@ func TestContainerLeaks(t *testing.T) {
 	t.Run("subtree-warns-file", func(t *testing.T) {
 		// The workload's output is a file description its parent shell
 		// (outside the subtree) holds open too, as descriptor 3.
-		dir := t.TempDir()
-		cmd := exec.Command("sh", "-c", `exec 3>out; "$0" rel >&3 & wait`, compile(t, "sleep"))
-		cmd.Dir = dir
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exit := newExited(cmd.Wait)
-		t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); exit.wait(5 * time.Second) })
-		time.Sleep(300 * time.Millisecond)
-		sleeper := childNamed("sleep")(t, cmd.Process.Pid)
+		dir, shell, sleeper := sleeperUnderShell(t, `exec 3>out; "$0" rel >&3 & wait`)
 		out, err := ckpt(nil, "checkpoint", "-o", filepath.Join(dir, "img"), itoa(sleeper))
-		want := "warning: process " + itoa(sleeper) + " shares open file " + filepath.Join(dir, "out") + " (fd 1 inside, 3 outside) with " + itoa(cmd.Process.Pid) + " (sh)"
+		want := "warning: process " + itoa(sleeper) + " shares open file " + filepath.Join(dir, "out") + " (fd 1 inside, 3 outside) with " + itoa(shell) + " (sh)"
 		if err != nil || !strings.Contains(out, want) {
 			t.Fatalf("checkpoint: %v %q, want success with the warning %q", err, out, want)
 		}
 	})
+}
+
+// sleeperUnderShell runs script with sh -c in a session of its own and a
+// fresh directory, $0 being the sleep workload, and returns the directory,
+// the shell's PID and the sleep workload's; all are killed at cleanup.
+func sleeperUnderShell(t *testing.T, script string) (dir string, shell, sleeper int) {
+	t.Helper()
+	dir = t.TempDir()
+	cmd := exec.Command("sh", "-c", script, compile(t, "sleep"))
+	cmd.Dir = dir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exit := newExited(cmd.Wait)
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); exit.wait(5 * time.Second) })
+	time.Sleep(300 * time.Millisecond)
+	return dir, cmd.Process.Pid, childNamed("sleep")(t, cmd.Process.Pid)
 }
 
 // TestContainerRestartFailure: a container restart that fails partway
