@@ -174,7 +174,7 @@ func convertRecords(r *Reader, w *Writer, steps []version) error {
 			}
 			continue
 		}
-		err = w.alignedPages(rec.Len/PageSize, func(pw io.Writer) error {
+		err = w.alignedPages(rec.Len/PageSize, func(pw *countWriter) error {
 			_, err := io.CopyBuffer(pw, onlyReader{r}, buf)
 			return err
 		})

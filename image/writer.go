@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"encoding/binary"
 	"fmt"
-	"hash"
 	"hash/crc32"
 	"io"
 	"sync/atomic"
@@ -14,8 +13,6 @@ import (
 
 	"github.com/ckpt/ckpt/image/pb"
 )
-
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // NewCompressor returns the zstd stream that --compress images are written
 // through; closing it completes the stream. The fastest level on two
@@ -31,7 +28,8 @@ func NewCompressor(w io.Writer) (*zstd.Encoder, error) {
 // is copied straight through.
 type Writer struct {
 	w       *bufio.Writer
-	crc     hash.Hash32
+	under   io.Writer // w's destination, for page data written past the buffer
+	crc     uint32    // CRC-32C of the stream so far
 	off     uint64
 	records uint64
 	pages   uint64
@@ -50,7 +48,7 @@ func NewWriter(w io.Writer) (*Writer, error) {
 
 // newWriterVersion writes an image of an older version, for tests.
 func newWriterVersion(w io.Writer, version uint32) (*Writer, error) {
-	iw := &Writer{w: bufio.NewWriterSize(w, 1<<20), crc: crc32.New(castagnoli)}
+	iw := &Writer{w: bufio.NewWriterSize(w, 1<<20), under: w}
 	var hdr [headerLen]byte
 	copy(hdr[:], Magic)
 	binary.LittleEndian.PutUint32(hdr[8:], version)
@@ -65,7 +63,40 @@ func (w *Writer) write(b []byte) error {
 		return w.err
 	}
 	n, err := w.w.Write(b)
-	w.crc.Write(b[:n])
+	w.crc = crc32.Update(w.crc, castagnoli, b[:n])
+	return w.wrote(n, err)
+}
+
+// directWrite is the size from which page data bypasses the buffer: it
+// would be copied once more and, in a small checkpoint, fault in buffer
+// pages for nothing.
+const directWrite = 64 << 10
+
+// writeSummed writes b, whose CRC-32C the caller computed, folding that
+// into the stream's checksum instead of computing it here.
+func (w *Writer) writeSummed(b []byte, sum uint32) error {
+	if w.err != nil {
+		return w.err
+	}
+	var n int
+	var err error
+	if len(b) >= directWrite {
+		if err = w.w.Flush(); err == nil {
+			n, err = w.under.Write(b)
+		}
+	} else {
+		n, err = w.w.Write(b)
+	}
+	if n == len(b) {
+		w.crc = crc32cCombine(w.crc, sum, uint64(n))
+	} else {
+		w.crc = crc32.Update(w.crc, castagnoli, b[:n])
+	}
+	return w.wrote(n, err)
+}
+
+// wrote accounts for n bytes written and records err.
+func (w *Writer) wrote(n int, err error) error {
 	w.off += uint64(n)
 	if w.Progress != nil {
 		w.Progress.Add(uint64(n))
@@ -120,6 +151,17 @@ func (w *Writer) record(t Type, b []byte) error {
 // starts 4 KiB-aligned, and calls fill to produce exactly the pages' bytes.
 // fill receives a writer that accepts page data; it must write all of it.
 func (w *Writer) Pages(pm *pb.PageMap, fill func(io.Writer) error) error {
+	return w.pageRecords(pm, func(cw *countWriter) error { return fill(cw) })
+}
+
+// PageData writes a PAGEMAP record for runs and a PAGES record of data,
+// the runs' pages. sum is Checksum(data), computed by the caller, possibly
+// on another goroutine ahead of the write.
+func (w *Writer) PageData(pm *pb.PageMap, data []byte, sum uint32) error {
+	return w.pageRecords(pm, func(cw *countWriter) error { return cw.writeSummed(data, sum) })
+}
+
+func (w *Writer) pageRecords(pm *pb.PageMap, fill func(*countWriter) error) error {
 	var n uint64
 	for _, r := range pm.Runs {
 		n += r.Npages
@@ -132,7 +174,7 @@ func (w *Writer) Pages(pm *pb.PageMap, fill func(io.Writer) error) error {
 
 // alignedPages writes a PAGES record of n pages, after a PAD record if its
 // payload would not start on a page boundary otherwise.
-func (w *Writer) alignedPages(n uint64, fill func(io.Writer) error) error {
+func (w *Writer) alignedPages(n uint64, fill func(*countWriter) error) error {
 	// Pad so that the PAGES payload lands on a page boundary.
 	payloadAt := w.off + recordHeaderLen
 	if gap := (PageSize - payloadAt%PageSize) % PageSize; gap != 0 {
@@ -180,6 +222,14 @@ func (c *countWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
+func (c *countWriter) writeSummed(b []byte, sum uint32) error {
+	if err := c.w.writeSummed(b, sum); err != nil {
+		return err
+	}
+	c.n += uint64(len(b))
+	return nil
+}
+
 // Fail writes an error record so that a reader learns why the stream ends,
 // and flushes. The image stays incomplete: no tail is written.
 func (w *Writer) Fail(cause error) error {
@@ -201,7 +251,7 @@ func (w *Writer) Close() error {
 		return fmt.Errorf("image already closed")
 	}
 	w.closed = true
-	tail := &pb.Tail{Records: w.records, Pages: w.pages, Bytes: w.off, Crc32C: w.crc.Sum32(), Processes: w.procs}
+	tail := &pb.Tail{Records: w.records, Pages: w.pages, Bytes: w.off, Crc32C: w.crc, Processes: w.procs}
 	if err := w.Message(TypeTail, tail); err != nil {
 		return err
 	}

@@ -300,13 +300,19 @@ func (d *pageDumper) flush() error {
 	}
 	buf := d.buf
 	d.buf = nil
-	return d.pw.submit(&pb.PageMap{MmId: d.mmID, Runs: runs}, buf, k)
+	var sum uint32
+	if len(runs) > 0 {
+		sum = image.Checksum(buf[:k])
+	}
+	return d.pw.submit(&pb.PageMap{MmId: d.mmID, Runs: runs}, buf, k, sum)
 }
 
 // PageWriter writes PAGES records on a goroutine of its own, so that
-// reading the next buffer-full from a target (process_vm_readv, a copy)
-// overlaps with checksumming and writing the last one: with two buffers
-// on two cores, the memory phase costs about what the writes alone cost.
+// reading and checksumming the next buffer-full from a target
+// (process_vm_readv, a copy) overlaps with writing the last one: with two
+// buffers on two cores, the memory phase costs about what the writes alone
+// cost. The writer is the slower side (the image's pages are new page
+// cache), so the checksum is computed on the reader's.
 // One PageWriter serves every process of a checkpoint: its two 4 MiB
 // buffers are allocated once (per process, allocating and faulting them in
 // cost ~5 ms, more than a small process's pages). While it is open, the
@@ -326,6 +332,7 @@ type pageJob struct {
 	pm  *pb.PageMap // nil: buf holds only zero pages, nothing to write
 	buf []byte
 	n   int
+	sum uint32 // image.Checksum(buf[:n])
 }
 
 // NewPageWriter starts a PageWriter on w; Close must follow.
@@ -344,10 +351,7 @@ func (pw *PageWriter) run(jobs <-chan pageJob) {
 	var err error
 	for j := range jobs {
 		if err == nil && j.pm != nil {
-			err = pw.w.Pages(j.pm, func(out io.Writer) error {
-				_, err := out.Write(j.buf[:j.n])
-				return err
-			})
+			err = pw.w.PageData(j.pm, j.buf[:j.n], j.sum)
 			if err != nil {
 				close(pw.failed)
 			}
@@ -367,13 +371,14 @@ func (pw *PageWriter) buffer() ([]byte, error) {
 	}
 }
 
-// submit hands over buf, whose first n bytes are the pages of pm's runs.
-func (pw *PageWriter) submit(pm *pb.PageMap, buf []byte, n int) error {
+// submit hands over buf, whose first n bytes are the pages of pm's runs,
+// with their checksum.
+func (pw *PageWriter) submit(pm *pb.PageMap, buf []byte, n int, sum uint32) error {
 	if len(pm.Runs) == 0 {
 		pm = nil
 	}
 	select {
-	case pw.jobs <- pageJob{pm, buf, n}:
+	case pw.jobs <- pageJob{pm, buf, n, sum}:
 		return nil
 	case <-pw.failed:
 		return pw.Close()
