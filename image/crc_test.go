@@ -39,7 +39,9 @@ func TestWriterPageData(t *testing.T) {
 	}
 	for _, n := range []int{1, 20} { // through the buffer, past it
 		data := pages[:n*PageSize]
-		pm := func() *pb.PageMap { return &pb.PageMap{MmId: 1, Runs: []*pb.PageRun{{Addr: 0x10000, Npages: uint64(n)}}} }
+		pm := func() *pb.PageMap {
+			return &pb.PageMap{MmId: 1, Runs: []*pb.PageRun{{Addr: 0x10000, Npages: uint64(n)}}}
+		}
 		var viaFill, summed bytes.Buffer
 		for _, out := range []*bytes.Buffer{&viaFill, &summed} {
 			w, err := NewWriter(out)
