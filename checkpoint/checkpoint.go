@@ -45,8 +45,9 @@ var Version = "0.1.0"
 // Options control one checkpoint.
 type Options struct {
 	Pid int
-	// Kill ends the target once the image is complete and waits until its
-	// PID is free. If false the target keeps running.
+	// Kill ends the target once the image is complete and waits until it
+	// has died (its parent reaps it later). If false the target keeps
+	// running.
 	Kill bool
 	// Out receives the image stream.
 	Out io.Writer
@@ -891,16 +892,10 @@ func dump(opts *Options, stats *Stats) (err error) {
 				ptrace.Wait(f.threads[i].tid)
 			}
 		}
-		for _, f := range ft.procs {
-			if err := waitGone(f.pid, opts.Warn); err != nil {
-				return err
-			}
-		}
-		for _, z := range ft.zombies {
-			if err := waitGone(z.Pid, opts.Warn); err != nil {
-				return err
-			}
-		}
+		// The processes are dead now, their memory freed. Their parents
+		// reap them in their own time: a restart that follows at once
+		// waits for that (restart's checkPidFree), not ckpt, which thus
+		// returns a parent's reaction time (0.2-0.9 ms here) sooner.
 	}
 	return nil
 }
@@ -1162,20 +1157,3 @@ func syscallInsn(pid int, regs *ptrace.Regs) (uint64, error) {
 	return 0, fmt.Errorf("no syscall instruction found in process %d to run system calls with", pid)
 }
 
-// waitGone waits until pid no longer exists (its parent reaped it), so that
-// a restart can reuse it at once.
-func waitGone(pid int, warn func(string)) error {
-	deadline := time.Now().Add(30 * time.Second)
-	// A parent usually reaps within a fraction of a millisecond: poll
-	// fast at first, then back off.
-	for pause := 50 * time.Microsecond; time.Now().Before(deadline); pause = min(2*pause, 2*time.Millisecond) {
-		if _, err := os.Stat(proc.Path(pid, "stat")); errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		time.Sleep(pause)
-	}
-	if warn != nil {
-		warn(fmt.Sprintf("process %d was killed but its parent has not reaped it yet; its PID stays taken until then", pid))
-	}
-	return nil
-}

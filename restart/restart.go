@@ -414,9 +414,12 @@ func validateProcess(p *pb.Process, mm *pb.Mm) error {
 const stubMask = ^uint64(1 << (unix.SIGTRAP - 1))
 
 // checkPidFree explains who holds a PID the image needs, waiting a little
-// for a zombie to be reaped.
+// for a process that is dying or dead to be reaped: `checkpoint --kill`
+// returns once its processes have died, and a restart that follows at once
+// may find them still waiting for their parents.
 func checkPidFree(pid int) error {
-	deadline := time.Now().Add(5 * time.Second)
+	const pfExiting = 0x4 // PF_EXITING: being torn down
+	start := time.Now()
 	for {
 		st, err := proc.ReadStat(pid)
 		if errors.Is(err, os.ErrNotExist) {
@@ -425,16 +428,28 @@ func checkPidFree(pid int) error {
 		if err != nil {
 			return err
 		}
-		if st.State != 'Z' {
+		waited := time.Since(start)
+		switch {
+		case st.State != 'Z' && st.Flags&pfExiting == 0:
 			return fmt.Errorf("pid %d is taken by %q (pid %d); stop it, or restart into a new PID namespace", pid, st.Comm, pid)
-		}
-		// Only init is worth waiting for (it reaps orphans lazily); another
-		// parent that keeps a zombie keeps it on purpose.
-		if st.Ppid != 1 || time.Now().After(deadline) {
+		case st.State == 'Z' && waited > zombieWait(st.Ppid):
 			return fmt.Errorf("pid %d is held by a zombie of %q that its parent %d has not reaped; have the parent reap it (or end the parent)", pid, st.Comm, st.Ppid)
+		case waited > 5*time.Second:
+			return fmt.Errorf("pid %d is held by %q, which has been exiting for %v; wait for it to end", pid, st.Comm, waited.Round(time.Second))
 		}
-		time.Sleep(5 * time.Millisecond)
+		// Fast at first: a parent usually reaps within a millisecond.
+		time.Sleep(min(waited/4+100*time.Microsecond, 5*time.Millisecond))
 	}
+}
+
+// zombieWait is how long a zombie of parent ppid is given to be reaped.
+// Init reaps orphans lazily; another parent reaps a killed child at once,
+// or keeps the zombie on purpose.
+func zombieWait(ppid int) time.Duration {
+	if ppid == 1 {
+		return 5 * time.Second
+	}
+	return time.Second
 }
 
 // build creates every process of the image with its original PID, parent,
