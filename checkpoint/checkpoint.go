@@ -1133,7 +1133,7 @@ func syscallInsn(pid int, regs *ptrace.Regs) (uint64, error) {
 	if int64(regs.Orig_rax) >= 0 && t.ReadMem(regs.Rip-2, b[:]) == nil && b == [2]byte{0x0f, 0x05} {
 		return regs.Rip - 2, nil
 	}
-	vmas, err := proc.ReadSmaps(pid)
+	vmas, err := proc.ReadMaps(pid)
 	if err != nil {
 		return 0, err
 	}

@@ -70,7 +70,7 @@ func dumpOwnIPC(ft *frozenTree, self uint64) (*ipcDump, error) {
 func attachedShm(pids []int) (map[int32]int32, error) {
 	var mms []*pb.Mm
 	for _, pid := range pids {
-		vmas, err := proc.ReadSmaps(pid)
+		vmas, err := proc.ReadMaps(pid) // not smaps: no page table walk
 		if err != nil {
 			return nil, fmt.Errorf("process %d: %w", pid, err)
 		}

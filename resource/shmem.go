@@ -62,10 +62,13 @@ func (s *FileSet) shmemObject(path, name string) (uint32, error) {
 
 // DumpShmem writes the pages of every shared memory object of the set.
 func DumpShmem(s *FileSet, w *image.Writer) error {
-	buf := make([]byte, 4<<20)
+	var buf []byte // allocated for the first object: most processes have none
 	for _, f := range s.Files {
 		if f.Kind != pb.File_SHMEM {
 			continue
+		}
+		if buf == nil {
+			buf = make([]byte, 4<<20)
 		}
 		if err := dumpShmemObject(f, s.shmemSrc[f.Id].path, w, buf); err != nil {
 			return fmt.Errorf("shared memory %s: %w", f.Path, err)

@@ -284,7 +284,7 @@ func (s *stub) relocate(at uint64) ([]proc.Vma, error) {
 	s.code = at
 	s.t.Inj.SyscallAddr, s.t.Inj.BatchAddr = at, at+stubBatchOff
 	s.t.Scratch, s.t.ScratchLen = at+4096, scratchPages*4096
-	vmas, err := proc.ReadSmaps(s.pid)
+	vmas, err := proc.ReadMaps(s.pid)
 	if err != nil {
 		return nil, err
 	}
