@@ -1156,4 +1156,3 @@ func syscallInsn(pid int, regs *ptrace.Regs) (uint64, error) {
 	}
 	return 0, fmt.Errorf("no syscall instruction found in process %d to run system calls with", pid)
 }
-
