@@ -416,6 +416,10 @@ type frozenThread struct {
 	// cpus, while the thread is bound to the tracer's CPU for injection,
 	// is the CPU set to give back.
 	cpus *ptrace.CPUSet
+	// affinity is the thread's own CPU set, for the image, once pin has
+	// read it.
+	affinity     ptrace.CPUSet
+	affinityRead bool
 }
 
 // release puts every thread back as it was and lets the process run.
@@ -477,14 +481,21 @@ func (o *Options) pinTracer() (unpin func()) {
 }
 
 // pin reads the thread's CPU set, which the image records, and binds the
-// thread to cpu, ckpt's tracing thread's, for the injected calls: each
-// resume and stop is then a context switch rather than a cross-CPU wakeup
-// (see ptrace/cpu.go). A thread that cannot be bound there (a cpuset
-// without that CPU) is left as it is, only slower.
+// thread to cpu, ckpt's tracing thread's, until the injected calls are
+// done: each resume and stop is then a context switch rather than a
+// cross-CPU wakeup (see ptrace/cpu.go). Bound before its interrupt, even
+// the thread's wakeup into its first stop happens on the tracer's CPU: a
+// wakeup on the other CPU, idle and so halted in a VM, cost ~1 ms there
+// half of the time. A thread that cannot be bound there (a cpuset without
+// that CPU) is left as it is, only slower.
 func (th *frozenThread) pin(cpu int) (ptrace.CPUSet, error) {
 	set, err := ptrace.Affinity(th.tid)
-	if err != nil || cpu < 0 || !set.IsSet(cpu) {
+	if err != nil {
 		return set, err
+	}
+	th.affinity, th.affinityRead = set, true
+	if cpu < 0 || !set.IsSet(cpu) {
+		return set, nil
 	}
 	if ptrace.Pin(th.tid, cpu) == nil {
 		th.cpus = &set
@@ -495,7 +506,7 @@ func (th *frozenThread) pin(cpu int) (ptrace.CPUSet, error) {
 // freeze seizes and stops every thread of pid, listing the threads again
 // until no new one appears (a running thread may start others meanwhile;
 // stopped ones cannot).
-func (f *frozen) freeze() error {
+func (f *frozen) freeze(cpu int) error {
 	seen := map[int]bool{}
 	for {
 		tids, err := proc.Tasks(f.pid)
@@ -523,6 +534,9 @@ func (f *frozen) freeze() error {
 			}
 			th := &frozenThread{tid: tid}
 			f.threads = append(f.threads, th)
+			if _, err := th.pin(cpu); err != nil {
+				return err
+			}
 			if err := ptrace.Interrupt(tid); err != nil {
 				return err
 			}
@@ -650,7 +664,7 @@ func (ft *frozenTree) freezeWith(root int, thaw func() error) error {
 // freeze stops the whole tree but the subtree of skip, walking it again
 // until no process appears that is not frozen (a running process can fork
 // until it is stopped).
-func (ft *frozenTree) freeze(root, skip int) error {
+func (ft *frozenTree) freeze(root, skip, cpu int) error {
 	seen := map[int]bool{}
 	for {
 		pids, err := tree(root, skip)
@@ -670,7 +684,7 @@ func (ft *frozenTree) freeze(root, skip int) error {
 			if f == nil {
 				continue
 			}
-			if err := f.freeze(); err != nil {
+			if err := f.freeze(cpu); err != nil {
 				return fmt.Errorf("process %d: %w", pid, err)
 			}
 		}
@@ -685,6 +699,10 @@ func dump(opts *Options, stats *Stats) (err error) {
 	ft := &frozenTree{}
 	var leaks []*pb.Leak
 	subtreeLeaks := opts.subtreeLeaks
+	// The tracer is bound to its CPU from the freeze to the end of the
+	// injected calls (see pinTracer).
+	unpin := opts.pinTracer()
+	defer unpin()
 	var fz *freezer
 	if opts.Freezer != "" {
 		if fz, err = openFreezer(opts.Freezer); err != nil {
@@ -724,7 +742,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 			fz.set(false)
 			return err
 		}
-	} else if err := ft.freeze(opts.Pid, opts.skip()); err != nil {
+	} else if err := ft.freeze(opts.Pid, opts.skip(), opts.cpu); err != nil {
 		return err
 	}
 	opts.mark("freeze")
@@ -753,8 +771,6 @@ func dump(opts *Options, stats *Stats) (err error) {
 	}
 	mmOf := map[int]uint32{}
 	var dumped []*frozen // processes whose address space is dumped, as mms
-	unpin := opts.pinTracer()
-	defer unpin()
 	for _, f := range ft.procs {
 		mmID := uint32(len(mms) + 1)
 		if o := vmOwners[f.pid]; o != 0 {
@@ -967,10 +983,12 @@ func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64, ipcNs
 			return err
 		}
 		th.maskSet = true
-		cpus, err := th.pin(opts.cpu)
-		if err != nil {
-			return err
+		if !th.affinityRead { // seized by a freezer cgroup's path
+			if _, err := th.pin(opts.cpu); err != nil {
+				return err
+			}
 		}
+		cpus := th.affinity
 		th.inj = &ptrace.Injector{Tid: th.tid, SyscallAddr: addr, Base: th.regs}
 		th.target.Inj = th.inj
 		if i == 0 {
