@@ -461,11 +461,11 @@ func (th *frozenThread) restore() error {
 	return errors.Join(errs...)
 }
 
-// pinTracer binds the tracing thread to its CPU for the injected calls,
-// which threads are then bound to as well (frozenThread.pin), and returns
-// the function that unbinds it. Only for those calls: bound for the whole
-// checkpoint, the tracer would compete for its one CPU with ckpt's other
-// goroutines (the page writer, the leak scan).
+// pinTracer binds the tracing thread to its CPU for the freeze and the
+// injected calls, which threads are then bound to as well
+// (frozenThread.pin), and returns the function that unbinds it. Only for
+// those: bound for the whole checkpoint, the tracer would compete for its
+// one CPU with ckpt's other goroutines (the page writer, the leak scan).
 func (o *Options) pinTracer() (unpin func()) {
 	cpu, cpus, err := ptrace.PinSelf()
 	if err != nil {

@@ -3,6 +3,7 @@ package resource
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"strings"
@@ -137,10 +138,16 @@ func TestDumpPages(t *testing.T) {
 }
 
 // TestDumpPagesWriteError: a write failure in the middle of the pages ends
-// the dump with that error, whichever buffer the reader side is at.
+// the dump with that error, whichever buffer the reader side is at, and
+// when the caller writes a small process's pages itself.
 func TestDumpPagesWriteError(t *testing.T) {
-	_, mm := ownArea(t, 24<<20, func(int) bool { return false })
-	for _, after := range []int{100, 5 << 20, 13 << 20} {
+	_, big := ownArea(t, 24<<20, func(int) bool { return false })
+	_, small := ownArea(t, 16*pageSize, func(int) bool { return false })
+	for _, tc := range []struct {
+		mm    *pb.Mm
+		after int
+	}{{big, 100}, {big, 5 << 20}, {big, 13 << 20}, {small, 100}, {small, 5 * pageSize}} {
+		mm, after := tc.mm, tc.after
 		fail := errors.New("disk full")
 		w, err := image.NewWriter(&failAfter{n: after, err: fail})
 		if err != nil {
@@ -200,10 +207,21 @@ func TestDumpPagesAreas(t *testing.T) {
 }
 
 // TestPageRestorer dumps an area of this process, clears it, and writes
-// the image's pages back through the restorer's two buffers: every page as
-// it was, the zero pages (left out of the image) zero.
+// the image's pages back through the restorer's two buffers, or, for a
+// small area, by the caller: every page as it was, the zero pages (left
+// out of the image) zero.
 func TestPageRestorer(t *testing.T) {
-	const size = 9<<20 + 5*pageSize // a few buffer-fulls and a partial one
+	for _, tc := range []struct {
+		size, minRecords int
+	}{
+		{9<<20 + 5*pageSize, 3}, // a few buffer-fulls and a partial one
+		{40 * pageSize, 1},
+	} {
+		t.Run(fmt.Sprint(tc.size), func(t *testing.T) { testPageRestorer(t, tc.size, tc.minRecords) })
+	}
+}
+
+func testPageRestorer(t *testing.T, size, minRecords int) {
 	zero := func(p int) bool { return p%5 == 1 }
 	mem, mm := ownArea(t, size, zero)
 	want := append([]byte(nil), mem...)
@@ -236,8 +254,8 @@ func TestPageRestorer(t *testing.T) {
 	if err := pr.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if records < 3 {
-		t.Errorf("%d PAGES records, want a few buffer-fulls", records)
+	if records < minRecords {
+		t.Errorf("%d PAGES records, want at least %d", records, minRecords)
 	}
 	for p := 0; p < size/pageSize; p++ {
 		if !bytes.Equal(mem[p*pageSize:(p+1)*pageSize], want[p*pageSize:(p+1)*pageSize]) {
@@ -249,22 +267,26 @@ func TestPageRestorer(t *testing.T) {
 // TestPageRestorerWriteError: pages that cannot be written (a read-only
 // area) fail the restore, with the addresses, and Close reports it too.
 func TestPageRestorerWriteError(t *testing.T) {
-	mem, mm := ownArea(t, 4*pageSize, func(int) bool { return false })
-	if err := unix.Mprotect(mem, unix.PROT_READ); err != nil {
-		t.Fatal(err)
+	for _, pages := range []int{4, 600} { // written by the caller, by the goroutine
+		mem, mm := ownArea(t, pages*pageSize, func(int) bool { return false })
+		if err := unix.Mprotect(mem, unix.PROT_READ); err != nil {
+			t.Fatal(err)
+		}
+		v := mm.Vmas[0]
+		pm := &pb.PageMap{Runs: []*pb.PageRun{{Addr: v.Start, Npages: uint64(pages)}}}
+		pr := NewPageRestorer()
+		err := pr.Restore(&Target{Pid: os.Getpid()}, mm, pm, bytes.NewReader(make([]byte, pages*pageSize)))
+		if cerr := pr.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil || !strings.Contains(err.Error(), "restore pages") {
+			t.Fatalf("restore of %d pages into a read-only area: %v, want a write error", pages, err)
+		}
 	}
+	_, mm := ownArea(t, 4*pageSize, func(int) bool { return false })
 	v := mm.Vmas[0]
-	pm := &pb.PageMap{Runs: []*pb.PageRun{{Addr: v.Start, Npages: 4}}}
-	pr := NewPageRestorer()
-	err := pr.Restore(&Target{Pid: os.Getpid()}, mm, pm, bytes.NewReader(make([]byte, 4*pageSize)))
-	if cerr := pr.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil || !strings.Contains(err.Error(), "restore pages") {
-		t.Fatalf("restore into a read-only area: %v, want a write error", err)
-	}
 	// A run outside the address space is refused before anything is read.
-	pr = NewPageRestorer()
+	pr := NewPageRestorer()
 	defer pr.Close()
 	bad := &pb.PageMap{Runs: []*pb.PageRun{{Addr: v.End, Npages: 1}}}
 	if err := pr.Restore(&Target{Pid: os.Getpid()}, mm, bad, bytes.NewReader(nil)); err == nil || !strings.Contains(err.Error(), "outside any private area") {
