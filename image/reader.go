@@ -55,6 +55,13 @@ type Record struct {
 	Offset uint64
 }
 
+// readBuffer is the reader's buffer: enough for metadata records, and
+// small enough that page data, read in larger pieces, bypasses it (bufio
+// reads a piece at least as large as its buffer straight into the
+// caller's): pages are copied once, from the image into the restorer's
+// buffer, and a small image faults in few buffer pages.
+const readBuffer = 64 << 10
+
 // zstdMagic opens a zstd frame: images written with --compress.
 var zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
 
@@ -63,7 +70,7 @@ var zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
 // OldestVersion to FormatVersion is accepted; a restorer must also call
 // CheckCurrent.
 func NewReader(r io.Reader) (*Reader, error) {
-	br := bufio.NewReaderSize(r, 1<<20)
+	br := bufio.NewReaderSize(r, readBuffer)
 	compressed := false
 	if head, _ := br.Peek(4); bytes.Equal(head, zstdMagic) {
 		compressed = true
@@ -72,7 +79,7 @@ func NewReader(r io.Reader) (*Reader, error) {
 		if err != nil {
 			return nil, fmt.Errorf("compressed image: %w", err)
 		}
-		br = bufio.NewReaderSize(dec.IOReadCloser(), 1<<20)
+		br = bufio.NewReaderSize(dec.IOReadCloser(), readBuffer)
 	}
 	ir := &Reader{r: br, crc: crc32.New(castagnoli), Compressed: compressed}
 	var hdr [headerLen]byte
