@@ -78,6 +78,9 @@ type Options struct {
 	cpu int
 	// subtreeLeaks waits for the leak scan of a subtree (set by Run).
 	subtreeLeaks func() ([]*pb.Leak, error)
+	// preAreas are the memory areas preflight read (smaps), by PID: the
+	// dump, frozen, reads only maps (see resource.DumpMm).
+	preAreas map[int][]proc.Vma
 	// SelfTid, if not 0, makes this a self-checkpoint (see self.go):
 	// thread SelfTid of Pid is blocked in read() on the pipe whose write
 	// end is ckpt's descriptor SelfFd.
@@ -117,12 +120,13 @@ func Preflight(pid int, container bool) error {
 	if err != nil {
 		return err
 	}
-	return preflight(pid, 0, container, probe, self)
+	return preflight(pid, 0, container, probe, self, map[int][]proc.Vma{})
 }
 
 // preflight is Preflight leaving out the subtree of process skip (ckpt
-// itself in a self-checkpoint).
-func preflight(pid, skip int, container bool, probe *resource.UndoProbe, self *resource.Self) error {
+// itself in a self-checkpoint). It records each process's memory areas,
+// with their flags, in areas.
+func preflight(pid, skip int, container bool, probe *resource.UndoProbe, self *resource.Self, areas map[int][]proc.Vma) error {
 	if pid <= 0 {
 		return fmt.Errorf("invalid pid %d", pid)
 	}
@@ -220,9 +224,11 @@ func preflight(pid, skip int, container bool, probe *resource.UndoProbe, self *r
 		if err := resource.PreflightFiles(p); err != nil && !gone(p) {
 			return err
 		}
-		if err := resource.PreflightMm(p); err != nil && !gone(p) {
+		vmas, err := resource.PreflightMm(p)
+		if err != nil && !gone(p) {
 			return err
 		}
+		areas[p] = vmas
 	}
 	return nil
 }
@@ -381,7 +387,8 @@ func Run(opts Options) (*Stats, error) {
 		return nil, fmt.Errorf("checkpoint %d: %w", opts.Pid, err)
 	}
 	defer opts.undo.Close()
-	if err := preflight(opts.Pid, opts.skip(), opts.Container, opts.undo, opts.self); err != nil {
+	opts.preAreas = map[int][]proc.Vma{}
+	if err := preflight(opts.Pid, opts.skip(), opts.Container, opts.undo, opts.self, opts.preAreas); err != nil {
 		return nil, fmt.Errorf("checkpoint %d: %w", opts.Pid, err)
 	}
 	stats.ID = opts.id
@@ -953,7 +960,7 @@ func collect(opts *Options, f *frozen, files *resource.FileSet, mmID uint32, fil
 	if mmOwner != 0 {
 		return p, nil, nil
 	}
-	mm, err := resource.DumpMm(f.pid, brk, files)
+	mm, err := resource.DumpMm(f.pid, brk, files, opts.preAreas[f.pid])
 	if err != nil {
 		return nil, nil, err
 	}

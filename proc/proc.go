@@ -3,7 +3,6 @@
 package proc
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"fmt"
@@ -96,31 +95,43 @@ func ReadMaps(pid int) ([]Vma, error) {
 	return ParseSmaps(b)
 }
 
-// ParseSmaps parses smaps (or maps) text.
+// ParseSmaps parses smaps (or maps) text. Only the header line of each
+// area and its VmFlags line are looked at: smaps has some twenty more
+// lines per area, skipped without allocating (their names start with an
+// upper-case letter, a header with a hex digit).
 func ParseSmaps(b []byte) ([]Vma, error) {
 	var out []Vma
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "VmFlags:") {
-			if len(out) > 0 {
-				out[len(out)-1].VmFlags = strings.Fields(line[len("VmFlags:"):])
+	for len(b) > 0 {
+		line := b
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			line, b = b[:i], b[i+1:]
+		} else {
+			b = nil
+		}
+		if len(line) == 0 {
+			continue
+		}
+		if c := line[0]; c >= 'A' && c <= 'Z' {
+			if bytes.HasPrefix(line, vmFlagsPrefix) && len(out) > 0 {
+				out[len(out)-1].VmFlags = strings.Fields(string(line[len(vmFlagsPrefix):]))
 			}
 			continue
 		}
-		f := strings.Fields(line)
+		s := string(line)
+		f := strings.Fields(s)
 		if len(f) < 5 || !strings.Contains(f[0], "-") || strings.HasSuffix(f[0], ":") {
 			continue
 		}
-		v, err := parseMapsLine(line, f)
+		v, err := parseMapsLine(s, f)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, v)
 	}
-	return out, sc.Err()
+	return out, nil
 }
+
+var vmFlagsPrefix = []byte("VmFlags:")
 
 func parseMapsLine(line string, f []string) (Vma, error) {
 	var v Vma

@@ -15,7 +15,9 @@ VmFlags: rd mr mw me sd
 VmFlags: rd wr mr mw me gd ac
 7f8590164000-7f8590167000 rw-p 00000000 00:00 0 
 ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
-`
+Rss:                   0 kB
+VmFlags: rd ex
+7f0000000000-7f0000001000 rw-p 00000000 00:00 0`
 	vmas, err := ParseSmaps([]byte(text))
 	if err != nil {
 		t.Fatal(err)
@@ -29,6 +31,7 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
 		{"[stack]", 0x7ffe9be4c000, true},
 		{"", 0x7f8590164000, false},
 		{"[vsyscall]", 0xffffffffff600000, false},
+		{"", 0x7f0000000000, false}, // the last line, without a newline
 	}
 	if len(vmas) != len(want) {
 		t.Fatalf("got %d vmas, want %d", len(vmas), len(want))

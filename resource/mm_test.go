@@ -14,6 +14,7 @@ import (
 
 	"github.com/ckpt/ckpt/image"
 	"github.com/ckpt/ckpt/image/pb"
+	"github.com/ckpt/ckpt/proc"
 )
 
 // failAfter accepts n bytes, then fails every write.
@@ -291,5 +292,46 @@ func TestPageRestorerWriteError(t *testing.T) {
 	bad := &pb.PageMap{Runs: []*pb.PageRun{{Addr: v.End, Npages: 1}}}
 	if err := pr.Restore(&Target{Pid: os.Getpid()}, mm, bad, bytes.NewReader(nil)); err == nil || !strings.Contains(err.Error(), "outside any private area") {
 		t.Fatalf("run outside the areas: %v", err)
+	}
+}
+
+// TestFlagsFrom: the dump takes the flags of the areas preflight read
+// (smaps) for the areas it reads frozen (maps), only if they are the same
+// areas; a stack may have grown down meanwhile.
+func TestFlagsFrom(t *testing.T) {
+	area := func(start, end uint64, perms, name string, flags ...string) proc.Vma {
+		return proc.Vma{Start: start, End: end, Perms: perms, Name: name, VmFlags: flags}
+	}
+	pre := []proc.Vma{
+		area(0x1000, 0x3000, "r-xp", "/bin/x", "rd", "ex"),
+		area(0x10000, 0x20000, "rw-p", "", "rd", "wr"),
+		area(0x7f000, 0x80000, "rw-p", "[stack]", "rd", "wr", "gd"),
+	}
+	for _, tc := range []struct {
+		name string
+		now  []proc.Vma
+		ok   bool
+	}{
+		{"same", []proc.Vma{area(0x1000, 0x3000, "r-xp", "/bin/x"), area(0x10000, 0x20000, "rw-p", ""), area(0x7f000, 0x80000, "rw-p", "[stack]")}, true},
+		{"stack grew", []proc.Vma{area(0x1000, 0x3000, "r-xp", "/bin/x"), area(0x7d000, 0x80000, "rw-p", "[stack]")}, true},
+		{"area grew down without the flag", []proc.Vma{area(0xf000, 0x20000, "rw-p", "")}, false},
+		{"area shrank", []proc.Vma{area(0x11000, 0x20000, "rw-p", "")}, false},
+		{"protection changed", []proc.Vma{area(0x10000, 0x20000, "r--p", "")}, false},
+		{"new area", []proc.Vma{area(0x30000, 0x31000, "rw-p", "")}, false},
+		{"other file", []proc.Vma{area(0x1000, 0x3000, "r-xp", "/bin/y")}, false},
+	} {
+		ok := flagsFrom(tc.now, pre)
+		if ok != tc.ok {
+			t.Errorf("%s: flagsFrom = %v, want %v", tc.name, ok, tc.ok)
+			continue
+		}
+		if !ok {
+			continue
+		}
+		for _, v := range tc.now {
+			if v.Name == "[stack]" && !v.HasFlag("gd") || v.Name == "/bin/x" && !v.HasFlag("ex") {
+				t.Errorf("%s: %s got flags %v", tc.name, v.Name, v.VmFlags)
+			}
+		}
 	}
 }

@@ -98,7 +98,7 @@ func TestIPCNamespaceDumpRestore(t *testing.T) {
 	if ids == nil || child == 0 {
 		t.Fatalf("no ids in log:\n%s", src.logText())
 	}
-	mm, err := resource.DumpMm(src.pid, 0, resource.NewFileSet())
+	mm, err := resource.DumpMm(src.pid, 0, resource.NewFileSet(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
