@@ -75,7 +75,7 @@ func newLeakFinder(pids []int, ns map[string]uint64, hostIPC bool) (*leakFinder,
 			switch {
 			case st.Mode&unix.S_IFMT == unix.S_IFIFO:
 				lf.pipes[st.Ino] = ref
-				if _, anon := pipeLinkInode(link); !anon {
+				if _, anon := pipeLinkInode([]byte(link)); !anon {
 					lf.statAll = true
 				}
 			case isShmemName(link):
@@ -107,12 +107,20 @@ func noState(st *unix.Stat_t) bool {
 
 // pipeLinkInode is the inode of an anonymous pipe's link text,
 // "pipe:[N]".
-func pipeLinkInode(link string) (uint64, bool) {
-	if !strings.HasPrefix(link, "pipe:[") || !strings.HasSuffix(link, "]") {
+func pipeLinkInode(link []byte) (uint64, bool) {
+	const prefix = "pipe:["
+	if len(link) <= len(prefix)+1 || string(link[:len(prefix)]) != prefix || link[len(link)-1] != ']' {
 		return 0, false
 	}
-	ino, err := strconv.ParseUint(link[len("pipe:["):len(link)-1], 10, 64)
-	return ino, err == nil
+	var ino uint64
+	for _, c := range link[len(prefix) : len(link)-1] {
+		d := uint64(c - '0')
+		if c < '0' || c > '9' || ino > (1<<64-1-d)/10 {
+			return 0, false
+		}
+		ino = ino*10 + d
+	}
+	return ino, true
 }
 
 // isShmemName tells the names of shared memory objects in /proc: those
@@ -142,19 +150,16 @@ func fdStats(pid int, fn func(fd int, st *unix.Stat_t)) error {
 // scan looks at every process outside and returns what it shares with
 // the inside, at most one leak per object and outside process.
 func (lf *leakFinder) scan() ([]*pb.Leak, error) {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil, err
-	}
 	self := os.Getpid()
 	kthreads := kernelThreads()
 	var leaks []*pb.Leak
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == self || lf.inside[pid] || kthreads[pid] {
-			continue
+	err := proc.EachPid(func(pid int) {
+		if pid != self && !lf.inside[pid] && !kthreads[pid] {
+			leaks = append(leaks, lf.scanOne(pid)...)
 		}
-		leaks = append(leaks, lf.scanOne(pid)...)
+	})
+	if err != nil {
+		return nil, err
 	}
 	sort.SliceStable(leaks, func(i, j int) bool { return leaks[i].Pid < leaks[j].Pid })
 	return leaks, nil
@@ -233,22 +238,21 @@ func (lf *leakFinder) scanOne(pid int) []*pb.Leak {
 		// An anonymous pipe is known by its link, and any other open file
 		// the inside holds has the same link text in every process: stat
 		// only the descriptors whose text is one of the inside's.
-		fds, links, _ := resource.FdLinks(pid)
-		for i, fd := range fds {
-			if ino, ok := pipeLinkInode(links[i]); ok {
+		proc.EachFdLink(pid, func(fd int, link []byte) {
+			if ino, ok := pipeLinkInode(link); ok {
 				if ref, ok := lf.pipes[ino]; ok {
 					add(ref.pid, fmt.Sprintf("pipe:[%d] (fd %d inside)", ino, ref.fd))
 				}
-				continue
+				return
 			}
-			if !lf.links[links[i]] {
-				continue
+			if !lf.links[string(link)] {
+				return
 			}
 			var st unix.Stat_t
 			if unix.Stat(proc.Path(pid, "fd/"+strconv.Itoa(fd)), &st) == nil {
 				check(fd, &st)
 			}
-		}
+		})
 	}
 	if len(lf.shmem) > 0 || len(lf.sysv) > 0 {
 		for _, v := range sharedMaps(pid) {

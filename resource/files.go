@@ -117,23 +117,6 @@ func FdStats(pid int, withStat bool) ([]int, []unix.Stat_t, error) {
 	return fds, sts, err
 }
 
-// FdLinks lists the descriptor numbers of pid, in order, with the text of
-// each /proc/PID/fd link ("" for a descriptor closed meanwhile): for the
-// leak scan of the outside, a readlink costs about half a stat.
-func FdLinks(pid int) ([]int, []string, error) {
-	var links []string
-	fds, err := eachFd(pid, func(dir int, fds []int) {
-		links = make([]string, len(fds))
-		var buf [unix.PathMax]byte
-		for i, fd := range fds {
-			if n, err := unix.Readlinkat(dir, strconv.Itoa(fd), buf[:]); err == nil {
-				links[i] = string(buf[:n])
-			}
-		}
-	})
-	return fds, links, err
-}
-
 // eachFd lists the descriptor numbers of pid, in order, and calls fn with
 // them and the open /proc/PID/fd directory.
 func eachFd(pid int, fn func(dir int, fds []int)) ([]int, error) {

@@ -1,0 +1,111 @@
+package proc
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The leak scan of a checkpoint lists every process of the machine and
+// reads every descriptor link of each: hundreds of entries, where os.ReadDir
+// (a sorted slice of allocated entries) and a string per name and per link
+// cost as much as the system calls. These walk the raw getdents records
+// and hand out bytes that are valid only during the call.
+
+// eachName calls fn with the name of each entry of the open directory dir
+// but . and .., NUL-terminated as getdents returns it (so that it can be
+// passed to a system call as it is).
+func eachName(dir int, fn func(name []byte)) error {
+	var buf [8192]byte
+	for {
+		n, err := unix.Getdents(dir, buf[:])
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n <= 0 {
+			return nil
+		}
+		// struct linux_dirent64: ino 8, off 8, reclen 2, type 1, name.
+		for off := 0; off < n; {
+			if off+19 >= n {
+				return fmt.Errorf("truncated directory entry")
+			}
+			reclen := int(binary.LittleEndian.Uint16(buf[off+16:]))
+			if reclen <= 19 || off+reclen > n {
+				return fmt.Errorf("bad directory entry length %d", reclen)
+			}
+			name := buf[off+19 : off+reclen]
+			off += reclen
+			end := bytes.IndexByte(name, 0)
+			if end <= 0 || name[0] == '.' && (end == 1 || end == 2 && name[1] == '.') {
+				continue
+			}
+			fn(name[:end+1])
+		}
+	}
+}
+
+// atoi parses a NUL-terminated decimal name; ok is false for anything else.
+func atoi(name []byte) (n int, ok bool) {
+	if len(name) < 2 || len(name) > 12 {
+		return 0, false
+	}
+	for _, c := range name[:len(name)-1] {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n, true
+}
+
+// EachPid calls fn with the ID of each process in /proc, in directory
+// order.
+func EachPid(fn func(pid int)) error {
+	dir, err := unix.Open("/proc", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("list processes: %w", err)
+	}
+	defer unix.Close(dir)
+	if err := eachName(dir, func(name []byte) {
+		if pid, ok := atoi(name); ok {
+			fn(pid)
+		}
+	}); err != nil {
+		return fmt.Errorf("list processes: %w", err)
+	}
+	return nil
+}
+
+// EachFdLink calls fn with each descriptor of pid, in directory order, and
+// the text of its /proc/PID/fd link, valid only during the call (a
+// descriptor closed meanwhile is left out).
+func EachFdLink(pid int, fn func(fd int, link []byte)) error {
+	dir, err := unix.Open(Path(pid, "fd"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("list descriptors of %d: %w", pid, err)
+	}
+	defer unix.Close(dir)
+	var link [unix.PathMax]byte
+	err = eachName(dir, func(name []byte) {
+		fd, ok := atoi(name)
+		if !ok {
+			return
+		}
+		n, _, e := unix.Syscall6(unix.SYS_READLINKAT, uintptr(dir), uintptr(unsafe.Pointer(&name[0])), uintptr(unsafe.Pointer(&link[0])), uintptr(len(link)), 0, 0)
+		if e == 0 {
+			fn(fd, link[:n])
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("list descriptors of %d: %w", pid, err)
+	}
+	return nil
+}
