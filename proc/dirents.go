@@ -18,8 +18,8 @@ import (
 
 // eachName calls fn with the name of each entry of the open directory dir
 // but . and .., NUL-terminated as getdents returns it (so that it can be
-// passed to a system call as it is).
-func eachName(dir int, fn func(name []byte)) error {
+// passed to a system call as it is), until fn returns false.
+func eachName(dir int, fn func(name []byte) bool) error {
 	var buf [8192]byte
 	for {
 		n, err := unix.Getdents(dir, buf[:])
@@ -47,7 +47,9 @@ func eachName(dir int, fn func(name []byte)) error {
 			if end <= 0 || name[0] == '.' && (end == 1 || end == 2 && name[1] == '.') {
 				continue
 			}
-			fn(name[:end+1])
+			if !fn(name[:end+1]) {
+				return nil
+			}
 		}
 	}
 }
@@ -74,10 +76,11 @@ func EachPid(fn func(pid int)) error {
 		return fmt.Errorf("list processes: %w", err)
 	}
 	defer unix.Close(dir)
-	if err := eachName(dir, func(name []byte) {
+	if err := eachName(dir, func(name []byte) bool {
 		if pid, ok := atoi(name); ok {
 			fn(pid)
 		}
+		return true
 	}); err != nil {
 		return fmt.Errorf("list processes: %w", err)
 	}
@@ -86,7 +89,9 @@ func EachPid(fn func(pid int)) error {
 
 // EachFdLink calls fn with each descriptor of pid, in directory order, and
 // the text of its /proc/PID/fd link, valid only during the call (a
-// descriptor closed meanwhile is left out).
+// descriptor closed meanwhile is left out). A process whose links ckpt
+// may not read (even root may not, for an init outside its user
+// namespace) fails at its first: the directory lists, its links do not.
 func EachFdLink(pid int, fn func(fd int, link []byte)) error {
 	dir, err := unix.Open(Path(pid, "fd"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -94,18 +99,27 @@ func EachFdLink(pid int, fn func(fd int, link []byte)) error {
 	}
 	defer unix.Close(dir)
 	var link [unix.PathMax]byte
-	err = eachName(dir, func(name []byte) {
+	var denied error
+	err = eachName(dir, func(name []byte) bool {
 		fd, ok := atoi(name)
 		if !ok {
-			return
+			return true
 		}
 		n, _, e := unix.Syscall6(unix.SYS_READLINKAT, uintptr(dir), uintptr(unsafe.Pointer(&name[0])), uintptr(unsafe.Pointer(&link[0])), uintptr(len(link)), 0, 0)
-		if e == 0 {
+		switch e {
+		case 0:
 			fn(fd, link[:n])
+		case unix.EACCES, unix.EPERM:
+			denied = e
+			return false
 		}
+		return true
 	})
+	if err == nil {
+		err = denied
+	}
 	if err != nil {
-		return fmt.Errorf("list descriptors of %d: %w", pid, err)
+		return fmt.Errorf("read descriptors of %d: %w", pid, err)
 	}
 	return nil
 }

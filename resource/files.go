@@ -105,15 +105,25 @@ func ListFds(pid int) ([]int, error) {
 // walk from /proc, and none of the os package's per-file set-up.
 func FdStats(pid int, withStat bool) ([]int, []unix.Stat_t, error) {
 	var sts []unix.Stat_t
+	var denied error
 	fds, err := eachFd(pid, func(dir int, fds []int) {
 		if !withStat {
 			return
 		}
 		sts = make([]unix.Stat_t, len(fds))
 		for i, fd := range fds {
-			unix.Fstatat(dir, strconv.Itoa(fd), &sts[i], 0)
+			// A process whose descriptors may not be followed (an init
+			// outside ckpt's user namespace: its directory lists, its
+			// links do not) fails at the first.
+			if err := unix.Fstatat(dir, strconv.Itoa(fd), &sts[i], 0); err == unix.EACCES || err == unix.EPERM {
+				denied = fmt.Errorf("descriptors of %d: %w", pid, err)
+				return
+			}
 		}
 	})
+	if err == nil {
+		err = denied
+	}
 	return fds, sts, err
 }
 

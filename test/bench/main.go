@@ -253,11 +253,16 @@ func cycle(bin, work string, mb int) result { return cycleN(bin, work, mb, 1, mb
 func cycleN(bin, work string, mb, procs int, baselines bool) result {
 	cmd := exec.Command(bin, fmt.Sprint(mb), fmt.Sprint(procs))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	logPath := filepath.Join(work, "log")
-	logf, err := os.Create(logPath)
+	// The workload's output goes to a file outside the image directory,
+	// as a job's log would: a descriptor on a /dev/shm file counts as
+	// shared memory for the leak scan, which then has to stat every
+	// descriptor of the machine instead of reading their links.
+	logf, err := os.CreateTemp("", "ckpt-bench-log-")
 	if err != nil {
 		fatal(err)
 	}
+	logPath := logf.Name()
+	defer os.Remove(logPath)
 	cmd.Stdout = logf
 	err = cmd.Start()
 	logf.Close()
