@@ -90,8 +90,8 @@ func EachPid(fn func(pid int)) error {
 // EachFdLink calls fn with each descriptor of pid, in directory order, and
 // the text of its /proc/PID/fd link, valid only during the call (a
 // descriptor closed meanwhile is left out). A process whose links ckpt
-// may not read (even root may not, for an init outside its user
-// namespace) fails at its first: the directory lists, its links do not.
+// may not read fails at its first (the development VM's PID 1 lists its
+// descriptors to root but refuses to resolve any).
 func EachFdLink(pid int, fn func(fd int, link []byte)) error {
 	dir, err := unix.Open(Path(pid, "fd"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {

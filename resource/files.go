@@ -112,9 +112,9 @@ func FdStats(pid int, withStat bool) ([]int, []unix.Stat_t, error) {
 		}
 		sts = make([]unix.Stat_t, len(fds))
 		for i, fd := range fds {
-			// A process whose descriptors may not be followed (an init
-			// outside ckpt's user namespace: its directory lists, its
-			// links do not) fails at the first.
+			// A process whose descriptors may not be followed fails at
+			// the first (the development VM's PID 1 lists its descriptors
+			// to root but refuses to resolve any).
 			if err := unix.Fstatat(dir, strconv.Itoa(fd), &sts[i], 0); err == unix.EACCES || err == unix.EPERM {
 				denied = fmt.Errorf("descriptors of %d: %w", pid, err)
 				return
