@@ -420,13 +420,11 @@ type frozenThread struct {
 	inj      *ptrace.Injector
 	savedMem []byte // scratch bytes below the red zone, to put back
 	target   *resource.Target
-	// cpus, while the thread is bound to the tracer's CPU for injection,
-	// is the CPU set to give back.
-	cpus *ptrace.CPUSet
 	// affinity is the thread's own CPU set, for the image, once pin has
-	// read it.
-	affinity     ptrace.CPUSet
-	affinityRead bool
+	// read it; pinned says the thread is bound to the tracer's CPU for
+	// now and gets affinity back at restore.
+	affinity             ptrace.CPUSet
+	affinityRead, pinned bool
 }
 
 // release puts every thread back as it was and lets the process run.
@@ -461,9 +459,9 @@ func (th *frozenThread) restore() error {
 		errs = append(errs, ptrace.SetSigmask(th.tid, th.sigmask))
 		th.maskSet = false
 	}
-	if th.cpus != nil {
-		errs = append(errs, ptrace.SetAffinity(th.tid, th.cpus))
-		th.cpus = nil
+	if th.pinned {
+		errs = append(errs, ptrace.SetAffinity(th.tid, &th.affinity))
+		th.pinned = false
 	}
 	return errors.Join(errs...)
 }
@@ -504,9 +502,7 @@ func (th *frozenThread) pin(cpu int) (ptrace.CPUSet, error) {
 	if cpu < 0 || !set.IsSet(cpu) {
 		return set, nil
 	}
-	if ptrace.Pin(th.tid, cpu) == nil {
-		th.cpus = &set
-	}
+	th.pinned = ptrace.Pin(th.tid, cpu) == nil
 	return set, nil
 }
 
