@@ -83,6 +83,30 @@ func dumpOwn(t *testing.T, mm *pb.Mm) *image.Reader {
 	return r
 }
 
+// eachPages calls fn for each PAGES record of r, with the page map of the
+// PAGEMAP record before it, and with r positioned at its pages.
+func eachPages(t *testing.T, r *image.Reader, fn func(pm *pb.PageMap)) {
+	t.Helper()
+	var pm pb.PageMap
+	for {
+		rec, err := r.Next()
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch rec.Type {
+		case image.TypePageMap:
+			if err := image.Unmarshal(rec, &pm); err != nil {
+				t.Fatal(err)
+			}
+		case image.TypePages:
+			fn(&pm)
+		}
+	}
+}
+
 // TestDumpPages dumps an area of this very process, through the two-buffer
 // writer, and reads the image back: every non-zero page, in order, under
 // the right address.
@@ -99,40 +123,25 @@ func TestDumpPages(t *testing.T) {
 		}
 	}
 	advance()
-	var pm pb.PageMap
 	page := make([]byte, pageSize)
-	for {
-		rec, err := r.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		switch rec.Type {
-		case image.TypePageMap:
-			if err := image.Unmarshal(rec, &pm); err != nil {
-				t.Fatal(err)
-			}
-		case image.TypePages:
-			for _, run := range pm.Runs {
-				for i := uint64(0); i < run.Npages; i++ {
-					p := int((run.Addr-start)/pageSize + i)
-					if p != next {
-						t.Fatalf("page %d in the image, want page %d", p, next)
-					}
-					if _, err := io.ReadFull(r, page); err != nil {
-						t.Fatal(err)
-					}
-					if !bytes.Equal(page, mem[p*pageSize:(p+1)*pageSize]) {
-						t.Fatalf("page %d differs", p)
-					}
-					next++
-					advance()
+	eachPages(t, r, func(pm *pb.PageMap) {
+		for _, run := range pm.Runs {
+			for i := uint64(0); i < run.Npages; i++ {
+				p := int((run.Addr-start)/pageSize + i)
+				if p != next {
+					t.Fatalf("page %d in the image, want page %d", p, next)
 				}
+				if _, err := io.ReadFull(r, page); err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(page, mem[p*pageSize:(p+1)*pageSize]) {
+					t.Fatalf("page %d differs", p)
+				}
+				next++
+				advance()
 			}
 		}
-	}
+	})
 	if next != size/pageSize {
 		t.Fatalf("image ends before page %d of %d", next, size/pageSize)
 	}
@@ -179,29 +188,15 @@ func TestDumpPagesAreas(t *testing.T) {
 	mm.Vmas = []*pb.Vma{{Start: v.Start, End: mid, Prot: v.Prot}, {Start: mid, End: v.End, Prot: unix.PROT_READ}}
 	r := dumpOwn(t, mm)
 	records, pages := 0, uint64(0)
-	for {
-		rec, err := r.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if rec.Type != image.TypePageMap {
-			continue
-		}
+	eachPages(t, r, func(pm *pb.PageMap) {
 		records++
-		var pm pb.PageMap
-		if err := image.Unmarshal(rec, &pm); err != nil {
-			t.Fatal(err)
-		}
 		for _, run := range pm.Runs {
 			if FindVma(mm, run.Addr, run.Npages*pageSize) == nil {
 				t.Errorf("run %#x+%d pages crosses an area boundary (%#x)", run.Addr, run.Npages, mid)
 			}
 			pages += run.Npages
 		}
-	}
+	})
 	if records != 1 || pages != size/pageSize-1 {
 		t.Errorf("%d records with %d pages, want 1 with %d", records, pages, size/pageSize-1)
 	}
@@ -230,28 +225,13 @@ func testPageRestorer(t *testing.T, size, minRecords int) {
 	clear(mem)
 	self := &Target{Pid: os.Getpid()}
 	pr := NewPageRestorer()
-	var pm pb.PageMap
 	records := 0
-	for {
-		rec, err := r.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
+	eachPages(t, r, func(pm *pb.PageMap) {
+		records++
+		if err := pr.Restore(self, mm, pm, r); err != nil {
 			t.Fatal(err)
 		}
-		switch rec.Type {
-		case image.TypePageMap:
-			if err := image.Unmarshal(rec, &pm); err != nil {
-				t.Fatal(err)
-			}
-		case image.TypePages:
-			records++
-			if err := pr.Restore(self, mm, &pm, r); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	})
 	if err := pr.Close(); err != nil {
 		t.Fatal(err)
 	}
