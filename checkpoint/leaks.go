@@ -108,19 +108,10 @@ func noState(st *unix.Stat_t) bool {
 // pipeLinkInode is the inode of an anonymous pipe's link text,
 // "pipe:[N]".
 func pipeLinkInode(link []byte) (uint64, bool) {
-	const prefix = "pipe:["
-	if len(link) <= len(prefix)+1 || string(link[:len(prefix)]) != prefix || link[len(link)-1] != ']' {
-		return 0, false
+	if kind, ino, ok := proc.LinkID(link); ok && string(kind) == "pipe" {
+		return ino, true
 	}
-	var ino uint64
-	for _, c := range link[len(prefix) : len(link)-1] {
-		d := uint64(c - '0')
-		if c < '0' || c > '9' || ino > (1<<64-1-d)/10 {
-			return 0, false
-		}
-		ino = ino*10 + d
-	}
-	return ino, true
+	return 0, false
 }
 
 // isShmemName tells the names of shared memory objects in /proc: those

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -68,6 +69,23 @@ func atoi(name []byte) (n int, ok bool) {
 	return n, true
 }
 
+// LinkID splits the text of a /proc link to an object without a path,
+// "kind:[N]" (a pipe, a socket, a namespace), into its kind and number.
+func LinkID(link []byte) (kind []byte, id uint64, ok bool) {
+	i := bytes.IndexByte(link, ':')
+	if i < 0 || len(link) < i+4 || link[i+1] != '[' || link[len(link)-1] != ']' {
+		return nil, 0, false
+	}
+	for _, c := range link[i+2 : len(link)-1] {
+		d := uint64(c - '0')
+		if c < '0' || c > '9' || id > (1<<64-1-d)/10 {
+			return nil, 0, false
+		}
+		id = id*10 + d
+	}
+	return link[:i], id, true
+}
+
 // EachPid calls fn with the ID of each process in /proc, in directory
 // order.
 func EachPid(fn func(pid int)) error {
@@ -85,6 +103,20 @@ func EachPid(fn func(pid int)) error {
 		return fmt.Errorf("list processes: %w", err)
 	}
 	return nil
+}
+
+// Fds lists the descriptor numbers in dir, an open /proc/PID/fd, in
+// order.
+func Fds(dir int) ([]int, error) {
+	fds := []int{}
+	err := eachName(dir, func(name []byte) bool {
+		if fd, ok := atoi(name); ok {
+			fds = append(fds, fd)
+		}
+		return true
+	})
+	slices.Sort(fds)
+	return fds, err
 }
 
 // EachFdLink calls fn with each descriptor of pid, in directory order, and

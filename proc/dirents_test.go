@@ -2,6 +2,7 @@ package proc
 
 import (
 	"os"
+	"slices"
 	"strconv"
 	"testing"
 )
@@ -60,6 +61,34 @@ func TestAtoi(t *testing.T) {
 		n, ok := atoi([]byte(tc.name))
 		if n != tc.n || ok != tc.ok {
 			t.Errorf("atoi(%q) = %d, %v; want %d, %v", tc.name, n, ok, tc.n, tc.ok)
+		}
+	}
+}
+
+// TestFds: this process's descriptors, in order, the pipe's and the
+// listed directory's own among them.
+func TestFds(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	dir, err := os.Open("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	fds, err := Fds(int(dir.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.IsSorted(fds) {
+		t.Errorf("descriptors %v not in order", fds)
+	}
+	for _, fd := range []int{0, int(r.Fd()), int(w.Fd()), int(dir.Fd())} {
+		if !slices.Contains(fds, fd) {
+			t.Errorf("descriptor %d missing from %v", fd, fds)
 		}
 	}
 }

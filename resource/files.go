@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sort"
+
 	"strconv"
 	"strings"
 
@@ -135,25 +135,10 @@ func eachFd(pid int, fn func(dir int, fds []int)) ([]int, error) {
 		return nil, fmt.Errorf("list descriptors of %d: %w", pid, err)
 	}
 	defer unix.Close(dir)
-	var names []string
-	var buf [4096]byte
-	for {
-		n, err := unix.Getdents(dir, buf[:])
-		if err != nil {
-			return nil, fmt.Errorf("list descriptors of %d: %w", pid, err)
-		}
-		if n <= 0 {
-			break
-		}
-		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+	fds, err := proc.Fds(dir)
+	if err != nil {
+		return nil, fmt.Errorf("list descriptors of %d: %w", pid, err)
 	}
-	fds := make([]int, 0, len(names))
-	for _, name := range names {
-		if fd, err := strconv.Atoi(name); err == nil {
-			fds = append(fds, fd)
-		}
-	}
-	sort.Ints(fds)
 	fn(dir, fds)
 	return fds, nil
 }

@@ -66,12 +66,8 @@ func ReadNsIds(pid int) (*pb.NsIds, error) {
 
 // nsLinkID is the inode number in a namespace link's text, "kind:[N]".
 func nsLinkID(link string) (uint64, bool) {
-	i := strings.LastIndexByte(link, '[')
-	if i < 0 || !strings.HasSuffix(link, "]") {
-		return 0, false
-	}
-	id, err := strconv.ParseUint(link[i+1:len(link)-1], 10, 64)
-	return id, err == nil
+	_, id, ok := proc.LinkID([]byte(link))
+	return id, ok
 }
 
 // NewNamespaces returns the clone flags that give a process the
