@@ -135,7 +135,7 @@ func preflight(pid, skip int, container bool, probe *resource.UndoProbe, self *r
 	}
 	st, err := proc.ReadStat(pid)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
+		if proc.Gone(err) {
 			return fmt.Errorf("no process %d", pid)
 		}
 		return fmt.Errorf("read process %d: %w", pid, err)
@@ -183,7 +183,7 @@ func preflight(pid, skip int, container bool, probe *resource.UndoProbe, self *r
 			return fmt.Errorf("ckpt itself (pid %d) is a descendant of %d; run ckpt from outside the tree it checkpoints", p, pid)
 		}
 		st, err := proc.ReadStat(p)
-		if errors.Is(err, os.ErrNotExist) {
+		if proc.Gone(err) {
 			continue // a short-lived child that is gone already
 		}
 		if err != nil {
@@ -346,7 +346,7 @@ func tree(pid, skip int) ([]int, error) {
 	for i := 0; i < len(out); i++ {
 		kids, err := proc.Children(out[i])
 		if err != nil {
-			if errors.Is(err, os.ErrNotExist) && i > 0 {
+			if proc.Gone(err) && i > 0 {
 				continue // ended meanwhile
 			}
 			return nil, fmt.Errorf("list children of %d: %w", out[i], err)
@@ -620,7 +620,7 @@ func (ft *frozenTree) release() error {
 func (ft *frozenTree) add(pid, root int) (*frozen, error) {
 	st, err := proc.ReadStat(pid)
 	if err != nil {
-		if pid != root && errors.Is(err, os.ErrNotExist) {
+		if pid != root && proc.Gone(err) {
 			return nil, nil
 		}
 		return nil, err

@@ -5,6 +5,7 @@ package proc
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -17,6 +18,13 @@ import (
 // Path returns /proc/PID/name.
 func Path(pid int, name string) string {
 	return "/proc/" + strconv.Itoa(pid) + "/" + name
+}
+
+// Gone reports whether err from reading a process's /proc files means the
+// process no longer exists. A process reaped between open and read makes
+// the read fail with ESRCH rather than the open with ENOENT.
+func Gone(err error) bool {
+	return errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH)
 }
 
 // ReadFile reads a whole /proc file. Unlike os.ReadFile it skips the os

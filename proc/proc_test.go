@@ -3,8 +3,11 @@ package proc
 import (
 	"errors"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParseSmaps(t *testing.T) {
@@ -91,6 +94,40 @@ func TestReadFile(t *testing.T) {
 		// smaps changes as the test allocates; compare its first line and size.
 		if first := func(b []byte) string { l, _, _ := strings.Cut(string(b), "\n"); return l }; first(got) != first(want) || len(got) < len(want)/2 {
 			t.Errorf("%s: read %d bytes starting %q, os.ReadFile %d bytes starting %q", tc.path, len(got), first(got), len(want), first(want))
+		}
+	}
+}
+
+// TestGone checks both ways a vanished process shows: a missing /proc
+// directory, and a read of a file opened before the process was reaped,
+// which is how restart's PID check once failed on a process reaped at that
+// moment.
+func TestGone(t *testing.T) {
+	c := exec.Command("sleep", "60")
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(Path(c.Process.Pid, "stat"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	c.Process.Kill()
+	c.Wait()
+	_, readErr := f.Read(make([]byte, 512))
+	_, openErr := ReadFile(Path(c.Process.Pid, "stat"))
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"read after reap", readErr, true},
+		{"open after reap", openErr, true},
+		{"permission", &os.PathError{Op: "open", Path: "x", Err: unix.EACCES}, false},
+		{"nil", nil, false},
+	} {
+		if got := Gone(tc.err); got != tc.want {
+			t.Errorf("%s: Gone(%v) = %v, want %v", tc.name, tc.err, got, tc.want)
 		}
 	}
 }

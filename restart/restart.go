@@ -422,7 +422,7 @@ func checkPidFree(pid int) error {
 	start := time.Now()
 	for {
 		st, err := proc.ReadStat(pid)
-		if errors.Is(err, os.ErrNotExist) {
+		if proc.Gone(err) {
 			return nil
 		}
 		if err != nil {
