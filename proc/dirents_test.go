@@ -1,10 +1,16 @@
 package proc
 
 import (
+	"errors"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestEachFdLink: every descriptor of this process, with the same link
@@ -90,5 +96,55 @@ func TestFds(t *testing.T) {
 		if !slices.Contains(fds, fd) {
 			t.Errorf("descriptor %d missing from %v", fd, fds)
 		}
+	}
+}
+
+// TestFdAccess runs this test binary again as nobody, which may not
+// resolve the descriptors of this (root) process but may its own: the
+// probe, and the walks that start with it, must refuse the first and
+// allow the second.
+func TestFdAccess(t *testing.T) {
+	if os.Getenv("CKPT_TEST_FDACCESS") != "" {
+		parent := os.Getppid()
+		if err := FdAccess(parent); !errors.Is(err, unix.EACCES) && !errors.Is(err, unix.EPERM) {
+			t.Fatalf("FdAccess(root's %d) as nobody = %v, want EACCES or EPERM", parent, err)
+		}
+		if err := EachFdLink(parent, func(int, []byte) { t.Error("a link of a refusing process") }); !errors.Is(err, unix.EACCES) && !errors.Is(err, unix.EPERM) {
+			t.Errorf("EachFdLink(root's %d) as nobody = %v, want EACCES or EPERM", parent, err)
+		}
+		if err := FdAccess(os.Getpid()); err != nil {
+			t.Errorf("FdAccess(own pid) = %v", err)
+		}
+		return
+	}
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run a copy as nobody")
+	}
+	if err := FdAccess(os.Getpid()); err != nil {
+		t.Fatalf("FdAccess(own pid) = %v", err)
+	}
+	// A copy that nobody may run: the build directory is root's alone.
+	self, err := os.ReadFile("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "ckpt-fdaccess")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	exe := dir + "/proc.test"
+	if err := os.WriteFile(exe, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := exec.Command(exe, "-test.run=^TestFdAccess$", "-test.v")
+	c.Env = append(os.Environ(), "CKPT_TEST_FDACCESS=1")
+	c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := c.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "PASS") {
+		t.Fatalf("as nobody: %v\n%s", err, out)
 	}
 }

@@ -104,6 +104,11 @@ func ListFds(pid int) ([]int, error) {
 // relative to one open /proc/PID/fd: a stat per descriptor without a path
 // walk from /proc, and none of the os package's per-file set-up.
 func FdStats(pid int, withStat bool) ([]int, []unix.Stat_t, error) {
+	if withStat {
+		if err := proc.FdAccess(pid); err != nil {
+			return nil, nil, fmt.Errorf("descriptors of %d: %w", pid, err)
+		}
+	}
 	var sts []unix.Stat_t
 	var denied error
 	fds, err := eachFd(pid, func(dir int, fds []int) {
