@@ -78,9 +78,8 @@ type Options struct {
 	cpu int
 	// subtreeLeaks waits for the leak scan of a subtree (set by Run).
 	subtreeLeaks func() ([]*pb.Leak, error)
-	// preAreas are the memory areas preflight read (smaps), by PID: the
-	// dump, frozen, reads only maps (see resource.DumpMm).
-	preAreas map[int][]proc.Vma
+	// pre is what preflight read of the tree (set by Run).
+	pre *inspected
 	// SelfTid, if not 0, makes this a self-checkpoint (see self.go):
 	// thread SelfTid of Pid is blocked in read() on the pipe whose write
 	// end is ckpt's descriptor SelfFd.
@@ -120,13 +119,32 @@ func Preflight(pid int, container bool) error {
 	if err != nil {
 		return err
 	}
-	return preflight(pid, 0, container, probe, self, map[int][]proc.Vma{})
+	return preflight(pid, 0, container, probe, self, newInspected())
+}
+
+// inspected is what preflight read of the tree, kept for what follows:
+// the frozen dump takes each process's memory areas from it (read from
+// smaps, with their flags, so that the dump need only read maps; see
+// resource.DumpMm), the leak scan the inside's descriptors, shared
+// mappings and namespaces, which it would otherwise read again.
+type inspected struct {
+	pids   []int // the tree, zombies included
+	areas  map[int][]proc.Vma
+	inside []insideProc
+	// ns are the namespaces of the tree's own (a process's that differ
+	// from its parent's, the root's from ckpt's), kind name -> id.
+	ns map[string]uint64
+	// hostIPC says that a process of the tree is in ckpt's IPC namespace.
+	hostIPC bool
+}
+
+func newInspected() *inspected {
+	return &inspected{areas: map[int][]proc.Vma{}, ns: map[string]uint64{}}
 }
 
 // preflight is Preflight leaving out the subtree of process skip (ckpt
-// itself in a self-checkpoint). It records each process's memory areas,
-// with their flags, in areas.
-func preflight(pid, skip int, container bool, probe *resource.UndoProbe, self *resource.Self, areas map[int][]proc.Vma) error {
+// itself in a self-checkpoint), recording what it read in in.
+func preflight(pid, skip int, container bool, probe *resource.UndoProbe, self *resource.Self, in *inspected) error {
 	if pid <= 0 {
 		return fmt.Errorf("invalid pid %d", pid)
 	}
@@ -169,6 +187,7 @@ func preflight(pid, skip int, container bool, probe *resource.UndoProbe, self *r
 			return err
 		}
 	}
+	in.pids = pids
 	if err := resource.PreflightSemUndo(probe, pids); err != nil {
 		return err
 	}
@@ -221,14 +240,24 @@ func preflight(pid, skip int, container bool, probe *resource.UndoProbe, self *r
 		if err := resource.PreflightTask(p, nsOf[p], self); err != nil && !gone(p) {
 			return err
 		}
-		if err := resource.PreflightFiles(p); err != nil && !gone(p) {
+		fds, err := resource.PreflightFiles(p)
+		if err != nil && !gone(p) {
 			return err
 		}
 		vmas, err := resource.PreflightMm(p)
 		if err != nil && !gone(p) {
 			return err
 		}
-		areas[p] = vmas
+		in.areas[p] = vmas
+		in.inside = append(in.inside, insideProc{pid: p, fds: fds, shared: sharedFileMaps(vmas)})
+		for _, k := range resource.NsKinds {
+			if k.Get(nsOf[p]) != k.Get(have) {
+				in.ns[k.Name] = k.Get(nsOf[p])
+			}
+		}
+		if nsOf[p].Ipc == self.Ns.Ipc {
+			in.hostIPC = true
+		}
 	}
 	return nil
 }
@@ -379,17 +408,17 @@ func Run(opts Options) (*Stats, error) {
 			return nil, fmt.Errorf("checkpoint %d: %w", opts.Pid, err)
 		}
 	}
-	if !opts.Container {
-		wait := startLeakScan(&opts)
-		defer wait()
-	}
 	if opts.undo, err = resource.NewUndoProbe(); err != nil {
 		return nil, fmt.Errorf("checkpoint %d: %w", opts.Pid, err)
 	}
 	defer opts.undo.Close()
-	opts.preAreas = map[int][]proc.Vma{}
-	if err := preflight(opts.Pid, opts.skip(), opts.Container, opts.undo, opts.self, opts.preAreas); err != nil {
+	opts.pre = newInspected()
+	if err := preflight(opts.Pid, opts.skip(), opts.Container, opts.undo, opts.self, opts.pre); err != nil {
 		return nil, fmt.Errorf("checkpoint %d: %w", opts.Pid, err)
+	}
+	if !opts.Container {
+		wait := startLeakScan(&opts, opts.pre)
+		defer wait()
 	}
 	stats.ID = opts.id
 	stats.Phases.Mark("preflight")
@@ -956,7 +985,7 @@ func collect(opts *Options, f *frozen, files *resource.FileSet, mmID uint32, fil
 	if mmOwner != 0 {
 		return p, nil, nil
 	}
-	mm, err := resource.DumpMm(f.pid, brk, files, opts.preAreas[f.pid])
+	mm, err := resource.DumpMm(f.pid, brk, files, opts.pre.areas[f.pid])
 	if err != nil {
 		return nil, nil, err
 	}

@@ -53,22 +53,45 @@ type leakFinder struct {
 	statAll bool
 }
 
-// newLeakFinder records the inside: pids (ckpt's PIDs) and the
-// namespaces of their own (kind -> id).
-func newLeakFinder(pids []int, ns map[string]uint64, hostIPC bool) (*leakFinder, error) {
+// insideProc is what the leak scan needs to know of an inside process.
+type insideProc struct {
+	pid    int
+	fds    []resource.FdRef
+	shared []proc.Vma // its shared mappings of files (see sharedFileMaps)
+}
+
+// readInside reads the descriptors and shared mappings of pid; nothing
+// for a process that is gone.
+func readInside(pid int) (insideProc, error) {
+	in := insideProc{pid: pid}
+	fds, err := resource.FdRefs(pid)
+	if err != nil && !proc.Gone(err) && !errors.Is(err, os.ErrPermission) {
+		return in, err
+	}
+	in.fds = fds
+	if vmas, err := proc.ReadMaps(pid); err == nil {
+		in.shared = sharedFileMaps(vmas)
+	}
+	return in, nil
+}
+
+// newLeakFinder records the inside: its processes pids (ckpt's PIDs),
+// what those alive hold, and the namespaces of their own (kind -> id).
+func newLeakFinder(pids []int, inside []insideProc, ns map[string]uint64, hostIPC bool) *leakFinder {
 	lf := &leakFinder{inside: map[int]bool{}, ns: ns, pipes: map[uint64]insideRef{},
 		files: map[[2]uint64][]insideRef{}, shmem: map[[2]uint64]insideRef{}, sysv: map[uint64]int{}, links: map[string]bool{}}
 	for _, pid := range pids {
 		lf.inside[pid] = true
 	}
-	for _, pid := range pids {
-		err := fdStats(pid, func(fd int, st *unix.Stat_t) {
+	for _, in := range inside {
+		pid := in.pid
+		for i := range in.fds {
+			fd, link, st := in.fds[i].Fd, in.fds[i].Link, &in.fds[i].Stat
 			if noState(st) {
-				return
+				continue
 			}
 			ref := insideRef{pid, fd}
 			key := [2]uint64{st.Dev, st.Ino}
-			link, _ := os.Readlink(proc.Path(pid, "fd/"+strconv.Itoa(fd)))
 			if link != "" {
 				lf.links[link] = true
 			}
@@ -84,11 +107,8 @@ func newLeakFinder(pids []int, ns map[string]uint64, hostIPC bool) (*leakFinder,
 			default:
 				lf.files[key] = append(lf.files[key], ref)
 			}
-		})
-		if err != nil {
-			return nil, err
 		}
-		for _, v := range sharedMaps(pid) {
+		for _, v := range in.shared {
 			if hostIPC && resource.SysvVma(&v) != nil {
 				lf.sysv[v.Inode] = pid
 			} else if isShmemName(v.Name) {
@@ -96,7 +116,7 @@ func newLeakFinder(pids []int, ns map[string]uint64, hostIPC bool) (*leakFinder,
 			}
 		}
 	}
-	return lf, nil
+	return lf
 }
 
 // noState tells descriptors whose sharing carries no state (see
@@ -303,16 +323,18 @@ func leakLines(leaks []*pb.Leak) []string {
 // ckpt's own IPC namespace.
 func findLeaks(pids []int, ns map[string]uint64, self uint64) ([]*pb.Leak, error) {
 	hostIPC := false
+	var inside []insideProc
 	for _, pid := range pids {
 		if id, err := resource.IPCNamespaceOf(pid); err == nil && id == self {
 			hostIPC = true
 		}
+		in, err := readInside(pid)
+		if err != nil {
+			return nil, err
+		}
+		inside = append(inside, in)
 	}
-	lf, err := newLeakFinder(pids, ns, hostIPC)
-	if err != nil {
-		return nil, err
-	}
-	return lf.scan()
+	return newLeakFinder(pids, inside, ns, hostIPC).scan()
 }
 
 // ownNamespaces are the namespaces the image re-creates, by kind.
@@ -328,46 +350,9 @@ func ownNamespaces(namespaces []*pb.Namespace) map[string]uint64 {
 	return out
 }
 
-// treeNamespaces finds the same before the tree is frozen (for a subtree
-// checkpoint, whose leaks are only warnings): a process's namespaces that
-// differ from its parent's, the root's from ckpt's.
-func treeNamespaces(self *pb.NsIds, pids []int) (map[string]uint64, error) {
-	outer, _, err := outerOf(self, pids[0], false)
-	if err != nil {
-		return nil, err
-	}
-	ids := map[int]*pb.NsIds{}
-	out := map[string]uint64{}
-	for i, pid := range pids {
-		mine, err := resource.ReadNsIds(pid)
-		if err != nil {
-			continue // ended meanwhile
-		}
-		ids[pid] = mine
-		have := outer
-		if i > 0 {
-			st, err := proc.ReadStat(pid)
-			if err != nil || ids[st.Ppid] == nil {
-				continue
-			}
-			have = ids[st.Ppid]
-		}
-		for _, k := range resource.NsKinds {
-			if k.Get(mine) != k.Get(have) {
-				out[k.Name] = k.Get(mine)
-			}
-		}
-	}
-	return out, nil
-}
-
-// sharedMaps lists the shared mappings of files of pid from
-// /proc/PID/maps (lighter than smaps): what can hold shared memory.
-func sharedMaps(pid int) []proc.Vma {
-	vmas, err := proc.ReadMaps(pid)
-	if err != nil {
-		return nil
-	}
+// sharedFileMaps keeps the shared mappings of files: what can hold shared
+// memory.
+func sharedFileMaps(vmas []proc.Vma) []proc.Vma {
 	var out []proc.Vma
 	for _, v := range vmas {
 		if v.Shared() && v.Inode != 0 && v.Name != "" {
@@ -377,30 +362,30 @@ func sharedMaps(pid int) []proc.Vma {
 	return out
 }
 
+// sharedMaps lists the shared mappings of files of pid from
+// /proc/PID/maps (lighter than smaps).
+func sharedMaps(pid int) []proc.Vma {
+	vmas, err := proc.ReadMaps(pid)
+	if err != nil {
+		return nil
+	}
+	return sharedFileMaps(vmas)
+}
+
 // startLeakScan looks for what a subtree shares with the outside on the
-// side, from the start of the checkpoint: the scan of the whole machine is
-// the bulk of a tiny checkpoint's work, and on a second core it costs
+// side, once preflight has read the inside: the scan of the whole machine
+// is the bulk of a tiny checkpoint's work, and on a second core it costs
 // neither wall nor frozen time. Its findings are only warnings (and a
 // record at the end of the image), so a scan that races with the tree's
 // last changes is good enough. The returned function waits for the scan.
-func startLeakScan(opts *Options) (wait func()) {
+func startLeakScan(opts *Options, in *inspected) (wait func()) {
 	type result struct {
 		leaks []*pb.Leak
 		err   error
 	}
 	done := make(chan result, 1)
 	go func() {
-		pids, err := tree(opts.Pid, opts.skip())
-		if err != nil {
-			done <- result{nil, err}
-			return
-		}
-		ns, err := treeNamespaces(opts.self.Ns, pids)
-		if err != nil {
-			done <- result{nil, err}
-			return
-		}
-		l, err := findLeaks(pids, ns, opts.self.Ns.Ipc)
+		l, err := newLeakFinder(in.pids, in.inside, in.ns, in.hostIPC).scan()
 		done <- result{l, err}
 	}()
 	var once sync.Once

@@ -77,19 +77,48 @@ func IsTTY(rdev uint64) bool {
 	return false
 }
 
-// Preflight checks, without touching the process, that every descriptor is
-// of a kind ckpt can checkpoint.
-func PreflightFiles(pid int) error {
+// FdRef is one descriptor as /proc shows it: the text of its link and what
+// it refers to. Preflight hands them on to the leak scan, which would
+// otherwise read them again.
+type FdRef struct {
+	Fd   int
+	Link string
+	Stat unix.Stat_t
+}
+
+// PreflightFiles checks, without touching the process, that every
+// descriptor is of a kind ckpt can checkpoint, and returns them.
+func PreflightFiles(pid int) ([]FdRef, error) {
 	fds, err := ListFds(pid)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	for _, fd := range fds {
-		if _, _, err := describeFd(pid, fd); err != nil {
-			return err
+	refs := make([]FdRef, len(fds))
+	for i, fd := range fds {
+		refs[i].Fd = fd
+		if _, err := describeFile(pid, &refs[i]); err != nil {
+			return nil, err
 		}
 	}
-	return nil
+	return refs, nil
+}
+
+// FdRefs reads the descriptors of pid, leaving out those closed meanwhile.
+func FdRefs(pid int) ([]FdRef, error) {
+	fds, sts, err := FdStats(pid, true)
+	if err != nil {
+		return nil, err
+	}
+	refs := make([]FdRef, 0, len(fds))
+	var buf [unix.PathMax]byte
+	for i, fd := range fds {
+		n, err := unix.Readlink(proc.Path(pid, "fd/"+strconv.Itoa(fd)), buf[:])
+		if sts[i].Mode == 0 || err != nil {
+			continue // closed meanwhile
+		}
+		refs = append(refs, FdRef{Fd: fd, Link: string(buf[:n]), Stat: sts[i]})
+	}
+	return refs, nil
 }
 
 // ListFds lists the descriptor numbers of pid, in order.
@@ -151,7 +180,7 @@ func eachFd(pid int, fn func(dir int, fds []int)) ([]int, error) {
 // describeFd builds the File record of one descriptor and tells whether
 // the descriptor is close-on-exec (a per-descriptor flag, not the file's).
 func describeFd(pid, fd int) (f *pb.File, cloexec bool, err error) {
-	f, err = describeFile(pid, fd)
+	f, err = describeFile(pid, &FdRef{Fd: fd})
 	if err == nil {
 		cloexec = f.Flags&unix.O_CLOEXEC != 0
 		f.Flags &^= unix.O_CLOEXEC
@@ -159,14 +188,18 @@ func describeFd(pid, fd int) (f *pb.File, cloexec bool, err error) {
 	return f, cloexec, err
 }
 
-func describeFile(pid, fd int) (*pb.File, error) {
+// describeFile builds the File record of descriptor ref.Fd, filling in
+// ref's link text and stat on the way.
+func describeFile(pid int, ref *FdRef) (*pb.File, error) {
+	fd := ref.Fd
 	link := proc.Path(pid, "fd/"+strconv.Itoa(fd))
 	target, err := os.Readlink(link)
 	if err != nil {
 		return nil, fmt.Errorf("read fd %d of %d: %w", fd, pid, err)
 	}
-	var st unix.Stat_t
-	if err := unix.Stat(link, &st); err != nil {
+	ref.Link = target
+	st := &ref.Stat
+	if err := unix.Stat(link, st); err != nil {
 		return nil, fmt.Errorf("stat fd %d (%s) of %d: %w", fd, target, pid, err)
 	}
 	info, err := proc.ReadFile(proc.Path(pid, "fdinfo/"+strconv.Itoa(fd)))

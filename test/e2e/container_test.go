@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -161,6 +162,19 @@ func TestContainerLeaks(t *testing.T) {
 		dir, shell, sleeper := sleeperUnderShell(t, `exec 3>out; "$0" rel >&3 & wait`)
 		out, err := ckpt(nil, "checkpoint", "-o", filepath.Join(dir, "img"), itoa(sleeper))
 		want := "warning: process " + itoa(sleeper) + " shares open file " + filepath.Join(dir, "out") + " (fd 1 inside, 3 outside) with " + itoa(shell) + " (sh)"
+		if err != nil || !strings.Contains(out, want) {
+			t.Fatalf("checkpoint: %v %q, want success with the warning %q", err, out, want)
+		}
+	})
+	t.Run("subtree-warns-shm", func(t *testing.T) {
+		// The workload holds a POSIX shared memory file that its parent
+		// shell opened again by name, a separate open file description:
+		// found by the inode, not the link text.
+		shm := fmt.Sprintf("/dev/shm/ckpt-leak-%d", os.Getpid())
+		t.Cleanup(func() { os.Remove(shm) })
+		dir, shell, sleeper := sleeperUnderShell(t, `exec 3<>`+shm+`; "$0" rel & exec 3>&-; exec 4<`+shm+`; wait`)
+		out, err := ckpt(nil, "checkpoint", "-o", filepath.Join(dir, "img"), itoa(sleeper))
+		want := "warning: process " + itoa(sleeper) + " shares shared memory " + shm + " (fd 3 inside) with " + itoa(shell) + " (sh)"
 		if err != nil || !strings.Contains(out, want) {
 			t.Fatalf("checkpoint: %v %q, want success with the warning %q", err, out, want)
 		}
