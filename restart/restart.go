@@ -442,6 +442,38 @@ func checkPidFree(pid int) error {
 	}
 }
 
+// waitGroupFree is for a clone3 that could not have pid (EEXIST) although
+// checkPidFree found no process of that PID: the PID stays allocated while
+// it is the process group or session ID of any process (a job's other
+// members, a daemon that left the tree but not its session). It waits
+// while all those are dying, and otherwise names them.
+func waitGroupFree(pid int, retry func() error) error {
+	const pfExiting = 0x4
+	start := time.Now()
+	for {
+		var users []string
+		dying := true
+		proc.EachPid(func(p int) {
+			st, err := proc.ReadStat(p)
+			if err != nil || st.Pgrp != pid && st.Session != pid {
+				return
+			}
+			users = append(users, fmt.Sprintf("%d (%s)", st.Pid, st.Comm))
+			dying = dying && (st.State == 'Z' || st.Flags&pfExiting != 0)
+		})
+		switch {
+		case len(users) == 0:
+			return fmt.Errorf("pid %d is in use, though no process has it; retry, or restart into a new PID namespace", pid)
+		case !dying || time.Since(start) > 5*time.Second:
+			return fmt.Errorf("pid %d is still the process group or session of %s; end those processes, or restart into a new PID namespace", pid, strings.Join(users, ", "))
+		}
+		time.Sleep(5 * time.Millisecond)
+		if err := retry(); !errors.Is(err, unix.EEXIST) {
+			return err
+		}
+	}
+}
+
 // zombieWait is how long a zombie of parent ppid is given to be reaped.
 // Init reaps orphans lazily; another parent reaps a killed child at once,
 // or keeps the zombie on purpose.

@@ -209,6 +209,16 @@ type cloneArgs struct {
 // is the stub's child and sends exitSignal to it when it ends.
 func (s *stub) clone(pid int, flags, exitSignal uint64) (*stub, error) {
 	t, err := s.clone3(pid, flags, exitSignal)
+	if errors.Is(err, unix.EEXIST) {
+		// In ckpt's own PID namespace (inner ID = outer ID), see who
+		// holds the PID.
+		if inner, ierr := proc.InnerID(s.pid, "NSpid"); ierr == nil && int(inner) == s.pid {
+			err = waitGroupFree(pid, func() (err error) {
+				t, err = s.clone3(pid, flags, exitSignal)
+				return err
+			})
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("create process %d: %w", pid, err)
 	}

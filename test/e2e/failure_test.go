@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -301,6 +302,41 @@ func TestPidTaken(t *testing.T) {
 		t.Fatalf("error %q, want it to contain %q", out, want)
 	}
 	p.verifyExit(p.exit, true, 10*time.Second)
+}
+
+// TestPidIsGroup restarts an image whose PID has no process left but is
+// still the session and process group of a process that left the tree
+// (a daemon): the error names that process, and once it is gone the
+// restart works.
+func TestPidIsGroup(t *testing.T) {
+	p := startWorkload(t, "sh", "-c", "(sleep 100 &); exec "+compile(t, "busy"))
+	var daemon int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && status(pid, "NSsid") == itoa(p.pid) && status(pid, "Name") == "sleep" {
+			daemon = pid
+		}
+	}
+	if daemon == 0 {
+		t.Fatal("no sleep left in the workload's session")
+	}
+	t.Cleanup(func() { syscall.Kill(daemon, syscall.SIGKILL) })
+	img := filepath.Join(p.dir, "img")
+	if out, err := ckpt(nil, "checkpoint", "--kill", "-o", img, itoa(p.pid)); err != nil {
+		t.Fatalf("checkpoint: %v\n%s", err, out)
+	}
+	p.exit.wait(10 * time.Second)
+	out, err := ckpt(nil, "restart", "--detach", img)
+	want := "pid " + itoa(p.pid) + " is still the process group or session of " + itoa(daemon) + " (sleep)"
+	if err == nil || !strings.Contains(out, want) {
+		t.Fatalf("restart: %v %q, want an error containing %q", err, out, want)
+	}
+	syscall.Kill(daemon, syscall.SIGKILL)
+	waitPidGone(daemon, 10*time.Second)
+	if out, err := ckpt(nil, "restart", "--detach", img); err != nil {
+		t.Fatalf("restart once the group is gone: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { syscall.Kill(p.pid, syscall.SIGKILL); waitPidGone(p.pid, 10*time.Second) })
 }
 
 // TestInspect checks the text and JSON views of an image and its mode.
