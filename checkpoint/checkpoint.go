@@ -842,22 +842,9 @@ func dump(opts *Options, stats *Stats) (err error) {
 	if err != nil {
 		return err
 	}
-	mmOf := map[int]uint32{}
-	var dumped []*frozen // processes whose address space is dumped, as mms
-	for _, f := range ft.procs {
-		mmID := uint32(len(mms) + 1)
-		if o := vmOwners[f.pid]; o != 0 {
-			mmID = mmOf[o]
-		}
-		p, mm, err := collect(opts, f, files, mmID, owners[f.pid], vmOwners[f.pid], ipc.of[f.pid])
-		if err != nil {
-			return fmt.Errorf("process %d: %w", f.pid, err)
-		}
-		procs = append(procs, p)
-		if mm != nil {
-			mms, dumped = append(mms, mm), append(dumped, f)
-			mmOf[f.pid] = mm.Id
-		}
+	procs, mms, dumped, err := collect(opts, ft.procs, files, owners, vmOwners, ipc.of)
+	if err != nil {
+		return err
 	}
 	for _, z := range ft.zombies {
 		procs = append(procs, &pb.Process{Pid: uint32(z.Pid), Ppid: uint32(z.Ppid), Pgid: uint32(z.Pgrp), Sid: uint32(z.Session),
@@ -989,54 +976,134 @@ func dump(opts *Options, stats *Stats) (err error) {
 	return nil
 }
 
-// collect reads one frozen process.
-// filesOwner and mmOwner, if not 0, are the processes whose descriptor
-// table and address space f shares; a sharer's Mm is nil.
-// ipcNs, if set, is f's own IPC namespace, whose undo lists are read.
-func collect(opts *Options, f *frozen, files *resource.FileSet, mmID uint32, filesOwner, mmOwner int, ipcNs *pb.IpcNamespace) (*pb.Process, *pb.Mm, error) {
-	p := &pb.Process{Pid: uint32(f.pid), FilesOwner: uint32(filesOwner), MmOwner: uint32(mmOwner), MmId: mmID}
-	var brk uint64
-	if err := collectInjected(opts, f, p, &brk, ipcNs); err != nil {
-		return nil, nil, err
+// collect reads the frozen processes: each one's injected calls, one
+// process after another, on this (the tracing) thread, and meanwhile, for
+// a tree, their /proc files on another goroutine (readProc), which the
+// second core runs (the tracer and its targets are bound to the first). owners and
+// vmOwners map the processes that share a descriptor table or an address
+// space with an earlier one to it; a sharer gets no Mm of its own. It
+// returns the processes, the address spaces, and the processes these
+// belong to.
+func collect(opts *Options, procs []*frozen, files *resource.FileSet, owners, vmOwners map[int]int, ipcOf map[int]*pb.IpcNamespace) (out []*pb.Process, mms []*pb.Mm, dumped []*frozen, err error) {
+	n := len(procs)
+	out = make([]*pb.Process, n)
+	mmID := make([]uint32, n)
+	var next uint32
+	for i, f := range procs {
+		out[i] = &pb.Process{Pid: uint32(f.pid), FilesOwner: uint32(owners[f.pid]), MmOwner: uint32(vmOwners[f.pid])}
+		if vmOwners[f.pid] == 0 {
+			next++
+			mmID[i] = next
+		} else {
+			for j := range procs[:i] {
+				if procs[j].pid == vmOwners[f.pid] {
+					mmID[i] = mmID[j]
+				}
+			}
+		}
+		out[i].MmId = mmID[i]
 	}
-	st, err := proc.ReadStat(f.pid)
+	// synced[i] is closed once process i's timerfds are brought up to
+	// date, which its descriptors are read after; abort stops readProc.
+	synced := make([]chan struct{}, n)
+	for i := range synced {
+		synced[i] = make(chan struct{})
+	}
+	abort := make(chan struct{})
+	mmOf := make([]*pb.Mm, n)
+	readAll := func() error {
+		for i, f := range procs {
+			var err error
+			if mmOf[i], err = readProc(f.pid, out[i], files, synced[i], abort, vmOwners[f.pid] == 0, opts.pre.areas[f.pid]); err != nil {
+				return fmt.Errorf("process %d: %w", f.pid, err)
+			}
+		}
+		return nil
+	}
+	// One process gains nothing: its /proc files take as long as its
+	// injected calls, and the goroutine would share the second core
+	// with the leak scan.
+	read := make(chan error, 1)
+	if n > 1 {
+		go func() { read <- readAll() }()
+	}
+	brk := make([]uint64, n)
+	for i, f := range procs {
+		if err = collectInjected(opts, f, out[i], &brk[i], ipcOf[f.pid], synced[i]); err != nil {
+			err = fmt.Errorf("process %d: %w", f.pid, err)
+			break
+		}
+	}
+	close(abort)
+	if n > 1 {
+		if rerr := <-read; err == nil {
+			err = rerr
+		}
+	} else if err == nil {
+		err = readAll()
+	}
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
+	}
+	for i, mm := range mmOf {
+		if mm != nil {
+			mm.Id, mm.Brk = mmID[i], brk[i]
+			mms, dumped = append(mms, mm), append(dumped, procs[i])
+		}
+	}
+	return out, mms, dumped, nil
+}
+
+// readProc reads what /proc tells of the frozen process pid into p, and,
+// when withMm, its address space. Its descriptors wait for synced (the
+// injected timerfd_gettime calls); abort ends the wait.
+func readProc(pid int, p *pb.Process, files *resource.FileSet, synced, abort chan struct{}, withMm bool, pre []proc.Vma) (*pb.Mm, error) {
+	st, err := proc.ReadStat(pid)
+	if err != nil {
+		return nil, err
 	}
 	p.Ppid, p.Pgid, p.Sid, p.ExitSignal = uint32(st.Ppid), uint32(st.Pgrp), uint32(st.Session), uint32(st.ExitSignal)
 	if st.TtyNr != 0 && st.Tpgid > 0 {
 		p.TtyFgPgid = uint32(st.Tpgid)
 	}
-	if st.Session != f.pid {
+	if st.Session != pid {
 		if leader, err := proc.ReadStat(st.Session); err != nil || leader.Session != st.Session {
 			p.SessionOrphan = true
 		}
 	}
-	if err := resource.DumpTask(f.pid, p); err != nil {
-		return nil, nil, err
+	if err := resource.DumpTask(pid, p); err != nil {
+		return nil, err
 	}
-	if p.Ns, err = resource.ReadNsIds(f.pid); err != nil {
-		return nil, nil, err
+	if p.Ns, err = resource.ReadNsIds(pid); err != nil {
+		return nil, err
 	}
-	if filesOwner == 0 {
-		if err := resource.DumpFiles(f.pid, p, files); err != nil {
-			return nil, nil, err
+	select {
+	case <-synced:
+	case <-abort:
+		select {
+		case <-synced: // both closed: the injected side is done
+		default:
+			return nil, errAborted
 		}
 	}
-	if mmOwner != 0 {
-		return p, nil, nil
+	if p.FilesOwner == 0 {
+		if err := resource.DumpFiles(pid, p, files); err != nil {
+			return nil, err
+		}
 	}
-	mm, err := resource.DumpMm(f.pid, brk, files, opts.pre.areas[f.pid])
-	if err != nil {
-		return nil, nil, err
+	if !withMm {
+		return nil, nil
 	}
-	mm.Id = mmID
-	return p, mm, nil
+	// The program break is set by the caller, from an injected brk(0).
+	return resource.DumpMm(pid, 0, files, pre)
 }
+
+// errAborted ends a readProc whose injected side failed.
+var errAborted = errors.New("aborted")
 
 // collectInjected reads what only the process itself can tell, with
 // system calls injected into each thread, and puts the registers back.
-func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64, ipcNs *pb.IpcNamespace) error {
+func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64, ipcNs *pb.IpcNamespace, synced chan struct{}) error {
 	addr, err := syscallInsn(f.pid, &f.threads[0].regs)
 	if err != nil {
 		return err
@@ -1065,13 +1132,15 @@ func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64, ipcNs
 		th.inj = &ptrace.Injector{Tid: th.tid, SyscallAddr: addr, Base: th.regs}
 		th.target.Inj = th.inj
 		if i == 0 {
+			// First, as readProc waits for it.
+			if err := resource.SyncTimerfds(th.target); err != nil {
+				return err
+			}
+			close(synced)
 			if *brk, err = th.target.Syscall(unix.SYS_BRK, 0); err != nil {
 				return fmt.Errorf("read brk: %w", err)
 			}
 			if err := resource.DumpSignals(th.target, p); err != nil {
-				return err
-			}
-			if err := resource.SyncTimerfds(th.target); err != nil {
 				return err
 			}
 		}
