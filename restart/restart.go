@@ -446,7 +446,9 @@ func checkPidFree(pid int) error {
 // checkPidFree found no process of that PID: the PID stays allocated while
 // it is the process group or session ID of any process (a job's other
 // members, a daemon that left the tree but not its session). It waits
-// while all those are dying, and otherwise names them.
+// while all those are dying, and otherwise names them. With none to be
+// found (the last went between the clone and the scan), it retries for a
+// moment.
 func waitGroupFree(pid int, retry func() error) error {
 	const pfExiting = 0x4
 	start := time.Now()
@@ -462,9 +464,9 @@ func waitGroupFree(pid int, retry func() error) error {
 			dying = dying && (st.State == 'Z' || st.Flags&pfExiting != 0)
 		})
 		switch {
-		case len(users) == 0:
+		case len(users) == 0 && time.Since(start) > 200*time.Millisecond:
 			return fmt.Errorf("pid %d is in use, though no process has it; retry, or restart into a new PID namespace", pid)
-		case !dying || time.Since(start) > 5*time.Second:
+		case len(users) > 0 && (!dying || time.Since(start) > 5*time.Second):
 			return fmt.Errorf("pid %d is still the process group or session of %s; end those processes, or restart into a new PID namespace", pid, strings.Join(users, ", "))
 		}
 		time.Sleep(5 * time.Millisecond)
