@@ -112,8 +112,11 @@ func FdRefs(pid int) ([]FdRef, error) {
 	refs := make([]FdRef, 0, len(fds))
 	var buf [unix.PathMax]byte
 	for i, fd := range fds {
+		if sts[i].Mode == 0 {
+			continue // closed meanwhile
+		}
 		n, err := unix.Readlink(proc.Path(pid, "fd/"+strconv.Itoa(fd)), buf[:])
-		if sts[i].Mode == 0 || err != nil {
+		if err != nil {
 			continue // closed meanwhile
 		}
 		refs = append(refs, FdRef{Fd: fd, Link: string(buf[:n]), Stat: sts[i]})
