@@ -162,7 +162,7 @@ func preflight(pid, skip int, container bool, probe *resource.UndoProbe, self *r
 	if st.State == 'Z' || st.State == 'X' {
 		return fmt.Errorf("process %d (%s) is a zombie: nothing left to checkpoint", pid, st.Comm)
 	}
-	if st.Flags&0x00200000 != 0 { // PF_KTHREAD
+	if st.KernelThread() {
 		return fmt.Errorf("process %d (%s) is a kernel thread", pid, st.Comm)
 	}
 	if container {

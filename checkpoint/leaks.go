@@ -68,10 +68,7 @@ func readInside(pid int) (insideProc, error) {
 	if err != nil && !proc.Gone(err) && !errors.Is(err, os.ErrPermission) {
 		return in, err
 	}
-	in.fds = fds
-	if vmas, err := proc.ReadMaps(pid); err == nil {
-		in.shared = sharedFileMaps(vmas)
-	}
+	in.fds, in.shared = fds, sharedMaps(pid)
 	return in, nil
 }
 
@@ -182,7 +179,7 @@ func (lf *leakFinder) scan() ([]*pb.Leak, error) {
 // processes, each an open and a read of an empty directory saved.
 func kernelThreads() map[int]bool {
 	st, err := proc.ReadStat(2)
-	if err != nil || st.Flags&0x00200000 == 0 { // PF_KTHREAD
+	if err != nil || !st.KernelThread() {
 		return nil
 	}
 	b, err := proc.ReadFile(proc.Path(2, "task/2/children"))

@@ -200,6 +200,18 @@ type Stat struct {
 	ExitCode   int
 }
 
+// Task flags (include/linux/sched.h) that ckpt looks at.
+const (
+	pfExiting = 0x4        // PF_EXITING: being torn down
+	pfKthread = 0x00200000 // PF_KTHREAD
+)
+
+// Exiting reports that the task is being torn down (PF_EXITING).
+func (s *Stat) Exiting() bool { return s.Flags&pfExiting != 0 }
+
+// KernelThread reports a kernel thread (PF_KTHREAD).
+func (s *Stat) KernelThread() bool { return s.Flags&pfKthread != 0 }
+
 // ReadStat reads /proc/PID/stat.
 func ReadStat(pid int) (*Stat, error) {
 	b, err := ReadFile(Path(pid, "stat"))

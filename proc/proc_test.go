@@ -131,3 +131,18 @@ func TestGone(t *testing.T) {
 		}
 	}
 }
+
+// TestStatFlags: this process is neither a kernel thread nor exiting;
+// kthreadd (PID 2 outside a PID namespace) is a kernel thread.
+func TestStatFlags(t *testing.T) {
+	self, err := ReadStat(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if self.KernelThread() || self.Exiting() {
+		t.Errorf("this process: kernel thread %v, exiting %v (flags %#x)", self.KernelThread(), self.Exiting(), self.Flags)
+	}
+	if kt, err := ReadStat(2); err == nil && kt.Comm == "kthreadd" && !kt.KernelThread() {
+		t.Errorf("kthreadd not a kernel thread (flags %#x)", kt.Flags)
+	}
+}

@@ -65,7 +65,7 @@ type UndoProbe struct {
 
 // NewUndoProbe finds or makes the reference task. Close releases it.
 func NewUndoProbe() (*UndoProbe, error) {
-	if st, err := proc.ReadStat(2); err == nil && st.Flags&0x00200000 != 0 { // PF_KTHREAD
+	if st, err := proc.ReadStat(2); err == nil && st.KernelThread() {
 		if _, _, e := unix.Syscall6(unix.SYS_KCMP, 2, 2, kcmpSysvsem, 0, 0, 0); e == 0 {
 			return &UndoProbe{ref: 2}, nil
 		}

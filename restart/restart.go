@@ -418,7 +418,6 @@ const stubMask = ^uint64(1 << (unix.SIGTRAP - 1))
 // returns once its processes have died, and a restart that follows at once
 // may find them still waiting for their parents.
 func checkPidFree(pid int) error {
-	const pfExiting = 0x4 // PF_EXITING: being torn down
 	start := time.Now()
 	for {
 		st, err := proc.ReadStat(pid)
@@ -430,7 +429,7 @@ func checkPidFree(pid int) error {
 		}
 		waited := time.Since(start)
 		switch {
-		case st.State != 'Z' && st.Flags&pfExiting == 0:
+		case st.State != 'Z' && !st.Exiting():
 			return fmt.Errorf("pid %d is taken by %q (pid %d); stop it, or restart into a new PID namespace", pid, st.Comm, pid)
 		case st.State == 'Z' && waited > zombieWait(st.Ppid):
 			return fmt.Errorf("pid %d is held by a zombie of %q that its parent %d has not reaped; have the parent reap it (or end the parent)", pid, st.Comm, st.Ppid)
@@ -450,7 +449,6 @@ func checkPidFree(pid int) error {
 // found (the last went between the clone and the scan), it retries for a
 // moment.
 func waitGroupFree(pid int, retry func() error) error {
-	const pfExiting = 0x4
 	start := time.Now()
 	for {
 		var users []string
@@ -461,7 +459,7 @@ func waitGroupFree(pid int, retry func() error) error {
 				return
 			}
 			users = append(users, fmt.Sprintf("%d (%s)", st.Pid, st.Comm))
-			dying = dying && (st.State == 'Z' || st.Flags&pfExiting != 0)
+			dying = dying && (st.State == 'Z' || st.Exiting())
 		})
 		switch {
 		case len(users) == 0 && time.Since(start) > 200*time.Millisecond:
