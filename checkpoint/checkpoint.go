@@ -192,7 +192,14 @@ func preflight(pid, skip int, container bool, probe *resource.UndoProbe, self *r
 	if err := resource.PreflightSemUndo(probe, pids); err != nil {
 		return err
 	}
-	outer, _, err := outerOf(self.Ns, pid, container)
+	rootNs, err := resource.ReadNsIds(pid)
+	if err != nil {
+		if proc.Gone(err) {
+			return fmt.Errorf("no process %d", pid)
+		}
+		return err
+	}
+	outer, _, err := outerOf(self.Ns, rootNs, pid, container)
 	if err != nil {
 		return err
 	}
@@ -219,7 +226,9 @@ func preflight(pid, skip int, container bool, probe *resource.UndoProbe, self *r
 				continue // reparented meanwhile: the freeze re-walks the tree
 			}
 		}
-		if nsOf[p], err = resource.ReadNsIds(p); err != nil && !gone(p) {
+		if p == pid {
+			nsOf[p] = rootNs
+		} else if nsOf[p], err = resource.ReadNsIds(p); err != nil && !gone(p) {
 			return err
 		}
 		if nsOf[p] == nil {
@@ -855,7 +864,16 @@ func dump(opts *Options, stats *Stats) (err error) {
 	if err := ipc.dumpHostIPC(opts, ft, procs, mms); err != nil {
 		return err
 	}
-	outer, nested, err := outerOf(opts.self.Ns, opts.Pid, opts.Container)
+	var rootNs *pb.NsIds
+	for _, p := range procs {
+		if int(p.Pid) == opts.Pid {
+			rootNs = p.Ns
+		}
+	}
+	if rootNs == nil {
+		return fmt.Errorf("process %d is not among those dumped", opts.Pid)
+	}
+	outer, nested, err := outerOf(opts.self.Ns, rootNs, opts.Pid, opts.Container)
 	if err != nil {
 		return err
 	}

@@ -138,17 +138,10 @@ func collectNamespaces(procs []*pb.Process, outer *pb.NsIds) ([]*pb.Namespace, [
 // the tree: the image holds the PIDs inside (restart puts them back in
 // whatever PID namespace it restores into) and no namespace to create.
 // nested reports that case.
-// self are ckpt's own namespaces.
-func outerOf(self *pb.NsIds, root int, container bool) (outer *pb.NsIds, nested bool, err error) {
+// self are ckpt's own namespaces, mine root's, as the caller read them.
+func outerOf(self, mine *pb.NsIds, root int, container bool) (outer *pb.NsIds, nested bool, err error) {
 	outer = self
-	if container {
-		return outer, false, nil
-	}
-	mine, err := resource.ReadNsIds(root)
-	if err != nil {
-		return nil, false, err
-	}
-	if mine.Pid == outer.Pid {
+	if container || mine.Pid == outer.Pid {
 		return outer, false, nil
 	}
 	st, err := proc.ReadStat(root)

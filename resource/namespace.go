@@ -105,11 +105,14 @@ func PreflightNamespaces(pid int, have, want *pb.NsIds, root, container bool) er
 	}
 	// A process that called unshare(CLONE_NEWPID/NEWTIME) but has no child
 	// there yet would give its next children a namespace we do not record.
-	for _, k := range []string{"pid", "time"} {
-		a, err1 := os.Readlink(proc.Path(pid, "ns/"+k))
-		b, err2 := os.Readlink(proc.Path(pid, "ns/"+k+"_for_children"))
-		if err1 == nil && err2 == nil && a != b {
-			return fmt.Errorf("process %d has unshared a %s namespace for its children (%s): %w yet", pid, k, b, ErrUnsupported)
+	// want holds its own namespaces: only the links for children are read.
+	for _, k := range []struct {
+		name string
+		id   uint64
+	}{{"pid", want.Pid}, {"time", want.Time}} {
+		b, err := os.Readlink(proc.Path(pid, "ns/"+k.name+"_for_children"))
+		if id, ok := nsLinkID(b); err == nil && ok && id != k.id {
+			return fmt.Errorf("process %d has unshared a %s namespace for its children (%s): %w yet", pid, k.name, b, ErrUnsupported)
 		}
 	}
 	return nil
