@@ -997,7 +997,9 @@ func dump(opts *Options, stats *Stats) (err error) {
 // collect reads the frozen processes: each one's injected calls, one
 // process after another, on this (the tracing) thread, and meanwhile, for
 // a tree, their /proc files on another goroutine (readProc), which the
-// second core runs (the tracer and its targets are bound to the first). owners and
+// second core runs (the tracer and its targets are bound to the first);
+// once its calls are done, this thread reads the /proc files of the
+// processes the other has not reached, from the last back. owners and
 // vmOwners map the processes that share a descriptor table or an address
 // space with an earlier one to it; a sharer gets no Mm of its own. It
 // returns the processes, the address spaces, and the processes these
@@ -1029,21 +1031,31 @@ func collect(opts *Options, procs []*frozen, files *resource.FileSet, owners, vm
 	}
 	abort := make(chan struct{})
 	mmOf := make([]*pb.Mm, n)
-	readAll := func() error {
-		for i, f := range procs {
+	// Each process's /proc files are read once, by whichever goroutine
+	// claims it first: the reader from the first process on, and the
+	// tracer, once its injected calls are done, from the last back (the
+	// reader shares its core with the leak scan and is the longer path).
+	claimed := make([]atomic.Bool, n)
+	rerrs := make([]error, n)
+	readFrom := func(i, step int) {
+		for ; i >= 0 && i < n; i += step {
+			if !claimed[i].CompareAndSwap(false, true) {
+				continue
+			}
+			f := procs[i]
 			var err error
 			if mmOf[i], err = readProc(f.pid, out[i], files, synced[i], abort, vmOwners[f.pid] == 0, opts.pre.areas[f.pid]); err != nil {
-				return fmt.Errorf("process %d: %w", f.pid, err)
+				rerrs[i] = fmt.Errorf("process %d: %w", f.pid, err)
+				return
 			}
 		}
-		return nil
 	}
 	// One process gains nothing: its /proc files take as long as its
 	// injected calls, and the goroutine would share the second core
 	// with the leak scan.
-	read := make(chan error, 1)
+	read := make(chan struct{})
 	if n > 1 {
-		go func() { read <- readAll() }()
+		go func() { readFrom(0, 1); close(read) }()
 	}
 	brk := make([]uint64, n)
 	for i, f := range procs {
@@ -1053,12 +1065,16 @@ func collect(opts *Options, procs []*frozen, files *resource.FileSet, owners, vm
 		}
 	}
 	close(abort)
+	if err == nil {
+		readFrom(n-1, -1)
+	}
 	if n > 1 {
-		if rerr := <-read; err == nil {
+		<-read
+	}
+	for _, rerr := range rerrs {
+		if err == nil {
 			err = rerr
 		}
-	} else if err == nil {
-		err = readAll()
 	}
 	if err != nil {
 		return nil, nil, nil, err

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -21,6 +22,9 @@ var ErrUnsupported = errors.New("not supported")
 // FileSet collects the File records of a checkpoint and gives each open
 // file description one id, however many descriptors or mappings use it.
 type FileSet struct {
+	// mu is held while DumpFiles and DumpMm add to the set: collect reads
+	// two processes' /proc files at once (checkpoint.collect).
+	mu    sync.Mutex
 	Files []*pb.File
 	// byPath dedupes mapped files, which are reopened read-only by path.
 	byPath map[string]uint32
@@ -281,25 +285,39 @@ func DumpFiles(pid int, p *pb.Process, s *FileSet) error {
 		if err != nil {
 			return err
 		}
-		if f.Kind == pb.File_MEMFD {
-			if f.ShmemId, err = s.shmemObject(proc.Path(pid, "fd/"+strconv.Itoa(fd)), f.Path); err != nil {
-				return err
-			}
-		}
-		id := s.sameDescription(pid, fd, f)
-		if id == 0 {
-			if (f.Kind == pb.File_PIPE || f.Kind == pb.File_FIFO) && !s.pipes[f.PipeIno] {
-				s.pipes[f.PipeIno] = true
-				if f.PipeData, f.PipeSize, err = dumpPipeData(pid, fd); err != nil {
-					return err
-				}
-			}
-			id = s.add(f)
-			s.owners[id] = [2]int{pid, fd}
+		id, err := s.addFd(pid, fd, f)
+		if err != nil {
+			return err
 		}
 		p.Fds = append(p.Fds, &pb.Fd{Fd: int32(fd), FileId: id, Cloexec: cloexec})
 	}
 	return nil
+}
+
+// addFd returns the id of descriptor fd's open file description f,
+// adding it (with its pipe's data, the first time the pipe is seen)
+// unless another descriptor of it is in the set already.
+func (s *FileSet) addFd(pid, fd int, f *pb.File) (uint32, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var err error
+	if f.Kind == pb.File_MEMFD {
+		if f.ShmemId, err = s.shmemObject(proc.Path(pid, "fd/"+strconv.Itoa(fd)), f.Path); err != nil {
+			return 0, err
+		}
+	}
+	if id := s.sameDescription(pid, fd, f); id != 0 {
+		return id, nil
+	}
+	if (f.Kind == pb.File_PIPE || f.Kind == pb.File_FIFO) && !s.pipes[f.PipeIno] {
+		s.pipes[f.PipeIno] = true
+		if f.PipeData, f.PipeSize, err = dumpPipeData(pid, fd); err != nil {
+			return 0, err
+		}
+	}
+	id := s.add(f)
+	s.owners[id] = [2]int{pid, fd}
+	return id, nil
 }
 
 func (s *FileSet) sameDescription(pid, fd int, f *pb.File) uint32 {
@@ -317,8 +335,9 @@ func (s *FileSet) sameDescription(pid, fd int, f *pb.File) uint32 {
 	return 0
 }
 
-// MappedFile returns the id of a file mapped at path, added on first use.
-func (s *FileSet) MappedFile(path string) (uint32, error) {
+// mappedFile returns the id of a file mapped at path, added on first use;
+// the caller holds s.mu.
+func (s *FileSet) mappedFile(path string) (uint32, error) {
 	if id, ok := s.byPath[path]; ok {
 		return id, nil
 	}

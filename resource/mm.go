@@ -123,7 +123,11 @@ func DumpMm(pid int, brk uint64, files *FileSet, pre []proc.Vma) (*pb.Mm, error)
 	if err != nil {
 		return nil, err
 	}
-	exeID, err := files.MappedFile(exe)
+	// The rest adds to files, which collect may fill for two processes
+	// at once.
+	files.mu.Lock()
+	defer files.mu.Unlock()
+	exeID, err := files.mappedFile(exe)
 	if err != nil {
 		return nil, err
 	}
@@ -164,7 +168,7 @@ func DumpMm(pid int, brk uint64, files *FileSet, pre []proc.Vma) (*pb.Mm, error)
 			}
 			pv.FileId = id
 		case v.Inode != 0:
-			id, err := files.MappedFile(v.Name)
+			id, err := files.mappedFile(v.Name)
 			if err != nil {
 				return nil, err
 			}
