@@ -182,10 +182,6 @@ func DumpMm(pid int, brk uint64, files *FileSet, pre []proc.Vma) (*pb.Mm, error)
 	return mm, nil
 }
 
-// dumpWindow bounds the pagemap read and page record for one step, so that
-// ckpt's memory use does not grow with the target's.
-const dumpWindow = 64 << 20
-
 // DumpPages writes the pages of every private area that hold data of their
 // own: for anonymous areas the present or swapped pages (never-touched ones
 // and the shared zero page are left out), for file areas only the pages that
@@ -203,11 +199,11 @@ func DumpPages(t *Target, mm *pb.Mm, pw *PageWriter) error {
 	}
 	defer mem.Close()
 	d := &pageDumper{t: t, mem: mem, pw: pw, mmID: mm.Id}
-	return d.dump(pm, mm)
+	return d.dump(proc.NewPageScanner(pm), mm)
 }
 
 // dump reads and hands over every private area's pages.
-func (d *pageDumper) dump(pm *os.File, mm *pb.Mm) error {
+func (d *pageDumper) dump(scan *proc.PageScanner, mm *pb.Mm) error {
 	for _, v := range mm.Vmas {
 		if v.Special != "" || v.Shared {
 			continue
@@ -216,27 +212,11 @@ func (d *pageDumper) dump(pm *os.File, mm *pb.Mm) error {
 		// come back as zeros. (In a file mapping, zeros may hide a file page
 		// that is not zero, so they stay.)
 		d.readable, d.skipZero = v.Prot&unix.PROT_READ != 0, v.FileId == 0
-		for start := v.Start; start < v.End; start += dumpWindow {
-			end := min(start+dumpWindow, v.End)
-			ents, err := proc.ReadPagemap(pm, start, end)
-			if err != nil {
-				return err
-			}
-			for i := 0; i < len(ents); {
-				e := ents[i]
-				if e&(proc.PMPresent|proc.PMSwapped) == 0 || e&proc.PMFileShared != 0 && e&proc.PMSwapped == 0 {
-					i++
-					continue
-				}
-				j := i + 1
-				for j < len(ents) && ents[j]&(proc.PMPresent|proc.PMSwapped) != 0 && (ents[j]&proc.PMFileShared == 0 || ents[j]&proc.PMSwapped != 0) {
-					j++
-				}
-				if err := d.add(start+uint64(i)*pageSize, uint64(j-i)*pageSize); err != nil {
-					return fmt.Errorf("dump vma %#x-%#x (%s): %w", v.Start, v.End, v.Name, err)
-				}
-				i = j
-			}
+		err := scan.DataPages(v.Start, v.End, func(start, end uint64) error {
+			return d.add(start, end-start)
+		})
+		if err != nil {
+			return fmt.Errorf("dump vma %#x-%#x (%s): %w", v.Start, v.End, v.Name, err)
 		}
 	}
 	// One record for the areas that fit one buffer, not one per area: a

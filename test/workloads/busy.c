@@ -1,8 +1,10 @@
 // build:
 // busy: a CPU-bound counter holding 64 MiB of pseudo-random heap, a sparse
-// 1 GiB mapping with a few touched pages, and pages only ever read (they map
-// the shared zero page). On SIGUSR2 it recomputes everything from the seed
-// and reports PASS or FAIL.
+// 1 GiB mapping with a few touched pages, pages only ever read (they map
+// the shared zero page), and a 256 MiB PROT_NONE reservation (as Go and
+// Java runtimes make) with a few pages of data, written while they were
+// writable. On SIGUSR2 it recomputes everything from the seed and reports
+// PASS or FAIL.
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -14,6 +16,8 @@
 #define HEAP_BYTES (64UL << 20)
 #define SPARSE_BYTES (1UL << 30)
 #define SPARSE_STEP (1024UL * 4096)
+#define NONE_BYTES (256UL << 20)
+#define NONE_STEP (64UL << 20)
 
 static volatile sig_atomic_t verify;
 static void on_usr2(int sig) { (void)sig; verify = 1; }
@@ -43,6 +47,15 @@ int main(void) {
 	volatile char sink = 0;
 	for (size_t i = 1; i < 64; i++) sink += sparse[i * 4096]; // read faults: zero page
 
+	char *none = mmap(NULL, NONE_BYTES, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (none == MAP_FAILED) { printf("FAIL: mmap PROT_NONE\n"); return 1; }
+	for (size_t k = 0; k < NONE_BYTES / NONE_STEP; k++) {
+		char *p = none + k * NONE_STEP + 8192;
+		if (mprotect(p, 4096, PROT_READ | PROT_WRITE) != 0) { printf("FAIL: mprotect\n"); return 1; }
+		memset(p, (int)(k + 7), 4096);
+		if (mprotect(p, 4096, PROT_NONE) != 0) { printf("FAIL: mprotect\n"); return 1; }
+	}
+
 	char stackpat[256];
 	for (int i = 0; i < 256; i++) stackpat[i] = (char)(i * 3);
 
@@ -65,6 +78,13 @@ int main(void) {
 	}
 	for (size_t i = 1; i < 64; i++)
 		if (sparse[i * 4096] != 0) { printf("FAIL: zero page %zu is not zero\n", i); return 1; }
+	if (mprotect(none, NONE_BYTES, PROT_READ) != 0) { printf("FAIL: mprotect after restore\n"); return 1; }
+	for (size_t k = 0; k < NONE_BYTES / NONE_STEP; k++) {
+		char *p = none + k * NONE_STEP + 8192;
+		for (int i = 0; i < 4096; i++)
+			if (p[i] != (char)(k + 7)) { printf("FAIL: PROT_NONE page %zu byte %d is %d\n", k, i, p[i]); return 1; }
+		if (p[4096] != 0 || p[-4096] != 0) { printf("FAIL: untouched PROT_NONE page next to %zu is not zero\n", k); return 1; }
+	}
 	for (int i = 0; i < 256; i++)
 		if (stackpat[i] != (char)(i * 3)) { printf("FAIL: stack byte %d\n", i); return 1; }
 	uint64_t want = counter % 2 == 0 ? (counter / 2) * (counter + 1) : counter * ((counter + 1) / 2); // wraps like acc
