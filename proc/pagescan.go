@@ -26,7 +26,7 @@ const (
 
 // pmScanArg is struct pm_scan_arg.
 type pmScanArg struct {
-	Size, Flags, Start, End, WalkEnd, Vec, VecLen, MaxPages uint64
+	Size, Flags, Start, End, WalkEnd, Vec, VecLen, MaxPages       uint64
 	CategoryInverted, CategoryMask, CategoryAnyofMask, ReturnMask uint64
 }
 
