@@ -483,11 +483,15 @@ func Run(opts Options) (*Stats, error) {
 // frozen tracks what ckpt changed in the stopped target, so that release
 // can undo exactly that.
 type frozen struct {
-	pid       int
-	threads   []*frozenThread // in seize order; threads[0] is the main thread
-	released  bool
-	frozenAt  time.Time
-	frozenFor time.Duration
+	pid     int
+	threads []*frozenThread // in seize order; threads[0] is the main thread
+	// syscall is the syscall instruction of the process's own that calls
+	// are injected at, code the code page ckpt mapped for them (0: none
+	// now).
+	syscall, code uint64
+	released      bool
+	frozenAt      time.Time
+	frozenFor     time.Duration
 }
 
 // frozenThread is one stopped thread and what ckpt borrowed from it.
@@ -513,6 +517,9 @@ func (f *frozen) release() error {
 	}
 	f.released = true
 	var errs []error
+	if f.code != 0 {
+		errs = append(errs, f.unmapCode())
+	}
 	for _, th := range f.threads {
 		errs = append(errs, th.restore())
 		errs = append(errs, ptrace.Detach(th.tid, 0))
@@ -1137,44 +1144,40 @@ var errAborted = errors.New("aborted")
 
 // collectInjected reads what only the process itself can tell, with
 // system calls injected into each thread, and puts the registers back.
+// The calls run in a code page mapped for them where the process allows
+// it (see codePage); synced is closed once they are done and the page is
+// gone, for readProc, which reads the process's descriptors and maps.
 func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64, ipcNs *pb.IpcNamespace, synced chan struct{}) error {
 	addr, err := syscallInsn(f.pid, &f.threads[0].regs)
 	if err != nil {
 		return err
 	}
+	sets, err := resource.ReadSignalSets(f.pid)
+	if err != nil {
+		return err
+	}
+	f.syscall = addr
 	for i, th := range f.threads {
-		// Scratch memory for results: just below the red zone of the
-		// thread's own stack.
-		scratch := th.regs.Rsp - 128 - 256
-		th.target = &resource.Target{Pid: f.pid, Scratch: scratch, ScratchLen: 256}
-		saved := make([]byte, 256)
-		if err := th.target.ReadMem(scratch, saved); err != nil {
-			return fmt.Errorf("stack of thread %d has no room below %#x: %w", th.tid, th.regs.Rsp, err)
-		}
-		th.savedMem = saved
-		// Block signals while injecting, so none is delivered at our calls.
-		if err := ptrace.SetSigmask(th.tid, ^uint64(0)); err != nil {
+		if err := th.prepare(opts, f.pid, addr); err != nil {
 			return err
 		}
-		th.maskSet = true
-		if !th.affinityRead { // seized by a freezer cgroup's path
-			if _, err := th.pin(opts.cpu); err != nil {
+		if i == 0 && codeWorthIt(sets, len(f.threads)) {
+			if err := f.mapCode(); err != nil {
 				return err
 			}
 		}
-		cpus := th.affinity
-		th.inj = &ptrace.Injector{Tid: th.tid, SyscallAddr: addr, Base: th.regs}
-		th.target.Inj = th.inj
+		if err := f.useCode(th, sets); err != nil {
+			return err
+		}
 		if i == 0 {
-			// First, as readProc waits for it.
+			// Timerfds first: their expirations are counted when read.
 			if err := resource.SyncTimerfds(th.target); err != nil {
 				return err
 			}
-			close(synced)
 			if *brk, err = th.target.Syscall(unix.SYS_BRK, 0); err != nil {
 				return fmt.Errorf("read brk: %w", err)
 			}
-			if err := resource.DumpSignals(th.target, p); err != nil {
+			if err := resource.DumpSignals(th.target, p, sets); err != nil {
 				return err
 			}
 		}
@@ -1182,7 +1185,7 @@ func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64, ipcNs
 		if err != nil {
 			return fmt.Errorf("thread %d: %w", th.tid, err)
 		}
-		dt.Cpus = resource.CPUWords(&cpus)
+		dt.Cpus = resource.CPUWords(&th.affinity)
 		if opts.SelfTid == th.tid {
 			if err := resource.SelfReturn(dt, th.regs, opts.selfReadFd); err != nil {
 				return err
@@ -1203,11 +1206,33 @@ func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64, ipcNs
 	if err := opts.fault("injected"); err != nil {
 		return err
 	}
+	if err := f.unmapCode(); err != nil {
+		return err
+	}
+	close(synced)
 	for _, th := range f.threads {
 		if err := th.restore(); err != nil {
 			return fmt.Errorf("thread %d: %w", th.tid, err)
 		}
 	}
+	return nil
+}
+
+// prepare readies a stopped thread for injected calls at the syscall
+// instruction addr: signals blocked, so that none is delivered at our
+// calls, and the thread bound to the tracer's CPU.
+func (th *frozenThread) prepare(opts *Options, pid int, addr uint64) error {
+	if err := ptrace.SetSigmask(th.tid, ^uint64(0)); err != nil {
+		return err
+	}
+	th.maskSet = true
+	if !th.affinityRead { // seized by a freezer cgroup's path
+		if _, err := th.pin(opts.cpu); err != nil {
+			return err
+		}
+	}
+	th.inj = &ptrace.Injector{Tid: th.tid, SyscallAddr: addr, Base: th.regs}
+	th.target = &resource.Target{Pid: pid, Inj: th.inj}
 	return nil
 }
 

@@ -35,83 +35,105 @@ type itimerval struct {
 
 const ssOnstack = 1
 
-// DumpSignals reads the process's signal dispositions, interval timers and
-// process-wide pending signals into p.
-//
-// Only signals that are ignored or caught (SigIgn, SigCgt in
-// /proc/PID/status) are asked for: the others have the default action, and
-// asking costs an injected call each. (Flags or a mask set together with
-// SIG_DFL are not kept; they have no effect.)
-func DumpSignals(t *Target, p *pb.Process) error {
-	st, err := proc.ReadStatus(t.Pid)
+// SignalSets are the signal sets of a process that its /proc/PID/status
+// shows: those it ignores, those it catches, and those pending for the
+// whole process.
+type SignalSets struct{ Ignored, Caught, SharedPending uint64 }
+
+// ReadSignalSets reads the signal sets of pid.
+func ReadSignalSets(pid int) (SignalSets, error) {
+	st, err := proc.ReadStatus(pid)
 	if err != nil {
-		return err
+		return SignalSets{}, err
 	}
-	var set uint64
-	for _, k := range []string{"SigIgn", "SigCgt"} {
-		v, err := strconv.ParseUint(st[k], 16, 64)
-		if err != nil {
-			return fmt.Errorf("%s of %d: %w", k, t.Pid, err)
+	var sets SignalSets
+	for _, k := range []struct {
+		name string
+		set  *uint64
+	}{{"SigIgn", &sets.Ignored}, {"SigCgt", &sets.Caught}, {"ShdPnd", &sets.SharedPending}} {
+		if *k.set, err = strconv.ParseUint(st[k.name], 16, 64); err != nil {
+			return SignalSets{}, fmt.Errorf("%s of %d: %w", k.name, pid, err)
 		}
-		set |= v
 	}
+	return sets, nil
+}
+
+// SigBit is the bit of signal sig in a signal set.
+func SigBit(sig unix.Signal) uint64 { return 1 << (sig - 1) }
+
+// DumpSignals reads the process's signal dispositions, interval timers and
+// process-wide pending signals into p; sets are its signal sets.
+//
+// Only signals that are ignored or caught are asked for: the others have
+// the default action, and asking costs an injected call each. (Flags or a
+// mask set together with SIG_DFL are not kept; they have no effect.) The
+// calls go in batches (a Go program catches 60 signals), each writing its
+// 32-byte answer, a kernel sigaction or an itimerval, into a slot of its
+// own of the scratch area.
+func DumpSignals(t *Target, p *pb.Process, sets SignalSets) error {
+	type query struct{ sig, which int } // sig 0: getitimer(which)
+	var qs []query
+	handled := sets.Ignored | sets.Caught
 	for sig := 1; sig <= 64; sig++ {
-		if sig == int(unix.SIGKILL) || sig == int(unix.SIGSTOP) || set&(1<<(sig-1)) == 0 {
-			continue
+		if sig != int(unix.SIGKILL) && sig != int(unix.SIGSTOP) && handled&SigBit(unix.Signal(sig)) != 0 {
+			qs = append(qs, query{sig: sig})
 		}
-		if _, err := t.Syscall(unix.SYS_RT_SIGACTION, uint64(sig), 0, t.Scratch, 8); err != nil {
-			return fmt.Errorf("read handler of signal %d: %w", sig, err)
-		}
-		var act kernelSigaction
-		if err := t.ReadMem(t.Scratch, bytesOf(&act)); err != nil {
-			return err
-		}
-		if act == (kernelSigaction{}) {
-			continue
-		}
-		p.Sigactions = append(p.Sigactions, &pb.Sigaction{Signo: uint32(sig), Handler: act.Handler, Flags: act.Flags, Restorer: act.Restorer, Mask: act.Mask})
 	}
 	for which := 0; which < 3; which++ {
-		if _, err := t.Syscall(unix.SYS_GETITIMER, uint64(which), t.Scratch); err != nil {
-			return fmt.Errorf("read interval timer %d: %w", which, err)
+		qs = append(qs, query{which: which})
+	}
+	const slot = 32
+	per := int(t.DataLen() / slot)
+	if per == 0 {
+		return fmt.Errorf("scratch area of %d too small for a signal handler", t.Pid)
+	}
+	le := binary.LittleEndian
+	buf := make([]byte, min(per, len(qs))*slot)
+	for len(qs) > 0 {
+		chunk := qs[:min(per, len(qs))]
+		qs = qs[len(chunk):]
+		calls := make([]Call, len(chunk))
+		for i, q := range chunk {
+			out := t.Scratch + uint64(i*slot)
+			if q.sig != 0 {
+				calls[i] = Call{Nr: unix.SYS_RT_SIGACTION, Args: []uint64{uint64(q.sig), 0, out, 8},
+					Err: func(err error) error { return fmt.Errorf("read handler of signal %d: %w", q.sig, err) }}
+			} else {
+				calls[i] = Call{Nr: unix.SYS_GETITIMER, Args: []uint64{uint64(q.which), out},
+					Err: func(err error) error { return fmt.Errorf("read interval timer %d: %w", q.which, err) }}
+			}
 		}
-		var it itimerval
-		if err := t.ReadMem(t.Scratch, bytesOf(&it)); err != nil {
+		if _, err := t.Batch(calls); err != nil {
 			return err
 		}
-		if it == (itimerval{}) {
-			continue
+		b := buf[:len(chunk)*slot]
+		if err := t.ReadMem(t.Scratch, b); err != nil {
+			return err
 		}
-		p.Itimers = append(p.Itimers, &pb.Itimer{
-			Which:      uint32(which),
-			IntervalNs: it.IntervalSec*1e9 + it.IntervalUsec*1e3,
-			ValueNs:    it.ValueSec*1e9 + it.ValueUsec*1e3,
-		})
+		for i, q := range chunk {
+			w := func(k int) uint64 { return le.Uint64(b[i*slot+8*k:]) }
+			if q.sig != 0 {
+				act := kernelSigaction{Handler: w(0), Flags: w(1), Restorer: w(2), Mask: w(3)}
+				if act != (kernelSigaction{}) {
+					p.Sigactions = append(p.Sigactions, &pb.Sigaction{Signo: uint32(q.sig), Handler: act.Handler, Flags: act.Flags, Restorer: act.Restorer, Mask: act.Mask})
+				}
+				continue
+			}
+			it := itimerval{IntervalSec: int64(w(0)), IntervalUsec: int64(w(1)), ValueSec: int64(w(2)), ValueUsec: int64(w(3))}
+			if it != (itimerval{}) {
+				p.Itimers = append(p.Itimers, &pb.Itimer{
+					Which:      uint32(q.which),
+					IntervalNs: it.IntervalSec*1e9 + it.IntervalUsec*1e3,
+					ValueNs:    it.ValueSec*1e9 + it.ValueUsec*1e3,
+				})
+			}
+		}
 	}
 	shared, err := ptrace.PeekSiginfo(t.Pid, true)
 	if err != nil {
 		return err
 	}
 	p.SharedPending = shared
-	return nil
-}
-
-// DumpThreadSignals reads a thread's alternate stack, mask and own pending
-// signals.
-func DumpThreadSignals(t *Target, th *pb.Thread) error {
-	if _, err := t.Syscall(unix.SYS_SIGALTSTACK, 0, t.Scratch); err != nil {
-		return fmt.Errorf("read alternate signal stack: %w", err)
-	}
-	var ss stackT
-	if err := t.ReadMem(t.Scratch, bytesOf(&ss)); err != nil {
-		return err
-	}
-	th.AltstackSp, th.AltstackSize, th.AltstackFlags = ss.Sp, ss.Size, ss.Flags
-	pending, err := ptrace.PeekSiginfo(int(th.Tid), false)
-	if err != nil {
-		return err
-	}
-	th.Pending = pending
 	return nil
 }
 

@@ -51,15 +51,25 @@ func DumpThread(t *Target, tid int, regs ptrace.Regs, sigmask uint64) (*pb.Threa
 		return nil, fmt.Errorf("get robust futex list of %d: %w", tid, e)
 	}
 	th.RobustList, th.RobustListLen = head, hlen
-	if _, err := t.Syscall(unix.SYS_PRCTL, unix.PR_GET_TID_ADDRESS, t.Scratch); err != nil {
-		return nil, fmt.Errorf("read clear_child_tid of %d: %w", tid, err)
+	// clear_child_tid into the scratch area's first 8 bytes, the
+	// alternate signal stack (a stack_t) into the 24 after: one batch.
+	_, err = t.Batch([]Call{
+		{Nr: unix.SYS_PRCTL, Args: []uint64{unix.PR_GET_TID_ADDRESS, t.Scratch},
+			Err: func(err error) error { return fmt.Errorf("read clear_child_tid of %d: %w", tid, err) }},
+		{Nr: unix.SYS_SIGALTSTACK, Args: []uint64{0, t.Scratch + 8},
+			Err: func(err error) error { return fmt.Errorf("read alternate signal stack of %d: %w", tid, err) }},
+	})
+	if err != nil {
+		return nil, err
 	}
-	var b [8]byte
+	var b [32]byte
 	if err := t.ReadMem(t.Scratch, b[:]); err != nil {
 		return nil, err
 	}
-	th.ClearChildTid = binary.LittleEndian.Uint64(b[:])
-	if err := DumpThreadSignals(t, th); err != nil {
+	le := binary.LittleEndian
+	th.ClearChildTid = le.Uint64(b[0:])
+	th.AltstackSp, th.AltstackFlags, th.AltstackSize = le.Uint64(b[8:]), int32(le.Uint32(b[16:])), le.Uint64(b[24:])
+	if th.Pending, err = ptrace.PeekSiginfo(tid, false); err != nil {
 		return nil, err
 	}
 	th.Restart, err = dumpRestart(t, regs)

@@ -22,37 +22,12 @@ import (
 const stubBase = 0x10000
 const stubCodeOff = 0x80
 
-// stubCode is the stub's only code, at the start of its code page:
-//
-//	0x00: syscall; int3; jmp 0x00 (+3 bytes of padding)
-//
-// A single injected call (ptrace.Injector in Trap mode) runs the syscall
-// and stops at the int3.
-//
-//	0x08: batch: cmp r12,r13; jae done
-//	      mov rax,[r12]; mov rdi,[r12+8]; mov rsi,[r12+16]; mov rdx,[r12+24]
-//	      mov r10,[r12+32]; mov r8,[r12+40]; mov r9,[r12+48]; syscall
-//	      mov [r12+56],rax; cmp rax,-4095; jae done
-//	      add r12,64; jmp batch
-//	0x44: done: int3; jmp done
-//
-// The batch loop runs the 64-byte entries {nr, a1..a6, result} in
-// [r12, r13) of scratch memory in order, storing each result, and stops at
-// the int3 after the last or at the first that fails: a whole run of
-// independent calls costs one ptrace stop instead of one per call (see
-// resource.Target.Batch).
-var stubCode = []byte{
-	0x0f, 0x05, 0xcc, 0xeb, 0xfb, 0x90, 0x90, 0x90,
-	0x4d, 0x39, 0xec, 0x73, 0x37, 0x49, 0x8b, 0x04, 0x24, 0x49, 0x8b, 0x7c,
-	0x24, 0x08, 0x49, 0x8b, 0x74, 0x24, 0x10, 0x49, 0x8b, 0x54, 0x24, 0x18,
-	0x4d, 0x8b, 0x54, 0x24, 0x20, 0x4d, 0x8b, 0x44, 0x24, 0x28, 0x4d, 0x8b,
-	0x4c, 0x24, 0x30, 0x0f, 0x05, 0x49, 0x89, 0x44, 0x24, 0x38, 0x48, 0x3d,
-	0x01, 0xf0, 0xff, 0xff, 0x73, 0x06, 0x49, 0x83, 0xc4, 0x40, 0xeb, 0xc4,
-	0xcc, 0xeb, 0xfd,
-}
+// stubCode is the stub's only code, at the start of its code page: the
+// injector's call and batch loop (ptrace.InjectCode).
+var stubCode = ptrace.InjectCode()
 
 // stubBatchOff is the batch loop's offset in stubCode.
-const stubBatchOff = 0x08
+const stubBatchOff = ptrace.InjectBatchOff
 
 // initCode is where a first stub that is the init of the PID namespace it
 // restores into (an unprivileged restart, see unpriv.go) goes once the

@@ -3,8 +3,10 @@
 // nanosleep, condition variable, sigwaitinfo, poll on a pipe, read on a
 // pipe), with its
 // own TLS value, name, signal mask, CPU affinity (the odd threads are bound
-// to the last CPU) and (for one) a pending thread-directed signal. On SIGUSR2 every thread checks its own state and the main thread
-// reports PASS or FAIL.
+// to the last CPU) and (for one) a pending thread-directed signal. The
+// process catches SIGTRAP, which ckpt's injected calls stop at (its handler
+// must survive them). On SIGUSR2 every thread checks its own state and the
+// main thread reports PASS or FAIL.
 #define _GNU_SOURCE
 #include <poll.h>
 #include <pthread.h>
@@ -140,8 +142,13 @@ static void *worker(void *arg) {
 	return NULL;
 }
 
+static volatile sig_atomic_t trapped;
+static void on_trap(int sig) { (void)sig; trapped = 1; }
+
 int main(void) {
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	struct sigaction trap = {.sa_handler = on_trap};
+	sigaction(SIGTRAP, &trap, NULL);
 	sched_getaffinity(0, sizeof start_set, &start_set);
 	struct sigaction sa = {.sa_handler = on_usr2};
 	sigaction(SIGUSR2, &sa, NULL);
@@ -162,6 +169,10 @@ int main(void) {
 	for (int i = 0; i < NT; i++) pthread_join(th[i], NULL);
 	for (int i = 0; i < NT; i++)
 		if (fails[i][0]) { printf("FAIL: %s\n", fails[i]); return 1; }
+	struct sigaction o;
+	if (sigaction(SIGTRAP, NULL, &o) != 0 || o.sa_handler != on_trap) { printf("FAIL: SIGTRAP handler lost\n"); return 1; }
+	raise(SIGTRAP);
+	if (!trapped) { printf("FAIL: SIGTRAP handler did not run\n"); return 1; }
 	printf("PASS\n");
 	return 0;
 }
