@@ -1144,9 +1144,10 @@ var errAborted = errors.New("aborted")
 
 // collectInjected reads what only the process itself can tell, with
 // system calls injected into each thread, and puts the registers back.
-// The calls run in a code page mapped for them where the process allows
-// it (see codePage); synced is closed once they are done and the page is
-// gone, for readProc, which reads the process's descriptors and maps.
+// The calls run in a code page mapped for them where that pays (see
+// codeWorthIt); synced is closed for readProc, which reads the process's
+// descriptors and maps, once the timerfds are synced and no code page is
+// mapped.
 func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64, ipcNs *pb.IpcNamespace, synced chan struct{}) error {
 	addr, err := syscallInsn(f.pid, &f.threads[0].regs)
 	if err != nil {
@@ -1157,6 +1158,9 @@ func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64, ipcNs
 		return err
 	}
 	f.syscall = addr
+	// readProc may read the descriptors once the timerfds are synced, and
+	// the maps once the code page is gone (never mapped, for most).
+	release := sync.OnceFunc(func() { close(synced) })
 	for i, th := range f.threads {
 		if err := th.prepare(opts, f.pid, addr); err != nil {
 			return err
@@ -1173,6 +1177,9 @@ func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64, ipcNs
 			// Timerfds first: their expirations are counted when read.
 			if err := resource.SyncTimerfds(th.target); err != nil {
 				return err
+			}
+			if f.code == 0 {
+				release()
 			}
 			if *brk, err = th.target.Syscall(unix.SYS_BRK, 0); err != nil {
 				return fmt.Errorf("read brk: %w", err)
@@ -1209,7 +1216,7 @@ func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64, ipcNs
 	if err := f.unmapCode(); err != nil {
 		return err
 	}
-	close(synced)
+	release()
 	for _, th := range f.threads {
 		if err := th.restore(); err != nil {
 			return fmt.Errorf("thread %d: %w", th.tid, err)
