@@ -134,3 +134,20 @@ func (s *PageScanner) scan(from, to uint64, fn func(start, end uint64) error) (r
 	}
 	return true, nil
 }
+
+// ProbePageScan tells whether this kernel has PAGEMAP_SCAN (for ckpt
+// check): a scan of one page of ckpt's own stack.
+func ProbePageScan() error {
+	f, err := os.Open("/proc/self/pagemap")
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var probe [2 * pageSize]byte
+	start := uint64(uintptr(unsafe.Pointer(&probe[0]))+pageSize-1) &^ (pageSize - 1)
+	s := NewPageScanner(f)
+	if _, err := s.scan(start, start+pageSize, func(uint64, uint64) error { return nil }); err != nil {
+		return err
+	}
+	return nil
+}

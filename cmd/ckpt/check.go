@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/ckpt/ckpt/proc"
 	"github.com/ckpt/ckpt/ptrace"
 )
 
@@ -73,6 +74,7 @@ func features() []feature {
 		{"/proc/PID/pagemap", true, "ckpt cannot tell touched pages from untouched ones", func() error {
 			return statFile("/proc/self/pagemap", false)
 		}},
+		{"PAGEMAP_SCAN (Linux 6.7)", false, "the pages to dump are found by reading /proc/PID/pagemap, 8 bytes per page of address space (slower for large sparse processes, e.g. Go and Java runtimes)", proc.ProbePageScan},
 		{"cgroup v1 freezer or v2 cgroup.freeze", false, "--freezer cannot be used (ptrace freezing still works)", func() error {
 			for _, p := range []string{"/sys/fs/cgroup/freezer", "/sys/fs/cgroup/cgroup.controllers", "/sys/fs/cgroup/unified/cgroup.controllers"} {
 				if _, err := os.Stat(p); err == nil {
