@@ -101,16 +101,23 @@ func (f *frozen) useCode(th *frozenThread, sets resource.SignalSets) error {
 }
 
 // unmapCode removes the code page, through the first thread at the
-// process's own syscall instruction.
+// process's own syscall instruction. Every thread's injector goes back to
+// that instruction first: a thread left at a syscall-exit stop is moved
+// back into its interrupt stop through a call there (Injector.
+// ReturnToInterruptStop), which must not point into the page.
 func (f *frozen) unmapCode() error {
 	if f.code == 0 {
 		return nil
+	}
+	for _, th := range f.threads {
+		if th.inj != nil {
+			th.inj.Trap, th.inj.SyscallAddr, th.inj.BatchAddr = false, f.syscall, 0
+		}
 	}
 	th := f.threads[0]
 	if th.inj == nil {
 		return fmt.Errorf("page ckpt mapped at %#x in process %d left: no thread to unmap it with", f.code, f.pid)
 	}
-	th.inj.Trap, th.inj.SyscallAddr, th.inj.BatchAddr = false, f.syscall, 0
 	r, err := th.inj.Raw(unix.SYS_MUNMAP, f.code, codeSize)
 	if err == nil {
 		err = ptrace.Errno(r)

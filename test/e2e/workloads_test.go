@@ -46,6 +46,7 @@ func workloads() []workload {
 		{name: "fpu", argv: cWorkload("fpu"), signal: true, settle: 100 * time.Millisecond},
 		{name: "signals", argv: cWorkload("signals"), signal: true, settle: 100 * time.Millisecond},
 		{name: "threads", argv: cWorkload("threads"), signal: true, settle: 100 * time.Millisecond},
+		{name: "threads-trap-ignored", argv: cWorkload("threads", "-DIGNORE_TRAP"), signal: true, settle: 100 * time.Millisecond},
 		{name: "stack", argv: cWorkload("stack"), signal: true, settle: 20 * time.Millisecond},
 		{name: "evloop", argv: cWorkload("evloop"), signal: true, settle: 50 * time.Millisecond},
 		{name: "clone-vm", argv: cWorkload("clonevm"), signal: true, settle: 20 * time.Millisecond},
