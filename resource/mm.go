@@ -333,6 +333,9 @@ func (d *pageDumper) readRemote() error {
 			}
 			got -= r.Len
 		}
+		if err == nil {
+			err = fmt.Errorf("read more than the %d bytes asked for", len(b))
+		}
 		return fmt.Errorf("read pages of %d: %w", d.t.Pid, err)
 	}
 	d.remote, d.unread = d.remote[:0], d.used
