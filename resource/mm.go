@@ -34,6 +34,31 @@ func PreflightMm(pid int) ([]proc.Vma, error) {
 	return vmas, checkVmas(pid, vmas)
 }
 
+// adviceFlags are the VmFlags of smaps that madvise sets, with the advice
+// that sets each: restart gives an area its advice again (a secure heap's
+// wipe-on-fork, a JVM's huge pages).
+var adviceFlags = []struct {
+	flag   string
+	advice uint32
+}{
+	{"hg", unix.MADV_HUGEPAGE},
+	{"nh", unix.MADV_NOHUGEPAGE},
+	{"dd", unix.MADV_DONTDUMP},
+	{"dc", unix.MADV_DONTFORK},
+	{"wf", unix.MADV_WIPEONFORK},
+}
+
+// vmaAdvice lists the madvise advice area v carries.
+func vmaAdvice(v *proc.Vma) []uint32 {
+	var out []uint32
+	for _, a := range adviceFlags {
+		if v.HasFlag(a.flag) {
+			out = append(out, a.advice)
+		}
+	}
+	return out
+}
+
 // flagsFrom gives each area of vmas (read from maps, which shows no flags)
 // the flags of the same area in pre (smaps, read before the freeze), and
 // reports whether every area was found there. An area is the same if it
@@ -142,7 +167,8 @@ func DumpMm(pid int, brk uint64, files *FileSet, pre []proc.Vma) (*pb.Mm, error)
 		if v.Name == "[vsyscall]" {
 			continue
 		}
-		pv := &pb.Vma{Start: v.Start, End: v.End, Shared: v.Shared(), Growsdown: v.HasFlag("gd"), Name: v.Name, Pgoff: v.Offset / pageSize}
+		pv := &pb.Vma{Start: v.Start, End: v.End, Shared: v.Shared(), Growsdown: v.HasFlag("gd"), Name: v.Name, Pgoff: v.Offset / pageSize,
+			Advice: vmaAdvice(&v), Noreserve: v.HasFlag("nr")}
 		if v.Read() {
 			pv.Prot |= unix.PROT_READ
 		}
@@ -154,7 +180,7 @@ func DumpMm(pid int, brk uint64, files *FileSet, pre []proc.Vma) (*pb.Mm, error)
 		}
 		switch {
 		case specialNames[v.Name]:
-			pv.Special = v.Name
+			pv.Special, pv.Advice = v.Name, nil // the kernel's own flags
 		case isSysvShm(&v):
 			// The inode number of a SysV segment's file is its id.
 			pv.SysvShm, pv.SysvShmid = true, int32(v.Inode)
@@ -513,6 +539,11 @@ func ValidateMm(mm *pb.Mm) error {
 		if v.Prot&^uint32(unix.PROT_READ|unix.PROT_WRITE|unix.PROT_EXEC) != 0 {
 			return fmt.Errorf("image damaged: vma %#x-%#x protection %#x", v.Start, v.End, v.Prot)
 		}
+		for _, a := range v.Advice {
+			if !validAdvice(a) {
+				return fmt.Errorf("image damaged: vma %#x-%#x advice %d", v.Start, v.End, a)
+			}
+		}
 		prev = v.End
 	}
 	return nil
@@ -631,6 +662,9 @@ func MapVmas(t *Target, mm *pb.Mm, files *OpenFiles, pl *FdPuller) error {
 		if v.Growsdown {
 			flags |= unix.MAP_GROWSDOWN
 		}
+		if v.Noreserve {
+			flags |= unix.MAP_NORESERVE
+		}
 		if v.FileId == 0 {
 			flags |= unix.MAP_ANONYMOUS
 		} else if got, ok := fds[v.FileId]; ok {
@@ -656,7 +690,51 @@ func MapVmas(t *Target, mm *pb.Mm, files *OpenFiles, pl *FdPuller) error {
 		calls = append(calls, Call{Nr: unix.SYS_MMAP, Args: []uint64{v.Start, length, prot, flags, fd, v.Pgoff * pageSize},
 			Err: func(err error) error { return fmt.Errorf("restore vma %#x-%#x (%s): %w", v.Start, v.End, v.Name, err) }})
 	}
-	return flush()
+	if err := flush(); err != nil {
+		return err
+	}
+	return restoreAdvice(t, mm)
+}
+
+// restoreAdvice gives each area its madvise advice again, before its pages
+// are written (huge pages then take them). A kernel without transparent
+// huge pages refuses the two advice about them (EINVAL): they only ever
+// were hints, and are left out.
+func restoreAdvice(t *Target, mm *pb.Mm) error {
+	var calls []Call
+	for _, v := range mm.Vmas {
+		if v.Special != "" || v.SysvShm {
+			continue
+		}
+		for _, a := range v.Advice { // checked by ValidateMm
+			calls = append(calls, Call{Nr: unix.SYS_MADVISE, Args: []uint64{v.Start, v.End - v.Start, uint64(a)},
+				Err: func(err error) error {
+					return fmt.Errorf("restore advice %d of vma %#x-%#x (%s): %w", a, v.Start, v.End, v.Name, err)
+				}})
+		}
+	}
+	for len(calls) > 0 {
+		res, err := t.Batch(calls)
+		if err == nil {
+			return nil
+		}
+		failed := calls[len(res)]
+		if a := failed.Args[2]; !errors.Is(err, unix.EINVAL) || a != unix.MADV_HUGEPAGE && a != unix.MADV_NOHUGEPAGE {
+			return err
+		}
+		calls = calls[len(res)+1:]
+	}
+	return nil
+}
+
+// validAdvice tells the advice an image may hold (see adviceFlags).
+func validAdvice(a uint32) bool {
+	for _, f := range adviceFlags {
+		if f.advice == a {
+			return true
+		}
+	}
+	return false
 }
 
 // PageRestorer fills stubs' memory on a goroutine of its own: while it

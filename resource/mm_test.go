@@ -315,3 +315,31 @@ func TestFlagsFrom(t *testing.T) {
 		}
 	}
 }
+
+func TestValidateMm(t *testing.T) {
+	vma := func(start, end uint64, prot uint32, advice ...uint32) *pb.Vma {
+		return &pb.Vma{Start: start, End: end, Prot: prot, Advice: advice}
+	}
+	tests := []struct {
+		name string
+		vmas []*pb.Vma
+		ok   bool
+	}{
+		{"plain", []*pb.Vma{vma(0x1000, 0x3000, unix.PROT_READ), vma(0x3000, 0x4000, 0)}, true},
+		{"advice", []*pb.Vma{vma(0x1000, 0x3000, unix.PROT_READ, unix.MADV_HUGEPAGE, unix.MADV_DONTFORK, unix.MADV_WIPEONFORK)}, true},
+		{"unknown advice", []*pb.Vma{vma(0x1000, 0x3000, unix.PROT_READ, unix.MADV_DONTNEED)}, false},
+		{"misaligned", []*pb.Vma{vma(0x1001, 0x3000, unix.PROT_READ)}, false},
+		{"empty", []*pb.Vma{vma(0x3000, 0x3000, unix.PROT_READ)}, false},
+		{"overlapping", []*pb.Vma{vma(0x1000, 0x3000, 0), vma(0x2000, 0x4000, 0)}, false},
+		{"beyond user space", []*pb.Vma{vma(0x1000, 1<<48, 0)}, false},
+		{"protection", []*pb.Vma{vma(0x1000, 0x2000, 0x10)}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := ValidateMm(&pb.Mm{Vmas: tt.vmas})
+			if (err == nil) != tt.ok {
+				t.Errorf("ValidateMm: %v, want ok %v", err, tt.ok)
+			}
+		})
+	}
+}

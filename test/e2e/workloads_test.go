@@ -48,6 +48,7 @@ func workloads() []workload {
 		{name: "threads", argv: cWorkload("threads"), signal: true, settle: 100 * time.Millisecond},
 		{name: "threads-trap-ignored", argv: cWorkload("threads", "-DIGNORE_TRAP"), signal: true, settle: 100 * time.Millisecond},
 		{name: "stack", argv: cWorkload("stack"), signal: true, settle: 20 * time.Millisecond},
+		{name: "advice", argv: cWorkload("advice"), signal: true, settle: 20 * time.Millisecond},
 		{name: "evloop", argv: cWorkload("evloop"), signal: true, settle: 50 * time.Millisecond},
 		{name: "clone-vm", argv: cWorkload("clonevm"), signal: true, settle: 20 * time.Millisecond},
 		{name: "clone-files", argv: cWorkload("clonefiles"), signal: true, settle: 20 * time.Millisecond},
