@@ -49,8 +49,17 @@ func assertUntouched(t *testing.T, p *proc, maps string) {
 // the target then runs on exactly as before and still passes its own checks.
 func TestCheckpointFailureLeavesTargetRunning(t *testing.T) {
 	faults := []string{"seized", "injected", "pages", "tail", "seized:kill", "pages:kill", "tail:kill"}
-	for _, wl := range []string{"signals", "busy", "tree"} {
+	// signals is injected through a code page without int3 stops (it
+	// ignores SIGTRAP), threads through one with them, busy and tree the
+	// plain way.
+	for _, wl := range []string{"signals", "threads", "busy", "tree"} {
 		for _, fault := range faults {
+			if wl == "threads" && strings.HasSuffix(fault, ":kill") {
+				// Known gap (docs/features.md): ckpt killed while the
+				// threads are bound to its CPU leaves them bound, and
+				// threads checks its CPU affinity.
+				continue
+			}
 			t.Run(wl+"/"+fault, func(t *testing.T) {
 				p := startWorkload(t, compile(t, wl))
 				time.Sleep(50 * time.Millisecond)
