@@ -54,6 +54,29 @@ int main(int argc, char **argv) {
 }
 `
 
+// goWorkload is a Go program: a runtime that catches nearly every signal,
+// runs several threads and reserves a gigabyte of address space, as real
+// Go services do, with four goroutines ticking.
+const goWorkload = `package main
+
+import (
+	"fmt"
+	"time"
+)
+
+func main() {
+	for i := 0; i < 4; i++ {
+		go func() {
+			for {
+				time.Sleep(time.Millisecond)
+			}
+		}()
+	}
+	fmt.Println("READY")
+	select {}
+}
+`
+
 var (
 	ckpt   = flag.String("ckpt", "bin/ckpt", "ckpt binary")
 	dir    = flag.String("dir", "/dev/shm", "directory for images (tmpfs gives the figures of docs/performance.md)")
@@ -109,6 +132,22 @@ func main() {
 	fmt.Printf("\n3-process tree with pipes\n")
 	fmt.Printf("  checkpoint (left running)       %8.1f ms   (frozen %.1f ms)\n", med(tck)*1e3, med(tfr)*1e3)
 	fmt.Printf("  restart (--detach)              %8.1f ms\n", med(trs)*1e3)
+
+	goBin := filepath.Join(work, "goprog")
+	os.WriteFile(goBin+".go", []byte(goWorkload), 0o644)
+	build := exec.Command("go", "build", "-o", goBin, goBin+".go")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GO111MODULE=off")
+	if out, err := build.CombinedOutput(); err != nil {
+		fatal(fmt.Errorf("go build: %v\n%s", err, out))
+	}
+	var gck, gfr, grs []float64
+	for i := 0; i < *runs; i++ {
+		c, f, r := liveCycle(goBin, nil, work)
+		gck, gfr, grs = append(gck, c), append(gfr, f), append(grs, r)
+	}
+	fmt.Printf("\nGo program (4 threads, 55 signal handlers, 1.2 GB of address space)\n")
+	fmt.Printf("  checkpoint (left running)       %8.1f ms   (frozen %.1f ms)\n", med(gck)*1e3, med(gfr)*1e3)
+	fmt.Printf("  restart (--detach)              %8.1f ms\n", med(grs)*1e3)
 
 	for _, sz := range []int{0, *bigMB} {
 		var ck, rs, frozen, size, rssCk, rssRs, w, r, zck, zsize []float64
@@ -203,7 +242,13 @@ func printPhases(what string, runs [][]phaseTime) {
 // lazily on this machine), then kills it and, once its PIDs are free,
 // restarts it.
 func treeCycle(bin, work string) (ckptSec, frozenSec, restartSec float64) {
-	cmd := exec.Command(bin, "0", "3", "pipes")
+	return liveCycle(bin, []string{"0", "3", "pipes"}, work)
+}
+
+// liveCycle starts bin with args, waits for its READY line, checkpoints
+// it left running, kills it and restarts it.
+func liveCycle(bin string, args []string, work string) (ckptSec, frozenSec, restartSec float64) {
+	cmd := exec.Command(bin, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -214,17 +259,17 @@ func treeCycle(bin, work string) (ckptSec, frozenSec, restartSec float64) {
 	}
 	line, _ := bufio.NewReader(out).ReadString('\n')
 	if strings.TrimSpace(line) != "READY" {
-		fatal(fmt.Errorf("tree workload did not start"))
+		fatal(fmt.Errorf("workload %s did not start", filepath.Base(bin)))
 	}
 	pid := cmd.Process.Pid
 	go cmd.Wait()
 	pids := append([]int{pid}, descendants(pid)...)
-	img := filepath.Join(work, "tree.img")
+	img := filepath.Join(work, filepath.Base(bin)+".img")
 	t0 := time.Now()
 	msg, err := exec.Command(*ckpt, "checkpoint", "-v", "-o", img, fmt.Sprint(pid)).CombinedOutput()
 	ckptSec = time.Since(t0).Seconds()
 	if err != nil {
-		fatal(fmt.Errorf("checkpoint tree: %v: %s", err, msg))
+		fatal(fmt.Errorf("checkpoint %s: %v: %s", filepath.Base(bin), err, msg))
 	}
 	if i := strings.Index(string(msg), "frozen "); i >= 0 {
 		f := strings.Fields(string(msg[i+7:]))
@@ -237,7 +282,7 @@ func treeCycle(bin, work string) (ckptSec, frozenSec, restartSec float64) {
 	waitGone(pids)
 	t0 = time.Now()
 	if msg, err := exec.Command(*ckpt, "restart", "--detach", img).CombinedOutput(); err != nil {
-		fatal(fmt.Errorf("restart tree: %v: %s", err, msg))
+		fatal(fmt.Errorf("restart %s: %v: %s", filepath.Base(bin), err, msg))
 	}
 	restartSec = time.Since(t0).Seconds()
 	unix.Kill(-pid, unix.SIGKILL)
