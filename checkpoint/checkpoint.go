@@ -68,6 +68,13 @@ type Options struct {
 	// Container checkpoints a whole container: Pid must be PID 1 of its
 	// PID namespace; the image holds PIDs as seen inside it.
 	Container bool
+	// Interrupt, when closed, stops the checkpoint at the next point where
+	// the processes can be put back as they were (never between an
+	// injected call and the restoring of its thread), releases them and
+	// makes Run return ErrInterrupted: an interrupted ckpt that simply
+	// died there would leave threads with all signals blocked and the
+	// registers of an injected call.
+	Interrupt <-chan struct{}
 
 	phases *phase.Phases // set by Run
 	// undo tells semaphore undo lists apart (set by Run).
@@ -103,7 +110,28 @@ type Stats struct {
 	Phases phase.Phases
 }
 
-func (o *Options) fault(point string) error { return fault.At(o.Fault, point) }
+func (o *Options) fault(point string) error {
+	if o.Fault == point+":hang" && o.Interrupt != nil {
+		<-o.Interrupt // a test interrupts the checkpoint here
+		return o.interrupted()
+	}
+	return fault.At(o.Fault, point)
+}
+
+// ErrInterrupted is what Run returns when Options.Interrupt was closed:
+// the processes run on as before, and the image is incomplete.
+var ErrInterrupted = errors.New("interrupted")
+
+// interrupted returns ErrInterrupted once Interrupt is closed. It is asked
+// only where returning an error puts the processes back as they were.
+func (o *Options) interrupted() error {
+	select {
+	case <-o.Interrupt:
+		return ErrInterrupted
+	default:
+		return nil
+	}
+}
 
 // mark ends a phase of the checkpoint.
 func (o *Options) mark(name string) { o.phases.Mark(name) }
@@ -472,6 +500,9 @@ func Run(opts Options) (*Stats, error) {
 	}
 	stats.ID = opts.id
 	stats.Phases.Mark("preflight")
+	if err := opts.interrupted(); err != nil {
+		return nil, fmt.Errorf("checkpoint %d: %w", opts.Pid, err)
+	}
 	err = ptrace.Run(func() error { return dump(&opts, &stats) })
 	stats.Total = time.Since(start)
 	if err != nil {
@@ -838,6 +869,9 @@ func dump(opts *Options, stats *Stats) (err error) {
 	if err := opts.fault("seized"); err != nil {
 		return err
 	}
+	if err := opts.interrupted(); err != nil {
+		return err
+	}
 	if err := checkSelf(opts, ft); err != nil {
 		return err
 	}
@@ -955,6 +989,11 @@ func dump(opts *Options, stats *Stats) (err error) {
 	stats.Bytes = w.Offset()
 	opts.mark("finish image")
 	if opts.Kill {
+		// The last moment to change one's mind: the image is whole, the
+		// processes still stopped.
+		if err := opts.interrupted(); err != nil {
+			return err
+		}
 		defer opts.mark("kill")
 		// Kill while still stopped: no process runs past the image.
 		// Freeing a big address space takes the dying process a while
@@ -1066,6 +1105,9 @@ func collect(opts *Options, procs []*frozen, files *resource.FileSet, owners, vm
 	}
 	brk := make([]uint64, n)
 	for i, f := range procs {
+		if err = opts.interrupted(); err != nil {
+			break
+		}
 		if err = collectInjected(opts, f, out[i], &brk[i], ipcOf[f.pid], synced[i]); err != nil {
 			err = fmt.Errorf("process %d: %w", f.pid, err)
 			break
@@ -1310,6 +1352,7 @@ func writeImage(opts *Options, w *image.Writer, hdr *pb.Header, namespaces []*pb
 		return err
 	}
 	pw := resource.NewPageWriter(w)
+	pw.Stop = opts.interrupted
 	for i, f := range dumped {
 		t := &resource.Target{Pid: f.pid} // pages are read by host PID
 		if err := resource.DumpPages(t, mms[i], pw); err != nil {

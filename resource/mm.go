@@ -437,6 +437,9 @@ type PageWriter struct {
 	// failed is closed by the writer goroutine on its first error, so
 	// that the reader stops instead of reading the rest for nothing.
 	failed chan struct{}
+	// Stop, if set, is asked before each buffer-full is read; its error
+	// ends the dump (the checkpoint's interruption).
+	Stop func() error
 }
 
 type pageJob struct {
@@ -471,6 +474,11 @@ func (pw *PageWriter) run(jobs <-chan pageJob) {
 
 // buffer waits for a buffer the writer is done with, or for its failure.
 func (pw *PageWriter) buffer() ([]byte, error) {
+	if pw.Stop != nil {
+		if err := pw.Stop(); err != nil {
+			return nil, err
+		}
+	}
 	select {
 	case b := <-pw.free:
 		return b, nil

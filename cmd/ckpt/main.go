@@ -12,6 +12,7 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -116,6 +117,31 @@ func (l *lazyFile) close(failed bool) error {
 
 func warn(s string) { fmt.Fprintf(os.Stderr, "ckpt: warning: %s\n", s) }
 
+// catchInterrupts turns the first SIGINT, SIGTERM or SIGHUP into the
+// closing of interrupt, for a checkpoint to stop where it can put the
+// processes back (checkpoint.Options.Interrupt); a second one ends ckpt
+// at once. A signal ckpt was started with ignored (nohup, a background
+// job of a script) stays ignored. stopped tells which signal it was.
+func catchInterrupts() (interrupt <-chan struct{}, stopped func() syscall.Signal) {
+	var catch []os.Signal
+	for _, s := range []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP} {
+		if !signal.Ignored(s) {
+			catch = append(catch, s)
+		}
+	}
+	c := make(chan struct{})
+	sigs := make(chan os.Signal, 1)
+	var got atomic.Int32
+	signal.Notify(sigs, catch...)
+	go func() {
+		s := <-sigs
+		got.Store(int32(s.(syscall.Signal)))
+		signal.Reset(catch...)
+		close(c)
+	}()
+	return c, func() syscall.Signal { return syscall.Signal(got.Load()) }
+}
+
 func isTerminal(f *os.File) bool {
 	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
 	return err == nil
@@ -158,13 +184,19 @@ ckpt restart rebuilds it in new ones.`,
 			} else if isTerminal(os.Stdout) {
 				return fmt.Errorf("checkpoint: refusing to write an image to a terminal; use -o FILE or redirect stdout")
 			}
+			interrupt, stopped := catchInterrupts()
 			prog := startProgress("checkpoint", 0)
-			st, err := checkpoint.Run(checkpoint.Options{Pid: pid, Kill: kill, Out: w, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Freezer: freezerDir, Progress: &prog.count, Compress: compress, Container: container})
+			st, err := checkpoint.Run(checkpoint.Options{Pid: pid, Kill: kill, Out: w, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Freezer: freezerDir, Progress: &prog.count, Compress: compress, Container: container, Interrupt: interrupt})
 			prog.finish()
 			if f != nil {
 				if cerr := f.close(err != nil); err == nil && cerr != nil {
 					err = fmt.Errorf("checkpoint: write %s: %w", out, cerr)
 				}
+			}
+			if errors.Is(err, checkpoint.ErrInterrupted) {
+				sig := stopped()
+				fmt.Fprintf(os.Stderr, "ckpt: checkpoint of %d interrupted by %v; the process runs on as before, and no complete image was written\n", pid, sig)
+				return &exitError{code: 128 + int(sig)}
 			}
 			if err != nil {
 				return err

@@ -527,6 +527,55 @@ func TestRestartInterrupted(t *testing.T) {
 	}
 }
 
+// TestCheckpointInterrupted sends SIGTERM to a checkpoint held at each of
+// its stages (the freeze, the injected calls, the pages, the tail) and
+// checks that ckpt says so and exits 143, that no image file is left, and
+// that the process runs on exactly as before: a ckpt that just died in the
+// middle of the injected calls left threads with all signals blocked and
+// the registers of an injected call.
+func TestCheckpointInterrupted(t *testing.T) {
+	for _, wl := range []string{"threads", "busy"} {
+		for _, point := range []string{"seized", "injected", "pages", "tail"} {
+			t.Run(wl+"/"+point, func(t *testing.T) {
+				p := startWorkload(t, compile(t, wl))
+				time.Sleep(50 * time.Millisecond)
+				maps := mapsOf(t, p.pid)
+				img := filepath.Join(p.dir, "img")
+				cmd := exec.Command(ckptBin, "checkpoint", "--kill", "-o", img, itoa(p.pid))
+				cmd.Env = append(os.Environ(), "CKPT_FAULT="+point+":hang")
+				var out strings.Builder
+				cmd.Stdout, cmd.Stderr = &out, &out
+				if err := cmd.Start(); err != nil {
+					t.Fatal(err)
+				}
+				e := newExited(cmd.Wait)
+				t.Cleanup(func() { cmd.Process.Kill(); e.wait(5 * time.Second) })
+				for deadline := time.Now().Add(10 * time.Second); status(p.pid, "TracerPid") == "0"; time.Sleep(2 * time.Millisecond) {
+					if time.Now().After(deadline) {
+						t.Fatal("checkpoint did not start")
+					}
+				}
+				time.Sleep(200 * time.Millisecond) // to the point it hangs at
+				cmd.Process.Signal(syscall.SIGTERM)
+				if !e.wait(10 * time.Second) {
+					t.Fatal("ckpt checkpoint ignored SIGTERM")
+				}
+				if code := cmd.ProcessState.ExitCode(); code != 128+int(syscall.SIGTERM) {
+					t.Errorf("exit code %d, want %d", code, 128+int(syscall.SIGTERM))
+				}
+				if !strings.Contains(out.String(), "interrupted by terminated; the process runs on as before") {
+					t.Errorf("no word about the interruption: %q", out.String())
+				}
+				if _, err := os.Stat(img); err == nil {
+					t.Errorf("interrupted checkpoint left an image file")
+				}
+				assertUntouched(t, p, maps)
+				p.verifyExit(p.exit, true, 10*time.Second)
+			})
+		}
+	}
+}
+
 // TestDaemon checkpoints a daemon whose session leader is gone (fork,
 // setsid, fork, exit) and restarts it in a re-created session of the same
 // id.
