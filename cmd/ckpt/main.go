@@ -130,8 +130,11 @@ func catchInterrupts() (interrupt <-chan struct{}, stopped func() syscall.Signal
 		}
 	}
 	c := make(chan struct{})
-	sigs := make(chan os.Signal, 1)
 	var got atomic.Int32
+	if len(catch) == 0 { // Notify with no signal would relay them all
+		return c, func() syscall.Signal { return 0 }
+	}
+	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, catch...)
 	go func() {
 		s := <-sigs
