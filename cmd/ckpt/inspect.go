@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -214,7 +215,7 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 			if v.Special != "" {
 				kind = "kernel"
 			}
-			fmt.Fprintf(out, "  %012x-%012x %s %-7s %7d/%-7d pages  %s\n", v.Start, v.End, protString(v.Prot), kind, n, (v.End-v.Start)/image.PageSize, v.Name)
+			fmt.Fprintf(out, "  %012x-%012x %s %-7s %7d/%-7d pages  %s%s\n", v.Start, v.End, protString(v.Prot), kind, n, (v.End-v.Start)/image.PageSize, v.Name, vmaFlags(v))
 		}
 		fmt.Fprintf(out, "  %d pages stored (%d MiB)\n", total, total*image.PageSize>>20)
 	}
@@ -360,4 +361,25 @@ func validUTF8(m protoreflect.Message) {
 		}
 		return true
 	})
+}
+
+// vmaFlags names an area's madvise advice and MAP_NORESERVE, for display.
+func vmaFlags(v *pb.Vma) string {
+	names := map[uint32]string{unix.MADV_HUGEPAGE: "hugepage", unix.MADV_NOHUGEPAGE: "nohugepage",
+		unix.MADV_DONTDUMP: "dontdump", unix.MADV_DONTFORK: "dontfork", unix.MADV_WIPEONFORK: "wipeonfork"}
+	var fs []string
+	for _, a := range v.Advice {
+		if n, ok := names[a]; ok {
+			fs = append(fs, n)
+		} else {
+			fs = append(fs, fmt.Sprintf("advice %d", a))
+		}
+	}
+	if v.Noreserve {
+		fs = append(fs, "noreserve")
+	}
+	if len(fs) == 0 {
+		return ""
+	}
+	return " [" + strings.Join(fs, ", ") + "]"
 }

@@ -359,7 +359,7 @@ func TestInspect(t *testing.T) {
 	if err != nil {
 		t.Fatalf("inspect: %v\n%s", err, text)
 	}
-	for _, want := range []string{"process " + itoa(p.pid) + " (busy)", "[heap]", "[vdso]", "rip ", "xstate ", "complete:"} {
+	for _, want := range []string{"process " + itoa(p.pid) + " (busy)", "[heap]", "[vdso]", "[noreserve]", "rip ", "xstate ", "complete:"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("inspect output lacks %q:\n%s", want, text)
 		}
