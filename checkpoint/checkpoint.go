@@ -1069,8 +1069,8 @@ func collect(opts *Options, procs []*frozen, files *resource.FileSet, owners, vm
 		}
 		out[i].MmId = mmID[i]
 	}
-	// synced[i] is closed once process i's timerfds are brought up to
-	// date, which its descriptors are read after; abort stops readProc.
+	// synced[i] is closed once readProc may read process i's descriptors
+	// and maps (see collectInjected); abort stops readProc.
 	synced := make([]chan struct{}, n)
 	for i := range synced {
 		synced[i] = make(chan struct{})
@@ -1138,8 +1138,9 @@ func collect(opts *Options, procs []*frozen, files *resource.FileSet, owners, vm
 }
 
 // readProc reads what /proc tells of the frozen process pid into p, and,
-// when withMm, its address space. Its descriptors wait for synced (the
-// injected timerfd_gettime calls); abort ends the wait.
+// when withMm, its address space. Its descriptors and maps wait for
+// synced (the injected timerfd_gettime calls done, no code page mapped);
+// abort ends the wait.
 func readProc(pid int, p *pb.Process, files *resource.FileSet, synced, abort chan struct{}, withMm bool, pre []proc.Vma) (*pb.Mm, error) {
 	st, err := proc.ReadStat(pid)
 	if err != nil {

@@ -35,8 +35,7 @@ const (
 // either way (A/B, medians of 40 checkpoints); a Go program, 60 handlers
 // and 7 threads, makes 77.
 func codeWorthIt(sets resource.SignalSets, threads int) bool {
-	handled := (sets.Ignored | sets.Caught) &^ (resource.SigBit(unix.SIGKILL) | resource.SigBit(unix.SIGSTOP))
-	calls := bits.OnesCount64(handled) + 3 + 2*threads // handlers, itimers, each thread's two
+	calls := bits.OnesCount64(sets.Asked()) + 3 + 2*threads // handlers, itimers, each thread's two
 	return calls > 8
 }
 

@@ -61,6 +61,12 @@ func ReadSignalSets(pid int) (SignalSets, error) {
 // SigBit is the bit of signal sig in a signal set.
 func SigBit(sig unix.Signal) uint64 { return 1 << (sig - 1) }
 
+// Asked are the signals whose handlers a checkpoint asks for, one injected
+// call each: those ignored or caught, but SIGKILL and SIGSTOP.
+func (s SignalSets) Asked() uint64 {
+	return (s.Ignored | s.Caught) &^ (SigBit(unix.SIGKILL) | SigBit(unix.SIGSTOP))
+}
+
 // DumpSignals reads the process's signal dispositions, interval timers and
 // process-wide pending signals into p; sets are its signal sets.
 //
@@ -73,9 +79,9 @@ func SigBit(sig unix.Signal) uint64 { return 1 << (sig - 1) }
 func DumpSignals(t *Target, p *pb.Process, sets SignalSets) error {
 	type query struct{ sig, which int } // sig 0: getitimer(which)
 	var qs []query
-	handled := sets.Ignored | sets.Caught
+	asked := sets.Asked()
 	for sig := 1; sig <= 64; sig++ {
-		if sig != int(unix.SIGKILL) && sig != int(unix.SIGSTOP) && handled&SigBit(unix.Signal(sig)) != 0 {
+		if asked&SigBit(unix.Signal(sig)) != 0 {
 			qs = append(qs, query{sig: sig})
 		}
 	}
@@ -87,7 +93,6 @@ func DumpSignals(t *Target, p *pb.Process, sets SignalSets) error {
 	if per == 0 {
 		return fmt.Errorf("scratch area of %d too small for a signal handler", t.Pid)
 	}
-	le := binary.LittleEndian
 	buf := make([]byte, min(per, len(qs))*slot)
 	for len(qs) > 0 {
 		chunk := qs[:min(per, len(qs))]
@@ -111,15 +116,17 @@ func DumpSignals(t *Target, p *pb.Process, sets SignalSets) error {
 			return err
 		}
 		for i, q := range chunk {
-			w := func(k int) uint64 { return le.Uint64(b[i*slot+8*k:]) }
+			answer := b[i*slot:]
 			if q.sig != 0 {
-				act := kernelSigaction{Handler: w(0), Flags: w(1), Restorer: w(2), Mask: w(3)}
+				var act kernelSigaction
+				copy(bytesOf(&act), answer)
 				if act != (kernelSigaction{}) {
 					p.Sigactions = append(p.Sigactions, &pb.Sigaction{Signo: uint32(q.sig), Handler: act.Handler, Flags: act.Flags, Restorer: act.Restorer, Mask: act.Mask})
 				}
 				continue
 			}
-			it := itimerval{IntervalSec: int64(w(0)), IntervalUsec: int64(w(1)), ValueSec: int64(w(2)), ValueUsec: int64(w(3))}
+			var it itimerval
+			copy(bytesOf(&it), answer)
 			if it != (itimerval{}) {
 				p.Itimers = append(p.Itimers, &pb.Itimer{
 					Which:      uint32(q.which),

@@ -66,9 +66,10 @@ func DumpThread(t *Target, tid int, regs ptrace.Regs, sigmask uint64) (*pb.Threa
 	if err := t.ReadMem(t.Scratch, b[:]); err != nil {
 		return nil, err
 	}
-	le := binary.LittleEndian
-	th.ClearChildTid = le.Uint64(b[0:])
-	th.AltstackSp, th.AltstackFlags, th.AltstackSize = le.Uint64(b[8:]), int32(le.Uint32(b[16:])), le.Uint64(b[24:])
+	th.ClearChildTid = binary.LittleEndian.Uint64(b[0:])
+	var ss stackT
+	copy(bytesOf(&ss), b[8:])
+	th.AltstackSp, th.AltstackFlags, th.AltstackSize = ss.Sp, ss.Flags, ss.Size
 	if th.Pending, err = ptrace.PeekSiginfo(tid, false); err != nil {
 		return nil, err
 	}
