@@ -498,15 +498,7 @@ func TestRestartInterrupted(t *testing.T) {
 		t.Fatalf("checkpoint: %v\n%s", err, out)
 	}
 	p.exit.wait(10 * time.Second)
-	cmd := exec.Command(ckptBin, "restart", img)
-	cmd.Env = append(os.Environ(), "CKPT_FAULT=pages:hang")
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	e := newExited(cmd.Wait)
-	t.Cleanup(func() { cmd.Process.Kill(); e.wait(5 * time.Second) })
+	cmd, out, e := startHung(t, "pages", "restart", img)
 	for deadline := time.Now().Add(10 * time.Second); !alive(p.pid) || status(p.pid, "TracerPid") == "0"; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("restore did not start")
@@ -527,6 +519,23 @@ func TestRestartInterrupted(t *testing.T) {
 	}
 }
 
+// startHung starts ckpt with args, made to hang at fault point (package
+// fault) until it is signalled, and returns it, its output so far and its
+// end.
+func startHung(t *testing.T, point string, args ...string) (*exec.Cmd, *strings.Builder, *exited) {
+	t.Helper()
+	cmd := exec.Command(ckptBin, args...)
+	cmd.Env = append(os.Environ(), "CKPT_FAULT="+point+":hang")
+	out := &strings.Builder{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e := newExited(cmd.Wait)
+	t.Cleanup(func() { cmd.Process.Kill(); e.wait(5 * time.Second) })
+	return cmd, out, e
+}
+
 // TestCheckpointInterrupted sends SIGTERM to a checkpoint held at each of
 // its stages (the freeze, the injected calls, the pages, the tail) and
 // checks that ckpt says so and exits 143, that no image file is left, and
@@ -541,15 +550,7 @@ func TestCheckpointInterrupted(t *testing.T) {
 				time.Sleep(50 * time.Millisecond)
 				maps := mapsOf(t, p.pid)
 				img := filepath.Join(p.dir, "img")
-				cmd := exec.Command(ckptBin, "checkpoint", "--kill", "-o", img, itoa(p.pid))
-				cmd.Env = append(os.Environ(), "CKPT_FAULT="+point+":hang")
-				var out strings.Builder
-				cmd.Stdout, cmd.Stderr = &out, &out
-				if err := cmd.Start(); err != nil {
-					t.Fatal(err)
-				}
-				e := newExited(cmd.Wait)
-				t.Cleanup(func() { cmd.Process.Kill(); e.wait(5 * time.Second) })
+				cmd, out, e := startHung(t, point, "checkpoint", "--kill", "-o", img, itoa(p.pid))
 				for deadline := time.Now().Add(10 * time.Second); status(p.pid, "TracerPid") == "0"; time.Sleep(2 * time.Millisecond) {
 					if time.Now().After(deadline) {
 						t.Fatal("checkpoint did not start")
