@@ -75,6 +75,11 @@ type Options struct {
 	// died there would leave threads with all signals blocked and the
 	// registers of an injected call.
 	Interrupt <-chan struct{}
+	// Reserve, if set, is told before the pages are written about how
+	// many bytes of them are coming (the processes' anonymous memory when
+	// they were inspected), so that a file destination can allocate the
+	// space ahead (image.Preallocate). Not called with Compress.
+	Reserve func(n uint64)
 
 	phases *phase.Phases // set by Run
 	// undo tells semaphore undo lists apart (set by Run).
@@ -1351,6 +1356,17 @@ func writeImage(opts *Options, w *image.Writer, hdr *pb.Header, namespaces []*pb
 	opts.mark("metadata")
 	if err := opts.fault("pages"); err != nil {
 		return err
+	}
+	if opts.Reserve != nil && !opts.Compress {
+		var n uint64
+		for _, f := range dumped {
+			for _, v := range opts.pre.areas[f.pid] {
+				if !v.Shared() {
+					n += v.Anon
+				}
+			}
+		}
+		opts.Reserve(n)
 	}
 	pw := resource.NewPageWriter(w)
 	pw.Stop = opts.interrupted

@@ -66,6 +66,9 @@ type Vma struct {
 	Inode      uint64
 	Name       string
 	VmFlags    []string
+	// Anon is smaps' "Anonymous" size in bytes: the area's pages that are
+	// anonymous, i.e. roughly what a checkpoint stores of it (0 from maps).
+	Anon uint64
 }
 
 func (v *Vma) Read() bool    { return v.Perms[0] == 'r' }
@@ -104,9 +107,9 @@ func ReadMaps(pid int) ([]Vma, error) {
 }
 
 // ParseSmaps parses smaps (or maps) text. Only the header line of each
-// area and its VmFlags line are looked at: smaps has some twenty more
-// lines per area, skipped without allocating (their names start with an
-// upper-case letter, a header with a hex digit).
+// area and its Anonymous and VmFlags lines are looked at: smaps has some
+// twenty more lines per area, skipped without allocating (their names
+// start with an upper-case letter, a header with a hex digit).
 func ParseSmaps(b []byte) ([]Vma, error) {
 	var out []Vma
 	for len(b) > 0 {
@@ -120,8 +123,13 @@ func ParseSmaps(b []byte) ([]Vma, error) {
 			continue
 		}
 		if c := line[0]; c >= 'A' && c <= 'Z' {
-			if bytes.HasPrefix(line, vmFlagsPrefix) && len(out) > 0 {
+			if len(out) == 0 {
+				continue
+			}
+			if bytes.HasPrefix(line, vmFlagsPrefix) {
 				out[len(out)-1].VmFlags = strings.Fields(string(line[len(vmFlagsPrefix):]))
+			} else if bytes.HasPrefix(line, anonPrefix) {
+				out[len(out)-1].Anon = kilobytes(line[len(anonPrefix):]) << 10
 			}
 			continue
 		}
@@ -139,7 +147,24 @@ func ParseSmaps(b []byte) ([]Vma, error) {
 	return out, nil
 }
 
-var vmFlagsPrefix = []byte("VmFlags:")
+var (
+	vmFlagsPrefix = []byte("VmFlags:")
+	anonPrefix    = []byte("Anonymous:")
+)
+
+// kilobytes parses the number of a "   1234 kB" smaps value; 0 if there
+// is none.
+func kilobytes(b []byte) uint64 {
+	var n uint64
+	b = bytes.TrimLeft(b, " ")
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			break
+		}
+		n = n*10 + uint64(c-'0')
+	}
+	return n
+}
 
 func parseMapsLine(line string, f []string) (Vma, error) {
 	var v Vma

@@ -13,8 +13,10 @@ import (
 func TestParseSmaps(t *testing.T) {
 	text := `55ccffb32000-55ccffb34000 r--p 00000000 fe:00 247766                     /usr/bin/my prog
 Size:                  8 kB
+Anonymous:             4 kB
 VmFlags: rd mr mw me sd
 7ffe9be4c000-7ffe9be6d000 rw-p 00000000 00:00 0                          [stack]
+Anonymous:           132 kB
 VmFlags: rd wr mr mw me gd ac
 7f8590164000-7f8590167000 rw-p 00000000 00:00 0 
 ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
@@ -29,18 +31,19 @@ VmFlags: rd ex
 		name  string
 		start uint64
 		gd    bool
+		anon  uint64
 	}{
-		{"/usr/bin/my prog", 0x55ccffb32000, false},
-		{"[stack]", 0x7ffe9be4c000, true},
-		{"", 0x7f8590164000, false},
-		{"[vsyscall]", 0xffffffffff600000, false},
-		{"", 0x7f0000000000, false}, // the last line, without a newline
+		{"/usr/bin/my prog", 0x55ccffb32000, false, 4 << 10},
+		{"[stack]", 0x7ffe9be4c000, true, 132 << 10},
+		{"", 0x7f8590164000, false, 0},
+		{"[vsyscall]", 0xffffffffff600000, false, 0},
+		{"", 0x7f0000000000, false, 0}, // the last line, without a newline
 	}
 	if len(vmas) != len(want) {
 		t.Fatalf("got %d vmas, want %d", len(vmas), len(want))
 	}
 	for i, w := range want {
-		if vmas[i].Name != w.name || vmas[i].Start != w.start || vmas[i].HasFlag("gd") != w.gd {
+		if vmas[i].Name != w.name || vmas[i].Start != w.start || vmas[i].HasFlag("gd") != w.gd || vmas[i].Anon != w.anon {
 			t.Errorf("vma %d = %+v, want %+v", i, vmas[i], w)
 		}
 	}

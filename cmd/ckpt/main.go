@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ckpt/ckpt/checkpoint"
+	"github.com/ckpt/ckpt/image"
 	"github.com/ckpt/ckpt/restart"
 )
 
@@ -93,14 +94,23 @@ type lazyFile struct {
 }
 
 func (l *lazyFile) Write(b []byte) (int, error) {
+	f, err := l.open()
+	if err != nil {
+		return 0, err
+	}
+	return f.Write(b)
+}
+
+// open creates the file if no write has yet.
+func (l *lazyFile) open() (*os.File, error) {
 	if l.f == nil {
 		f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		l.f = f
 	}
-	return l.f.Write(b)
+	return l.f, nil
 }
 
 // close closes the file, removing it when the image is incomplete.
@@ -187,10 +197,25 @@ ckpt restart rebuilds it in new ones.`,
 			} else if isTerminal(os.Stdout) {
 				return fmt.Errorf("checkpoint: refusing to write an image to a terminal; use -o FILE or redirect stdout")
 			}
+			// A large image's file space is allocated ahead of its writes.
+			var pre *image.Preallocator
+			reserve := func(n uint64) {
+				dst := os.Stdout
+				if f != nil {
+					var err error
+					if dst, err = f.open(); err != nil {
+						return // the first write reports it
+					}
+				}
+				pre = image.Preallocate(dst, n)
+			}
 			interrupt, stopped := catchInterrupts()
 			prog := startProgress("checkpoint", 0)
-			st, err := checkpoint.Run(checkpoint.Options{Pid: pid, Kill: kill, Out: w, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Freezer: freezerDir, Progress: &prog.count, Compress: compress, Container: container, Interrupt: interrupt})
+			st, err := checkpoint.Run(checkpoint.Options{Pid: pid, Kill: kill, Out: w, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Freezer: freezerDir, Progress: &prog.count, Compress: compress, Container: container, Interrupt: interrupt, Reserve: reserve})
 			prog.finish()
+			if perr := pre.Finish(); err == nil && perr != nil {
+				warn(perr.Error())
+			}
 			if f != nil {
 				if cerr := f.close(err != nil); err == nil && cerr != nil {
 					err = fmt.Errorf("checkpoint: write %s: %w", out, cerr)
