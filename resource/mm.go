@@ -8,6 +8,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -745,21 +746,29 @@ func validAdvice(a uint32) bool {
 	return false
 }
 
-// PageRestorer fills stubs' memory on a goroutine of its own: while it
-// writes one buffer-full into a stub with process_vm_writev (where a big
-// restart spends most of its time, in the page faults of fresh memory),
-// the caller reads and checksums the next from the image, about a quarter
-// of the work. Two buffers take turns, as in PageWriter. Small records are
-// written by the caller until a large one starts the goroutine (see
-// inlineRestore). It serves every process of a restart; Close must follow.
+// PageRestorer fills stubs' memory on goroutines of their own: a big
+// restart spends most of its time in process_vm_writev, in the page faults
+// of fresh memory (the kernel clears each new page, and on this kind of VM
+// the first touch of a page is what costs), while the caller reads and
+// checksums the next buffer-full from the image, about a quarter of the
+// work. Two writers fault in pages in parallel, on both cores, three
+// buffers taking turns (1 GiB, A/B medians: 1.39 -> 0.83 s with the
+// memory cold, 0.76 -> 0.70 s warm). Small records are written by the
+// caller until a large one starts the goroutines (see inlineRestore). It
+// serves every process of a restart; Close must follow.
 type PageRestorer struct {
-	jobs   chan restoreJob // nil until the goroutine starts
+	jobs   chan restoreJob // nil until the goroutines start
 	closed bool
 	free   chan []byte
 	done   chan error
 	err    error
-	failed chan struct{} // closed by the writer on its first error
+	failed chan struct{} // closed by a writer on the first error
+	fail   sync.Once
 }
+
+// restoreWriters is how many goroutines write pages into stubs: one per
+// core of the machines ckpt is measured on; each costs a 4 MiB buffer.
+const restoreWriters = 2
 
 type restoreJob struct {
 	t    *Target
@@ -777,18 +786,24 @@ type segment struct {
 
 // NewPageRestorer returns a PageRestorer; Close must follow.
 func NewPageRestorer() *PageRestorer {
-	pr := &PageRestorer{free: make(chan []byte, 2), done: make(chan error, 1), failed: make(chan struct{})}
-	pr.free <- nil // allocated on first use, as large as needed
-	pr.free <- nil
+	pr := &PageRestorer{free: make(chan []byte, restoreWriters+1), done: make(chan error, restoreWriters), failed: make(chan struct{})}
+	for range restoreWriters + 1 {
+		pr.free <- nil // allocated on first use, as large as needed
+	}
 	return pr
 }
 
+// run writes jobs until the channel closes. The writers take jobs in any
+// order: the runs of an image do not overlap, so which lands first does
+// not matter.
 func (pr *PageRestorer) run(jobs <-chan restoreJob) {
 	var err error
 	for j := range jobs {
-		if err == nil {
+		select {
+		case <-pr.failed: // the other writer's error ends the restart
+		default:
 			if err = writeSegments(j.t, j.buf[:j.n], j.segs); err != nil {
-				close(pr.failed)
+				pr.fail.Do(func() { close(pr.failed) })
 			}
 		}
 		pr.free <- j.buf
@@ -874,7 +889,9 @@ func (pr *PageRestorer) Restore(t *Target, mm *pb.Mm, pm *pb.PageMap, r io.Reade
 		if pr.jobs == nil {
 			pr.jobs = make(chan restoreJob, 1)
 			// The channel is passed, not read from pr: Close clears pr.jobs.
-			go pr.run(pr.jobs)
+			for range restoreWriters {
+				go pr.run(pr.jobs)
+			}
 		}
 		select {
 		case pr.jobs <- j:
@@ -930,7 +947,11 @@ func (pr *PageRestorer) Close() error {
 	if pr.jobs != nil {
 		close(pr.jobs)
 		pr.jobs = nil
-		pr.err = <-pr.done
+		for range restoreWriters {
+			if err := <-pr.done; pr.err == nil {
+				pr.err = err
+			}
+		}
 	}
 	return pr.err
 }

@@ -203,7 +203,7 @@ func TestDumpPagesAreas(t *testing.T) {
 }
 
 // TestPageRestorer dumps an area of this process, clears it, and writes
-// the image's pages back through the restorer's two buffers, or, for a
+// the image's pages back through the restorer's writers, or, for a
 // small area, by the caller: every page as it was, the zero pages (left
 // out of the image) zero.
 func TestPageRestorer(t *testing.T) {
@@ -248,7 +248,7 @@ func testPageRestorer(t *testing.T, size, minRecords int) {
 // TestPageRestorerWriteError: pages that cannot be written (a read-only
 // area) fail the restore, with the addresses, and Close reports it too.
 func TestPageRestorerWriteError(t *testing.T) {
-	for _, pages := range []int{4, 600} { // written by the caller, by the goroutine
+	for _, pages := range []int{4, 600, 3000} { // written by the caller, by a writer, by both
 		mem, mm := ownArea(t, pages*pageSize, func(int) bool { return false })
 		if err := unix.Mprotect(mem, unix.PROT_READ); err != nil {
 			t.Fatal(err)
