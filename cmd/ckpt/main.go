@@ -85,46 +85,6 @@ func quietStops() {
 	unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(unix.SIGCHLD), uintptr(unsafe.Pointer(&act)), 0, size, 0, 0)
 }
 
-// lazyFile creates the image file on the first write, so that a
-// checkpoint refused before it writes anything leaves an existing file
-// untouched and creates none.
-type lazyFile struct {
-	path string
-	f    *os.File
-}
-
-func (l *lazyFile) Write(b []byte) (int, error) {
-	f, err := l.open()
-	if err != nil {
-		return 0, err
-	}
-	return f.Write(b)
-}
-
-// open creates the file if no write has yet.
-func (l *lazyFile) open() (*os.File, error) {
-	if l.f == nil {
-		f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-		if err != nil {
-			return nil, err
-		}
-		l.f = f
-	}
-	return l.f, nil
-}
-
-// close closes the file, removing it when the image is incomplete.
-func (l *lazyFile) close(failed bool) error {
-	if l.f == nil {
-		return nil
-	}
-	err := l.f.Close()
-	if failed || err != nil {
-		os.Remove(l.path)
-	}
-	return err
-}
-
 func warn(s string) { fmt.Fprintf(os.Stderr, "ckpt: warning: %s\n", s) }
 
 // catchInterrupts turns the first SIGINT, SIGTERM or SIGHUP into the
@@ -190,9 +150,9 @@ ckpt restart rebuilds it in new ones.`,
 			// with an error, not kill ckpt with SIGPIPE.
 			signal.Ignore(syscall.SIGPIPE)
 			var w io.Writer = os.Stdout
-			var f *lazyFile
+			var f *imageFile
 			if out != "" && out != "-" {
-				f = &lazyFile{path: out}
+				f = &imageFile{path: out}
 				w = f
 			} else if isTerminal(os.Stdout) {
 				return fmt.Errorf("checkpoint: refusing to write an image to a terminal; use -o FILE or redirect stdout")

@@ -73,7 +73,7 @@ func (s *selfFlags) checkpoint(opts checkpoint.Options, out string) (*checkpoint
 		return nil, fmt.Errorf("checkpoint: a self-checkpoint is asked for by ckpt's parent, not by %d", opts.Pid)
 	}
 	opts.SelfTid, opts.SelfFd = s.tid, s.fd
-	f := &lazyFile{path: out}
+	f := &imageFile{path: out}
 	opts.Out = f
 	st, err := checkpoint.Run(opts)
 	if cerr := f.close(err != nil); err == nil && cerr != nil {
