@@ -80,10 +80,35 @@ func convertFile(in, out string, mode image.Compression) (image.ConvertResult, e
 		signal.Ignore(syscall.SIGPIPE)
 		return image.Convert(r, os.Stdout, mode)
 	}
-	f := &imageFile{path: out}
-	res, err := image.Convert(r, f, mode)
-	if cerr := f.close(err != nil); err == nil && cerr != nil {
-		err = fmt.Errorf("write %s: %w", out, cerr)
+	if fi, err := os.Stat(out); err == nil && !fi.Mode().IsRegular() {
+		// A device or FIFO: write to it as it is.
+		f, err := os.OpenFile(out, os.O_WRONLY, 0)
+		if err != nil {
+			return image.ConvertResult{}, err
+		}
+		res, err := image.Convert(r, f, mode)
+		if cerr := f.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("write %s: %w", out, cerr)
+		}
+		return res, err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".convert-*")
+	if err != nil {
+		return image.ConvertResult{}, err
+	}
+	res, err := image.Convert(r, tmp, mode)
+	if err == nil {
+		if err = tmp.Close(); err == nil {
+			err = os.Rename(tmp.Name(), out)
+		}
+		if err != nil {
+			err = fmt.Errorf("write %s: %w", out, err)
+		}
+	} else {
+		tmp.Close()
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
 	}
 	return res, err
 }

@@ -3,23 +3,25 @@ package main
 import (
 	"os"
 	"path/filepath"
-	"syscall"
 )
 
-// imageFile is an image file written under a temporary name in the
-// directory of path and renamed over it only once complete, so that a
-// checkpoint that fails, whenever it fails, leaves no file behind and an
-// earlier image at path as it was. The rename also moves the freeing of an
-// earlier image's pages out of the frozen time: truncating a 1 GiB image
-// in place took ~0.1 s while the processes were stopped. The file is
-// created on the first write: a checkpoint refused before it writes
-// anything creates none. A device or FIFO at path is written as it is.
+// imageFile is the image file of a checkpoint, written in place and
+// created (or truncated) on the first write: a checkpoint refused before
+// it writes anything leaves an existing file as it was and creates none.
+// An incomplete image is removed; a device or FIFO is written as it is
+// and never removed.
+//
+// Not written under a temporary name and renamed, as convert does: an
+// earlier image would hold its space until the new one is complete, twice
+// the memory on tmpfs, and the new image could not reuse its pages. On
+// this VM, where a page the host took back costs several times a recycled
+// one, a 1 GiB checkpoint over an earlier image took 5.0 s that way
+// against 1.4 s truncating in place.
 type imageFile struct {
 	path    string
 	f       *os.File
-	tmp     string // the temporary name, renamed to dst; "" when writing dst directly
 	dst     string // path with its symbolic links resolved
-	special bool   // dst is a device or FIFO, never removed
+	special bool   // dst is a device or FIFO
 }
 
 func (l *imageFile) Write(b []byte) (int, error) {
@@ -37,55 +39,28 @@ func (l *imageFile) open() (*os.File, error) {
 	}
 	l.dst = l.path
 	if p, err := filepath.EvalSymlinks(l.path); err == nil {
-		l.dst = p // replace the file a link points to, not the link
+		l.dst = p // what a failure removes: the file, not a link to it
 	}
-	old, err := os.Stat(l.dst)
-	if err == nil && !old.Mode().IsRegular() {
-		f, err := os.OpenFile(l.dst, os.O_WRONLY, 0)
-		if err != nil {
-			return nil, err
-		}
-		l.f, l.special = f, true
-		return f, nil
+	flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+	if fi, err := os.Stat(l.dst); err == nil && !fi.Mode().IsRegular() {
+		flags, l.special = os.O_WRONLY, true
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(l.dst), "."+filepath.Base(l.dst)+".ckpt-*")
+	f, err := os.OpenFile(l.dst, flags, 0o600)
 	if err != nil {
-		// A directory ckpt may not write in: the file, as it is.
-		f, ferr := os.OpenFile(l.dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-		if ferr != nil {
-			return nil, ferr
-		}
-		l.f = f
-		return f, nil
+		return nil, err
 	}
-	if old != nil { // the new image keeps the old one's owner and mode
-		if st, ok := old.Sys().(*syscall.Stat_t); ok {
-			tmp.Chown(int(st.Uid), int(st.Gid))
-		}
-		tmp.Chmod(old.Mode().Perm())
-	}
-	l.f, l.tmp = tmp, tmp.Name()
-	return tmp, nil
+	l.f = f
+	return f, nil
 }
 
-// close closes the file and, if the image is complete, renames it into
-// place; an incomplete one is removed.
+// close closes the file, removing it when the image is incomplete.
 func (l *imageFile) close(failed bool) error {
 	if l.f == nil {
 		return nil
 	}
 	err := l.f.Close()
-	if l.tmp == "" {
-		if (failed || err != nil) && !l.special {
-			os.Remove(l.dst) // no complete image: none at all
-		}
-		return err
-	}
-	if err == nil && !failed {
-		err = os.Rename(l.tmp, l.dst)
-	}
-	if failed || err != nil {
-		os.Remove(l.tmp)
+	if (failed || err != nil) && !l.special {
+		os.Remove(l.dst)
 	}
 	return err
 }
