@@ -36,17 +36,30 @@ func PreflightMm(pid int) ([]proc.Vma, error) {
 }
 
 // adviceFlags are the VmFlags of smaps that madvise sets, with the advice
-// that sets each: restart gives an area its advice again (a secure heap's
-// wipe-on-fork, a JVM's huge pages).
+// that sets each and its name for display: restart gives an area its
+// advice again (a secure heap's wipe-on-fork, a JVM's huge pages, a
+// virtual machine's memory offered to KSM).
 var adviceFlags = []struct {
 	flag   string
 	advice uint32
+	name   string
 }{
-	{"hg", unix.MADV_HUGEPAGE},
-	{"nh", unix.MADV_NOHUGEPAGE},
-	{"dd", unix.MADV_DONTDUMP},
-	{"dc", unix.MADV_DONTFORK},
-	{"wf", unix.MADV_WIPEONFORK},
+	{"hg", unix.MADV_HUGEPAGE, "hugepage"},
+	{"nh", unix.MADV_NOHUGEPAGE, "nohugepage"},
+	{"dd", unix.MADV_DONTDUMP, "dontdump"},
+	{"dc", unix.MADV_DONTFORK, "dontfork"},
+	{"wf", unix.MADV_WIPEONFORK, "wipeonfork"},
+	{"mg", unix.MADV_MERGEABLE, "mergeable"},
+}
+
+// AdviceName names an madvise advice an image may hold, for display.
+func AdviceName(a uint32) string {
+	for _, f := range adviceFlags {
+		if f.advice == a {
+			return f.name
+		}
+	}
+	return fmt.Sprintf("advice %d", a)
 }
 
 // vmaAdvice lists the madvise advice area v carries.
@@ -169,7 +182,7 @@ func DumpMm(pid int, brk uint64, files *FileSet, pre []proc.Vma) (*pb.Mm, error)
 			continue
 		}
 		pv := &pb.Vma{Start: v.Start, End: v.End, Shared: v.Shared(), Growsdown: v.HasFlag("gd"), Name: v.Name, Pgoff: v.Offset / pageSize,
-			Advice: vmaAdvice(&v), Noreserve: v.HasFlag("nr")}
+			Advice: vmaAdvice(&v), Noreserve: v.HasFlag("nr"), Locked: v.HasFlag("lo")}
 		if v.Read() {
 			pv.Prot |= unix.PROT_READ
 		}
@@ -181,7 +194,7 @@ func DumpMm(pid int, brk uint64, files *FileSet, pre []proc.Vma) (*pb.Mm, error)
 		}
 		switch {
 		case specialNames[v.Name]:
-			pv.Special, pv.Advice = v.Name, nil // the kernel's own flags
+			pv.Special, pv.Advice, pv.Locked = v.Name, nil, false // the kernel's own flags
 		case isSysvShm(&v):
 			// The inode number of a SysV segment's file is its id.
 			pv.SysvShm, pv.SysvShmid = true, int32(v.Inode)
@@ -707,8 +720,8 @@ func MapVmas(t *Target, mm *pb.Mm, files *OpenFiles, pl *FdPuller) error {
 
 // restoreAdvice gives each area its madvise advice again, before its pages
 // are written (huge pages then take them). A kernel without transparent
-// huge pages refuses the two advice about them (EINVAL): they only ever
-// were hints, and are left out.
+// huge pages refuses the two advice about them, one without KSM the
+// mergeable one (EINVAL): they only ever were hints, and are left out.
 func restoreAdvice(t *Target, mm *pb.Mm) error {
 	var calls []Call
 	for _, v := range mm.Vmas {
@@ -728,7 +741,7 @@ func restoreAdvice(t *Target, mm *pb.Mm) error {
 			return nil
 		}
 		failed := calls[len(res)]
-		if a := failed.Args[2]; !errors.Is(err, unix.EINVAL) || a != unix.MADV_HUGEPAGE && a != unix.MADV_NOHUGEPAGE {
+		if a := failed.Args[2]; !errors.Is(err, unix.EINVAL) || a != unix.MADV_HUGEPAGE && a != unix.MADV_NOHUGEPAGE && a != unix.MADV_MERGEABLE {
 			return err
 		}
 		calls = calls[len(res)+1:]
@@ -954,6 +967,28 @@ func (pr *PageRestorer) Close() error {
 		}
 	}
 	return pr.err
+}
+
+// LockMm locks the areas that were locked in memory (mlock) again, which
+// also faults in their pages. It runs after the process's limits are
+// back: without CAP_IPC_LOCK (an unprivileged restart) RLIMIT_MEMLOCK
+// bounds it, as it bounded the process.
+func LockMm(t *Target, mm *pb.Mm) error {
+	var calls []Call
+	for _, v := range mm.Vmas {
+		if !v.Locked || v.Special != "" {
+			continue
+		}
+		calls = append(calls, Call{Nr: unix.SYS_MLOCK, Args: []uint64{v.Start, v.End - v.Start},
+			Err: func(err error) error {
+				return fmt.Errorf("lock vma %#x-%#x (%s) in memory: %w; the process's memory lock limit (RLIMIT_MEMLOCK, as the image has it) must cover its locked areas, or ckpt restart run with CAP_IPC_LOCK", v.Start, v.End, v.Name, err)
+			}})
+	}
+	if len(calls) == 0 {
+		return nil
+	}
+	_, err := t.Batch(calls)
+	return err
 }
 
 type prctlMmMap struct {

@@ -921,6 +921,11 @@ func finish(opts *Options, tk *task, files *resource.OpenFiles) error {
 	if err := resource.RestoreTask(t, p); err != nil {
 		return err
 	}
+	if tk.mmOwner == nil {
+		if err := resource.LockMm(t, mm); err != nil {
+			return err
+		}
+	}
 	if err := resource.RestoreSignals(t, p); err != nil {
 		return err
 	}

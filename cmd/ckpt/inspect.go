@@ -11,7 +11,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -363,20 +362,18 @@ func validUTF8(m protoreflect.Message) {
 	})
 }
 
-// vmaFlags names an area's madvise advice and MAP_NORESERVE, for display.
+// vmaFlags names an area's madvise advice, MAP_NORESERVE and mlock, for
+// display.
 func vmaFlags(v *pb.Vma) string {
-	names := map[uint32]string{unix.MADV_HUGEPAGE: "hugepage", unix.MADV_NOHUGEPAGE: "nohugepage",
-		unix.MADV_DONTDUMP: "dontdump", unix.MADV_DONTFORK: "dontfork", unix.MADV_WIPEONFORK: "wipeonfork"}
 	var fs []string
 	for _, a := range v.Advice {
-		if n, ok := names[a]; ok {
-			fs = append(fs, n)
-		} else {
-			fs = append(fs, fmt.Sprintf("advice %d", a))
-		}
+		fs = append(fs, resource.AdviceName(a))
 	}
 	if v.Noreserve {
 		fs = append(fs, "noreserve")
+	}
+	if v.Locked {
+		fs = append(fs, "locked")
 	}
 	if len(fs) == 0 {
 		return ""

@@ -46,3 +46,22 @@ func TestInspectJSONNotUTF8(t *testing.T) {
 		}
 	}
 }
+
+// TestVmaFlags: the names inspect gives an area's advice, MAP_NORESERVE
+// and mlock; an advice this ckpt does not know is shown by number.
+func TestVmaFlags(t *testing.T) {
+	for _, tc := range []struct {
+		v    *pb.Vma
+		want string
+	}{
+		{&pb.Vma{}, ""},
+		{&pb.Vma{Advice: []uint32{14, 16}}, " [hugepage, dontdump]"},
+		{&pb.Vma{Advice: []uint32{12}, Locked: true}, " [mergeable, locked]"},
+		{&pb.Vma{Noreserve: true}, " [noreserve]"},
+		{&pb.Vma{Advice: []uint32{99}}, " [advice 99]"},
+	} {
+		if got := vmaFlags(tc.v); got != tc.want {
+			t.Errorf("vmaFlags(%v) = %q, want %q", tc.v, got, tc.want)
+		}
+	}
+}

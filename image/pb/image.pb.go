@@ -760,10 +760,14 @@ type Vma struct {
 	Pages uint64 `protobuf:"varint,10,opt,name=pages,proto3" json:"pages,omitempty"`
 	// advice is the madvise advice (MADV_* values) the area carried, from
 	// its smaps VmFlags, which restart gives it again: hugepage (hg),
-	// nohugepage (nh), dontdump (dd), dontfork (dc), wipeonfork (wf).
+	// nohugepage (nh), dontdump (dd), dontfork (dc), wipeonfork (wf),
+	// mergeable (mg, KSM).
 	Advice []uint32 `protobuf:"varint,11,rep,packed,name=advice,proto3" json:"advice,omitempty"`
 	// noreserve: mapped with MAP_NORESERVE (VmFlags nr), no swap reserved.
 	Noreserve bool `protobuf:"varint,12,opt,name=noreserve,proto3" json:"noreserve,omitempty"`
+	// locked: the area was locked in memory (mlock, VmFlags lo); restart
+	// locks it again once the process's limits are back.
+	Locked bool `protobuf:"varint,13,opt,name=locked,proto3" json:"locked,omitempty"`
 	// sysv_shm marks an attached SysV shared memory segment (shmat), whose
 	// id is sysv_shmid in the process's IPC namespace. Restart attaches the
 	// segment there again (shmat at start) instead of mapping anything.
@@ -883,6 +887,13 @@ func (x *Vma) GetAdvice() []uint32 {
 func (x *Vma) GetNoreserve() bool {
 	if x != nil {
 		return x.Noreserve
+	}
+	return false
+}
+
+func (x *Vma) GetLocked() bool {
+	if x != nil {
+		return x.Locked
 	}
 	return false
 }
@@ -4298,7 +4309,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\tEpollItem\x12\x0e\n" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x16\n" +
 	"\x06events\x18\x02 \x01(\rR\x06events\x12\x12\n" +
-	"\x04data\x18\x03 \x01(\x04R\x04data\"\xda\x02\n" +
+	"\x04data\x18\x03 \x01(\x04R\x04data\"\xf2\x02\n" +
 	"\x03Vma\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\x04R\x03end\x12\x12\n" +
@@ -4312,7 +4323,8 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x05pages\x18\n" +
 	" \x01(\x04R\x05pages\x12\x16\n" +
 	"\x06advice\x18\v \x03(\rR\x06advice\x12\x1c\n" +
-	"\tnoreserve\x18\f \x01(\bR\tnoreserve\x12\x19\n" +
+	"\tnoreserve\x18\f \x01(\bR\tnoreserve\x12\x16\n" +
+	"\x06locked\x18\r \x01(\bR\x06locked\x12\x19\n" +
 	"\bsysv_shm\x18d \x01(\bR\asysvShm\x12\x1d\n" +
 	"\n" +
 	"sysv_shmid\x18e \x01(\x05R\tsysvShmid\"\xa0\x03\n" +

@@ -457,6 +457,16 @@ func (m *Vma) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i--
 		dAtA[i] = 0xa0
 	}
+	if m.Locked {
+		i--
+		if m.Locked {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x68
+	}
 	if m.Noreserve {
 		i--
 		if m.Noreserve {
@@ -3541,6 +3551,9 @@ func (m *Vma) SizeVT() (n int) {
 	if m.Noreserve {
 		n += 2
 	}
+	if m.Locked {
+		n += 2
+	}
 	if m.SysvShm {
 		n += 3
 	}
@@ -6188,6 +6201,26 @@ func (m *Vma) UnmarshalVT(dAtA []byte) error {
 				}
 			}
 			m.Noreserve = bool(v != 0)
+		case 13:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Locked", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.Locked = bool(v != 0)
 		case 100:
 			if wireType != 0 {
 				return fmt.Errorf("proto: wrong wireType = %d for field SysvShm", wireType)
