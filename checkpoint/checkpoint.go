@@ -1229,8 +1229,8 @@ func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64, ipcNs
 			if f.code == 0 {
 				release()
 			}
-			if *brk, err = th.target.Syscall(unix.SYS_BRK, 0); err != nil {
-				return fmt.Errorf("read brk: %w", err)
+			if *brk, err = resource.DumpPrctls(th.target, p); err != nil {
+				return err
 			}
 			if err := resource.DumpSignals(th.target, p, sets); err != nil {
 				return err

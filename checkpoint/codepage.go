@@ -30,13 +30,15 @@ const (
 
 // codeWorthIt tells whether a process with signal sets sets and threads
 // threads makes enough injected calls for the code page to pay for its
-// own (two more calls, a page to fill, a TLB flush at unmap): a process
-// with one thread and no handlers makes 6 calls, which took as long
-// either way (A/B, medians of 40 checkpoints); a Go program, 60 handlers
-// and 7 threads, makes 77.
+// own (two more calls, a page to fill, a TLB flush at unmap). A process
+// with one thread and no handlers made 6 calls, which took as long either
+// way (A/B, medians of 40 checkpoints); since the prctl reads it makes 9,
+// again a wash (collect 1.52 ms without the page, 1.58 with, 40 each); a
+// Go program, 60 handlers and 7 threads, makes 87.
 func codeWorthIt(sets resource.SignalSets, threads int) bool {
-	calls := bits.OnesCount64(sets.Asked()) + 3 + 2*threads // handlers, itimers, each thread's two
-	return calls > 8
+	// handlers, itimers, brk and two prctls, each thread's three
+	calls := bits.OnesCount64(sets.Asked()) + 3 + 3 + 3*threads
+	return calls > 9
 }
 
 // mapCode maps the code page through the first thread, whose injector

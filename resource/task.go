@@ -60,6 +60,7 @@ func DumpTask(pid int, p *pb.Process) error {
 	}
 	p.Creds = c
 	p.NoNewPrivs = st["NoNewPrivs"] == "1"
+	p.ThpDisabled = st["THP_enabled"] == "0"
 	// /proc/PID/limits rather than prlimit(2): the latter needs
 	// CAP_SYS_RESOURCE for another user's process.
 	limits, err := proc.ReadFile(proc.Path(pid, "limits"))
@@ -120,8 +121,55 @@ func RestoreTask(t *Target, p *pb.Process) error {
 		calls = append(calls, Call{Nr: unix.SYS_CHROOT, Args: []uint64{addr},
 			Err: func(err error) error { return fmt.Errorf("change root to %s: %w", p.Root, err) }})
 	}
+	if p.ChildSubreaper {
+		calls = append(calls, Call{Nr: unix.SYS_PRCTL, Args: []uint64{unix.PR_SET_CHILD_SUBREAPER, 1},
+			Err: func(err error) error { return fmt.Errorf("make it a child subreaper: %w", err) }})
+	}
+	if p.ThpDisabled {
+		calls = append(calls, Call{Nr: unix.SYS_PRCTL, Args: []uint64{unix.PR_SET_THP_DISABLE, 1, 0, 0, 0},
+			Err: func(err error) error { return fmt.Errorf("disable transparent huge pages: %w", err) }})
+	}
 	_, err = t.Batch(calls)
 	return err
+}
+
+// DumpPrctls reads, in one batch of injected calls, the program break and
+// the process's prctl state that /proc does not show: whether it is
+// dumpable and whether it is a child subreaper.
+func DumpPrctls(t *Target, p *pb.Process) (brk uint64, err error) {
+	res, err := t.Batch([]Call{
+		{Nr: unix.SYS_BRK, Args: []uint64{0},
+			Err: func(err error) error { return fmt.Errorf("read brk: %w", err) }},
+		{Nr: unix.SYS_PRCTL, Args: []uint64{unix.PR_GET_DUMPABLE},
+			Err: func(err error) error { return fmt.Errorf("read dumpable: %w", err) }},
+		{Nr: unix.SYS_PRCTL, Args: []uint64{unix.PR_GET_CHILD_SUBREAPER, t.Scratch},
+			Err: func(err error) error { return fmt.Errorf("read child subreaper: %w", err) }},
+	})
+	if err != nil {
+		return 0, err
+	}
+	var b [4]byte
+	if err := t.ReadMem(t.Scratch, b[:]); err != nil {
+		return 0, err
+	}
+	p.Dumpable = uint32(res[1]) + 1
+	p.ChildSubreaper = b != [4]byte{}
+	return res[0], nil
+}
+
+// RestoreDumpable makes the process dumpable, or not, as it was. It comes
+// after the credentials: changing them resets it (to the fs.suid_dumpable
+// sysctl, 0 by default), which left a restarted process of another user
+// than ckpt's undumpable, its /proc files owned by root. Dumpable by root
+// only (suid_dumpable 2) cannot be asked for, and is left to the kernel.
+func RestoreDumpable(t *Target, p *pb.Process) error {
+	if p.Dumpable != 1 && p.Dumpable != 2 {
+		return nil
+	}
+	if _, err := t.Syscall(unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, uint64(p.Dumpable-1)); err != nil {
+		return fmt.Errorf("set dumpable %d: %w", p.Dumpable-1, err)
+	}
+	return nil
 }
 
 // RestoreCreds gives the stub the process's credentials. It comes after

@@ -52,23 +52,27 @@ func DumpThread(t *Target, tid int, regs ptrace.Regs, sigmask uint64) (*pb.Threa
 	}
 	th.RobustList, th.RobustListLen = head, hlen
 	// clear_child_tid into the scratch area's first 8 bytes, the
-	// alternate signal stack (a stack_t) into the 24 after: one batch.
+	// alternate signal stack (a stack_t) into the 24 after, the parent
+	// death signal (an int) after that: one batch.
 	_, err = t.Batch([]Call{
 		{Nr: unix.SYS_PRCTL, Args: []uint64{unix.PR_GET_TID_ADDRESS, t.Scratch},
 			Err: func(err error) error { return fmt.Errorf("read clear_child_tid of %d: %w", tid, err) }},
 		{Nr: unix.SYS_SIGALTSTACK, Args: []uint64{0, t.Scratch + 8},
 			Err: func(err error) error { return fmt.Errorf("read alternate signal stack of %d: %w", tid, err) }},
+		{Nr: unix.SYS_PRCTL, Args: []uint64{unix.PR_GET_PDEATHSIG, t.Scratch + 32},
+			Err: func(err error) error { return fmt.Errorf("read parent death signal of %d: %w", tid, err) }},
 	})
 	if err != nil {
 		return nil, err
 	}
-	var b [32]byte
+	var b [36]byte
 	if err := t.ReadMem(t.Scratch, b[:]); err != nil {
 		return nil, err
 	}
 	th.ClearChildTid = binary.LittleEndian.Uint64(b[0:])
 	var ss stackT
-	copy(bytesOf(&ss), b[8:])
+	copy(bytesOf(&ss), b[8:32])
+	th.PdeathSignal = binary.LittleEndian.Uint32(b[32:])
 	th.AltstackSp, th.AltstackFlags, th.AltstackSize = ss.Sp, ss.Flags, ss.Size
 	if th.Pending, err = ptrace.PeekSiginfo(tid, false); err != nil {
 		return nil, err
@@ -157,6 +161,22 @@ func RestoreThread(t *Target, th *pb.Thread) error {
 	}
 	_, err = t.Batch(append(calls, alt...))
 	return err
+}
+
+// RestorePdeathSignal sets the thread's parent death signal again. It
+// comes after the credentials, whose change clears it. Not for the tree's
+// root: its parent at restart is ckpt, not the one the signal was for.
+func RestorePdeathSignal(t *Target, th *pb.Thread) error {
+	if th.PdeathSignal == 0 {
+		return nil
+	}
+	if th.PdeathSignal > 64 {
+		return fmt.Errorf("image damaged: parent death signal %d", th.PdeathSignal)
+	}
+	if _, err := t.Syscall(unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(th.PdeathSignal)); err != nil {
+		return fmt.Errorf("set parent death signal %d: %w", th.PdeathSignal, err)
+	}
+	return nil
 }
 
 // ThreadRegs decodes the registers of an image thread.

@@ -116,6 +116,8 @@ type task struct {
 	// and mmSharers the tasks sharing this one's.
 	mmOwner   *task
 	mmSharers []*task
+	// root is the tree's first process, whose parent at restart is ckpt.
+	root bool
 }
 
 func restore(opts *Options) (res *Result, err error) {
@@ -519,6 +521,7 @@ func build(opts *Options, hdr *pb.Header, nss *namespaces, ipc *ipcState, tasks 
 	if root.p.Pid != hdr.RootPid || root.p.Zombie || root.p.FilesOwner != 0 {
 		return nil, fmt.Errorf("image damaged: first process %d is not the live root %d", root.p.Pid, hdr.RootPid)
 	}
+	root.root = true
 	for _, t := range tasks[1:] {
 		parent := byPid[t.p.Ppid]
 		if parent == nil || parent.p.Zombie {
@@ -944,6 +947,9 @@ func finish(opts *Options, tk *task, files *resource.OpenFiles) error {
 		targets = append(targets, tt)
 	}
 	for i, th := range p.Threads {
+		if tk.root && th.PdeathSignal != 0 && opts.Warn != nil {
+			opts.Warn(fmt.Sprintf("process %d (%s), thread %d: its parent death signal (%v) was for a parent outside the image; it is not set again", p.Pid, p.Comm, th.Tid, unix.Signal(th.PdeathSignal)))
+		}
 		if err := resource.RestoreThread(targets[i], th); err != nil {
 			return fmt.Errorf("thread %d: %w", th.Tid, err)
 		}
@@ -964,8 +970,16 @@ func finish(opts *Options, tk *task, files *resource.OpenFiles) error {
 		if err := resource.RestoreNoNewPrivs(targets[i], p); err != nil {
 			return fmt.Errorf("thread %d: %w", th.Tid, err)
 		}
+		if !tk.root {
+			if err := resource.RestorePdeathSignal(targets[i], th); err != nil {
+				return fmt.Errorf("thread %d: %w", th.Tid, err)
+			}
+		}
 	}
 	if err := resource.RestorePendingAndTimers(t, p); err != nil {
+		return err
+	}
+	if err := resource.RestoreDumpable(t, p); err != nil {
 		return err
 	}
 	for i, th := range p.Threads {

@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -243,6 +244,9 @@ func printProcess(out io.Writer, p *pb.Process) {
 		fmt.Fprintf(out, "  uid %d/%d/%d gid %d/%d/%d groups %v\n", c.Uid, c.Euid, c.Suid, c.Gid, c.Egid, c.Sgid, c.Groups)
 	}
 	fmt.Fprintf(out, "  cwd %s, root %s, umask %#o, personality %#x\n", p.Cwd, p.Root, p.Umask, p.Personality)
+	if a := processAttrs(p); a != "" {
+		fmt.Fprintf(out, "  %s\n", a)
+	}
 	fds := append([]*pb.Fd(nil), p.Fds...)
 	sort.Slice(fds, func(i, j int) bool { return fds[i].Fd < fds[j].Fd })
 	for _, fd := range fds {
@@ -271,6 +275,9 @@ func printProcess(out io.Writer, p *pb.Process) {
 			fmt.Fprintf(out, "    altstack %#x+%d\n", th.AltstackSp, th.AltstackSize)
 		}
 		fmt.Fprintf(out, "    rseq %#x+%d, robust list %#x, clear_child_tid %#x\n", th.RseqAddr, th.RseqLen, th.RobustList, th.ClearChildTid)
+		if th.PdeathSignal != 0 {
+			fmt.Fprintf(out, "    parent death signal %v\n", unix.Signal(th.PdeathSignal))
+		}
 		if rs := th.Restart; rs != nil {
 			fmt.Fprintf(out, "    in syscall %d, restarts", rs.Nr)
 			if rs.RemainingNs > 0 {
@@ -279,6 +286,28 @@ func printProcess(out io.Writer, p *pb.Process) {
 			fmt.Fprintln(out)
 		}
 	}
+}
+
+// processAttrs names the process's prctl state where it differs from a
+// fresh process's, for display.
+func processAttrs(p *pb.Process) string {
+	var as []string
+	switch p.Dumpable {
+	case 1:
+		as = append(as, "not dumpable")
+	case 3:
+		as = append(as, "dumpable by root only")
+	}
+	if p.ChildSubreaper {
+		as = append(as, "child subreaper")
+	}
+	if p.ThpDisabled {
+		as = append(as, "transparent huge pages disabled")
+	}
+	if p.NoNewPrivs {
+		as = append(as, "no_new_privs")
+	}
+	return strings.Join(as, ", ")
 }
 
 func printIPC(out io.Writer, ns *pb.IpcNamespace) {

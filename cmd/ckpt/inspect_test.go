@@ -65,3 +65,21 @@ func TestVmaFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestProcessAttrs: inspect names the prctl state that differs from a
+// fresh process's, and nothing for an image older than the fields.
+func TestProcessAttrs(t *testing.T) {
+	for _, tc := range []struct {
+		p    *pb.Process
+		want string
+	}{
+		{&pb.Process{}, ""},
+		{&pb.Process{Dumpable: 2}, ""},
+		{&pb.Process{Dumpable: 1, ChildSubreaper: true}, "not dumpable, child subreaper"},
+		{&pb.Process{Dumpable: 3, ThpDisabled: true, NoNewPrivs: true}, "dumpable by root only, transparent huge pages disabled, no_new_privs"},
+	} {
+		if got := processAttrs(tc.p); got != tc.want {
+			t.Errorf("processAttrs(%v) = %q, want %q", tc.p, got, tc.want)
+		}
+	}
+}

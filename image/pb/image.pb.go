@@ -1357,7 +1357,10 @@ type Thread struct {
 	// cpus is the thread's CPU affinity (sched_getaffinity): bit n of word
 	// n/64 is CPU n, trailing zero words left out. Empty in images older
 	// than the field: the thread then gets ckpt's own CPU set.
-	Cpus          []uint64 `protobuf:"varint,17,rep,packed,name=cpus,proto3" json:"cpus,omitempty"`
+	Cpus []uint64 `protobuf:"varint,17,rep,packed,name=cpus,proto3" json:"cpus,omitempty"`
+	// pdeath_signal is prctl(PR_SET_PDEATHSIG): the signal the thread gets
+	// when the thread that created it ends; 0 none.
+	PdeathSignal  uint32 `protobuf:"varint,18,opt,name=pdeath_signal,json=pdeathSignal,proto3" json:"pdeath_signal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1509,6 +1512,13 @@ func (x *Thread) GetCpus() []uint64 {
 		return x.Cpus
 	}
 	return nil
+}
+
+func (x *Thread) GetPdeathSignal() uint32 {
+	if x != nil {
+		return x.PdeathSignal
+	}
+	return 0
 }
 
 type Fd struct {
@@ -1720,6 +1730,15 @@ type Process struct {
 	MmOwner uint32 `protobuf:"varint,24,opt,name=mm_owner,json=mmOwner,proto3" json:"mm_owner,omitempty"`
 	// no_new_privs is prctl(PR_SET_NO_NEW_PRIVS).
 	NoNewPrivs bool `protobuf:"varint,25,opt,name=no_new_privs,json=noNewPrivs,proto3" json:"no_new_privs,omitempty"`
+	// dumpable is prctl(PR_GET_DUMPABLE) plus one: 1 not dumpable, 2
+	// dumpable, 3 dumpable by root only (suid_dumpable 2); 0 unknown (older
+	// images). Changing the credentials at restart resets it, so it is set
+	// again after them.
+	Dumpable uint32 `protobuf:"varint,26,opt,name=dumpable,proto3" json:"dumpable,omitempty"`
+	// child_subreaper is prctl(PR_SET_CHILD_SUBREAPER).
+	ChildSubreaper bool `protobuf:"varint,27,opt,name=child_subreaper,json=childSubreaper,proto3" json:"child_subreaper,omitempty"`
+	// thp_disabled is prctl(PR_SET_THP_DISABLE) (status "THP_enabled: 0").
+	ThpDisabled bool `protobuf:"varint,28,opt,name=thp_disabled,json=thpDisabled,proto3" json:"thp_disabled,omitempty"`
 	// ns are the namespaces the process is in.
 	Ns            *NsIds `protobuf:"bytes,50,opt,name=ns,proto3" json:"ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1927,6 +1946,27 @@ func (x *Process) GetMmOwner() uint32 {
 func (x *Process) GetNoNewPrivs() bool {
 	if x != nil {
 		return x.NoNewPrivs
+	}
+	return false
+}
+
+func (x *Process) GetDumpable() uint32 {
+	if x != nil {
+		return x.Dumpable
+	}
+	return 0
+}
+
+func (x *Process) GetChildSubreaper() bool {
+	if x != nil {
+		return x.ChildSubreaper
+	}
+	return false
+}
+
+func (x *Process) GetThpDisabled() bool {
+	if x != nil {
+		return x.ThpDisabled
 	}
 	return false
 }
@@ -4366,7 +4406,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x0eSyscallRestart\x12\x0e\n" +
 	"\x02nr\x18\x01 \x01(\x03R\x02nr\x12!\n" +
 	"\fremaining_ns\x18\x02 \x01(\x03R\vremainingNs\x12'\n" +
-	"\x0fknown_remaining\x18\x03 \x01(\bR\x0eknownRemaining\"\x8c\x04\n" +
+	"\x0fknown_remaining\x18\x03 \x01(\bR\x0eknownRemaining\"\xb1\x04\n" +
 	"\x06Thread\x12\x10\n" +
 	"\x03tid\x18\x01 \x01(\rR\x03tid\x12\x12\n" +
 	"\x04comm\x18\x02 \x01(\tR\x04comm\x12\x12\n" +
@@ -4387,7 +4427,8 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x0frobust_list_len\x18\x0e \x01(\x04R\rrobustListLen\x12&\n" +
 	"\x0fclear_child_tid\x18\x0f \x01(\x04R\rclearChildTid\x127\n" +
 	"\arestart\x18\x10 \x01(\v2\x1d.ckpt.image.v1.SyscallRestartR\arestart\x12\x12\n" +
-	"\x04cpus\x18\x11 \x03(\x04R\x04cpus\"G\n" +
+	"\x04cpus\x18\x11 \x03(\x04R\x04cpus\x12#\n" +
+	"\rpdeath_signal\x18\x12 \x01(\rR\fpdeathSignal\"G\n" +
 	"\x02Fd\x12\x0e\n" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x17\n" +
 	"\afile_id\x18\x02 \x01(\rR\x06fileId\x12\x18\n" +
@@ -4401,7 +4442,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x04egid\x18\x06 \x01(\rR\x04egid\x12\x12\n" +
 	"\x04sgid\x18\a \x01(\rR\x04sgid\x12\x14\n" +
 	"\x05fsgid\x18\b \x01(\rR\x05fsgid\x12\x16\n" +
-	"\x06groups\x18\t \x03(\rR\x06groups\"\xc2\x06\n" +
+	"\x06groups\x18\t \x03(\rR\x06groups\"\xaa\a\n" +
 	"\aProcess\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x12\n" +
 	"\x04ppid\x18\x02 \x01(\rR\x04ppid\x12\x12\n" +
@@ -4433,7 +4474,10 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x0esession_orphan\x18\x17 \x01(\bR\rsessionOrphan\x12\x19\n" +
 	"\bmm_owner\x18\x18 \x01(\rR\ammOwner\x12 \n" +
 	"\fno_new_privs\x18\x19 \x01(\bR\n" +
-	"noNewPrivs\x12$\n" +
+	"noNewPrivs\x12\x1a\n" +
+	"\bdumpable\x18\x1a \x01(\rR\bdumpable\x12'\n" +
+	"\x0fchild_subreaper\x18\x1b \x01(\bR\x0echildSubreaper\x12!\n" +
+	"\fthp_disabled\x18\x1c \x01(\bR\vthpDisabled\x12$\n" +
 	"\x02ns\x182 \x01(\v2\x14.ckpt.image.v1.NsIdsR\x02ns\"5\n" +
 	"\aPageRun\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\x04R\x04addr\x12\x16\n" +

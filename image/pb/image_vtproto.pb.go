@@ -918,6 +918,13 @@ func (m *Thread) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.PdeathSignal != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.PdeathSignal))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0x90
+	}
 	if len(m.Cpus) > 0 {
 		var pksize2 int
 		for _, num := range m.Cpus {
@@ -1227,6 +1234,37 @@ func (m *Process) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		dAtA[i] = 0x3
 		i--
 		dAtA[i] = 0x92
+	}
+	if m.ThpDisabled {
+		i--
+		if m.ThpDisabled {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xe0
+	}
+	if m.ChildSubreaper {
+		i--
+		if m.ChildSubreaper {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xd8
+	}
+	if m.Dumpable != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Dumpable))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xd0
 	}
 	if m.NoNewPrivs {
 		i--
@@ -3773,6 +3811,9 @@ func (m *Thread) SizeVT() (n int) {
 		}
 		n += 2 + protohelpers.SizeOfVarint(uint64(l)) + l
 	}
+	if m.PdeathSignal != 0 {
+		n += 2 + protohelpers.SizeOfVarint(uint64(m.PdeathSignal))
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -3938,6 +3979,15 @@ func (m *Process) SizeVT() (n int) {
 		n += 2 + protohelpers.SizeOfVarint(uint64(m.MmOwner))
 	}
 	if m.NoNewPrivs {
+		n += 3
+	}
+	if m.Dumpable != 0 {
+		n += 2 + protohelpers.SizeOfVarint(uint64(m.Dumpable))
+	}
+	if m.ChildSubreaper {
+		n += 3
+	}
+	if m.ThpDisabled {
 		n += 3
 	}
 	if m.Ns != nil {
@@ -7601,6 +7651,25 @@ func (m *Thread) UnmarshalVT(dAtA []byte) error {
 			} else {
 				return fmt.Errorf("proto: wrong wireType = %d for field Cpus", wireType)
 			}
+		case 18:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field PdeathSignal", wireType)
+			}
+			m.PdeathSignal = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.PdeathSignal |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -8662,6 +8731,65 @@ func (m *Process) UnmarshalVT(dAtA []byte) error {
 				}
 			}
 			m.NoNewPrivs = bool(v != 0)
+		case 26:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Dumpable", wireType)
+			}
+			m.Dumpable = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.Dumpable |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 27:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field ChildSubreaper", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.ChildSubreaper = bool(v != 0)
+		case 28:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field ThpDisabled", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.ThpDisabled = bool(v != 0)
 		case 50:
 			if wireType != 2 {
 				return fmt.Errorf("proto: wrong wireType = %d for field Ns", wireType)

@@ -49,6 +49,7 @@ func workloads() []workload {
 		{name: "threads-trap-ignored", argv: cWorkload("threads", "-DIGNORE_TRAP"), signal: true, settle: 100 * time.Millisecond},
 		{name: "stack", argv: cWorkload("stack"), signal: true, settle: 20 * time.Millisecond},
 		{name: "advice", argv: cWorkload("advice"), signal: true, settle: 20 * time.Millisecond},
+		{name: "prctl", argv: cWorkload("prctl"), signal: true, settle: 20 * time.Millisecond},
 		{name: "evloop", argv: cWorkload("evloop"), signal: true, settle: 50 * time.Millisecond},
 		{name: "clone-vm", argv: cWorkload("clonevm"), signal: true, settle: 20 * time.Millisecond},
 		{name: "clone-files", argv: cWorkload("clonefiles"), signal: true, settle: 20 * time.Millisecond},
