@@ -2,6 +2,7 @@ package resource
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strings"
 	"unsafe"
@@ -51,6 +52,9 @@ func DumpThread(t *Target, tid int, regs ptrace.Regs, sigmask uint64) (*pb.Threa
 		return nil, fmt.Errorf("get robust futex list of %d: %w", tid, e)
 	}
 	th.RobustList, th.RobustListLen = head, hlen
+	if err := dumpSched(tid, th); err != nil {
+		return nil, err
+	}
 	// clear_child_tid into the scratch area's first 8 bytes, the
 	// alternate signal stack (a stack_t) into the 24 after, the parent
 	// death signal (an int) after that: one batch.
@@ -175,6 +179,73 @@ func RestorePdeathSignal(t *Target, th *pb.Thread) error {
 	}
 	if _, err := t.Syscall(unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(th.PdeathSignal)); err != nil {
 		return fmt.Errorf("set parent death signal %d: %w", th.PdeathSignal, err)
+	}
+	return nil
+}
+
+// Scheduling flags of struct sched_attr (linux/sched.h).
+const (
+	schedFlagResetOnFork = 0x01
+	schedFlagReclaim     = 0x02
+	schedFlagDLOverrun   = 0x04
+	schedFlagUtilMin     = 0x20
+	schedFlagUtilMax     = 0x40
+	schedCapacity        = 1024 // SCHED_CAPACITY_SCALE, the clamps' top
+	ioprioWhoProcess     = 1    // IOPRIO_WHO_PROCESS: one thread
+)
+
+// dumpSched reads the thread's scheduling policy, nice value, priority
+// and I/O priority, from outside: a batch job started under nice, chrt or
+// ionice keeps them.
+func dumpSched(tid int, th *pb.Thread) error {
+	a, err := unix.SchedGetAttr(tid, 0)
+	if err != nil {
+		return fmt.Errorf("read scheduling of thread %d: %w", tid, err)
+	}
+	th.Sched = &pb.Sched{Policy: a.Policy, Flags: a.Flags, Nice: a.Nice, Priority: a.Priority,
+		Runtime: a.Runtime, Deadline: a.Deadline, Period: a.Period, UtilMin: a.Util_min, UtilMax: a.Util_max}
+	prio, _, e := unix.Syscall(unix.SYS_IOPRIO_GET, ioprioWhoProcess, uintptr(tid), 0)
+	if e != 0 {
+		return fmt.Errorf("read I/O priority of thread %d: %w", tid, e)
+	}
+	th.Ioprio = uint32(prio)
+	return nil
+}
+
+// RestoreSched gives thread tid (th in the image) its scheduling and I/O
+// priority, from outside, just before it is let go (an idle or batch
+// policy would have slowed the restart). A priority the restarting user
+// may not take (a nice value below ckpt's without RLIMIT_NICE, a
+// real-time policy without CAP_SYS_NICE) is reported through warn, and
+// the thread keeps ckpt's.
+func RestoreSched(tid int, th *pb.Thread, warn func(string)) error {
+	if s := th.Sched; s != nil {
+		a := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: s.Policy,
+			Flags: s.Flags & (schedFlagResetOnFork | schedFlagReclaim | schedFlagDLOverrun),
+			Nice:  s.Nice, Priority: s.Priority, Runtime: s.Runtime, Deadline: s.Deadline, Period: s.Period}
+		if s.UtilMin > 0 || s.UtilMax > 0 && s.UtilMax < schedCapacity {
+			a.Flags |= schedFlagUtilMin | schedFlagUtilMax
+			a.Util_min, a.Util_max = s.UtilMin, s.UtilMax
+		}
+		if err := unix.SchedSetAttr(tid, &a, 0); err != nil {
+			if !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.EBUSY) { // EBUSY: no room for a deadline task
+				return fmt.Errorf("set scheduling of thread %d (policy %d, nice %d, priority %d): %w", th.Tid, s.Policy, s.Nice, s.Priority, err)
+			}
+			if warn != nil {
+				warn(fmt.Sprintf("thread %d had scheduling policy %d, nice %d, priority %d, which this user may not give it here (%v); it runs with ckpt's", th.Tid, s.Policy, s.Nice, s.Priority, err))
+			}
+		}
+	}
+	if th.Ioprio>>13 == 0 { // IOPRIO_CLASS_NONE: follows the nice value
+		return nil
+	}
+	if _, _, e := unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, uintptr(tid), uintptr(th.Ioprio)); e != 0 {
+		if e != unix.EPERM {
+			return fmt.Errorf("set I/O priority of thread %d (class %d, level %d): %w", th.Tid, th.Ioprio>>13, th.Ioprio&0x1fff, e)
+		}
+		if warn != nil {
+			warn(fmt.Sprintf("thread %d had I/O priority class %d level %d, which this user may not give it here; it runs with ckpt's", th.Tid, th.Ioprio>>13, th.Ioprio&0x1fff))
+		}
 	}
 	return nil
 }

@@ -1024,8 +1024,8 @@ func unmapStub(tk *task) error {
 	return nil
 }
 
-// release sets each thread's final signal mask and CPU set and detaches it
-// (the other threads first, the main thread last).
+// release sets each thread's final signal mask, CPU set and scheduling and
+// detaches it (the other threads first, the main thread last).
 func release(opts *Options, tk *task) error {
 	p := tk.p
 	if p.Zombie {
@@ -1037,6 +1037,9 @@ func release(opts *Options, tk *task) error {
 			return err
 		}
 		if err := restoreCPUs(opts, th, tid); err != nil {
+			return err
+		}
+		if err := resource.RestoreSched(tid, th, opts.Warn); err != nil {
 			return err
 		}
 	}

@@ -177,7 +177,7 @@ func (x Namespace_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Namespace_Kind.Descriptor instead.
 func (Namespace_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{19, 0}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{20, 0}
 }
 
 // Kind says how restart re-creates the mount.
@@ -251,7 +251,7 @@ func (x Mount_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Mount_Kind.Descriptor instead.
 func (Mount_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{38, 0}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{39, 0}
 }
 
 // Header is the first record of every image.
@@ -1360,7 +1360,13 @@ type Thread struct {
 	Cpus []uint64 `protobuf:"varint,17,rep,packed,name=cpus,proto3" json:"cpus,omitempty"`
 	// pdeath_signal is prctl(PR_SET_PDEATHSIG): the signal the thread gets
 	// when the thread that created it ends; 0 none.
-	PdeathSignal  uint32 `protobuf:"varint,18,opt,name=pdeath_signal,json=pdeathSignal,proto3" json:"pdeath_signal,omitempty"`
+	PdeathSignal uint32 `protobuf:"varint,18,opt,name=pdeath_signal,json=pdeathSignal,proto3" json:"pdeath_signal,omitempty"`
+	// sched is the thread's scheduling (sched_getattr); absent in older
+	// images, which leave it as the restart makes it.
+	Sched *Sched `protobuf:"bytes,19,opt,name=sched,proto3" json:"sched,omitempty"`
+	// ioprio is the thread's I/O priority (ioprio_get), class << 13 | level;
+	// class 0 (none: derived from the nice value) is not set at restart.
+	Ioprio        uint32 `protobuf:"varint,20,opt,name=ioprio,proto3" json:"ioprio,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1521,6 +1527,131 @@ func (x *Thread) GetPdeathSignal() uint32 {
 	return 0
 }
 
+func (x *Thread) GetSched() *Sched {
+	if x != nil {
+		return x.Sched
+	}
+	return nil
+}
+
+func (x *Thread) GetIoprio() uint32 {
+	if x != nil {
+		return x.Ioprio
+	}
+	return 0
+}
+
+// Sched is struct sched_attr: policy (SCHED_OTHER, BATCH, IDLE, FIFO, RR,
+// DEADLINE), flags (SCHED_FLAG_RESET_ON_FORK, utilization clamps), nice,
+// real-time priority, deadline parameters and utilization clamps.
+type Sched struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        uint32                 `protobuf:"varint,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	Flags         uint64                 `protobuf:"varint,2,opt,name=flags,proto3" json:"flags,omitempty"`
+	Nice          int32                  `protobuf:"varint,3,opt,name=nice,proto3" json:"nice,omitempty"`
+	Priority      uint32                 `protobuf:"varint,4,opt,name=priority,proto3" json:"priority,omitempty"`
+	Runtime       uint64                 `protobuf:"varint,5,opt,name=runtime,proto3" json:"runtime,omitempty"`
+	Deadline      uint64                 `protobuf:"varint,6,opt,name=deadline,proto3" json:"deadline,omitempty"`
+	Period        uint64                 `protobuf:"varint,7,opt,name=period,proto3" json:"period,omitempty"`
+	UtilMin       uint32                 `protobuf:"varint,8,opt,name=util_min,json=utilMin,proto3" json:"util_min,omitempty"`
+	UtilMax       uint32                 `protobuf:"varint,9,opt,name=util_max,json=utilMax,proto3" json:"util_max,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Sched) Reset() {
+	*x = Sched{}
+	mi := &file_image_pb_image_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Sched) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Sched) ProtoMessage() {}
+
+func (x *Sched) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Sched.ProtoReflect.Descriptor instead.
+func (*Sched) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Sched) GetPolicy() uint32 {
+	if x != nil {
+		return x.Policy
+	}
+	return 0
+}
+
+func (x *Sched) GetFlags() uint64 {
+	if x != nil {
+		return x.Flags
+	}
+	return 0
+}
+
+func (x *Sched) GetNice() int32 {
+	if x != nil {
+		return x.Nice
+	}
+	return 0
+}
+
+func (x *Sched) GetPriority() uint32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *Sched) GetRuntime() uint64 {
+	if x != nil {
+		return x.Runtime
+	}
+	return 0
+}
+
+func (x *Sched) GetDeadline() uint64 {
+	if x != nil {
+		return x.Deadline
+	}
+	return 0
+}
+
+func (x *Sched) GetPeriod() uint64 {
+	if x != nil {
+		return x.Period
+	}
+	return 0
+}
+
+func (x *Sched) GetUtilMin() uint32 {
+	if x != nil {
+		return x.UtilMin
+	}
+	return 0
+}
+
+func (x *Sched) GetUtilMax() uint32 {
+	if x != nil {
+		return x.UtilMax
+	}
+	return 0
+}
+
 type Fd struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Fd            int32                  `protobuf:"varint,1,opt,name=fd,proto3" json:"fd,omitempty"`
@@ -1532,7 +1663,7 @@ type Fd struct {
 
 func (x *Fd) Reset() {
 	*x = Fd{}
-	mi := &file_image_pb_image_proto_msgTypes[11]
+	mi := &file_image_pb_image_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1544,7 +1675,7 @@ func (x *Fd) String() string {
 func (*Fd) ProtoMessage() {}
 
 func (x *Fd) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[11]
+	mi := &file_image_pb_image_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1557,7 +1688,7 @@ func (x *Fd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fd.ProtoReflect.Descriptor instead.
 func (*Fd) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{11}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Fd) GetFd() int32 {
@@ -1598,7 +1729,7 @@ type Creds struct {
 
 func (x *Creds) Reset() {
 	*x = Creds{}
-	mi := &file_image_pb_image_proto_msgTypes[12]
+	mi := &file_image_pb_image_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1610,7 +1741,7 @@ func (x *Creds) String() string {
 func (*Creds) ProtoMessage() {}
 
 func (x *Creds) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[12]
+	mi := &file_image_pb_image_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1623,7 +1754,7 @@ func (x *Creds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Creds.ProtoReflect.Descriptor instead.
 func (*Creds) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{12}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Creds) GetUid() uint32 {
@@ -1747,7 +1878,7 @@ type Process struct {
 
 func (x *Process) Reset() {
 	*x = Process{}
-	mi := &file_image_pb_image_proto_msgTypes[13]
+	mi := &file_image_pb_image_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +1890,7 @@ func (x *Process) String() string {
 func (*Process) ProtoMessage() {}
 
 func (x *Process) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[13]
+	mi := &file_image_pb_image_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +1903,7 @@ func (x *Process) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Process.ProtoReflect.Descriptor instead.
 func (*Process) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{13}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Process) GetPid() uint32 {
@@ -1988,7 +2119,7 @@ type PageRun struct {
 
 func (x *PageRun) Reset() {
 	*x = PageRun{}
-	mi := &file_image_pb_image_proto_msgTypes[14]
+	mi := &file_image_pb_image_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2000,7 +2131,7 @@ func (x *PageRun) String() string {
 func (*PageRun) ProtoMessage() {}
 
 func (x *PageRun) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[14]
+	mi := &file_image_pb_image_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2013,7 +2144,7 @@ func (x *PageRun) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PageRun.ProtoReflect.Descriptor instead.
 func (*PageRun) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{14}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PageRun) GetAddr() uint64 {
@@ -2050,7 +2181,7 @@ type PageMap struct {
 
 func (x *PageMap) Reset() {
 	*x = PageMap{}
-	mi := &file_image_pb_image_proto_msgTypes[15]
+	mi := &file_image_pb_image_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2062,7 +2193,7 @@ func (x *PageMap) String() string {
 func (*PageMap) ProtoMessage() {}
 
 func (x *PageMap) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[15]
+	mi := &file_image_pb_image_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2075,7 +2206,7 @@ func (x *PageMap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PageMap.ProtoReflect.Descriptor instead.
 func (*PageMap) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{15}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PageMap) GetMmId() uint32 {
@@ -2124,7 +2255,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_image_pb_image_proto_msgTypes[16]
+	mi := &file_image_pb_image_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2136,7 +2267,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[16]
+	mi := &file_image_pb_image_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2149,7 +2280,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{16}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Error) GetMessage() string {
@@ -2175,7 +2306,7 @@ type Tail struct {
 
 func (x *Tail) Reset() {
 	*x = Tail{}
-	mi := &file_image_pb_image_proto_msgTypes[17]
+	mi := &file_image_pb_image_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2187,7 +2318,7 @@ func (x *Tail) String() string {
 func (*Tail) ProtoMessage() {}
 
 func (x *Tail) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[17]
+	mi := &file_image_pb_image_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2200,7 +2331,7 @@ func (x *Tail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tail.ProtoReflect.Descriptor instead.
 func (*Tail) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{17}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Tail) GetRecords() uint64 {
@@ -2257,7 +2388,7 @@ type NsIds struct {
 
 func (x *NsIds) Reset() {
 	*x = NsIds{}
-	mi := &file_image_pb_image_proto_msgTypes[18]
+	mi := &file_image_pb_image_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2269,7 +2400,7 @@ func (x *NsIds) String() string {
 func (*NsIds) ProtoMessage() {}
 
 func (x *NsIds) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[18]
+	mi := &file_image_pb_image_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2282,7 +2413,7 @@ func (x *NsIds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NsIds.ProtoReflect.Descriptor instead.
 func (*NsIds) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{18}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *NsIds) GetIpc() uint64 {
@@ -2360,7 +2491,7 @@ type Namespace struct {
 
 func (x *Namespace) Reset() {
 	*x = Namespace{}
-	mi := &file_image_pb_image_proto_msgTypes[19]
+	mi := &file_image_pb_image_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2372,7 +2503,7 @@ func (x *Namespace) String() string {
 func (*Namespace) ProtoMessage() {}
 
 func (x *Namespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[19]
+	mi := &file_image_pb_image_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2385,7 +2516,7 @@ func (x *Namespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Namespace.ProtoReflect.Descriptor instead.
 func (*Namespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{19}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Namespace) GetKind() Namespace_Kind {
@@ -2447,7 +2578,7 @@ type Leak struct {
 
 func (x *Leak) Reset() {
 	*x = Leak{}
-	mi := &file_image_pb_image_proto_msgTypes[20]
+	mi := &file_image_pb_image_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2459,7 +2590,7 @@ func (x *Leak) String() string {
 func (*Leak) ProtoMessage() {}
 
 func (x *Leak) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[20]
+	mi := &file_image_pb_image_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2472,7 +2603,7 @@ func (x *Leak) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Leak.ProtoReflect.Descriptor instead.
 func (*Leak) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{20}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Leak) GetPid() uint32 {
@@ -2512,7 +2643,7 @@ type Leaks struct {
 
 func (x *Leaks) Reset() {
 	*x = Leaks{}
-	mi := &file_image_pb_image_proto_msgTypes[21]
+	mi := &file_image_pb_image_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2524,7 +2655,7 @@ func (x *Leaks) String() string {
 func (*Leaks) ProtoMessage() {}
 
 func (x *Leaks) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[21]
+	mi := &file_image_pb_image_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2537,7 +2668,7 @@ func (x *Leaks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Leaks.ProtoReflect.Descriptor instead.
 func (*Leaks) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{21}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Leaks) GetLeaks() []*Leak {
@@ -2565,7 +2696,7 @@ type IpcPerm struct {
 
 func (x *IpcPerm) Reset() {
 	*x = IpcPerm{}
-	mi := &file_image_pb_image_proto_msgTypes[22]
+	mi := &file_image_pb_image_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2577,7 +2708,7 @@ func (x *IpcPerm) String() string {
 func (*IpcPerm) ProtoMessage() {}
 
 func (x *IpcPerm) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[22]
+	mi := &file_image_pb_image_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2590,7 +2721,7 @@ func (x *IpcPerm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpcPerm.ProtoReflect.Descriptor instead.
 func (*IpcPerm) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{22}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *IpcPerm) GetKey() int32 {
@@ -2662,7 +2793,7 @@ type ShmSegment struct {
 
 func (x *ShmSegment) Reset() {
 	*x = ShmSegment{}
-	mi := &file_image_pb_image_proto_msgTypes[23]
+	mi := &file_image_pb_image_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2674,7 +2805,7 @@ func (x *ShmSegment) String() string {
 func (*ShmSegment) ProtoMessage() {}
 
 func (x *ShmSegment) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[23]
+	mi := &file_image_pb_image_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2687,7 +2818,7 @@ func (x *ShmSegment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShmSegment.ProtoReflect.Descriptor instead.
 func (*ShmSegment) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{23}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ShmSegment) GetId() int32 {
@@ -2792,7 +2923,7 @@ type MsgQueue struct {
 
 func (x *MsgQueue) Reset() {
 	*x = MsgQueue{}
-	mi := &file_image_pb_image_proto_msgTypes[24]
+	mi := &file_image_pb_image_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2804,7 +2935,7 @@ func (x *MsgQueue) String() string {
 func (*MsgQueue) ProtoMessage() {}
 
 func (x *MsgQueue) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[24]
+	mi := &file_image_pb_image_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2817,7 +2948,7 @@ func (x *MsgQueue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MsgQueue.ProtoReflect.Descriptor instead.
 func (*MsgQueue) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{24}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *MsgQueue) GetId() int32 {
@@ -2893,7 +3024,7 @@ type Msg struct {
 
 func (x *Msg) Reset() {
 	*x = Msg{}
-	mi := &file_image_pb_image_proto_msgTypes[25]
+	mi := &file_image_pb_image_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2905,7 +3036,7 @@ func (x *Msg) String() string {
 func (*Msg) ProtoMessage() {}
 
 func (x *Msg) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[25]
+	mi := &file_image_pb_image_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2918,7 +3049,7 @@ func (x *Msg) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Msg.ProtoReflect.Descriptor instead.
 func (*Msg) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{25}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Msg) GetType() int64 {
@@ -2950,7 +3081,7 @@ type SemSet struct {
 
 func (x *SemSet) Reset() {
 	*x = SemSet{}
-	mi := &file_image_pb_image_proto_msgTypes[26]
+	mi := &file_image_pb_image_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2962,7 +3093,7 @@ func (x *SemSet) String() string {
 func (*SemSet) ProtoMessage() {}
 
 func (x *SemSet) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[26]
+	mi := &file_image_pb_image_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2975,7 +3106,7 @@ func (x *SemSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SemSet.ProtoReflect.Descriptor instead.
 func (*SemSet) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{26}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SemSet) GetId() int32 {
@@ -3025,7 +3156,7 @@ type SemUndo struct {
 
 func (x *SemUndo) Reset() {
 	*x = SemUndo{}
-	mi := &file_image_pb_image_proto_msgTypes[27]
+	mi := &file_image_pb_image_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3037,7 +3168,7 @@ func (x *SemUndo) String() string {
 func (*SemUndo) ProtoMessage() {}
 
 func (x *SemUndo) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[27]
+	mi := &file_image_pb_image_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3050,7 +3181,7 @@ func (x *SemUndo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SemUndo.ProtoReflect.Descriptor instead.
 func (*SemUndo) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{27}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SemUndo) GetPid() uint32 {
@@ -3078,7 +3209,7 @@ type SemAdj struct {
 
 func (x *SemAdj) Reset() {
 	*x = SemAdj{}
-	mi := &file_image_pb_image_proto_msgTypes[28]
+	mi := &file_image_pb_image_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3090,7 +3221,7 @@ func (x *SemAdj) String() string {
 func (*SemAdj) ProtoMessage() {}
 
 func (x *SemAdj) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[28]
+	mi := &file_image_pb_image_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3103,7 +3234,7 @@ func (x *SemAdj) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SemAdj.ProtoReflect.Descriptor instead.
 func (*SemAdj) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{28}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SemAdj) GetSemid() int32 {
@@ -3138,7 +3269,7 @@ type IpcSysctl struct {
 
 func (x *IpcSysctl) Reset() {
 	*x = IpcSysctl{}
-	mi := &file_image_pb_image_proto_msgTypes[29]
+	mi := &file_image_pb_image_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3150,7 +3281,7 @@ func (x *IpcSysctl) String() string {
 func (*IpcSysctl) ProtoMessage() {}
 
 func (x *IpcSysctl) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[29]
+	mi := &file_image_pb_image_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3163,7 +3294,7 @@ func (x *IpcSysctl) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpcSysctl.ProtoReflect.Descriptor instead.
 func (*IpcSysctl) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{29}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *IpcSysctl) GetName() string {
@@ -3202,7 +3333,7 @@ type IpcNamespace struct {
 
 func (x *IpcNamespace) Reset() {
 	*x = IpcNamespace{}
-	mi := &file_image_pb_image_proto_msgTypes[30]
+	mi := &file_image_pb_image_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3214,7 +3345,7 @@ func (x *IpcNamespace) String() string {
 func (*IpcNamespace) ProtoMessage() {}
 
 func (x *IpcNamespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[30]
+	mi := &file_image_pb_image_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3227,7 +3358,7 @@ func (x *IpcNamespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpcNamespace.ProtoReflect.Descriptor instead.
 func (*IpcNamespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{30}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *IpcNamespace) GetNs() uint64 {
@@ -3298,7 +3429,7 @@ type NetNamespace struct {
 
 func (x *NetNamespace) Reset() {
 	*x = NetNamespace{}
-	mi := &file_image_pb_image_proto_msgTypes[31]
+	mi := &file_image_pb_image_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3310,7 +3441,7 @@ func (x *NetNamespace) String() string {
 func (*NetNamespace) ProtoMessage() {}
 
 func (x *NetNamespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[31]
+	mi := &file_image_pb_image_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3323,7 +3454,7 @@ func (x *NetNamespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetNamespace.ProtoReflect.Descriptor instead.
 func (*NetNamespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{31}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *NetNamespace) GetId() uint64 {
@@ -3384,7 +3515,7 @@ type NetLink struct {
 
 func (x *NetLink) Reset() {
 	*x = NetLink{}
-	mi := &file_image_pb_image_proto_msgTypes[32]
+	mi := &file_image_pb_image_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3396,7 +3527,7 @@ func (x *NetLink) String() string {
 func (*NetLink) ProtoMessage() {}
 
 func (x *NetLink) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[32]
+	mi := &file_image_pb_image_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3409,7 +3540,7 @@ func (x *NetLink) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetLink.ProtoReflect.Descriptor instead.
 func (*NetLink) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{32}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *NetLink) GetIndex() uint32 {
@@ -3512,7 +3643,7 @@ type NetAddr struct {
 
 func (x *NetAddr) Reset() {
 	*x = NetAddr{}
-	mi := &file_image_pb_image_proto_msgTypes[33]
+	mi := &file_image_pb_image_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3524,7 +3655,7 @@ func (x *NetAddr) String() string {
 func (*NetAddr) ProtoMessage() {}
 
 func (x *NetAddr) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[33]
+	mi := &file_image_pb_image_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3537,7 +3668,7 @@ func (x *NetAddr) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetAddr.ProtoReflect.Descriptor instead.
 func (*NetAddr) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{33}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *NetAddr) GetIfindex() uint32 {
@@ -3661,7 +3792,7 @@ type NetRoute struct {
 
 func (x *NetRoute) Reset() {
 	*x = NetRoute{}
-	mi := &file_image_pb_image_proto_msgTypes[34]
+	mi := &file_image_pb_image_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3673,7 +3804,7 @@ func (x *NetRoute) String() string {
 func (*NetRoute) ProtoMessage() {}
 
 func (x *NetRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[34]
+	mi := &file_image_pb_image_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3686,7 +3817,7 @@ func (x *NetRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetRoute.ProtoReflect.Descriptor instead.
 func (*NetRoute) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{34}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *NetRoute) GetFamily() uint32 {
@@ -3826,7 +3957,7 @@ type NetMetric struct {
 
 func (x *NetMetric) Reset() {
 	*x = NetMetric{}
-	mi := &file_image_pb_image_proto_msgTypes[35]
+	mi := &file_image_pb_image_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3838,7 +3969,7 @@ func (x *NetMetric) String() string {
 func (*NetMetric) ProtoMessage() {}
 
 func (x *NetMetric) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[35]
+	mi := &file_image_pb_image_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3851,7 +3982,7 @@ func (x *NetMetric) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetMetric.ProtoReflect.Descriptor instead.
 func (*NetMetric) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{35}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *NetMetric) GetType() uint32 {
@@ -3880,7 +4011,7 @@ type NetSysctl struct {
 
 func (x *NetSysctl) Reset() {
 	*x = NetSysctl{}
-	mi := &file_image_pb_image_proto_msgTypes[36]
+	mi := &file_image_pb_image_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3892,7 +4023,7 @@ func (x *NetSysctl) String() string {
 func (*NetSysctl) ProtoMessage() {}
 
 func (x *NetSysctl) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[36]
+	mi := &file_image_pb_image_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3905,7 +4036,7 @@ func (x *NetSysctl) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetSysctl.ProtoReflect.Descriptor instead.
 func (*NetSysctl) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{36}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *NetSysctl) GetName() string {
@@ -3934,7 +4065,7 @@ type MountNamespace struct {
 
 func (x *MountNamespace) Reset() {
 	*x = MountNamespace{}
-	mi := &file_image_pb_image_proto_msgTypes[37]
+	mi := &file_image_pb_image_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3946,7 +4077,7 @@ func (x *MountNamespace) String() string {
 func (*MountNamespace) ProtoMessage() {}
 
 func (x *MountNamespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[37]
+	mi := &file_image_pb_image_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3959,7 +4090,7 @@ func (x *MountNamespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountNamespace.ProtoReflect.Descriptor instead.
 func (*MountNamespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{37}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *MountNamespace) GetMounts() []*Mount {
@@ -3999,7 +4130,7 @@ type Mount struct {
 
 func (x *Mount) Reset() {
 	*x = Mount{}
-	mi := &file_image_pb_image_proto_msgTypes[38]
+	mi := &file_image_pb_image_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4011,7 +4142,7 @@ func (x *Mount) String() string {
 func (*Mount) ProtoMessage() {}
 
 func (x *Mount) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[38]
+	mi := &file_image_pb_image_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4024,7 +4155,7 @@ func (x *Mount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mount.ProtoReflect.Descriptor instead.
 func (*Mount) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{38}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Mount) GetId() uint32 {
@@ -4158,7 +4289,7 @@ type MountFile struct {
 
 func (x *MountFile) Reset() {
 	*x = MountFile{}
-	mi := &file_image_pb_image_proto_msgTypes[39]
+	mi := &file_image_pb_image_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4170,7 +4301,7 @@ func (x *MountFile) String() string {
 func (*MountFile) ProtoMessage() {}
 
 func (x *MountFile) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[39]
+	mi := &file_image_pb_image_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4183,7 +4314,7 @@ func (x *MountFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountFile.ProtoReflect.Descriptor instead.
 func (*MountFile) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{39}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *MountFile) GetMountId() uint32 {
@@ -4406,7 +4537,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x0eSyscallRestart\x12\x0e\n" +
 	"\x02nr\x18\x01 \x01(\x03R\x02nr\x12!\n" +
 	"\fremaining_ns\x18\x02 \x01(\x03R\vremainingNs\x12'\n" +
-	"\x0fknown_remaining\x18\x03 \x01(\bR\x0eknownRemaining\"\xb1\x04\n" +
+	"\x0fknown_remaining\x18\x03 \x01(\bR\x0eknownRemaining\"\xf5\x04\n" +
 	"\x06Thread\x12\x10\n" +
 	"\x03tid\x18\x01 \x01(\rR\x03tid\x12\x12\n" +
 	"\x04comm\x18\x02 \x01(\tR\x04comm\x12\x12\n" +
@@ -4428,7 +4559,19 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x0fclear_child_tid\x18\x0f \x01(\x04R\rclearChildTid\x127\n" +
 	"\arestart\x18\x10 \x01(\v2\x1d.ckpt.image.v1.SyscallRestartR\arestart\x12\x12\n" +
 	"\x04cpus\x18\x11 \x03(\x04R\x04cpus\x12#\n" +
-	"\rpdeath_signal\x18\x12 \x01(\rR\fpdeathSignal\"G\n" +
+	"\rpdeath_signal\x18\x12 \x01(\rR\fpdeathSignal\x12*\n" +
+	"\x05sched\x18\x13 \x01(\v2\x14.ckpt.image.v1.SchedR\x05sched\x12\x16\n" +
+	"\x06ioprio\x18\x14 \x01(\rR\x06ioprio\"\xe9\x01\n" +
+	"\x05Sched\x12\x16\n" +
+	"\x06policy\x18\x01 \x01(\rR\x06policy\x12\x14\n" +
+	"\x05flags\x18\x02 \x01(\x04R\x05flags\x12\x12\n" +
+	"\x04nice\x18\x03 \x01(\x05R\x04nice\x12\x1a\n" +
+	"\bpriority\x18\x04 \x01(\rR\bpriority\x12\x18\n" +
+	"\aruntime\x18\x05 \x01(\x04R\aruntime\x12\x1a\n" +
+	"\bdeadline\x18\x06 \x01(\x04R\bdeadline\x12\x16\n" +
+	"\x06period\x18\a \x01(\x04R\x06period\x12\x19\n" +
+	"\butil_min\x18\b \x01(\rR\autilMin\x12\x19\n" +
+	"\butil_max\x18\t \x01(\rR\autilMax\"G\n" +
 	"\x02Fd\x12\x0e\n" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x17\n" +
 	"\afile_id\x18\x02 \x01(\rR\x06fileId\x12\x18\n" +
@@ -4714,7 +4857,7 @@ func file_image_pb_image_proto_rawDescGZIP() []byte {
 }
 
 var file_image_pb_image_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_image_pb_image_proto_goTypes = []any{
 	(File_Kind)(0),         // 0: ckpt.image.v1.File.Kind
 	(Namespace_Kind)(0),    // 1: ckpt.image.v1.Namespace.Kind
@@ -4730,75 +4873,77 @@ var file_image_pb_image_proto_goTypes = []any{
 	(*Rlimit)(nil),         // 11: ckpt.image.v1.Rlimit
 	(*SyscallRestart)(nil), // 12: ckpt.image.v1.SyscallRestart
 	(*Thread)(nil),         // 13: ckpt.image.v1.Thread
-	(*Fd)(nil),             // 14: ckpt.image.v1.Fd
-	(*Creds)(nil),          // 15: ckpt.image.v1.Creds
-	(*Process)(nil),        // 16: ckpt.image.v1.Process
-	(*PageRun)(nil),        // 17: ckpt.image.v1.PageRun
-	(*PageMap)(nil),        // 18: ckpt.image.v1.PageMap
-	(*Error)(nil),          // 19: ckpt.image.v1.Error
-	(*Tail)(nil),           // 20: ckpt.image.v1.Tail
-	(*NsIds)(nil),          // 21: ckpt.image.v1.NsIds
-	(*Namespace)(nil),      // 22: ckpt.image.v1.Namespace
-	(*Leak)(nil),           // 23: ckpt.image.v1.Leak
-	(*Leaks)(nil),          // 24: ckpt.image.v1.Leaks
-	(*IpcPerm)(nil),        // 25: ckpt.image.v1.IpcPerm
-	(*ShmSegment)(nil),     // 26: ckpt.image.v1.ShmSegment
-	(*MsgQueue)(nil),       // 27: ckpt.image.v1.MsgQueue
-	(*Msg)(nil),            // 28: ckpt.image.v1.Msg
-	(*SemSet)(nil),         // 29: ckpt.image.v1.SemSet
-	(*SemUndo)(nil),        // 30: ckpt.image.v1.SemUndo
-	(*SemAdj)(nil),         // 31: ckpt.image.v1.SemAdj
-	(*IpcSysctl)(nil),      // 32: ckpt.image.v1.IpcSysctl
-	(*IpcNamespace)(nil),   // 33: ckpt.image.v1.IpcNamespace
-	(*NetNamespace)(nil),   // 34: ckpt.image.v1.NetNamespace
-	(*NetLink)(nil),        // 35: ckpt.image.v1.NetLink
-	(*NetAddr)(nil),        // 36: ckpt.image.v1.NetAddr
-	(*NetRoute)(nil),       // 37: ckpt.image.v1.NetRoute
-	(*NetMetric)(nil),      // 38: ckpt.image.v1.NetMetric
-	(*NetSysctl)(nil),      // 39: ckpt.image.v1.NetSysctl
-	(*MountNamespace)(nil), // 40: ckpt.image.v1.MountNamespace
-	(*Mount)(nil),          // 41: ckpt.image.v1.Mount
-	(*MountFile)(nil),      // 42: ckpt.image.v1.MountFile
+	(*Sched)(nil),          // 14: ckpt.image.v1.Sched
+	(*Fd)(nil),             // 15: ckpt.image.v1.Fd
+	(*Creds)(nil),          // 16: ckpt.image.v1.Creds
+	(*Process)(nil),        // 17: ckpt.image.v1.Process
+	(*PageRun)(nil),        // 18: ckpt.image.v1.PageRun
+	(*PageMap)(nil),        // 19: ckpt.image.v1.PageMap
+	(*Error)(nil),          // 20: ckpt.image.v1.Error
+	(*Tail)(nil),           // 21: ckpt.image.v1.Tail
+	(*NsIds)(nil),          // 22: ckpt.image.v1.NsIds
+	(*Namespace)(nil),      // 23: ckpt.image.v1.Namespace
+	(*Leak)(nil),           // 24: ckpt.image.v1.Leak
+	(*Leaks)(nil),          // 25: ckpt.image.v1.Leaks
+	(*IpcPerm)(nil),        // 26: ckpt.image.v1.IpcPerm
+	(*ShmSegment)(nil),     // 27: ckpt.image.v1.ShmSegment
+	(*MsgQueue)(nil),       // 28: ckpt.image.v1.MsgQueue
+	(*Msg)(nil),            // 29: ckpt.image.v1.Msg
+	(*SemSet)(nil),         // 30: ckpt.image.v1.SemSet
+	(*SemUndo)(nil),        // 31: ckpt.image.v1.SemUndo
+	(*SemAdj)(nil),         // 32: ckpt.image.v1.SemAdj
+	(*IpcSysctl)(nil),      // 33: ckpt.image.v1.IpcSysctl
+	(*IpcNamespace)(nil),   // 34: ckpt.image.v1.IpcNamespace
+	(*NetNamespace)(nil),   // 35: ckpt.image.v1.NetNamespace
+	(*NetLink)(nil),        // 36: ckpt.image.v1.NetLink
+	(*NetAddr)(nil),        // 37: ckpt.image.v1.NetAddr
+	(*NetRoute)(nil),       // 38: ckpt.image.v1.NetRoute
+	(*NetMetric)(nil),      // 39: ckpt.image.v1.NetMetric
+	(*NetSysctl)(nil),      // 40: ckpt.image.v1.NetSysctl
+	(*MountNamespace)(nil), // 41: ckpt.image.v1.MountNamespace
+	(*Mount)(nil),          // 42: ckpt.image.v1.Mount
+	(*MountFile)(nil),      // 43: ckpt.image.v1.MountFile
 }
 var file_image_pb_image_proto_depIdxs = []int32{
-	21, // 0: ckpt.image.v1.Header.outer_ns:type_name -> ckpt.image.v1.NsIds
+	22, // 0: ckpt.image.v1.Header.outer_ns:type_name -> ckpt.image.v1.NsIds
 	0,  // 1: ckpt.image.v1.File.kind:type_name -> ckpt.image.v1.File.Kind
 	6,  // 2: ckpt.image.v1.File.epoll_items:type_name -> ckpt.image.v1.EpollItem
 	5,  // 3: ckpt.image.v1.File.inotify_watches:type_name -> ckpt.image.v1.InotifyWatch
 	7,  // 4: ckpt.image.v1.Mm.vmas:type_name -> ckpt.image.v1.Vma
 	12, // 5: ckpt.image.v1.Thread.restart:type_name -> ckpt.image.v1.SyscallRestart
-	14, // 6: ckpt.image.v1.Process.fds:type_name -> ckpt.image.v1.Fd
-	9,  // 7: ckpt.image.v1.Process.sigactions:type_name -> ckpt.image.v1.Sigaction
-	10, // 8: ckpt.image.v1.Process.itimers:type_name -> ckpt.image.v1.Itimer
-	11, // 9: ckpt.image.v1.Process.rlimits:type_name -> ckpt.image.v1.Rlimit
-	13, // 10: ckpt.image.v1.Process.threads:type_name -> ckpt.image.v1.Thread
-	15, // 11: ckpt.image.v1.Process.creds:type_name -> ckpt.image.v1.Creds
-	21, // 12: ckpt.image.v1.Process.ns:type_name -> ckpt.image.v1.NsIds
-	17, // 13: ckpt.image.v1.PageMap.runs:type_name -> ckpt.image.v1.PageRun
-	1,  // 14: ckpt.image.v1.Namespace.kind:type_name -> ckpt.image.v1.Namespace.Kind
-	23, // 15: ckpt.image.v1.Leaks.leaks:type_name -> ckpt.image.v1.Leak
-	25, // 16: ckpt.image.v1.ShmSegment.perm:type_name -> ckpt.image.v1.IpcPerm
-	25, // 17: ckpt.image.v1.MsgQueue.perm:type_name -> ckpt.image.v1.IpcPerm
-	28, // 18: ckpt.image.v1.MsgQueue.messages:type_name -> ckpt.image.v1.Msg
-	25, // 19: ckpt.image.v1.SemSet.perm:type_name -> ckpt.image.v1.IpcPerm
-	31, // 20: ckpt.image.v1.SemUndo.adj:type_name -> ckpt.image.v1.SemAdj
-	26, // 21: ckpt.image.v1.IpcNamespace.shm:type_name -> ckpt.image.v1.ShmSegment
-	27, // 22: ckpt.image.v1.IpcNamespace.msg:type_name -> ckpt.image.v1.MsgQueue
-	29, // 23: ckpt.image.v1.IpcNamespace.sem:type_name -> ckpt.image.v1.SemSet
-	32, // 24: ckpt.image.v1.IpcNamespace.sysctls:type_name -> ckpt.image.v1.IpcSysctl
-	30, // 25: ckpt.image.v1.IpcNamespace.undo:type_name -> ckpt.image.v1.SemUndo
-	35, // 26: ckpt.image.v1.NetNamespace.links:type_name -> ckpt.image.v1.NetLink
-	36, // 27: ckpt.image.v1.NetNamespace.addrs:type_name -> ckpt.image.v1.NetAddr
-	37, // 28: ckpt.image.v1.NetNamespace.routes:type_name -> ckpt.image.v1.NetRoute
-	39, // 29: ckpt.image.v1.NetNamespace.sysctls:type_name -> ckpt.image.v1.NetSysctl
-	38, // 30: ckpt.image.v1.NetRoute.metrics:type_name -> ckpt.image.v1.NetMetric
-	41, // 31: ckpt.image.v1.MountNamespace.mounts:type_name -> ckpt.image.v1.Mount
-	2,  // 32: ckpt.image.v1.Mount.kind:type_name -> ckpt.image.v1.Mount.Kind
-	33, // [33:33] is the sub-list for method output_type
-	33, // [33:33] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	14, // 6: ckpt.image.v1.Thread.sched:type_name -> ckpt.image.v1.Sched
+	15, // 7: ckpt.image.v1.Process.fds:type_name -> ckpt.image.v1.Fd
+	9,  // 8: ckpt.image.v1.Process.sigactions:type_name -> ckpt.image.v1.Sigaction
+	10, // 9: ckpt.image.v1.Process.itimers:type_name -> ckpt.image.v1.Itimer
+	11, // 10: ckpt.image.v1.Process.rlimits:type_name -> ckpt.image.v1.Rlimit
+	13, // 11: ckpt.image.v1.Process.threads:type_name -> ckpt.image.v1.Thread
+	16, // 12: ckpt.image.v1.Process.creds:type_name -> ckpt.image.v1.Creds
+	22, // 13: ckpt.image.v1.Process.ns:type_name -> ckpt.image.v1.NsIds
+	18, // 14: ckpt.image.v1.PageMap.runs:type_name -> ckpt.image.v1.PageRun
+	1,  // 15: ckpt.image.v1.Namespace.kind:type_name -> ckpt.image.v1.Namespace.Kind
+	24, // 16: ckpt.image.v1.Leaks.leaks:type_name -> ckpt.image.v1.Leak
+	26, // 17: ckpt.image.v1.ShmSegment.perm:type_name -> ckpt.image.v1.IpcPerm
+	26, // 18: ckpt.image.v1.MsgQueue.perm:type_name -> ckpt.image.v1.IpcPerm
+	29, // 19: ckpt.image.v1.MsgQueue.messages:type_name -> ckpt.image.v1.Msg
+	26, // 20: ckpt.image.v1.SemSet.perm:type_name -> ckpt.image.v1.IpcPerm
+	32, // 21: ckpt.image.v1.SemUndo.adj:type_name -> ckpt.image.v1.SemAdj
+	27, // 22: ckpt.image.v1.IpcNamespace.shm:type_name -> ckpt.image.v1.ShmSegment
+	28, // 23: ckpt.image.v1.IpcNamespace.msg:type_name -> ckpt.image.v1.MsgQueue
+	30, // 24: ckpt.image.v1.IpcNamespace.sem:type_name -> ckpt.image.v1.SemSet
+	33, // 25: ckpt.image.v1.IpcNamespace.sysctls:type_name -> ckpt.image.v1.IpcSysctl
+	31, // 26: ckpt.image.v1.IpcNamespace.undo:type_name -> ckpt.image.v1.SemUndo
+	36, // 27: ckpt.image.v1.NetNamespace.links:type_name -> ckpt.image.v1.NetLink
+	37, // 28: ckpt.image.v1.NetNamespace.addrs:type_name -> ckpt.image.v1.NetAddr
+	38, // 29: ckpt.image.v1.NetNamespace.routes:type_name -> ckpt.image.v1.NetRoute
+	40, // 30: ckpt.image.v1.NetNamespace.sysctls:type_name -> ckpt.image.v1.NetSysctl
+	39, // 31: ckpt.image.v1.NetRoute.metrics:type_name -> ckpt.image.v1.NetMetric
+	42, // 32: ckpt.image.v1.MountNamespace.mounts:type_name -> ckpt.image.v1.Mount
+	2,  // 33: ckpt.image.v1.Mount.kind:type_name -> ckpt.image.v1.Mount.Kind
+	34, // [34:34] is the sub-list for method output_type
+	34, // [34:34] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_image_pb_image_proto_init() }
@@ -4812,7 +4957,7 @@ func file_image_pb_image_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_image_pb_image_proto_rawDesc), len(file_image_pb_image_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   40,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

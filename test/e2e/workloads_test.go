@@ -50,6 +50,7 @@ func workloads() []workload {
 		{name: "stack", argv: cWorkload("stack"), signal: true, settle: 20 * time.Millisecond},
 		{name: "advice", argv: cWorkload("advice"), signal: true, settle: 20 * time.Millisecond},
 		{name: "prctl", argv: cWorkload("prctl"), signal: true, settle: 20 * time.Millisecond},
+		{name: "sched", argv: cWorkload("sched"), signal: true, settle: 20 * time.Millisecond},
 		{name: "evloop", argv: cWorkload("evloop"), signal: true, settle: 50 * time.Millisecond},
 		{name: "clone-vm", argv: cWorkload("clonevm"), signal: true, settle: 20 * time.Millisecond},
 		{name: "clone-files", argv: cWorkload("clonefiles"), signal: true, settle: 20 * time.Millisecond},
