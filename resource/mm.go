@@ -12,6 +12,7 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ckpt/ckpt/image"
 	"github.com/ckpt/ckpt/image/pb"
@@ -158,6 +159,10 @@ func DumpMm(pid int, brk uint64, files *FileSet, pre []proc.Vma) (*pb.Mm, error)
 	if err != nil {
 		return nil, err
 	}
+	filter, err := readProcNumber(pid, "coredump_filter", 16)
+	if err != nil {
+		return nil, err
+	}
 	exe, err := os.Readlink(proc.Path(pid, "exe"))
 	if err != nil {
 		return nil, err
@@ -175,7 +180,7 @@ func DumpMm(pid int, brk uint64, files *FileSet, pre []proc.Vma) (*pb.Mm, error)
 		StartCode: st.StartCode, EndCode: st.EndCode, StartData: st.StartData, EndData: st.EndData,
 		StartBrk: st.StartBrk, Brk: brk, StartStack: st.StartStack,
 		ArgStart: st.ArgStart, ArgEnd: st.ArgEnd, EnvStart: st.EnvStart, EnvEnd: st.EnvEnd,
-		Auxv: auxv, ExeFileId: exeID,
+		Auxv: auxv, ExeFileId: exeID, CoredumpFilter: proto.Uint32(uint32(filter)),
 	}
 	for _, v := range vmas {
 		if v.Name == "[vsyscall]" {
@@ -1002,9 +1007,15 @@ type prctlMmMap struct {
 
 const prSetMmMap = 14
 
-// FinishMm sets the final protections and the mm fields (brk, arg/env,
-// auxv, exe).
+// FinishMm sets the final protections, the mm fields (brk, arg/env,
+// auxv, exe) and the core dump filter.
 func FinishMm(t *Target, mm *pb.Mm, files *OpenFiles, pl *FdPuller) error {
+	if mm.CoredumpFilter != nil {
+		// From outside; the stub inherited ckpt's.
+		if err := writeProc(t.Pid, "coredump_filter", fmt.Sprintf("%#x", *mm.CoredumpFilter)); err != nil {
+			return fmt.Errorf("set core dump filter %#x: %w", *mm.CoredumpFilter, err)
+		}
+	}
 	exe, _, err := files.Get(mm.ExeFileId)
 	if err != nil {
 		return fmt.Errorf("exe: %w", err)

@@ -1,12 +1,14 @@
 package resource
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ckpt/ckpt/image/pb"
 	"github.com/ckpt/ckpt/proc"
@@ -61,6 +63,11 @@ func DumpTask(pid int, p *pb.Process) error {
 	p.Creds = c
 	p.NoNewPrivs = st["NoNewPrivs"] == "1"
 	p.ThpDisabled = st["THP_enabled"] == "0"
+	adj, err := readProcNumber(pid, "oom_score_adj", 10)
+	if err != nil {
+		return err
+	}
+	p.OomScoreAdj = proto.Int32(int32(adj))
 	// /proc/PID/limits rather than prlimit(2): the latter needs
 	// CAP_SYS_RESOURCE for another user's process.
 	limits, err := proc.ReadFile(proc.Path(pid, "limits"))
@@ -131,6 +138,49 @@ func RestoreTask(t *Target, p *pb.Process) error {
 	}
 	_, err = t.Batch(calls)
 	return err
+}
+
+// readProcNumber reads a /proc/PID file that holds one number in base.
+func readProcNumber(pid int, name string, base int) (int64, error) {
+	b, err := proc.ReadFile(proc.Path(pid, name))
+	if err != nil {
+		return 0, err
+	}
+	v, err := strconv.ParseInt(strings.TrimSpace(string(b)), base, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s of %d: %w", name, pid, err)
+	}
+	return v, nil
+}
+
+// writeProc writes value to /proc/PID/name.
+func writeProc(pid int, name, value string) error {
+	return os.WriteFile(proc.Path(pid, name), []byte(value), 0)
+}
+
+// RestoreOomScoreAdj gives the process its OOM score adjustment, from
+// outside (the stub inherited ckpt's). Lowering it below what ckpt has
+// needs CAP_SYS_RESOURCE: without it, warn says so and the process keeps
+// ckpt's.
+func RestoreOomScoreAdj(pid int, p *pb.Process, warn func(string)) error {
+	if p.OomScoreAdj == nil {
+		return nil
+	}
+	v := *p.OomScoreAdj
+	if v < -1000 || v > 1000 {
+		return fmt.Errorf("image damaged: oom_score_adj %d", v)
+	}
+	err := writeProc(pid, "oom_score_adj", strconv.Itoa(int(v)))
+	if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
+		if warn != nil {
+			warn(fmt.Sprintf("process %d had oom_score_adj %d, lower than this user may set (%v); it keeps ckpt's", p.Pid, v, err))
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("set oom_score_adj %d: %w", v, err)
+	}
+	return nil
 }
 
 // DumpPrctls reads, in one batch of injected calls, the program break and

@@ -924,6 +924,9 @@ func finish(opts *Options, tk *task, files *resource.OpenFiles) error {
 	if err := resource.RestoreTask(t, p); err != nil {
 		return err
 	}
+	if err := resource.RestoreOomScoreAdj(t.Pid, p, opts.Warn); err != nil {
+		return err
+	}
 	if tk.mmOwner == nil {
 		if err := resource.LockMm(t, mm); err != nil {
 			return err

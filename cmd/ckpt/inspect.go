@@ -307,6 +307,9 @@ func processAttrs(p *pb.Process) string {
 	if p.NoNewPrivs {
 		as = append(as, "no_new_privs")
 	}
+	if p.OomScoreAdj != nil && *p.OomScoreAdj != 0 {
+		as = append(as, fmt.Sprintf("oom_score_adj %d", *p.OomScoreAdj))
+	}
 	return strings.Join(as, ", ")
 }
 

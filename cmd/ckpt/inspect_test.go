@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/ckpt/ckpt/image"
 	"github.com/ckpt/ckpt/image/pb"
 )
@@ -77,6 +79,8 @@ func TestProcessAttrs(t *testing.T) {
 		{&pb.Process{Dumpable: 2}, ""},
 		{&pb.Process{Dumpable: 1, ChildSubreaper: true}, "not dumpable, child subreaper"},
 		{&pb.Process{Dumpable: 3, ThpDisabled: true, NoNewPrivs: true}, "dumpable by root only, transparent huge pages disabled, no_new_privs"},
+		{&pb.Process{OomScoreAdj: proto.Int32(0)}, ""},
+		{&pb.Process{OomScoreAdj: proto.Int32(-500)}, "oom_score_adj -500"},
 	} {
 		if got := processAttrs(tc.p); got != tc.want {
 			t.Errorf("processAttrs(%v) = %q, want %q", tc.p, got, tc.want)

@@ -930,9 +930,12 @@ type Mm struct {
 	EnvEnd     uint64                 `protobuf:"varint,13,opt,name=env_end,json=envEnd,proto3" json:"env_end,omitempty"`
 	Auxv       []byte                 `protobuf:"bytes,14,opt,name=auxv,proto3" json:"auxv,omitempty"`
 	// exe_file_id refers to the File of /proc/PID/exe.
-	ExeFileId     uint32 `protobuf:"varint,15,opt,name=exe_file_id,json=exeFileId,proto3" json:"exe_file_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ExeFileId uint32 `protobuf:"varint,15,opt,name=exe_file_id,json=exeFileId,proto3" json:"exe_file_id,omitempty"`
+	// coredump_filter is /proc/PID/coredump_filter, which mapped memory a
+	// core dump holds; absent in older images.
+	CoredumpFilter *uint32 `protobuf:"varint,16,opt,name=coredump_filter,json=coredumpFilter,proto3,oneof" json:"coredump_filter,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Mm) Reset() {
@@ -1066,6 +1069,13 @@ func (x *Mm) GetAuxv() []byte {
 func (x *Mm) GetExeFileId() uint32 {
 	if x != nil {
 		return x.ExeFileId
+	}
+	return 0
+}
+
+func (x *Mm) GetCoredumpFilter() uint32 {
+	if x != nil && x.CoredumpFilter != nil {
+		return *x.CoredumpFilter
 	}
 	return 0
 }
@@ -1870,6 +1880,8 @@ type Process struct {
 	ChildSubreaper bool `protobuf:"varint,27,opt,name=child_subreaper,json=childSubreaper,proto3" json:"child_subreaper,omitempty"`
 	// thp_disabled is prctl(PR_SET_THP_DISABLE) (status "THP_enabled: 0").
 	ThpDisabled bool `protobuf:"varint,28,opt,name=thp_disabled,json=thpDisabled,proto3" json:"thp_disabled,omitempty"`
+	// oom_score_adj is /proc/PID/oom_score_adj; absent in older images.
+	OomScoreAdj *int32 `protobuf:"varint,29,opt,name=oom_score_adj,json=oomScoreAdj,proto3,oneof" json:"oom_score_adj,omitempty"`
 	// ns are the namespaces the process is in.
 	Ns            *NsIds `protobuf:"bytes,50,opt,name=ns,proto3" json:"ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -2100,6 +2112,13 @@ func (x *Process) GetThpDisabled() bool {
 		return x.ThpDisabled
 	}
 	return false
+}
+
+func (x *Process) GetOomScoreAdj() int32 {
+	if x != nil && x.OomScoreAdj != nil {
+		return *x.OomScoreAdj
+	}
+	return 0
 }
 
 func (x *Process) GetNs() *NsIds {
@@ -4498,7 +4517,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x06locked\x18\r \x01(\bR\x06locked\x12\x19\n" +
 	"\bsysv_shm\x18d \x01(\bR\asysvShm\x12\x1d\n" +
 	"\n" +
-	"sysv_shmid\x18e \x01(\x05R\tsysvShmid\"\xa0\x03\n" +
+	"sysv_shmid\x18e \x01(\x05R\tsysvShmid\"\xe2\x03\n" +
 	"\x02Mm\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12&\n" +
 	"\x04vmas\x18\x02 \x03(\v2\x12.ckpt.image.v1.VmaR\x04vmas\x12\x1d\n" +
@@ -4518,7 +4537,9 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\tenv_start\x18\f \x01(\x04R\benvStart\x12\x17\n" +
 	"\aenv_end\x18\r \x01(\x04R\x06envEnd\x12\x12\n" +
 	"\x04auxv\x18\x0e \x01(\fR\x04auxv\x12\x1e\n" +
-	"\vexe_file_id\x18\x0f \x01(\rR\texeFileId\"\x81\x01\n" +
+	"\vexe_file_id\x18\x0f \x01(\rR\texeFileId\x12,\n" +
+	"\x0fcoredump_filter\x18\x10 \x01(\rH\x00R\x0ecoredumpFilter\x88\x01\x01B\x12\n" +
+	"\x10_coredump_filter\"\x81\x01\n" +
 	"\tSigaction\x12\x14\n" +
 	"\x05signo\x18\x01 \x01(\rR\x05signo\x12\x18\n" +
 	"\ahandler\x18\x02 \x01(\x04R\ahandler\x12\x14\n" +
@@ -4585,7 +4606,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x04egid\x18\x06 \x01(\rR\x04egid\x12\x12\n" +
 	"\x04sgid\x18\a \x01(\rR\x04sgid\x12\x14\n" +
 	"\x05fsgid\x18\b \x01(\rR\x05fsgid\x12\x16\n" +
-	"\x06groups\x18\t \x03(\rR\x06groups\"\xaa\a\n" +
+	"\x06groups\x18\t \x03(\rR\x06groups\"\xe5\a\n" +
 	"\aProcess\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x12\n" +
 	"\x04ppid\x18\x02 \x01(\rR\x04ppid\x12\x12\n" +
@@ -4620,8 +4641,10 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"noNewPrivs\x12\x1a\n" +
 	"\bdumpable\x18\x1a \x01(\rR\bdumpable\x12'\n" +
 	"\x0fchild_subreaper\x18\x1b \x01(\bR\x0echildSubreaper\x12!\n" +
-	"\fthp_disabled\x18\x1c \x01(\bR\vthpDisabled\x12$\n" +
-	"\x02ns\x182 \x01(\v2\x14.ckpt.image.v1.NsIdsR\x02ns\"5\n" +
+	"\fthp_disabled\x18\x1c \x01(\bR\vthpDisabled\x12'\n" +
+	"\room_score_adj\x18\x1d \x01(\x05H\x00R\voomScoreAdj\x88\x01\x01\x12$\n" +
+	"\x02ns\x182 \x01(\v2\x14.ckpt.image.v1.NsIdsR\x02nsB\x10\n" +
+	"\x0e_oom_score_adj\"5\n" +
 	"\aPageRun\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\x04R\x04addr\x12\x16\n" +
 	"\x06npages\x18\x02 \x01(\x04R\x06npages\"\x9d\x01\n" +
@@ -4951,6 +4974,8 @@ func file_image_pb_image_proto_init() {
 	if File_image_pb_image_proto != nil {
 		return
 	}
+	file_image_pb_image_proto_msgTypes[5].OneofWrappers = []any{}
+	file_image_pb_image_proto_msgTypes[14].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

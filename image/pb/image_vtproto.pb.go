@@ -594,6 +594,13 @@ func (m *Mm) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.CoredumpFilter != nil {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(*m.CoredumpFilter))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0x80
+	}
 	if m.ExeFileId != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.ExeFileId))
 		i--
@@ -1331,6 +1338,13 @@ func (m *Process) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		dAtA[i] = 0x3
 		i--
 		dAtA[i] = 0x92
+	}
+	if m.OomScoreAdj != nil {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(*m.OomScoreAdj))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xe8
 	}
 	if m.ThpDisabled {
 		i--
@@ -3754,6 +3768,9 @@ func (m *Mm) SizeVT() (n int) {
 	if m.ExeFileId != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.ExeFileId))
 	}
+	if m.CoredumpFilter != nil {
+		n += 2 + protohelpers.SizeOfVarint(uint64(*m.CoredumpFilter))
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -4130,6 +4147,9 @@ func (m *Process) SizeVT() (n int) {
 	}
 	if m.ThpDisabled {
 		n += 3
+	}
+	if m.OomScoreAdj != nil {
+		n += 2 + protohelpers.SizeOfVarint(uint64(*m.OomScoreAdj))
 	}
 	if m.Ns != nil {
 		l = m.Ns.SizeVT()
@@ -6817,6 +6837,26 @@ func (m *Mm) UnmarshalVT(dAtA []byte) error {
 					break
 				}
 			}
+		case 16:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field CoredumpFilter", wireType)
+			}
+			var v uint32
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.CoredumpFilter = &v
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -9208,6 +9248,26 @@ func (m *Process) UnmarshalVT(dAtA []byte) error {
 				}
 			}
 			m.ThpDisabled = bool(v != 0)
+		case 29:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field OomScoreAdj", wireType)
+			}
+			var v int32
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.OomScoreAdj = &v
 		case 50:
 			if wireType != 2 {
 				return fmt.Errorf("proto: wrong wireType = %d for field Ns", wireType)

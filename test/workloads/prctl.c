@@ -1,20 +1,34 @@
 // build:
-// prctl: process attributes only prctl shows. The root is a child
-// subreaper, not dumpable, and has transparent huge pages disabled. Its
+// prctl: process attributes only prctl (or a /proc file of their own)
+// shows. The root is a child subreaper, not dumpable, has transparent
+// huge pages disabled, an OOM score adjustment of 300 and a core dump
+// filter of 0x7f. Its
 // child drops to uid and gid 65534 (which makes it undumpable, as any
 // change of credentials does), makes itself dumpable again, and asks for
 // SIGUSR1 when its parent dies. On SIGUSR2 the root checks its own
 // attributes, has the child check its own (it reports through its exit
 // status), and reports PASS or FAIL. A restart that set the child's
 // credentials after its dumpable flag would leave it undumpable.
+#define _GNU_SOURCE
 #include <signal.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 static volatile sig_atomic_t verify;
 static void on_usr2(int s) { (void)s; verify = 1; }
+
+// procfile reads (want == NULL) or writes one line of /proc/self/name.
+static int procfile(const char *name, const char *want, char *got, size_t n) {
+	char path[64];
+	snprintf(path, sizeof path, "/proc/self/%s", name);
+	FILE *f = fopen(path, want ? "w" : "r");
+	if (!f) return -1;
+	int ok = want ? fputs(want, f) >= 0 : fgets(got, (int)n, f) != NULL;
+	return fclose(f) == 0 && ok ? 0 : -1;
+}
 
 static int child(int ready) {
 	if (setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0) return 10;
@@ -37,6 +51,10 @@ int main(void) {
 		printf("FAIL: prctl\n");
 		return 1;
 	}
+	if (procfile("oom_score_adj", "300", NULL, 0) != 0 || procfile("coredump_filter", "0x7f", NULL, 0) != 0) {
+		printf("FAIL: write oom_score_adj or coredump_filter\n");
+		return 1;
+	}
 	int p[2];
 	if (pipe(p) != 0) { printf("FAIL: pipe\n"); return 1; }
 	pid_t c = fork();
@@ -57,6 +75,9 @@ int main(void) {
 	if (prctl(PR_GET_CHILD_SUBREAPER, &sub) != 0 || sub != 1) { printf("FAIL: not a child subreaper\n"); return 1; }
 	if (prctl(PR_GET_DUMPABLE) != 0) { printf("FAIL: dumpable\n"); return 1; }
 	if (prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) != 1) { printf("FAIL: transparent huge pages not disabled\n"); return 1; }
+	char line[64];
+	if (procfile("oom_score_adj", NULL, line, sizeof line) != 0 || strcmp(line, "300\n") != 0) { printf("FAIL: oom_score_adj %s", line); return 1; }
+	if (procfile("coredump_filter", NULL, line, sizeof line) != 0 || strcmp(line, "0000007f\n") != 0) { printf("FAIL: coredump_filter %s", line); return 1; }
 	kill(c, SIGUSR2);
 	int st;
 	if (waitpid(c, &st, 0) != c || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
