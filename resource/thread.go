@@ -2,7 +2,6 @@ package resource
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"strings"
 	"unsafe"
@@ -214,11 +213,14 @@ func dumpSched(tid int, th *pb.Thread) error {
 
 // RestoreSched gives thread tid (th in the image) its scheduling and I/O
 // priority, from outside, just before it is let go (an idle or batch
-// policy would have slowed the restart). A priority the restarting user
-// may not take (a nice value below ckpt's without RLIMIT_NICE, a
-// real-time policy without CAP_SYS_NICE) is reported through warn, and
-// the thread keeps ckpt's.
-func RestoreSched(tid int, th *pb.Thread, warn func(string)) error {
+// policy would have slowed the restart). It never fails the restart, which
+// has let other processes go by then: what it could not set (a nice value
+// below ckpt's without RLIMIT_NICE, a real-time policy without
+// CAP_SYS_NICE, the real-time I/O class, a value a damaged image made up)
+// stays ckpt's and is described in unset, for the caller to report once
+// per process.
+func RestoreSched(tid int, th *pb.Thread) (unset string) {
+	var out []string
 	if s := th.Sched; s != nil {
 		a := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: s.Policy,
 			Flags: s.Flags & (schedFlagResetOnFork | schedFlagReclaim | schedFlagDLOverrun),
@@ -228,26 +230,31 @@ func RestoreSched(tid int, th *pb.Thread, warn func(string)) error {
 			a.Util_min, a.Util_max = s.UtilMin, s.UtilMax
 		}
 		if err := unix.SchedSetAttr(tid, &a, 0); err != nil {
-			if !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.EBUSY) { // EBUSY: no room for a deadline task
-				return fmt.Errorf("set scheduling of thread %d (policy %d, nice %d, priority %d): %w", th.Tid, s.Policy, s.Nice, s.Priority, err)
-			}
-			if warn != nil {
-				warn(fmt.Sprintf("thread %d had scheduling policy %d, nice %d, priority %d, which this user may not give it here (%v); it runs with ckpt's", th.Tid, s.Policy, s.Nice, s.Priority, err))
-			}
+			out = append(out, fmt.Sprintf("%s: %v", schedString(s), err))
 		}
 	}
-	if th.Ioprio>>13 == 0 { // IOPRIO_CLASS_NONE: follows the nice value
-		return nil
-	}
-	if _, _, e := unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, uintptr(tid), uintptr(th.Ioprio)); e != 0 {
-		if e != unix.EPERM {
-			return fmt.Errorf("set I/O priority of thread %d (class %d, level %d): %w", th.Tid, th.Ioprio>>13, th.Ioprio&0x1fff, e)
-		}
-		if warn != nil {
-			warn(fmt.Sprintf("thread %d had I/O priority class %d level %d, which this user may not give it here; it runs with ckpt's", th.Tid, th.Ioprio>>13, th.Ioprio&0x1fff))
+	if th.Ioprio>>13 != 0 { // class 0 (none) follows the nice value
+		if _, _, e := unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, uintptr(tid), uintptr(th.Ioprio)); e != 0 {
+			out = append(out, fmt.Sprintf("I/O class %d level %d: %v", th.Ioprio>>13, th.Ioprio&0x1fff, e))
 		}
 	}
-	return nil
+	return strings.Join(out, ", ")
+}
+
+// schedString describes a scheduling the way chrt and nice would.
+func schedString(s *pb.Sched) string {
+	names := map[uint32]string{0: "SCHED_OTHER", 1: "SCHED_FIFO", 2: "SCHED_RR", 3: "SCHED_BATCH", 5: "SCHED_IDLE", 6: "SCHED_DEADLINE"}
+	name, ok := names[s.Policy]
+	if !ok {
+		name = fmt.Sprintf("policy %d", s.Policy)
+	}
+	switch s.Policy {
+	case 1, 2:
+		return fmt.Sprintf("%s priority %d", name, s.Priority)
+	case 6:
+		return fmt.Sprintf("%s runtime %dns deadline %dns period %dns", name, s.Runtime, s.Deadline, s.Period)
+	}
+	return fmt.Sprintf("%s nice %d", name, s.Nice)
 }
 
 // ThreadRegs decodes the registers of an image thread.

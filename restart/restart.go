@@ -1034,6 +1034,7 @@ func release(opts *Options, tk *task) error {
 	if p.Zombie {
 		return nil
 	}
+	var unset []string // scheduling that could not be set, per thread
 	for i, th := range p.Threads {
 		tid := tk.targets[i].Inj.Tid
 		if err := ptrace.SetSigmask(tid, th.Sigmask); err != nil {
@@ -1042,9 +1043,16 @@ func release(opts *Options, tk *task) error {
 		if err := restoreCPUs(opts, th, tid); err != nil {
 			return err
 		}
-		if err := resource.RestoreSched(tid, th, opts.Warn); err != nil {
-			return err
+		if r := resource.RestoreSched(tid, th); r != "" {
+			unset = append(unset, fmt.Sprintf("thread %d: %s", th.Tid, r))
 		}
+	}
+	if len(unset) > 0 && opts.Warn != nil {
+		more := ""
+		if len(unset) > 1 {
+			more = fmt.Sprintf("; and %d more threads", len(unset)-1)
+		}
+		opts.Warn(fmt.Sprintf("process %d (%s) runs with ckpt's scheduling priority: its own could not be set here (%s%s); to keep it, raise RLIMIT_NICE or RLIMIT_RTPRIO, or restart as root", p.Pid, p.Comm, unset[0], more))
 	}
 	for i := len(p.Threads) - 1; i >= 0; i-- {
 		if err := ptrace.Detach(tk.targets[i].Inj.Tid, 0); err != nil {

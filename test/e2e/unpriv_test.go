@@ -121,3 +121,30 @@ func TestUnprivilegedShmem(t *testing.T) {
 	}
 	p.verifyExit(p.exit, true, 10*time.Second)
 }
+
+// TestUnprivilegedSchedRefused: a process that root gave a nice value its
+// user may not set (-5) is restarted as that user with ckpt's, and one
+// warning per process says so; the restart itself goes through.
+func TestUnprivilegedSchedRefused(t *testing.T) {
+	p := startWorkloadAs(t, nobody, "sh", "-c", "echo READY; sleep 1; exit 7")
+	if err := syscall.Setpriority(syscall.PRIO_PROCESS, p.pid, -5); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(p.dir, "img")
+	if out, err := ckptAs(nobody, nil, "checkpoint", "--kill", "-o", img, itoa(p.pid)); err != nil {
+		t.Fatalf("checkpoint: %v\n%s", err, out)
+	}
+	p.exit.wait(10 * time.Second)
+	orig := p.pid // the restored process has it inside its PID namespace
+	r := p.restart(img)
+	if !r.exit.wait(10 * time.Second) {
+		t.Fatalf("restored shell did not end\n%s", r.stderr.String())
+	}
+	if e, ok := r.exit.err.(*exec.ExitError); !ok || e.ExitCode() != 7 {
+		t.Fatalf("ckpt restart ended with %v, want exit status 7\n%s", r.exit.err, r.stderr.String())
+	}
+	want := "process " + itoa(orig) + " (sh) runs with ckpt's scheduling priority: its own could not be set here (thread " + itoa(orig) + ": SCHED_OTHER nice -5: operation not permitted)"
+	if out := r.stderr.String(); strings.Count(out, "scheduling priority") != 1 || !strings.Contains(out, want) {
+		t.Fatalf("want one warning %q, got:\n%s", want, out)
+	}
+}
