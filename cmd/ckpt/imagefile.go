@@ -6,8 +6,9 @@ import (
 )
 
 // imageFile is the image file of a checkpoint, written in place and
-// created (or truncated) on the first write: a checkpoint refused before
-// it writes anything leaves an existing file as it was and creates none.
+// created (or truncated) on the first write, or when the checkpoint
+// reserves the pages' space just before it writes them: a checkpoint
+// refused before that leaves an existing file as it was and creates none.
 // An incomplete image is removed; a device or FIFO is written as it is
 // and never removed.
 //
