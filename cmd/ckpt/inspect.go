@@ -288,8 +288,8 @@ func printProcess(out io.Writer, p *pb.Process) {
 	}
 }
 
-// processAttrs names the process's prctl state where it differs from a
-// fresh process's, for display.
+// processAttrs names the process attributes that differ from a fresh
+// process's (prctl state, no_new_privs, oom_score_adj), for display.
 func processAttrs(p *pb.Process) string {
 	var as []string
 	switch p.Dumpable {
