@@ -39,26 +39,38 @@ func PreflightMm(pid int) ([]proc.Vma, error) {
 // adviceFlags are the VmFlags of smaps that madvise sets, with the advice
 // that sets each and its name for display: restart gives an area its
 // advice again (a secure heap's wipe-on-fork, a JVM's huge pages, a
-// virtual machine's memory offered to KSM).
+// virtual machine's memory offered to KSM). A hint is advice a kernel
+// without the feature refuses (EINVAL: no transparent huge pages, no
+// KSM); restart leaves it out there.
 var adviceFlags = []struct {
 	flag   string
 	advice uint32
 	name   string
+	hint   bool
 }{
-	{"hg", unix.MADV_HUGEPAGE, "hugepage"},
-	{"nh", unix.MADV_NOHUGEPAGE, "nohugepage"},
-	{"dd", unix.MADV_DONTDUMP, "dontdump"},
-	{"dc", unix.MADV_DONTFORK, "dontfork"},
-	{"wf", unix.MADV_WIPEONFORK, "wipeonfork"},
-	{"mg", unix.MADV_MERGEABLE, "mergeable"},
+	{"hg", unix.MADV_HUGEPAGE, "hugepage", true},
+	{"nh", unix.MADV_NOHUGEPAGE, "nohugepage", true},
+	{"dd", unix.MADV_DONTDUMP, "dontdump", false},
+	{"dc", unix.MADV_DONTFORK, "dontfork", false},
+	{"wf", unix.MADV_WIPEONFORK, "wipeonfork", false},
+	{"mg", unix.MADV_MERGEABLE, "mergeable", true},
+}
+
+// adviceOf finds advice a in adviceFlags; ok is false for advice no image
+// may hold.
+func adviceOf(a uint32) (name string, hint, ok bool) {
+	for _, f := range adviceFlags {
+		if f.advice == a {
+			return f.name, f.hint, true
+		}
+	}
+	return "", false, false
 }
 
 // AdviceName names an madvise advice an image may hold, for display.
 func AdviceName(a uint32) string {
-	for _, f := range adviceFlags {
-		if f.advice == a {
-			return f.name
-		}
+	if name, _, ok := adviceOf(a); ok {
+		return name
 	}
 	return fmt.Sprintf("advice %d", a)
 }
@@ -567,7 +579,7 @@ func ValidateMm(mm *pb.Mm) error {
 			return fmt.Errorf("image damaged: vma %#x-%#x protection %#x", v.Start, v.End, v.Prot)
 		}
 		for _, a := range v.Advice {
-			if !validAdvice(a) {
+			if _, _, ok := adviceOf(a); !ok {
 				return fmt.Errorf("image damaged: vma %#x-%#x advice %d", v.Start, v.End, a)
 			}
 		}
@@ -724,9 +736,8 @@ func MapVmas(t *Target, mm *pb.Mm, files *OpenFiles, pl *FdPuller) error {
 }
 
 // restoreAdvice gives each area its madvise advice again, before its pages
-// are written (huge pages then take them). A kernel without transparent
-// huge pages refuses the two advice about them, one without KSM the
-// mergeable one (EINVAL): they only ever were hints, and are left out.
+// are written (huge pages then take them). Hints a kernel refuses (EINVAL,
+// see adviceFlags) are left out.
 func restoreAdvice(t *Target, mm *pb.Mm) error {
 	var calls []Call
 	for _, v := range mm.Vmas {
@@ -746,22 +757,12 @@ func restoreAdvice(t *Target, mm *pb.Mm) error {
 			return nil
 		}
 		failed := calls[len(res)]
-		if a := failed.Args[2]; !errors.Is(err, unix.EINVAL) || a != unix.MADV_HUGEPAGE && a != unix.MADV_NOHUGEPAGE && a != unix.MADV_MERGEABLE {
+		if _, hint, _ := adviceOf(uint32(failed.Args[2])); !errors.Is(err, unix.EINVAL) || !hint {
 			return err
 		}
 		calls = calls[len(res)+1:]
 	}
 	return nil
-}
-
-// validAdvice tells the advice an image may hold (see adviceFlags).
-func validAdvice(a uint32) bool {
-	for _, f := range adviceFlags {
-		if f.advice == a {
-			return true
-		}
-	}
-	return false
 }
 
 // PageRestorer fills stubs' memory on goroutines of their own: a big

@@ -25,15 +25,11 @@ func DumpTask(pid int, p *pb.Process) error {
 		return err
 	}
 	p.Comm = strings.TrimSuffix(string(comm), "\n")
-	pers, err := proc.ReadFile(proc.Path(pid, "personality"))
+	pers, err := readProcNumber(pid, "personality", 16) // %08x of an unsigned int
 	if err != nil {
 		return err
 	}
-	v, err := strconv.ParseUint(strings.TrimSpace(string(pers)), 16, 32)
-	if err != nil {
-		return fmt.Errorf("personality: %w", err)
-	}
-	p.Personality = uint32(v)
+	p.Personality = uint32(pers)
 	st, err := proc.ReadStatus(pid)
 	if err != nil {
 		return err
