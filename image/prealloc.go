@@ -67,9 +67,15 @@ func (p *Preallocator) run(fd int, at, to int64) {
 			return
 		default:
 		}
-		// Where the writer has got past, writing allocated the pages.
-		if cur, err := unix.Seek(fd, 0, io.SeekCurrent); err == nil && cur > at {
-			at = cur
+		// Where the writer has got past, writing allocated the pages. The
+		// image is written in order from the start, so its size is where
+		// the writer is (over a longer old file, allocation only stops
+		// early). (Not lseek: it waits for the file position's
+		// lock, which write(2) holds while it copies, a spin that took
+		// 7% of a 1 GiB checkpoint's samples from the page reader's core.)
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) == nil && st.Size > at {
+			at = st.Size
 		}
 		n := min(preallocStep, to-at)
 		if n <= 0 {
