@@ -1235,6 +1235,9 @@ func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64, ipcNs
 			if err := resource.DumpSignals(th.target, p, sets); err != nil {
 				return err
 			}
+			if err := resource.DumpPosixTimers(th.target, p); err != nil {
+				return err
+			}
 		}
 		dt, err := resource.DumpThread(th.target, th.tid, th.regs, th.sigmask)
 		if err != nil {

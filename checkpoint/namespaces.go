@@ -78,6 +78,9 @@ func translatePids(procs []*pb.Process) (map[uint32]uint32, error) {
 		for _, th := range p.Threads {
 			th.Tid = inner[th.Tid]
 		}
+		if err := resource.TranslatePosixTimers(p, inner); err != nil {
+			return nil, err
+		}
 	}
 	return inner, nil
 }

@@ -22,7 +22,6 @@ import (
 	"github.com/ckpt/ckpt/image"
 	"github.com/ckpt/ckpt/image/pb"
 	"github.com/ckpt/ckpt/proc"
-	"github.com/ckpt/ckpt/ptrace"
 )
 
 func needRoot(t *testing.T) {
@@ -290,47 +289,8 @@ mount -o remount,bind,ro /proc/sys
 	defer pf.Close()
 	s := startInNamespaces(t, "", pf)
 	spid := s.Process.Pid
-	err = ptrace.Run(func() error {
-		if err := ptrace.Seize(spid); err != nil {
-			return err
-		}
-		if err := ptrace.Interrupt(spid); err != nil {
-			return err
-		}
-		if err := ptrace.WaitInterrupted(spid); err != nil {
-			return err
-		}
-		regs, err := ptrace.GetRegs(spid)
-		if err != nil {
-			return err
-		}
-		mask, err := ptrace.GetSigmask(spid)
-		if err != nil {
-			return err
-		}
-		if err := ptrace.SetSigmask(spid, ^uint64(0)); err != nil {
-			return err
-		}
-		tg := &Target{Pid: spid, Scratch: (regs.Rsp - 128 - 16384) &^ 15, ScratchLen: 8192}
-		var insn [2]byte
-		if err := tg.ReadMem(regs.Rip-2, insn[:]); err != nil || insn != [2]byte{0x0f, 0x05} {
-			return fmt.Errorf("no syscall instruction behind %#x: %v", regs.Rip, err)
-		}
-		tg.Inj = &ptrace.Injector{Tid: spid, SyscallAddr: regs.Rip - 2, Base: regs}
-		if err := RestoreMountNamespace(tg, NewFdPullerFrom(tg, 3, nil), mr); err != nil {
-			return err
-		}
-		// Let it sleep on, as it was, for the checks below.
-		if err := tg.Inj.ReturnToInterruptStop(); err != nil {
-			return err
-		}
-		if err := ptrace.SetRegs(spid, &regs); err != nil {
-			return err
-		}
-		if err := ptrace.SetSigmask(spid, mask); err != nil {
-			return err
-		}
-		return ptrace.Detach(spid, 0)
+	err = injectInto(spid, func(tg *Target) error {
+		return RestoreMountNamespace(tg, NewFdPullerFrom(tg, 3, nil), mr)
 	})
 	if err != nil {
 		t.Fatalf("restore: %v", err)

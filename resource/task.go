@@ -359,14 +359,11 @@ func ReadSelf() (*Self, error) {
 }
 
 // PreflightTask refuses, before anything is touched, process state that
-// ckpt cannot restore and would otherwise silently drop or change: POSIX
-// timers, seccomp filters and a
-// capability set other than the one its credentials give at restart.
+// ckpt cannot restore and would otherwise silently drop or change:
+// seccomp filters and a capability set other than the one its credentials
+// give at restart.
 // ns are pid's namespaces.
 func PreflightTask(pid int, ns *pb.NsIds, self *Self) error {
-	if b, err := proc.ReadFile(proc.Path(pid, "timers")); err == nil && len(strings.TrimSpace(string(b))) > 0 {
-		return fmt.Errorf("process %d has POSIX timers (timer_create): %w yet", pid, ErrUnsupported)
-	}
 	st, err := proc.ReadStatus(pid)
 	if err != nil {
 		return err

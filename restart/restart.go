@@ -409,7 +409,7 @@ func validateProcess(p *pb.Process, mm *pb.Mm) error {
 			return err
 		}
 	}
-	return nil
+	return resource.ValidatePosixTimers(p)
 }
 
 // stubMask blocks every signal but SIGTRAP (see build).
@@ -980,6 +980,9 @@ func finish(opts *Options, tk *task, files *resource.OpenFiles) error {
 		}
 	}
 	if err := resource.RestorePendingAndTimers(t, p); err != nil {
+		return err
+	}
+	if err := resource.RestorePosixTimers(t, p); err != nil {
 		return err
 	}
 	if err := resource.RestoreDumpable(t, p); err != nil {

@@ -262,6 +262,9 @@ func printProcess(out io.Writer, p *pb.Process) {
 	for _, it := range p.Itimers {
 		fmt.Fprintf(out, "  itimer %d: value %v interval %v\n", it.Which, time.Duration(it.ValueNs), time.Duration(it.IntervalNs))
 	}
+	for _, pt := range p.PosixTimers {
+		fmt.Fprintf(out, "  POSIX timer %d: clock %d, %s, value %v interval %v\n", pt.Id, pt.Clock, timerNotify(pt), time.Duration(pt.ValueNs), time.Duration(pt.IntervalNs))
+	}
 	if n := len(p.SharedPending); n > 0 {
 		fmt.Fprintf(out, "  %d process-wide pending signals\n", n)
 	}
@@ -351,6 +354,19 @@ func printIPC(out io.Writer, ns *pb.IpcNamespace) {
 	}
 	for _, c := range ns.Sysctls {
 		fmt.Fprintf(out, "  kernel.%s = %s\n", c.Name, c.Value)
+	}
+}
+
+// timerNotify says how a POSIX timer notifies (sigev_notify).
+func timerNotify(pt *pb.PosixTimer) string {
+	const threadID = 4 // SIGEV_THREAD_ID
+	switch {
+	case pt.Notify == 1: // SIGEV_NONE
+		return "no signal"
+	case pt.Notify&threadID != 0:
+		return fmt.Sprintf("signal %d (value %#x) to thread %d", pt.Signo, pt.Sigval, pt.Tid)
+	default:
+		return fmt.Sprintf("signal %d (value %#x)", pt.Signo, pt.Sigval)
 	}
 }
 

@@ -145,9 +145,6 @@ func TestRefusesUnsupported(t *testing.T) {
 		want string
 	}{
 		{"clone-fs", func() *exec.Cmd { return exec.Command(compile(t, "clonefs")) }, "share one cwd, root and umask (CLONE_FS)"},
-		{"posix-timer", func() *exec.Cmd {
-			return exec.Command("python3", "-c", "import ctypes,time\nt=ctypes.c_void_p()\nctypes.CDLL(None).timer_create(1, None, ctypes.byref(t))\nprint('READY', flush=True)\ntime.sleep(100)")
-		}, "has POSIX timers"},
 		{"user-namespace", func() *exec.Cmd { return exec.Command("unshare", "--user", "sleep", "100") }, "is in a user namespace of its own"},
 		{"pid-namespace-for-children", func() *exec.Cmd { return exec.Command("unshare", "--pid", "--fork", "sleep", "100") }, "has unshared a pid namespace for its children"},
 		{"capabilities", func() *exec.Cmd {

@@ -45,6 +45,7 @@ func workloads() []workload {
 		{name: "files", argv: cWorkload("files"), signal: true, settle: 50 * time.Millisecond},
 		{name: "fpu", argv: cWorkload("fpu"), signal: true, settle: 100 * time.Millisecond},
 		{name: "signals", argv: cWorkload("signals"), signal: true, settle: 100 * time.Millisecond},
+		{name: "posix-timers", argv: cWorkload("posixtimer"), signal: true, settle: 50 * time.Millisecond},
 		{name: "threads", argv: cWorkload("threads"), signal: true, settle: 100 * time.Millisecond},
 		{name: "threads-trap-ignored", argv: cWorkload("threads", "-DIGNORE_TRAP"), signal: true, settle: 100 * time.Millisecond},
 		{name: "stack", argv: cWorkload("stack"), signal: true, settle: 20 * time.Millisecond},
@@ -249,6 +250,9 @@ exec "$0" "$(hostname)" 0 "awk '{print \$5, \$6, \$9, \$10}' /proc/self/mountinf
 			return []string{"sh", "-c", setup, compile(t, "container")}
 		}, signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--mount"}},
 		{name: "tree", argv: cWorkload("tree"), signal: true, settle: 50 * time.Millisecond, container: []string{"--pid", "--mount", "--ipc", "--uts"}},
+		// A timer notifies a thread by its TID, which the image keeps as
+		// seen inside.
+		{name: "posix-timers", argv: cWorkload("posixtimer"), signal: true, settle: 50 * time.Millisecond, container: []string{"--pid"}},
 		{name: "ipcsem", argv: cWorkload("ipcsem"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},
 		{name: "ipcmsq", argv: cWorkload("ipcmsq"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},
 		{name: "ipcshm", argv: cWorkload("ipcshm"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},
