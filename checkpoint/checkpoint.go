@@ -901,6 +901,9 @@ func dump(opts *Options, stats *Stats) (err error) {
 	if err != nil {
 		return err
 	}
+	if err := files.CheckSocketPeers(); err != nil {
+		return err
+	}
 	for _, z := range ft.zombies {
 		procs = append(procs, &pb.Process{Pid: uint32(z.Pid), Ppid: uint32(z.Ppid), Pgid: uint32(z.Pgrp), Sid: uint32(z.Session),
 			Comm: z.Comm, ExitSignal: uint32(z.ExitSignal), Zombie: true, ExitCode: uint32(z.ExitCode)})

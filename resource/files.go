@@ -248,6 +248,14 @@ func describeFile(pid int, ref *FdRef, full bool) (*pb.File, error) {
 			return nil, fmt.Errorf("fd %d of process %d is the FIFO %s: %w", fd, pid, target, ErrUnsupported)
 		}
 		f.Kind, f.PipeIno = pb.File_FIFO, st.Ino
+	case unix.S_IFSOCK:
+		ino, ok := sockIno(target)
+		if !ok {
+			return nil, fmt.Errorf("fd %d of process %d is %s: %w yet", fd, pid, target, ErrUnsupported)
+		}
+		if err := describeSocket(pid, fd, ino, f); err != nil {
+			return nil, err
+		}
 	case unix.S_IFCHR:
 		if IsTTY(st.Rdev) {
 			f.Kind = pb.File_TTY
@@ -309,6 +317,11 @@ func (s *FileSet) addFd(pid, fd int, f *pb.File) (uint32, error) {
 	if id := s.sameDescription(pid, fd, f); id != 0 {
 		return id, nil
 	}
+	if f.Kind == pb.File_SOCKET {
+		if err := dumpSocket(pid, fd, f); err != nil {
+			return 0, err
+		}
+	}
 	if (f.Kind == pb.File_PIPE || f.Kind == pb.File_FIFO) && !s.pipes[f.PipeIno] {
 		s.pipes[f.PipeIno] = true
 		if f.PipeData, f.PipeSize, err = dumpPipeData(pid, fd); err != nil {
@@ -358,6 +371,11 @@ type OpenFiles struct {
 	pipes map[uint64]*openPipe
 	// fifos keeps each FIFO open read-write while its ends are reopened.
 	fifos map[string]*os.File
+	// sockets are the sockets made again, by their inode in the image.
+	sockets map[uint64]*os.File
+	// netPid is the stub whose descriptors RestoreFiles is placing:
+	// sockets are made in its network namespace, where they were.
+	netPid int
 	// Terminal is the terminal ckpt restart runs in; descriptors that were
 	// on a terminal are reopened on it. Nil when ckpt has none.
 	Terminal *os.File
@@ -372,7 +390,7 @@ func (o *OpenFiles) path(p string) string { return o.Root + p }
 
 // NewOpenFiles returns an empty table.
 func NewOpenFiles() *OpenFiles {
-	return &OpenFiles{byID: map[uint32]*os.File{}, recs: map[uint32]*pb.File{}, pipes: map[uint64]*openPipe{}, fifos: map[string]*os.File{}}
+	return &OpenFiles{byID: map[uint32]*os.File{}, recs: map[uint32]*pb.File{}, pipes: map[uint64]*openPipe{}, fifos: map[string]*os.File{}, sockets: map[uint64]*os.File{}}
 }
 
 // Add records a File from the image; it is opened on first use.
@@ -457,6 +475,13 @@ func (o *OpenFiles) Get(id uint32) (*os.File, *pb.File, error) {
 		}
 		o.byID[id] = f
 		return f, rec, nil
+	case pb.File_SOCKET:
+		f, err := o.openSocket(rec)
+		if err != nil {
+			return nil, nil, err
+		}
+		o.byID[id] = f
+		return f, rec, nil
 	case pb.File_PIPE:
 		f, err := o.openPipeEnd(rec)
 		if err != nil {
@@ -500,6 +525,9 @@ func (o *OpenFiles) Close() {
 		p.w.Close()
 	}
 	for _, f := range o.fifos {
+		f.Close()
+	}
+	for _, f := range o.sockets {
 		f.Close()
 	}
 }
@@ -603,6 +631,7 @@ func (p *FdPuller) Close() error {
 // moves them to their own numbers (planFdMoves) and duplicates them: two
 // ptrace stops per scratch-full of calls instead of three per descriptor.
 func RestoreFiles(t *Target, pl *FdPuller, files *OpenFiles, p *pb.Process) error {
+	files.netPid = t.Pid
 	type first struct {
 		fd  *pb.Fd
 		tmp uint64

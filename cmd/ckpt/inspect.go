@@ -201,6 +201,9 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 	}
 	for _, f := range files {
 		fmt.Fprintf(out, "file %d: %s %s flags %#o pos %d\n", f.Id, strings.ToLower(f.Kind.String()), f.Path, f.Flags, f.Pos)
+		if s := f.Socket; s != nil {
+			fmt.Fprintf(out, "  %s\n", describeSocket(s))
+		}
 	}
 	for _, mm := range mms {
 		fmt.Fprintf(out, "address space %d: brk %#x-%#x, stack %#x, exe file %d\n", mm.Id, mm.StartBrk, mm.Brk, mm.StartStack, mm.ExeFileId)
@@ -355,6 +358,29 @@ func printIPC(out io.Writer, ns *pb.IpcNamespace) {
 	for _, c := range ns.Sysctls {
 		fmt.Fprintf(out, "  kernel.%s = %s\n", c.Name, c.Value)
 	}
+}
+
+// describeSocket says what a socket record holds.
+func describeSocket(s *pb.Socket) string {
+	kind := map[uint32]string{1: "stream", 2: "datagram", 5: "seqpacket"}[s.Type]
+	d := fmt.Sprintf("unix %s socket", kind)
+	if s.PeerIno != 0 {
+		d += fmt.Sprintf(", paired with socket:[%d]", s.PeerIno)
+	}
+	n := 0
+	for _, m := range s.Queue {
+		n += len(m)
+	}
+	if len(s.Queue) > 0 {
+		d += fmt.Sprintf(", %d bytes waiting", n)
+		if s.Type != 1 {
+			d += fmt.Sprintf(" in %d messages", len(s.Queue))
+		}
+	}
+	if sh := []string{"", "reading shut down", "writing shut down", "shut down"}[s.Shutdown&3]; sh != "" {
+		d += ", " + sh
+	}
+	return d
 }
 
 // timerNotify says how a POSIX timer notifies (sigev_notify).

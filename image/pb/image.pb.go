@@ -54,6 +54,8 @@ const (
 	File_FIFO File_Kind = 12
 	// INOTIFY is an inotify instance with its watches (inotify_watches).
 	File_INOTIFY File_Kind = 13
+	// SOCKET is a unix socket without a name (socket).
+	File_SOCKET File_Kind = 14
 )
 
 // Enum value maps for File_Kind.
@@ -73,6 +75,7 @@ var (
 		11: "MEMFD",
 		12: "FIFO",
 		13: "INOTIFY",
+		14: "SOCKET",
 	}
 	File_Kind_value = map[string]int32{
 		"UNKNOWN":   0,
@@ -89,6 +92,7 @@ var (
 		"MEMFD":     11,
 		"FIFO":      12,
 		"INOTIFY":   13,
+		"SOCKET":    14,
 	}
 )
 
@@ -177,7 +181,7 @@ func (x Namespace_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Namespace_Kind.Descriptor instead.
 func (Namespace_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{21, 0}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{22, 0}
 }
 
 // Kind says how restart re-creates the mount.
@@ -251,7 +255,7 @@ func (x Mount_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Mount_Kind.Descriptor instead.
 func (Mount_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{40, 0}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{41, 0}
 }
 
 // Header is the first record of every image.
@@ -436,6 +440,7 @@ type File struct {
 	// memfd: the SHMEM object this descriptor opens.
 	ShmemId        uint32          `protobuf:"varint,20,opt,name=shmem_id,json=shmemId,proto3" json:"shmem_id,omitempty"`
 	InotifyWatches []*InotifyWatch `protobuf:"bytes,21,rep,name=inotify_watches,json=inotifyWatches,proto3" json:"inotify_watches,omitempty"`
+	Socket         *Socket         `protobuf:"bytes,22,opt,name=socket,proto3" json:"socket,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -617,6 +622,158 @@ func (x *File) GetInotifyWatches() []*InotifyWatch {
 	return nil
 }
 
+func (x *File) GetSocket() *Socket {
+	if x != nil {
+		return x.Socket
+	}
+	return nil
+}
+
+// Socket is a unix socket without a name: unconnected, or one end of a
+// connected pair (socketpair(2)) whose other end is the SOCKET record with
+// inode peer_ino, or was closed (peer_ino 0).
+type Socket struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// type is SOCK_STREAM (1), SOCK_DGRAM (2) or SOCK_SEQPACKET (5).
+	Type uint32 `protobuf:"varint,1,opt,name=type,proto3" json:"type,omitempty"`
+	Ino  uint64 `protobuf:"varint,2,opt,name=ino,proto3" json:"ino,omitempty"`
+	// peer_ino is the other end's inode; 0 when not connected.
+	PeerIno uint64 `protobuf:"varint,3,opt,name=peer_ino,json=peerIno,proto3" json:"peer_ino,omitempty"`
+	// queue is the data waiting to be read from this end: one entry per
+	// datagram or packet, a stream's in one entry.
+	Queue [][]byte `protobuf:"bytes,4,rep,name=queue,proto3" json:"queue,omitempty"`
+	// shutdown is what is shut down of this end: 1 reading, 2 writing.
+	Shutdown uint32 `protobuf:"varint,5,opt,name=shutdown,proto3" json:"shutdown,omitempty"`
+	// sndbuf and rcvbuf are SO_SNDBUF and SO_RCVBUF as getsockopt reports
+	// them (twice what was asked for).
+	Sndbuf   uint32 `protobuf:"varint,6,opt,name=sndbuf,proto3" json:"sndbuf,omitempty"`
+	Rcvbuf   uint32 `protobuf:"varint,7,opt,name=rcvbuf,proto3" json:"rcvbuf,omitempty"`
+	Passcred bool   `protobuf:"varint,8,opt,name=passcred,proto3" json:"passcred,omitempty"`
+	// peek_off is SO_PEEK_OFF, -1 when unset.
+	PeekOff    int32 `protobuf:"varint,9,opt,name=peek_off,json=peekOff,proto3" json:"peek_off,omitempty"`
+	RcvtimeoNs int64 `protobuf:"varint,10,opt,name=rcvtimeo_ns,json=rcvtimeoNs,proto3" json:"rcvtimeo_ns,omitempty"`
+	SndtimeoNs int64 `protobuf:"varint,11,opt,name=sndtimeo_ns,json=sndtimeoNs,proto3" json:"sndtimeo_ns,omitempty"`
+	// connected is set for an end of a pair, also when the other end was
+	// closed (peer_ino is then 0).
+	Connected     bool `protobuf:"varint,12,opt,name=connected,proto3" json:"connected,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Socket) Reset() {
+	*x = Socket{}
+	mi := &file_image_pb_image_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Socket) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Socket) ProtoMessage() {}
+
+func (x *Socket) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Socket.ProtoReflect.Descriptor instead.
+func (*Socket) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Socket) GetType() uint32 {
+	if x != nil {
+		return x.Type
+	}
+	return 0
+}
+
+func (x *Socket) GetIno() uint64 {
+	if x != nil {
+		return x.Ino
+	}
+	return 0
+}
+
+func (x *Socket) GetPeerIno() uint64 {
+	if x != nil {
+		return x.PeerIno
+	}
+	return 0
+}
+
+func (x *Socket) GetQueue() [][]byte {
+	if x != nil {
+		return x.Queue
+	}
+	return nil
+}
+
+func (x *Socket) GetShutdown() uint32 {
+	if x != nil {
+		return x.Shutdown
+	}
+	return 0
+}
+
+func (x *Socket) GetSndbuf() uint32 {
+	if x != nil {
+		return x.Sndbuf
+	}
+	return 0
+}
+
+func (x *Socket) GetRcvbuf() uint32 {
+	if x != nil {
+		return x.Rcvbuf
+	}
+	return 0
+}
+
+func (x *Socket) GetPasscred() bool {
+	if x != nil {
+		return x.Passcred
+	}
+	return false
+}
+
+func (x *Socket) GetPeekOff() int32 {
+	if x != nil {
+		return x.PeekOff
+	}
+	return 0
+}
+
+func (x *Socket) GetRcvtimeoNs() int64 {
+	if x != nil {
+		return x.RcvtimeoNs
+	}
+	return 0
+}
+
+func (x *Socket) GetSndtimeoNs() int64 {
+	if x != nil {
+		return x.SndtimeoNs
+	}
+	return 0
+}
+
+func (x *Socket) GetConnected() bool {
+	if x != nil {
+		return x.Connected
+	}
+	return false
+}
+
 // InotifyWatch is one watch of an inotify instance: its descriptor, mask
 // and the path of the watched inode (found from its file handle).
 type InotifyWatch struct {
@@ -630,7 +787,7 @@ type InotifyWatch struct {
 
 func (x *InotifyWatch) Reset() {
 	*x = InotifyWatch{}
-	mi := &file_image_pb_image_proto_msgTypes[2]
+	mi := &file_image_pb_image_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -642,7 +799,7 @@ func (x *InotifyWatch) String() string {
 func (*InotifyWatch) ProtoMessage() {}
 
 func (x *InotifyWatch) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[2]
+	mi := &file_image_pb_image_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -655,7 +812,7 @@ func (x *InotifyWatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InotifyWatch.ProtoReflect.Descriptor instead.
 func (*InotifyWatch) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{2}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *InotifyWatch) GetWd() int32 {
@@ -690,7 +847,7 @@ type EpollItem struct {
 
 func (x *EpollItem) Reset() {
 	*x = EpollItem{}
-	mi := &file_image_pb_image_proto_msgTypes[3]
+	mi := &file_image_pb_image_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -702,7 +859,7 @@ func (x *EpollItem) String() string {
 func (*EpollItem) ProtoMessage() {}
 
 func (x *EpollItem) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[3]
+	mi := &file_image_pb_image_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -715,7 +872,7 @@ func (x *EpollItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EpollItem.ProtoReflect.Descriptor instead.
 func (*EpollItem) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{3}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *EpollItem) GetFd() int32 {
@@ -779,7 +936,7 @@ type Vma struct {
 
 func (x *Vma) Reset() {
 	*x = Vma{}
-	mi := &file_image_pb_image_proto_msgTypes[4]
+	mi := &file_image_pb_image_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -791,7 +948,7 @@ func (x *Vma) String() string {
 func (*Vma) ProtoMessage() {}
 
 func (x *Vma) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[4]
+	mi := &file_image_pb_image_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -804,7 +961,7 @@ func (x *Vma) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Vma.ProtoReflect.Descriptor instead.
 func (*Vma) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{4}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Vma) GetStart() uint64 {
@@ -940,7 +1097,7 @@ type Mm struct {
 
 func (x *Mm) Reset() {
 	*x = Mm{}
-	mi := &file_image_pb_image_proto_msgTypes[5]
+	mi := &file_image_pb_image_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -952,7 +1109,7 @@ func (x *Mm) String() string {
 func (*Mm) ProtoMessage() {}
 
 func (x *Mm) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[5]
+	mi := &file_image_pb_image_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -965,7 +1122,7 @@ func (x *Mm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mm.ProtoReflect.Descriptor instead.
 func (*Mm) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{5}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Mm) GetId() uint32 {
@@ -1093,7 +1250,7 @@ type Sigaction struct {
 
 func (x *Sigaction) Reset() {
 	*x = Sigaction{}
-	mi := &file_image_pb_image_proto_msgTypes[6]
+	mi := &file_image_pb_image_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1262,7 @@ func (x *Sigaction) String() string {
 func (*Sigaction) ProtoMessage() {}
 
 func (x *Sigaction) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[6]
+	mi := &file_image_pb_image_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1275,7 @@ func (x *Sigaction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sigaction.ProtoReflect.Descriptor instead.
 func (*Sigaction) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{6}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Sigaction) GetSigno() uint32 {
@@ -1168,7 +1325,7 @@ type Itimer struct {
 
 func (x *Itimer) Reset() {
 	*x = Itimer{}
-	mi := &file_image_pb_image_proto_msgTypes[7]
+	mi := &file_image_pb_image_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1337,7 @@ func (x *Itimer) String() string {
 func (*Itimer) ProtoMessage() {}
 
 func (x *Itimer) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[7]
+	mi := &file_image_pb_image_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1350,7 @@ func (x *Itimer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Itimer.ProtoReflect.Descriptor instead.
 func (*Itimer) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{7}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Itimer) GetWhich() uint32 {
@@ -1244,7 +1401,7 @@ type PosixTimer struct {
 
 func (x *PosixTimer) Reset() {
 	*x = PosixTimer{}
-	mi := &file_image_pb_image_proto_msgTypes[8]
+	mi := &file_image_pb_image_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1256,7 +1413,7 @@ func (x *PosixTimer) String() string {
 func (*PosixTimer) ProtoMessage() {}
 
 func (x *PosixTimer) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[8]
+	mi := &file_image_pb_image_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1269,7 +1426,7 @@ func (x *PosixTimer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PosixTimer.ProtoReflect.Descriptor instead.
 func (*PosixTimer) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{8}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PosixTimer) GetId() int32 {
@@ -1339,7 +1496,7 @@ type Rlimit struct {
 
 func (x *Rlimit) Reset() {
 	*x = Rlimit{}
-	mi := &file_image_pb_image_proto_msgTypes[9]
+	mi := &file_image_pb_image_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1351,7 +1508,7 @@ func (x *Rlimit) String() string {
 func (*Rlimit) ProtoMessage() {}
 
 func (x *Rlimit) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[9]
+	mi := &file_image_pb_image_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1364,7 +1521,7 @@ func (x *Rlimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rlimit.ProtoReflect.Descriptor instead.
 func (*Rlimit) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{9}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Rlimit) GetResource() uint32 {
@@ -1405,7 +1562,7 @@ type SyscallRestart struct {
 
 func (x *SyscallRestart) Reset() {
 	*x = SyscallRestart{}
-	mi := &file_image_pb_image_proto_msgTypes[10]
+	mi := &file_image_pb_image_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1417,7 +1574,7 @@ func (x *SyscallRestart) String() string {
 func (*SyscallRestart) ProtoMessage() {}
 
 func (x *SyscallRestart) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[10]
+	mi := &file_image_pb_image_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1430,7 +1587,7 @@ func (x *SyscallRestart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyscallRestart.ProtoReflect.Descriptor instead.
 func (*SyscallRestart) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{10}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SyscallRestart) GetNr() int64 {
@@ -1494,7 +1651,7 @@ type Thread struct {
 
 func (x *Thread) Reset() {
 	*x = Thread{}
-	mi := &file_image_pb_image_proto_msgTypes[11]
+	mi := &file_image_pb_image_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1506,7 +1663,7 @@ func (x *Thread) String() string {
 func (*Thread) ProtoMessage() {}
 
 func (x *Thread) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[11]
+	mi := &file_image_pb_image_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1519,7 +1676,7 @@ func (x *Thread) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Thread.ProtoReflect.Descriptor instead.
 func (*Thread) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{11}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Thread) GetTid() uint32 {
@@ -1682,7 +1839,7 @@ type Sched struct {
 
 func (x *Sched) Reset() {
 	*x = Sched{}
-	mi := &file_image_pb_image_proto_msgTypes[12]
+	mi := &file_image_pb_image_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1694,7 +1851,7 @@ func (x *Sched) String() string {
 func (*Sched) ProtoMessage() {}
 
 func (x *Sched) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[12]
+	mi := &file_image_pb_image_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1707,7 +1864,7 @@ func (x *Sched) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sched.ProtoReflect.Descriptor instead.
 func (*Sched) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{12}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Sched) GetPolicy() uint32 {
@@ -1784,7 +1941,7 @@ type Fd struct {
 
 func (x *Fd) Reset() {
 	*x = Fd{}
-	mi := &file_image_pb_image_proto_msgTypes[13]
+	mi := &file_image_pb_image_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1796,7 +1953,7 @@ func (x *Fd) String() string {
 func (*Fd) ProtoMessage() {}
 
 func (x *Fd) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[13]
+	mi := &file_image_pb_image_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1809,7 +1966,7 @@ func (x *Fd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fd.ProtoReflect.Descriptor instead.
 func (*Fd) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{13}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Fd) GetFd() int32 {
@@ -1850,7 +2007,7 @@ type Creds struct {
 
 func (x *Creds) Reset() {
 	*x = Creds{}
-	mi := &file_image_pb_image_proto_msgTypes[14]
+	mi := &file_image_pb_image_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1862,7 +2019,7 @@ func (x *Creds) String() string {
 func (*Creds) ProtoMessage() {}
 
 func (x *Creds) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[14]
+	mi := &file_image_pb_image_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1875,7 +2032,7 @@ func (x *Creds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Creds.ProtoReflect.Descriptor instead.
 func (*Creds) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{14}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Creds) GetUid() uint32 {
@@ -2003,7 +2160,7 @@ type Process struct {
 
 func (x *Process) Reset() {
 	*x = Process{}
-	mi := &file_image_pb_image_proto_msgTypes[15]
+	mi := &file_image_pb_image_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2015,7 +2172,7 @@ func (x *Process) String() string {
 func (*Process) ProtoMessage() {}
 
 func (x *Process) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[15]
+	mi := &file_image_pb_image_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2028,7 +2185,7 @@ func (x *Process) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Process.ProtoReflect.Descriptor instead.
 func (*Process) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{15}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Process) GetPid() uint32 {
@@ -2258,7 +2415,7 @@ type PageRun struct {
 
 func (x *PageRun) Reset() {
 	*x = PageRun{}
-	mi := &file_image_pb_image_proto_msgTypes[16]
+	mi := &file_image_pb_image_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2270,7 +2427,7 @@ func (x *PageRun) String() string {
 func (*PageRun) ProtoMessage() {}
 
 func (x *PageRun) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[16]
+	mi := &file_image_pb_image_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2283,7 +2440,7 @@ func (x *PageRun) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PageRun.ProtoReflect.Descriptor instead.
 func (*PageRun) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{16}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PageRun) GetAddr() uint64 {
@@ -2320,7 +2477,7 @@ type PageMap struct {
 
 func (x *PageMap) Reset() {
 	*x = PageMap{}
-	mi := &file_image_pb_image_proto_msgTypes[17]
+	mi := &file_image_pb_image_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2332,7 +2489,7 @@ func (x *PageMap) String() string {
 func (*PageMap) ProtoMessage() {}
 
 func (x *PageMap) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[17]
+	mi := &file_image_pb_image_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2345,7 +2502,7 @@ func (x *PageMap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PageMap.ProtoReflect.Descriptor instead.
 func (*PageMap) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{17}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PageMap) GetMmId() uint32 {
@@ -2394,7 +2551,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_image_pb_image_proto_msgTypes[18]
+	mi := &file_image_pb_image_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2406,7 +2563,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[18]
+	mi := &file_image_pb_image_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2419,7 +2576,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{18}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Error) GetMessage() string {
@@ -2445,7 +2602,7 @@ type Tail struct {
 
 func (x *Tail) Reset() {
 	*x = Tail{}
-	mi := &file_image_pb_image_proto_msgTypes[19]
+	mi := &file_image_pb_image_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2457,7 +2614,7 @@ func (x *Tail) String() string {
 func (*Tail) ProtoMessage() {}
 
 func (x *Tail) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[19]
+	mi := &file_image_pb_image_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2470,7 +2627,7 @@ func (x *Tail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tail.ProtoReflect.Descriptor instead.
 func (*Tail) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{19}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Tail) GetRecords() uint64 {
@@ -2527,7 +2684,7 @@ type NsIds struct {
 
 func (x *NsIds) Reset() {
 	*x = NsIds{}
-	mi := &file_image_pb_image_proto_msgTypes[20]
+	mi := &file_image_pb_image_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2539,7 +2696,7 @@ func (x *NsIds) String() string {
 func (*NsIds) ProtoMessage() {}
 
 func (x *NsIds) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[20]
+	mi := &file_image_pb_image_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2552,7 +2709,7 @@ func (x *NsIds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NsIds.ProtoReflect.Descriptor instead.
 func (*NsIds) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{20}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *NsIds) GetIpc() uint64 {
@@ -2630,7 +2787,7 @@ type Namespace struct {
 
 func (x *Namespace) Reset() {
 	*x = Namespace{}
-	mi := &file_image_pb_image_proto_msgTypes[21]
+	mi := &file_image_pb_image_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2642,7 +2799,7 @@ func (x *Namespace) String() string {
 func (*Namespace) ProtoMessage() {}
 
 func (x *Namespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[21]
+	mi := &file_image_pb_image_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2655,7 +2812,7 @@ func (x *Namespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Namespace.ProtoReflect.Descriptor instead.
 func (*Namespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{21}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Namespace) GetKind() Namespace_Kind {
@@ -2717,7 +2874,7 @@ type Leak struct {
 
 func (x *Leak) Reset() {
 	*x = Leak{}
-	mi := &file_image_pb_image_proto_msgTypes[22]
+	mi := &file_image_pb_image_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2729,7 +2886,7 @@ func (x *Leak) String() string {
 func (*Leak) ProtoMessage() {}
 
 func (x *Leak) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[22]
+	mi := &file_image_pb_image_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2742,7 +2899,7 @@ func (x *Leak) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Leak.ProtoReflect.Descriptor instead.
 func (*Leak) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{22}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Leak) GetPid() uint32 {
@@ -2782,7 +2939,7 @@ type Leaks struct {
 
 func (x *Leaks) Reset() {
 	*x = Leaks{}
-	mi := &file_image_pb_image_proto_msgTypes[23]
+	mi := &file_image_pb_image_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2794,7 +2951,7 @@ func (x *Leaks) String() string {
 func (*Leaks) ProtoMessage() {}
 
 func (x *Leaks) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[23]
+	mi := &file_image_pb_image_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2807,7 +2964,7 @@ func (x *Leaks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Leaks.ProtoReflect.Descriptor instead.
 func (*Leaks) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{23}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Leaks) GetLeaks() []*Leak {
@@ -2835,7 +2992,7 @@ type IpcPerm struct {
 
 func (x *IpcPerm) Reset() {
 	*x = IpcPerm{}
-	mi := &file_image_pb_image_proto_msgTypes[24]
+	mi := &file_image_pb_image_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2847,7 +3004,7 @@ func (x *IpcPerm) String() string {
 func (*IpcPerm) ProtoMessage() {}
 
 func (x *IpcPerm) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[24]
+	mi := &file_image_pb_image_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2860,7 +3017,7 @@ func (x *IpcPerm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpcPerm.ProtoReflect.Descriptor instead.
 func (*IpcPerm) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{24}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *IpcPerm) GetKey() int32 {
@@ -2932,7 +3089,7 @@ type ShmSegment struct {
 
 func (x *ShmSegment) Reset() {
 	*x = ShmSegment{}
-	mi := &file_image_pb_image_proto_msgTypes[25]
+	mi := &file_image_pb_image_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2944,7 +3101,7 @@ func (x *ShmSegment) String() string {
 func (*ShmSegment) ProtoMessage() {}
 
 func (x *ShmSegment) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[25]
+	mi := &file_image_pb_image_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2957,7 +3114,7 @@ func (x *ShmSegment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShmSegment.ProtoReflect.Descriptor instead.
 func (*ShmSegment) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{25}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ShmSegment) GetId() int32 {
@@ -3062,7 +3219,7 @@ type MsgQueue struct {
 
 func (x *MsgQueue) Reset() {
 	*x = MsgQueue{}
-	mi := &file_image_pb_image_proto_msgTypes[26]
+	mi := &file_image_pb_image_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3074,7 +3231,7 @@ func (x *MsgQueue) String() string {
 func (*MsgQueue) ProtoMessage() {}
 
 func (x *MsgQueue) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[26]
+	mi := &file_image_pb_image_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3087,7 +3244,7 @@ func (x *MsgQueue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MsgQueue.ProtoReflect.Descriptor instead.
 func (*MsgQueue) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{26}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *MsgQueue) GetId() int32 {
@@ -3163,7 +3320,7 @@ type Msg struct {
 
 func (x *Msg) Reset() {
 	*x = Msg{}
-	mi := &file_image_pb_image_proto_msgTypes[27]
+	mi := &file_image_pb_image_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3175,7 +3332,7 @@ func (x *Msg) String() string {
 func (*Msg) ProtoMessage() {}
 
 func (x *Msg) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[27]
+	mi := &file_image_pb_image_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3188,7 +3345,7 @@ func (x *Msg) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Msg.ProtoReflect.Descriptor instead.
 func (*Msg) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{27}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Msg) GetType() int64 {
@@ -3220,7 +3377,7 @@ type SemSet struct {
 
 func (x *SemSet) Reset() {
 	*x = SemSet{}
-	mi := &file_image_pb_image_proto_msgTypes[28]
+	mi := &file_image_pb_image_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3232,7 +3389,7 @@ func (x *SemSet) String() string {
 func (*SemSet) ProtoMessage() {}
 
 func (x *SemSet) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[28]
+	mi := &file_image_pb_image_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3245,7 +3402,7 @@ func (x *SemSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SemSet.ProtoReflect.Descriptor instead.
 func (*SemSet) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{28}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SemSet) GetId() int32 {
@@ -3295,7 +3452,7 @@ type SemUndo struct {
 
 func (x *SemUndo) Reset() {
 	*x = SemUndo{}
-	mi := &file_image_pb_image_proto_msgTypes[29]
+	mi := &file_image_pb_image_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3307,7 +3464,7 @@ func (x *SemUndo) String() string {
 func (*SemUndo) ProtoMessage() {}
 
 func (x *SemUndo) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[29]
+	mi := &file_image_pb_image_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3320,7 +3477,7 @@ func (x *SemUndo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SemUndo.ProtoReflect.Descriptor instead.
 func (*SemUndo) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{29}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SemUndo) GetPid() uint32 {
@@ -3348,7 +3505,7 @@ type SemAdj struct {
 
 func (x *SemAdj) Reset() {
 	*x = SemAdj{}
-	mi := &file_image_pb_image_proto_msgTypes[30]
+	mi := &file_image_pb_image_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3360,7 +3517,7 @@ func (x *SemAdj) String() string {
 func (*SemAdj) ProtoMessage() {}
 
 func (x *SemAdj) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[30]
+	mi := &file_image_pb_image_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3373,7 +3530,7 @@ func (x *SemAdj) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SemAdj.ProtoReflect.Descriptor instead.
 func (*SemAdj) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{30}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SemAdj) GetSemid() int32 {
@@ -3408,7 +3565,7 @@ type IpcSysctl struct {
 
 func (x *IpcSysctl) Reset() {
 	*x = IpcSysctl{}
-	mi := &file_image_pb_image_proto_msgTypes[31]
+	mi := &file_image_pb_image_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3420,7 +3577,7 @@ func (x *IpcSysctl) String() string {
 func (*IpcSysctl) ProtoMessage() {}
 
 func (x *IpcSysctl) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[31]
+	mi := &file_image_pb_image_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3433,7 +3590,7 @@ func (x *IpcSysctl) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpcSysctl.ProtoReflect.Descriptor instead.
 func (*IpcSysctl) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{31}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *IpcSysctl) GetName() string {
@@ -3472,7 +3629,7 @@ type IpcNamespace struct {
 
 func (x *IpcNamespace) Reset() {
 	*x = IpcNamespace{}
-	mi := &file_image_pb_image_proto_msgTypes[32]
+	mi := &file_image_pb_image_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3484,7 +3641,7 @@ func (x *IpcNamespace) String() string {
 func (*IpcNamespace) ProtoMessage() {}
 
 func (x *IpcNamespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[32]
+	mi := &file_image_pb_image_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3497,7 +3654,7 @@ func (x *IpcNamespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpcNamespace.ProtoReflect.Descriptor instead.
 func (*IpcNamespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{32}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *IpcNamespace) GetNs() uint64 {
@@ -3568,7 +3725,7 @@ type NetNamespace struct {
 
 func (x *NetNamespace) Reset() {
 	*x = NetNamespace{}
-	mi := &file_image_pb_image_proto_msgTypes[33]
+	mi := &file_image_pb_image_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3580,7 +3737,7 @@ func (x *NetNamespace) String() string {
 func (*NetNamespace) ProtoMessage() {}
 
 func (x *NetNamespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[33]
+	mi := &file_image_pb_image_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3593,7 +3750,7 @@ func (x *NetNamespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetNamespace.ProtoReflect.Descriptor instead.
 func (*NetNamespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{33}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *NetNamespace) GetId() uint64 {
@@ -3654,7 +3811,7 @@ type NetLink struct {
 
 func (x *NetLink) Reset() {
 	*x = NetLink{}
-	mi := &file_image_pb_image_proto_msgTypes[34]
+	mi := &file_image_pb_image_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3666,7 +3823,7 @@ func (x *NetLink) String() string {
 func (*NetLink) ProtoMessage() {}
 
 func (x *NetLink) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[34]
+	mi := &file_image_pb_image_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3679,7 +3836,7 @@ func (x *NetLink) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetLink.ProtoReflect.Descriptor instead.
 func (*NetLink) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{34}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *NetLink) GetIndex() uint32 {
@@ -3782,7 +3939,7 @@ type NetAddr struct {
 
 func (x *NetAddr) Reset() {
 	*x = NetAddr{}
-	mi := &file_image_pb_image_proto_msgTypes[35]
+	mi := &file_image_pb_image_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3794,7 +3951,7 @@ func (x *NetAddr) String() string {
 func (*NetAddr) ProtoMessage() {}
 
 func (x *NetAddr) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[35]
+	mi := &file_image_pb_image_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3807,7 +3964,7 @@ func (x *NetAddr) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetAddr.ProtoReflect.Descriptor instead.
 func (*NetAddr) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{35}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *NetAddr) GetIfindex() uint32 {
@@ -3931,7 +4088,7 @@ type NetRoute struct {
 
 func (x *NetRoute) Reset() {
 	*x = NetRoute{}
-	mi := &file_image_pb_image_proto_msgTypes[36]
+	mi := &file_image_pb_image_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3943,7 +4100,7 @@ func (x *NetRoute) String() string {
 func (*NetRoute) ProtoMessage() {}
 
 func (x *NetRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[36]
+	mi := &file_image_pb_image_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3956,7 +4113,7 @@ func (x *NetRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetRoute.ProtoReflect.Descriptor instead.
 func (*NetRoute) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{36}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *NetRoute) GetFamily() uint32 {
@@ -4096,7 +4253,7 @@ type NetMetric struct {
 
 func (x *NetMetric) Reset() {
 	*x = NetMetric{}
-	mi := &file_image_pb_image_proto_msgTypes[37]
+	mi := &file_image_pb_image_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4108,7 +4265,7 @@ func (x *NetMetric) String() string {
 func (*NetMetric) ProtoMessage() {}
 
 func (x *NetMetric) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[37]
+	mi := &file_image_pb_image_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4121,7 +4278,7 @@ func (x *NetMetric) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetMetric.ProtoReflect.Descriptor instead.
 func (*NetMetric) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{37}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *NetMetric) GetType() uint32 {
@@ -4150,7 +4307,7 @@ type NetSysctl struct {
 
 func (x *NetSysctl) Reset() {
 	*x = NetSysctl{}
-	mi := &file_image_pb_image_proto_msgTypes[38]
+	mi := &file_image_pb_image_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4162,7 +4319,7 @@ func (x *NetSysctl) String() string {
 func (*NetSysctl) ProtoMessage() {}
 
 func (x *NetSysctl) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[38]
+	mi := &file_image_pb_image_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4175,7 +4332,7 @@ func (x *NetSysctl) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetSysctl.ProtoReflect.Descriptor instead.
 func (*NetSysctl) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{38}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *NetSysctl) GetName() string {
@@ -4204,7 +4361,7 @@ type MountNamespace struct {
 
 func (x *MountNamespace) Reset() {
 	*x = MountNamespace{}
-	mi := &file_image_pb_image_proto_msgTypes[39]
+	mi := &file_image_pb_image_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4216,7 +4373,7 @@ func (x *MountNamespace) String() string {
 func (*MountNamespace) ProtoMessage() {}
 
 func (x *MountNamespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[39]
+	mi := &file_image_pb_image_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4229,7 +4386,7 @@ func (x *MountNamespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountNamespace.ProtoReflect.Descriptor instead.
 func (*MountNamespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{39}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *MountNamespace) GetMounts() []*Mount {
@@ -4269,7 +4426,7 @@ type Mount struct {
 
 func (x *Mount) Reset() {
 	*x = Mount{}
-	mi := &file_image_pb_image_proto_msgTypes[40]
+	mi := &file_image_pb_image_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4281,7 +4438,7 @@ func (x *Mount) String() string {
 func (*Mount) ProtoMessage() {}
 
 func (x *Mount) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[40]
+	mi := &file_image_pb_image_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4294,7 +4451,7 @@ func (x *Mount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mount.ProtoReflect.Descriptor instead.
 func (*Mount) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{40}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Mount) GetId() uint32 {
@@ -4428,7 +4585,7 @@ type MountFile struct {
 
 func (x *MountFile) Reset() {
 	*x = MountFile{}
-	mi := &file_image_pb_image_proto_msgTypes[41]
+	mi := &file_image_pb_image_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4440,7 +4597,7 @@ func (x *MountFile) String() string {
 func (*MountFile) ProtoMessage() {}
 
 func (x *MountFile) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[41]
+	mi := &file_image_pb_image_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4453,7 +4610,7 @@ func (x *MountFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountFile.ProtoReflect.Descriptor instead.
 func (*MountFile) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{41}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *MountFile) GetMountId() uint32 {
@@ -4571,7 +4728,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\bouter_ns\x182 \x01(\v2\x14.ckpt.image.v1.NsIdsR\aouterNs\x12\x1c\n" +
 	"\tcontainer\x183 \x01(\bR\tcontainer\x12$\n" +
 	"\rcheckpoint_id\x18\x82\x01 \x01(\x03R\fcheckpointId\x12\x1a\n" +
-	"\bself_tid\x18\x83\x01 \x01(\rR\aselfTid\"\xfa\x06\n" +
+	"\bself_tid\x18\x83\x01 \x01(\rR\aselfTid\"\xb5\a\n" +
 	"\x04File\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12,\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x18.ckpt.image.v1.File.KindR\x04kind\x12\x12\n" +
@@ -4595,7 +4752,8 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\tpipe_data\x18\x12 \x01(\fR\bpipeData\x12\x1b\n" +
 	"\tpipe_size\x18\x13 \x01(\rR\bpipeSize\x12\x19\n" +
 	"\bshmem_id\x18\x14 \x01(\rR\ashmemId\x12D\n" +
-	"\x0finotify_watches\x18\x15 \x03(\v2\x1b.ckpt.image.v1.InotifyWatchR\x0einotifyWatches\"\xaf\x01\n" +
+	"\x0finotify_watches\x18\x15 \x03(\v2\x1b.ckpt.image.v1.InotifyWatchR\x0einotifyWatches\x12-\n" +
+	"\x06socket\x18\x16 \x01(\v2\x15.ckpt.image.v1.SocketR\x06socket\"\xbb\x01\n" +
 	"\x04Kind\x12\v\n" +
 	"\aUNKNOWN\x10\x00\x12\v\n" +
 	"\aREGULAR\x10\x01\x12\r\n" +
@@ -4611,7 +4769,25 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x12\t\n" +
 	"\x05MEMFD\x10\v\x12\b\n" +
 	"\x04FIFO\x10\f\x12\v\n" +
-	"\aINOTIFY\x10\r\"F\n" +
+	"\aINOTIFY\x10\r\x12\n" +
+	"\n" +
+	"\x06SOCKET\x10\x0e\"\xc2\x02\n" +
+	"\x06Socket\x12\x12\n" +
+	"\x04type\x18\x01 \x01(\rR\x04type\x12\x10\n" +
+	"\x03ino\x18\x02 \x01(\x04R\x03ino\x12\x19\n" +
+	"\bpeer_ino\x18\x03 \x01(\x04R\apeerIno\x12\x14\n" +
+	"\x05queue\x18\x04 \x03(\fR\x05queue\x12\x1a\n" +
+	"\bshutdown\x18\x05 \x01(\rR\bshutdown\x12\x16\n" +
+	"\x06sndbuf\x18\x06 \x01(\rR\x06sndbuf\x12\x16\n" +
+	"\x06rcvbuf\x18\a \x01(\rR\x06rcvbuf\x12\x1a\n" +
+	"\bpasscred\x18\b \x01(\bR\bpasscred\x12\x19\n" +
+	"\bpeek_off\x18\t \x01(\x05R\apeekOff\x12\x1f\n" +
+	"\vrcvtimeo_ns\x18\n" +
+	" \x01(\x03R\n" +
+	"rcvtimeoNs\x12\x1f\n" +
+	"\vsndtimeo_ns\x18\v \x01(\x03R\n" +
+	"sndtimeoNs\x12\x1c\n" +
+	"\tconnected\x18\f \x01(\bR\tconnected\"F\n" +
 	"\fInotifyWatch\x12\x0e\n" +
 	"\x02wd\x18\x01 \x01(\x05R\x02wd\x12\x12\n" +
 	"\x04mask\x18\x02 \x01(\rR\x04mask\x12\x12\n" +
@@ -5012,95 +5188,97 @@ func file_image_pb_image_proto_rawDescGZIP() []byte {
 }
 
 var file_image_pb_image_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_image_pb_image_proto_goTypes = []any{
 	(File_Kind)(0),         // 0: ckpt.image.v1.File.Kind
 	(Namespace_Kind)(0),    // 1: ckpt.image.v1.Namespace.Kind
 	(Mount_Kind)(0),        // 2: ckpt.image.v1.Mount.Kind
 	(*Header)(nil),         // 3: ckpt.image.v1.Header
 	(*File)(nil),           // 4: ckpt.image.v1.File
-	(*InotifyWatch)(nil),   // 5: ckpt.image.v1.InotifyWatch
-	(*EpollItem)(nil),      // 6: ckpt.image.v1.EpollItem
-	(*Vma)(nil),            // 7: ckpt.image.v1.Vma
-	(*Mm)(nil),             // 8: ckpt.image.v1.Mm
-	(*Sigaction)(nil),      // 9: ckpt.image.v1.Sigaction
-	(*Itimer)(nil),         // 10: ckpt.image.v1.Itimer
-	(*PosixTimer)(nil),     // 11: ckpt.image.v1.PosixTimer
-	(*Rlimit)(nil),         // 12: ckpt.image.v1.Rlimit
-	(*SyscallRestart)(nil), // 13: ckpt.image.v1.SyscallRestart
-	(*Thread)(nil),         // 14: ckpt.image.v1.Thread
-	(*Sched)(nil),          // 15: ckpt.image.v1.Sched
-	(*Fd)(nil),             // 16: ckpt.image.v1.Fd
-	(*Creds)(nil),          // 17: ckpt.image.v1.Creds
-	(*Process)(nil),        // 18: ckpt.image.v1.Process
-	(*PageRun)(nil),        // 19: ckpt.image.v1.PageRun
-	(*PageMap)(nil),        // 20: ckpt.image.v1.PageMap
-	(*Error)(nil),          // 21: ckpt.image.v1.Error
-	(*Tail)(nil),           // 22: ckpt.image.v1.Tail
-	(*NsIds)(nil),          // 23: ckpt.image.v1.NsIds
-	(*Namespace)(nil),      // 24: ckpt.image.v1.Namespace
-	(*Leak)(nil),           // 25: ckpt.image.v1.Leak
-	(*Leaks)(nil),          // 26: ckpt.image.v1.Leaks
-	(*IpcPerm)(nil),        // 27: ckpt.image.v1.IpcPerm
-	(*ShmSegment)(nil),     // 28: ckpt.image.v1.ShmSegment
-	(*MsgQueue)(nil),       // 29: ckpt.image.v1.MsgQueue
-	(*Msg)(nil),            // 30: ckpt.image.v1.Msg
-	(*SemSet)(nil),         // 31: ckpt.image.v1.SemSet
-	(*SemUndo)(nil),        // 32: ckpt.image.v1.SemUndo
-	(*SemAdj)(nil),         // 33: ckpt.image.v1.SemAdj
-	(*IpcSysctl)(nil),      // 34: ckpt.image.v1.IpcSysctl
-	(*IpcNamespace)(nil),   // 35: ckpt.image.v1.IpcNamespace
-	(*NetNamespace)(nil),   // 36: ckpt.image.v1.NetNamespace
-	(*NetLink)(nil),        // 37: ckpt.image.v1.NetLink
-	(*NetAddr)(nil),        // 38: ckpt.image.v1.NetAddr
-	(*NetRoute)(nil),       // 39: ckpt.image.v1.NetRoute
-	(*NetMetric)(nil),      // 40: ckpt.image.v1.NetMetric
-	(*NetSysctl)(nil),      // 41: ckpt.image.v1.NetSysctl
-	(*MountNamespace)(nil), // 42: ckpt.image.v1.MountNamespace
-	(*Mount)(nil),          // 43: ckpt.image.v1.Mount
-	(*MountFile)(nil),      // 44: ckpt.image.v1.MountFile
+	(*Socket)(nil),         // 5: ckpt.image.v1.Socket
+	(*InotifyWatch)(nil),   // 6: ckpt.image.v1.InotifyWatch
+	(*EpollItem)(nil),      // 7: ckpt.image.v1.EpollItem
+	(*Vma)(nil),            // 8: ckpt.image.v1.Vma
+	(*Mm)(nil),             // 9: ckpt.image.v1.Mm
+	(*Sigaction)(nil),      // 10: ckpt.image.v1.Sigaction
+	(*Itimer)(nil),         // 11: ckpt.image.v1.Itimer
+	(*PosixTimer)(nil),     // 12: ckpt.image.v1.PosixTimer
+	(*Rlimit)(nil),         // 13: ckpt.image.v1.Rlimit
+	(*SyscallRestart)(nil), // 14: ckpt.image.v1.SyscallRestart
+	(*Thread)(nil),         // 15: ckpt.image.v1.Thread
+	(*Sched)(nil),          // 16: ckpt.image.v1.Sched
+	(*Fd)(nil),             // 17: ckpt.image.v1.Fd
+	(*Creds)(nil),          // 18: ckpt.image.v1.Creds
+	(*Process)(nil),        // 19: ckpt.image.v1.Process
+	(*PageRun)(nil),        // 20: ckpt.image.v1.PageRun
+	(*PageMap)(nil),        // 21: ckpt.image.v1.PageMap
+	(*Error)(nil),          // 22: ckpt.image.v1.Error
+	(*Tail)(nil),           // 23: ckpt.image.v1.Tail
+	(*NsIds)(nil),          // 24: ckpt.image.v1.NsIds
+	(*Namespace)(nil),      // 25: ckpt.image.v1.Namespace
+	(*Leak)(nil),           // 26: ckpt.image.v1.Leak
+	(*Leaks)(nil),          // 27: ckpt.image.v1.Leaks
+	(*IpcPerm)(nil),        // 28: ckpt.image.v1.IpcPerm
+	(*ShmSegment)(nil),     // 29: ckpt.image.v1.ShmSegment
+	(*MsgQueue)(nil),       // 30: ckpt.image.v1.MsgQueue
+	(*Msg)(nil),            // 31: ckpt.image.v1.Msg
+	(*SemSet)(nil),         // 32: ckpt.image.v1.SemSet
+	(*SemUndo)(nil),        // 33: ckpt.image.v1.SemUndo
+	(*SemAdj)(nil),         // 34: ckpt.image.v1.SemAdj
+	(*IpcSysctl)(nil),      // 35: ckpt.image.v1.IpcSysctl
+	(*IpcNamespace)(nil),   // 36: ckpt.image.v1.IpcNamespace
+	(*NetNamespace)(nil),   // 37: ckpt.image.v1.NetNamespace
+	(*NetLink)(nil),        // 38: ckpt.image.v1.NetLink
+	(*NetAddr)(nil),        // 39: ckpt.image.v1.NetAddr
+	(*NetRoute)(nil),       // 40: ckpt.image.v1.NetRoute
+	(*NetMetric)(nil),      // 41: ckpt.image.v1.NetMetric
+	(*NetSysctl)(nil),      // 42: ckpt.image.v1.NetSysctl
+	(*MountNamespace)(nil), // 43: ckpt.image.v1.MountNamespace
+	(*Mount)(nil),          // 44: ckpt.image.v1.Mount
+	(*MountFile)(nil),      // 45: ckpt.image.v1.MountFile
 }
 var file_image_pb_image_proto_depIdxs = []int32{
-	23, // 0: ckpt.image.v1.Header.outer_ns:type_name -> ckpt.image.v1.NsIds
+	24, // 0: ckpt.image.v1.Header.outer_ns:type_name -> ckpt.image.v1.NsIds
 	0,  // 1: ckpt.image.v1.File.kind:type_name -> ckpt.image.v1.File.Kind
-	6,  // 2: ckpt.image.v1.File.epoll_items:type_name -> ckpt.image.v1.EpollItem
-	5,  // 3: ckpt.image.v1.File.inotify_watches:type_name -> ckpt.image.v1.InotifyWatch
-	7,  // 4: ckpt.image.v1.Mm.vmas:type_name -> ckpt.image.v1.Vma
-	13, // 5: ckpt.image.v1.Thread.restart:type_name -> ckpt.image.v1.SyscallRestart
-	15, // 6: ckpt.image.v1.Thread.sched:type_name -> ckpt.image.v1.Sched
-	16, // 7: ckpt.image.v1.Process.fds:type_name -> ckpt.image.v1.Fd
-	9,  // 8: ckpt.image.v1.Process.sigactions:type_name -> ckpt.image.v1.Sigaction
-	10, // 9: ckpt.image.v1.Process.itimers:type_name -> ckpt.image.v1.Itimer
-	12, // 10: ckpt.image.v1.Process.rlimits:type_name -> ckpt.image.v1.Rlimit
-	14, // 11: ckpt.image.v1.Process.threads:type_name -> ckpt.image.v1.Thread
-	17, // 12: ckpt.image.v1.Process.creds:type_name -> ckpt.image.v1.Creds
-	11, // 13: ckpt.image.v1.Process.posix_timers:type_name -> ckpt.image.v1.PosixTimer
-	23, // 14: ckpt.image.v1.Process.ns:type_name -> ckpt.image.v1.NsIds
-	19, // 15: ckpt.image.v1.PageMap.runs:type_name -> ckpt.image.v1.PageRun
-	1,  // 16: ckpt.image.v1.Namespace.kind:type_name -> ckpt.image.v1.Namespace.Kind
-	25, // 17: ckpt.image.v1.Leaks.leaks:type_name -> ckpt.image.v1.Leak
-	27, // 18: ckpt.image.v1.ShmSegment.perm:type_name -> ckpt.image.v1.IpcPerm
-	27, // 19: ckpt.image.v1.MsgQueue.perm:type_name -> ckpt.image.v1.IpcPerm
-	30, // 20: ckpt.image.v1.MsgQueue.messages:type_name -> ckpt.image.v1.Msg
-	27, // 21: ckpt.image.v1.SemSet.perm:type_name -> ckpt.image.v1.IpcPerm
-	33, // 22: ckpt.image.v1.SemUndo.adj:type_name -> ckpt.image.v1.SemAdj
-	28, // 23: ckpt.image.v1.IpcNamespace.shm:type_name -> ckpt.image.v1.ShmSegment
-	29, // 24: ckpt.image.v1.IpcNamespace.msg:type_name -> ckpt.image.v1.MsgQueue
-	31, // 25: ckpt.image.v1.IpcNamespace.sem:type_name -> ckpt.image.v1.SemSet
-	34, // 26: ckpt.image.v1.IpcNamespace.sysctls:type_name -> ckpt.image.v1.IpcSysctl
-	32, // 27: ckpt.image.v1.IpcNamespace.undo:type_name -> ckpt.image.v1.SemUndo
-	37, // 28: ckpt.image.v1.NetNamespace.links:type_name -> ckpt.image.v1.NetLink
-	38, // 29: ckpt.image.v1.NetNamespace.addrs:type_name -> ckpt.image.v1.NetAddr
-	39, // 30: ckpt.image.v1.NetNamespace.routes:type_name -> ckpt.image.v1.NetRoute
-	41, // 31: ckpt.image.v1.NetNamespace.sysctls:type_name -> ckpt.image.v1.NetSysctl
-	40, // 32: ckpt.image.v1.NetRoute.metrics:type_name -> ckpt.image.v1.NetMetric
-	43, // 33: ckpt.image.v1.MountNamespace.mounts:type_name -> ckpt.image.v1.Mount
-	2,  // 34: ckpt.image.v1.Mount.kind:type_name -> ckpt.image.v1.Mount.Kind
-	35, // [35:35] is the sub-list for method output_type
-	35, // [35:35] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	7,  // 2: ckpt.image.v1.File.epoll_items:type_name -> ckpt.image.v1.EpollItem
+	6,  // 3: ckpt.image.v1.File.inotify_watches:type_name -> ckpt.image.v1.InotifyWatch
+	5,  // 4: ckpt.image.v1.File.socket:type_name -> ckpt.image.v1.Socket
+	8,  // 5: ckpt.image.v1.Mm.vmas:type_name -> ckpt.image.v1.Vma
+	14, // 6: ckpt.image.v1.Thread.restart:type_name -> ckpt.image.v1.SyscallRestart
+	16, // 7: ckpt.image.v1.Thread.sched:type_name -> ckpt.image.v1.Sched
+	17, // 8: ckpt.image.v1.Process.fds:type_name -> ckpt.image.v1.Fd
+	10, // 9: ckpt.image.v1.Process.sigactions:type_name -> ckpt.image.v1.Sigaction
+	11, // 10: ckpt.image.v1.Process.itimers:type_name -> ckpt.image.v1.Itimer
+	13, // 11: ckpt.image.v1.Process.rlimits:type_name -> ckpt.image.v1.Rlimit
+	15, // 12: ckpt.image.v1.Process.threads:type_name -> ckpt.image.v1.Thread
+	18, // 13: ckpt.image.v1.Process.creds:type_name -> ckpt.image.v1.Creds
+	12, // 14: ckpt.image.v1.Process.posix_timers:type_name -> ckpt.image.v1.PosixTimer
+	24, // 15: ckpt.image.v1.Process.ns:type_name -> ckpt.image.v1.NsIds
+	20, // 16: ckpt.image.v1.PageMap.runs:type_name -> ckpt.image.v1.PageRun
+	1,  // 17: ckpt.image.v1.Namespace.kind:type_name -> ckpt.image.v1.Namespace.Kind
+	26, // 18: ckpt.image.v1.Leaks.leaks:type_name -> ckpt.image.v1.Leak
+	28, // 19: ckpt.image.v1.ShmSegment.perm:type_name -> ckpt.image.v1.IpcPerm
+	28, // 20: ckpt.image.v1.MsgQueue.perm:type_name -> ckpt.image.v1.IpcPerm
+	31, // 21: ckpt.image.v1.MsgQueue.messages:type_name -> ckpt.image.v1.Msg
+	28, // 22: ckpt.image.v1.SemSet.perm:type_name -> ckpt.image.v1.IpcPerm
+	34, // 23: ckpt.image.v1.SemUndo.adj:type_name -> ckpt.image.v1.SemAdj
+	29, // 24: ckpt.image.v1.IpcNamespace.shm:type_name -> ckpt.image.v1.ShmSegment
+	30, // 25: ckpt.image.v1.IpcNamespace.msg:type_name -> ckpt.image.v1.MsgQueue
+	32, // 26: ckpt.image.v1.IpcNamespace.sem:type_name -> ckpt.image.v1.SemSet
+	35, // 27: ckpt.image.v1.IpcNamespace.sysctls:type_name -> ckpt.image.v1.IpcSysctl
+	33, // 28: ckpt.image.v1.IpcNamespace.undo:type_name -> ckpt.image.v1.SemUndo
+	38, // 29: ckpt.image.v1.NetNamespace.links:type_name -> ckpt.image.v1.NetLink
+	39, // 30: ckpt.image.v1.NetNamespace.addrs:type_name -> ckpt.image.v1.NetAddr
+	40, // 31: ckpt.image.v1.NetNamespace.routes:type_name -> ckpt.image.v1.NetRoute
+	42, // 32: ckpt.image.v1.NetNamespace.sysctls:type_name -> ckpt.image.v1.NetSysctl
+	41, // 33: ckpt.image.v1.NetRoute.metrics:type_name -> ckpt.image.v1.NetMetric
+	44, // 34: ckpt.image.v1.MountNamespace.mounts:type_name -> ckpt.image.v1.Mount
+	2,  // 35: ckpt.image.v1.Mount.kind:type_name -> ckpt.image.v1.Mount.Kind
+	36, // [36:36] is the sub-list for method output_type
+	36, // [36:36] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_image_pb_image_proto_init() }
@@ -5108,15 +5286,15 @@ func file_image_pb_image_proto_init() {
 	if File_image_pb_image_proto != nil {
 		return
 	}
-	file_image_pb_image_proto_msgTypes[5].OneofWrappers = []any{}
-	file_image_pb_image_proto_msgTypes[15].OneofWrappers = []any{}
+	file_image_pb_image_proto_msgTypes[6].OneofWrappers = []any{}
+	file_image_pb_image_proto_msgTypes[16].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_image_pb_image_proto_rawDesc), len(file_image_pb_image_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   42,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

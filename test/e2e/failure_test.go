@@ -155,7 +155,24 @@ func TestRefusesUnsupported(t *testing.T) {
 		}, "is the deleted file /tmp/ckpt-e2e-deleted"},
 		{"socket", func() *exec.Cmd {
 			return exec.Command("python3", "-c", "import socket,time\ns=socket.socket()\nprint('READY', flush=True)\ntime.sleep(100)")
-		}, "is socket:["},
+		}, "is an IPv4 socket"},
+		{"unix-socket-named", func() *exec.Cmd {
+			return exec.Command("python3", "-c", "import socket,time\ns=socket.socket(socket.AF_UNIX)\ns.bind('\\0ckpt-e2e-named')\nprint('READY', flush=True)\ntime.sleep(100)")
+		}, `is bound to "@ckpt-e2e-named"`},
+		{"unix-socket-in-flight", func() *exec.Cmd {
+			return exec.Command("python3", "-c", "import socket,time\na,b=socket.socketpair()\nsocket.send_fds(a,[b'x'],[0])\nprint('READY', flush=True)\ntime.sleep(100)")
+		}, "descriptors in flight"},
+		{"unix-socket-peer-outside", func() *exec.Cmd {
+			fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ours, theirs := os.NewFile(uintptr(fds[0]), "ours"), os.NewFile(uintptr(fds[1]), "theirs")
+			t.Cleanup(func() { ours.Close() })
+			c := exec.Command("python3", "-c", "import time\nprint('READY', flush=True)\ntime.sleep(100)")
+			c.ExtraFiles = []*os.File{theirs} // fd 3; the test keeps the other end
+			return c
+		}, "which a process outside the checkpoint holds"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

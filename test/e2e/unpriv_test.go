@@ -23,6 +23,8 @@ func TestUnprivileged(t *testing.T) {
 		{name: "busy", argv: cWorkload("busy"), signal: true, settle: 100 * time.Millisecond},
 		{name: "files", argv: cWorkload("files"), signal: true, settle: 50 * time.Millisecond},
 		{name: "tree", argv: cWorkload("tree"), signal: true, settle: 50 * time.Millisecond},
+		// pidfd_getfd and sock_diag as the sockets' owner; no SO_*BUFFORCE.
+		{name: "sockets", argv: cWorkload("sockets"), signal: true, settle: 20 * time.Millisecond},
 	} {
 		w.user = nobody
 		for _, mode := range []string{"kill", "running", "twice"} {
