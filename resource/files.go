@@ -398,6 +398,11 @@ func (o *OpenFiles) Add(f *pb.File) error {
 	if f.Id == 0 || o.recs[f.Id] != nil {
 		return fmt.Errorf("image damaged: file id %d defined twice or zero", f.Id)
 	}
+	if f.Kind == pb.File_SOCKET {
+		if err := ValidateSocket(f); err != nil {
+			return err
+		}
+	}
 	o.recs[f.Id] = f
 	return nil
 }
