@@ -40,10 +40,10 @@ func sockIno(target string) (uint64, bool) {
 	return ino, err == nil
 }
 
-// sockFamilies names the families ckpt refuses, for the error.
+// sockFamilies names socket families for errors, with their article.
 var sockFamilies = map[int]string{
-	unix.AF_INET: "IPv4", unix.AF_INET6: "IPv6", unix.AF_NETLINK: "netlink",
-	unix.AF_PACKET: "packet", unix.AF_VSOCK: "vsock", unix.AF_ALG: "crypto API",
+	unix.AF_INET: "an IPv4", unix.AF_INET6: "an IPv6", unix.AF_NETLINK: "a netlink",
+	unix.AF_PACKET: "a packet", unix.AF_VSOCK: "a vsock", unix.AF_ALG: "a crypto API",
 }
 
 var sockTypes = map[int]string{unix.SOCK_STREAM: "stream", unix.SOCK_DGRAM: "datagram", unix.SOCK_SEQPACKET: "seqpacket"}
@@ -84,16 +84,21 @@ func describeSocket(pid, fd int, ino uint64, f *pb.File) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	if family != unix.AF_UNIX {
-		name := sockFamilies[family]
-		if name == "" {
-			name = "family " + strconv.Itoa(family)
-		}
-		return fmt.Errorf("%s is an %s socket: %w yet (only unix sockets without a name are)", what, name, ErrUnsupported)
-	}
 	typ, err := unix.GetsockoptInt(sfd, unix.SOL_SOCKET, unix.SO_TYPE)
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
+	}
+	if family == unix.AF_INET || family == unix.AF_INET6 {
+		f.Kind = pb.File_SOCKET
+		f.Socket = &pb.Socket{Type: uint32(typ), Ino: ino}
+		return describeInet(sfd, family, typ, f.Socket, what)
+	}
+	if family != unix.AF_UNIX {
+		name := sockFamilies[family]
+		if name == "" {
+			name = "a family " + strconv.Itoa(family)
+		}
+		return fmt.Errorf("%s is %s socket: %w yet (unix, TCP and UDP sockets are)", what, name, ErrUnsupported)
 	}
 	if sockTypes[typ] == "" {
 		return fmt.Errorf("%s is a unix socket of type %d: %w", what, typ, ErrUnsupported)
@@ -114,7 +119,7 @@ func describeSocket(pid, fd int, ino uint64, f *pb.File) error {
 		return fmt.Errorf("%s is connected to %q: %w yet (only unix sockets without a name are)", what, sa.(*unix.SockaddrUnix).Name, ErrUnsupported)
 	}
 	f.Kind = pb.File_SOCKET
-	f.Socket = &pb.Socket{Type: uint32(typ), Ino: ino, Connected: err == nil}
+	f.Socket = &pb.Socket{Family: unix.AF_UNIX, Type: uint32(typ), Ino: ino, Connected: err == nil}
 	return nil
 }
 
@@ -209,6 +214,9 @@ func sameNetns(pid int) bool {
 // other end, what is shut down, options, and the data waiting in it.
 func dumpSocket(pid, fd int, f *pb.File) error {
 	s := f.Socket
+	if s.Inet != nil {
+		return dumpInet(pid, fd, f)
+	}
 	d, err := queryUnixDiag(pid, s.Ino)
 	if err != nil {
 		return fmt.Errorf("fd %d of process %d: %w", fd, pid, err)
@@ -220,6 +228,28 @@ func dumpSocket(pid, fd int, f *pb.File) error {
 	}
 	defer unix.Close(sfd)
 	what := fmt.Sprintf("fd %d of process %d (socket:[%d])", fd, pid, s.Ino)
+	if err := readSockOpts(sfd, s, what); err != nil {
+		return err
+	}
+	// (Linux 6.16 refuses SO_PASSCRED on other families.)
+	pc, err := unix.GetsockoptInt(sfd, unix.SOL_SOCKET, unix.SO_PASSCRED)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	s.Passcred = pc != 0
+	peekOff, err := unix.GetsockoptInt(sfd, unix.SOL_SOCKET, unix.SO_PEEK_OFF)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	s.PeekOff = int32(peekOff)
+	if s.Queue, err = peekQueue(sfd, int(s.Type), peekOff, s.Shutdown&1 != 0); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
+// readSockOpts reads the options of any socket that setSockOpts sets.
+func readSockOpts(sfd int, s *pb.Socket, what string) error {
 	for _, o := range []struct {
 		opt int
 		v   *uint32
@@ -230,11 +260,6 @@ func dumpSocket(pid, fd int, f *pb.File) error {
 		}
 		*o.v = uint32(v)
 	}
-	pc, err := unix.GetsockoptInt(sfd, unix.SOL_SOCKET, unix.SO_PASSCRED)
-	if err != nil {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	s.Passcred = pc != 0
 	for _, o := range []struct {
 		opt int
 		v   *int64
@@ -244,14 +269,6 @@ func dumpSocket(pid, fd int, f *pb.File) error {
 			return fmt.Errorf("%s: %w", what, err)
 		}
 		*o.v = tv.Nano()
-	}
-	peekOff, err := unix.GetsockoptInt(sfd, unix.SOL_SOCKET, unix.SO_PEEK_OFF)
-	if err != nil {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	s.PeekOff = int32(peekOff)
-	if s.Queue, err = peekQueue(sfd, int(s.Type), peekOff, s.Shutdown&1 != 0); err != nil {
-		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
 }
@@ -411,6 +428,16 @@ func ValidateSocket(f *pb.File) error {
 	if s == nil || sockTypes[int(s.Type)] == "" || s.Ino == 0 || s.Shutdown > 3 || s.PeekOff < -1 {
 		return fmt.Errorf("image damaged: socket file %d", f.Id)
 	}
+	switch s.Family {
+	case 0, unix.AF_UNIX:
+		if s.Inet != nil {
+			return fmt.Errorf("image damaged: unix socket file %d with an IP address", f.Id)
+		}
+	case unix.AF_INET, unix.AF_INET6:
+		return validateInet(f)
+	default:
+		return fmt.Errorf("image damaged: socket file %d of family %d", f.Id, s.Family)
+	}
 	if !s.Connected && (len(s.Queue) > 0 || s.PeerIno != 0) {
 		return fmt.Errorf("image damaged: socket file %d has data or a peer but is not connected", f.Id)
 	}
@@ -429,6 +456,13 @@ func (o *OpenFiles) openSocket(rec *pb.File) (*os.File, error) {
 	s := rec.Socket
 	if f := o.sockets[s.Ino]; f != nil {
 		return f, nil
+	}
+	if s.Inet != nil {
+		f, err := o.openInet(rec)
+		if err == nil {
+			o.sockets[s.Ino] = f
+		}
+		return f, err
 	}
 	if !s.Connected {
 		var fd int

@@ -185,3 +185,122 @@ func TestOpenSocketPair(t *testing.T) {
 		t.Errorf("a stream end paired with a datagram end: err = %v", err)
 	}
 }
+
+// TestInetRoundTrip describes IPv4 and IPv6 sockets as a checkpoint does,
+// closes them, and makes them again from the records: same address,
+// backlog, peer and options.
+func TestInetRoundTrip(t *testing.T) {
+	tests := []struct {
+		name  string
+		setup func(t *testing.T) int
+		check func(t *testing.T, fd int)
+	}{
+		{"TCP listener", func(t *testing.T) int {
+			fd, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+			unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+			if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+				t.Fatal(err)
+			}
+			unix.Listen(fd, 5)
+			return fd
+		}, func(t *testing.T, fd int) {
+			info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+			if err != nil || info.State != tcpListen || info.Sacked != 5 {
+				t.Errorf("state %d backlog %d (%v), want listening with 5", info.State, info.Sacked, err)
+			}
+			if v, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR); v != 1 {
+				t.Error("SO_REUSEADDR lost")
+			}
+		}},
+		{"IPv6 UDP connected", func(t *testing.T) int {
+			fd, _ := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM, 0)
+			if err := unix.Connect(fd, &unix.SockaddrInet6{Addr: [16]byte{15: 1}, Port: 9}); err != nil {
+				t.Fatal(err)
+			}
+			return fd
+		}, func(t *testing.T, fd int) {
+			sa, err := unix.Getpeername(fd)
+			if p, ok := sa.(*unix.SockaddrInet6); err != nil || !ok || p.Port != 9 || p.Addr != [16]byte{15: 1} {
+				t.Errorf("peer %v (%v), want [::1]:9", sa, err)
+			}
+		}},
+		{"unbound TCP", func(t *testing.T) int {
+			fd, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+			unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+			return fd
+		}, func(t *testing.T, fd int) {
+			if v, _ := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY); v != 1 {
+				t.Error("TCP_NODELAY lost")
+			}
+			if sa, _ := unix.Getsockname(fd); sa.(*unix.SockaddrInet4).Port != 0 {
+				t.Error("an unbound socket came back bound")
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fd := tt.setup(t)
+			family, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN)
+			typ, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+			local, _ := unix.Getsockname(fd)
+			rec := &pb.File{Id: 1, Kind: pb.File_SOCKET, Socket: &pb.Socket{Type: uint32(typ), Ino: 7}}
+			if err := describeInet(fd, family, typ, rec.Socket, "test socket"); err != nil {
+				t.Fatal(err)
+			}
+			if err := readSockOpts(fd, rec.Socket, "test socket"); err != nil {
+				t.Fatal(err)
+			}
+			unix.Close(fd)
+			if err := ValidateSocket(rec); err != nil {
+				t.Fatal(err)
+			}
+			o := NewOpenFiles()
+			defer o.Close()
+			o.Add(rec)
+			f, _, err := o.Get(1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := unix.Getsockname(int(f.Fd()))
+			ga, gp, _ := inetAddr(got)
+			la, lp, _ := inetAddr(local)
+			if inetString(ga, gp) != inetString(la, lp) {
+				t.Errorf("local address %v, want %v", got, local)
+			}
+			tt.check(t, int(f.Fd()))
+		})
+	}
+}
+
+func TestValidateInet(t *testing.T) {
+	good := func() *pb.Socket {
+		return &pb.Socket{Family: unix.AF_INET, Type: unix.SOCK_STREAM, Ino: 3, PeekOff: -1,
+			Inet: &pb.InetSocket{Protocol: unix.IPPROTO_TCP, Addr: []byte{127, 0, 0, 1}, Port: 80, Listening: true, Backlog: 5}}
+	}
+	tests := []struct {
+		name string
+		bend func(s *pb.Socket)
+		ok   bool
+	}{
+		{"listener", func(*pb.Socket) {}, true},
+		{"no inet part", func(s *pb.Socket) { s.Inet = nil }, false},
+		{"UDP over stream", func(s *pb.Socket) { s.Inet.Protocol = unix.IPPROTO_UDP }, false},
+		{"IPv6 family, IPv4 address", func(s *pb.Socket) { s.Family = unix.AF_INET6 }, false},
+		{"port 70000", func(s *pb.Socket) { s.Inet.Port = 70000 }, false},
+		{"listening unbound", func(s *pb.Socket) { s.Inet.Addr = nil }, false},
+		{"data waiting", func(s *pb.Socket) { s.Queue = [][]byte{{1}} }, false},
+		{"unix part", func(s *pb.Socket) { s.Connected = true }, false},
+		{"family 99", func(s *pb.Socket) { s.Family = 99 }, false},
+		{"unix with an address", func(s *pb.Socket) { s.Family = unix.AF_UNIX }, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := good()
+			tt.bend(s)
+			err := ValidateSocket(&pb.File{Id: 2, Kind: pb.File_SOCKET, Socket: s})
+			if tt.ok != (err == nil) || (err != nil && !strings.Contains(err.Error(), "image damaged")) {
+				t.Fatalf("err = %v, want ok %v", err, tt.ok)
+			}
+		})
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"sort"
 	"strings"
@@ -362,6 +363,28 @@ func printIPC(out io.Writer, ns *pb.IpcNamespace) {
 
 // describeSocket says what a socket record holds.
 func describeSocket(s *pb.Socket) string {
+	if in := s.Inet; in != nil {
+		addr := func(a []byte, port uint32) string {
+			ip, ok := netip.AddrFromSlice(a)
+			if !ok {
+				return "nothing"
+			}
+			return netip.AddrPortFrom(ip, uint16(port)).String()
+		}
+		d := map[uint32]string{6: "TCP", 17: "UDP"}[in.Protocol] + " socket"
+		switch {
+		case in.Listening:
+			d += fmt.Sprintf(" listening on %s (backlog %d)", addr(in.Addr, in.Port), in.Backlog)
+		case len(in.Addr) != 0:
+			d += " bound to " + addr(in.Addr, in.Port)
+		default:
+			d += ", not bound"
+		}
+		if len(in.PeerAddr) != 0 {
+			d += ", connected to " + addr(in.PeerAddr, in.PeerPort)
+		}
+		return d
+	}
 	kind := map[uint32]string{1: "stream", 2: "datagram", 5: "seqpacket"}[s.Type]
 	d := fmt.Sprintf("unix %s socket", kind)
 	if s.PeerIno != 0 {

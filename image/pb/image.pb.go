@@ -181,7 +181,7 @@ func (x Namespace_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Namespace_Kind.Descriptor instead.
 func (Namespace_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{22, 0}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{23, 0}
 }
 
 // Kind says how restart re-creates the mount.
@@ -255,7 +255,7 @@ func (x Mount_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Mount_Kind.Descriptor instead.
 func (Mount_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{41, 0}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{42, 0}
 }
 
 // Header is the first record of every image.
@@ -655,7 +655,12 @@ type Socket struct {
 	SndtimeoNs int64 `protobuf:"varint,11,opt,name=sndtimeo_ns,json=sndtimeoNs,proto3" json:"sndtimeo_ns,omitempty"`
 	// connected is set for an end of a pair, also when the other end was
 	// closed (peer_ino is then 0).
-	Connected     bool `protobuf:"varint,12,opt,name=connected,proto3" json:"connected,omitempty"`
+	Connected bool `protobuf:"varint,12,opt,name=connected,proto3" json:"connected,omitempty"`
+	// family is AF_UNIX (1, or 0), AF_INET (2) or AF_INET6 (10); an IPv4 or
+	// IPv6 socket has inet and none of the fields above but type, ino and
+	// the options.
+	Family        uint32      `protobuf:"varint,13,opt,name=family,proto3" json:"family,omitempty"`
+	Inet          *InetSocket `protobuf:"bytes,14,opt,name=inet,proto3" json:"inet,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -774,6 +779,182 @@ func (x *Socket) GetConnected() bool {
 	return false
 }
 
+func (x *Socket) GetFamily() uint32 {
+	if x != nil {
+		return x.Family
+	}
+	return 0
+}
+
+func (x *Socket) GetInet() *InetSocket {
+	if x != nil {
+		return x.Inet
+	}
+	return nil
+}
+
+// InetSocket is a TCP socket that listens or is not connected, or a UDP
+// socket: its address, the peer a UDP socket is connected to, options.
+// Datagrams waiting in a UDP socket are not kept (the network may drop
+// them as well).
+type InetSocket struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// protocol is IPPROTO_TCP (6) or IPPROTO_UDP (17).
+	Protocol uint32 `protobuf:"varint,1,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	// addr and port are the local address (4 or 16 bytes; empty: not bound).
+	Addr          []byte `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
+	Port          uint32 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	ScopeId       uint32 `protobuf:"varint,4,opt,name=scope_id,json=scopeId,proto3" json:"scope_id,omitempty"`
+	PeerAddr      []byte `protobuf:"bytes,5,opt,name=peer_addr,json=peerAddr,proto3" json:"peer_addr,omitempty"`
+	PeerPort      uint32 `protobuf:"varint,6,opt,name=peer_port,json=peerPort,proto3" json:"peer_port,omitempty"`
+	PeerScopeId   uint32 `protobuf:"varint,7,opt,name=peer_scope_id,json=peerScopeId,proto3" json:"peer_scope_id,omitempty"`
+	Listening     bool   `protobuf:"varint,8,opt,name=listening,proto3" json:"listening,omitempty"`
+	Backlog       uint32 `protobuf:"varint,9,opt,name=backlog,proto3" json:"backlog,omitempty"`
+	Reuseaddr     bool   `protobuf:"varint,10,opt,name=reuseaddr,proto3" json:"reuseaddr,omitempty"`
+	Reuseport     bool   `protobuf:"varint,11,opt,name=reuseport,proto3" json:"reuseport,omitempty"`
+	Keepalive     bool   `protobuf:"varint,12,opt,name=keepalive,proto3" json:"keepalive,omitempty"`
+	Broadcast     bool   `protobuf:"varint,13,opt,name=broadcast,proto3" json:"broadcast,omitempty"`
+	V6Only        bool   `protobuf:"varint,14,opt,name=v6only,proto3" json:"v6only,omitempty"`
+	Nodelay       bool   `protobuf:"varint,15,opt,name=nodelay,proto3" json:"nodelay,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InetSocket) Reset() {
+	*x = InetSocket{}
+	mi := &file_image_pb_image_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InetSocket) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InetSocket) ProtoMessage() {}
+
+func (x *InetSocket) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InetSocket.ProtoReflect.Descriptor instead.
+func (*InetSocket) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *InetSocket) GetProtocol() uint32 {
+	if x != nil {
+		return x.Protocol
+	}
+	return 0
+}
+
+func (x *InetSocket) GetAddr() []byte {
+	if x != nil {
+		return x.Addr
+	}
+	return nil
+}
+
+func (x *InetSocket) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *InetSocket) GetScopeId() uint32 {
+	if x != nil {
+		return x.ScopeId
+	}
+	return 0
+}
+
+func (x *InetSocket) GetPeerAddr() []byte {
+	if x != nil {
+		return x.PeerAddr
+	}
+	return nil
+}
+
+func (x *InetSocket) GetPeerPort() uint32 {
+	if x != nil {
+		return x.PeerPort
+	}
+	return 0
+}
+
+func (x *InetSocket) GetPeerScopeId() uint32 {
+	if x != nil {
+		return x.PeerScopeId
+	}
+	return 0
+}
+
+func (x *InetSocket) GetListening() bool {
+	if x != nil {
+		return x.Listening
+	}
+	return false
+}
+
+func (x *InetSocket) GetBacklog() uint32 {
+	if x != nil {
+		return x.Backlog
+	}
+	return 0
+}
+
+func (x *InetSocket) GetReuseaddr() bool {
+	if x != nil {
+		return x.Reuseaddr
+	}
+	return false
+}
+
+func (x *InetSocket) GetReuseport() bool {
+	if x != nil {
+		return x.Reuseport
+	}
+	return false
+}
+
+func (x *InetSocket) GetKeepalive() bool {
+	if x != nil {
+		return x.Keepalive
+	}
+	return false
+}
+
+func (x *InetSocket) GetBroadcast() bool {
+	if x != nil {
+		return x.Broadcast
+	}
+	return false
+}
+
+func (x *InetSocket) GetV6Only() bool {
+	if x != nil {
+		return x.V6Only
+	}
+	return false
+}
+
+func (x *InetSocket) GetNodelay() bool {
+	if x != nil {
+		return x.Nodelay
+	}
+	return false
+}
+
 // InotifyWatch is one watch of an inotify instance: its descriptor, mask
 // and the path of the watched inode (found from its file handle).
 type InotifyWatch struct {
@@ -787,7 +968,7 @@ type InotifyWatch struct {
 
 func (x *InotifyWatch) Reset() {
 	*x = InotifyWatch{}
-	mi := &file_image_pb_image_proto_msgTypes[3]
+	mi := &file_image_pb_image_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -799,7 +980,7 @@ func (x *InotifyWatch) String() string {
 func (*InotifyWatch) ProtoMessage() {}
 
 func (x *InotifyWatch) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[3]
+	mi := &file_image_pb_image_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -812,7 +993,7 @@ func (x *InotifyWatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InotifyWatch.ProtoReflect.Descriptor instead.
 func (*InotifyWatch) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{3}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *InotifyWatch) GetWd() int32 {
@@ -847,7 +1028,7 @@ type EpollItem struct {
 
 func (x *EpollItem) Reset() {
 	*x = EpollItem{}
-	mi := &file_image_pb_image_proto_msgTypes[4]
+	mi := &file_image_pb_image_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -859,7 +1040,7 @@ func (x *EpollItem) String() string {
 func (*EpollItem) ProtoMessage() {}
 
 func (x *EpollItem) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[4]
+	mi := &file_image_pb_image_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -872,7 +1053,7 @@ func (x *EpollItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EpollItem.ProtoReflect.Descriptor instead.
 func (*EpollItem) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{4}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *EpollItem) GetFd() int32 {
@@ -936,7 +1117,7 @@ type Vma struct {
 
 func (x *Vma) Reset() {
 	*x = Vma{}
-	mi := &file_image_pb_image_proto_msgTypes[5]
+	mi := &file_image_pb_image_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -948,7 +1129,7 @@ func (x *Vma) String() string {
 func (*Vma) ProtoMessage() {}
 
 func (x *Vma) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[5]
+	mi := &file_image_pb_image_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -961,7 +1142,7 @@ func (x *Vma) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Vma.ProtoReflect.Descriptor instead.
 func (*Vma) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{5}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Vma) GetStart() uint64 {
@@ -1097,7 +1278,7 @@ type Mm struct {
 
 func (x *Mm) Reset() {
 	*x = Mm{}
-	mi := &file_image_pb_image_proto_msgTypes[6]
+	mi := &file_image_pb_image_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1109,7 +1290,7 @@ func (x *Mm) String() string {
 func (*Mm) ProtoMessage() {}
 
 func (x *Mm) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[6]
+	mi := &file_image_pb_image_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1122,7 +1303,7 @@ func (x *Mm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mm.ProtoReflect.Descriptor instead.
 func (*Mm) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{6}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Mm) GetId() uint32 {
@@ -1250,7 +1431,7 @@ type Sigaction struct {
 
 func (x *Sigaction) Reset() {
 	*x = Sigaction{}
-	mi := &file_image_pb_image_proto_msgTypes[7]
+	mi := &file_image_pb_image_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1262,7 +1443,7 @@ func (x *Sigaction) String() string {
 func (*Sigaction) ProtoMessage() {}
 
 func (x *Sigaction) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[7]
+	mi := &file_image_pb_image_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1275,7 +1456,7 @@ func (x *Sigaction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sigaction.ProtoReflect.Descriptor instead.
 func (*Sigaction) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{7}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Sigaction) GetSigno() uint32 {
@@ -1325,7 +1506,7 @@ type Itimer struct {
 
 func (x *Itimer) Reset() {
 	*x = Itimer{}
-	mi := &file_image_pb_image_proto_msgTypes[8]
+	mi := &file_image_pb_image_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1337,7 +1518,7 @@ func (x *Itimer) String() string {
 func (*Itimer) ProtoMessage() {}
 
 func (x *Itimer) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[8]
+	mi := &file_image_pb_image_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1350,7 +1531,7 @@ func (x *Itimer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Itimer.ProtoReflect.Descriptor instead.
 func (*Itimer) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{8}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Itimer) GetWhich() uint32 {
@@ -1401,7 +1582,7 @@ type PosixTimer struct {
 
 func (x *PosixTimer) Reset() {
 	*x = PosixTimer{}
-	mi := &file_image_pb_image_proto_msgTypes[9]
+	mi := &file_image_pb_image_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1413,7 +1594,7 @@ func (x *PosixTimer) String() string {
 func (*PosixTimer) ProtoMessage() {}
 
 func (x *PosixTimer) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[9]
+	mi := &file_image_pb_image_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1426,7 +1607,7 @@ func (x *PosixTimer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PosixTimer.ProtoReflect.Descriptor instead.
 func (*PosixTimer) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{9}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PosixTimer) GetId() int32 {
@@ -1496,7 +1677,7 @@ type Rlimit struct {
 
 func (x *Rlimit) Reset() {
 	*x = Rlimit{}
-	mi := &file_image_pb_image_proto_msgTypes[10]
+	mi := &file_image_pb_image_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1508,7 +1689,7 @@ func (x *Rlimit) String() string {
 func (*Rlimit) ProtoMessage() {}
 
 func (x *Rlimit) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[10]
+	mi := &file_image_pb_image_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1521,7 +1702,7 @@ func (x *Rlimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rlimit.ProtoReflect.Descriptor instead.
 func (*Rlimit) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{10}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Rlimit) GetResource() uint32 {
@@ -1562,7 +1743,7 @@ type SyscallRestart struct {
 
 func (x *SyscallRestart) Reset() {
 	*x = SyscallRestart{}
-	mi := &file_image_pb_image_proto_msgTypes[11]
+	mi := &file_image_pb_image_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1574,7 +1755,7 @@ func (x *SyscallRestart) String() string {
 func (*SyscallRestart) ProtoMessage() {}
 
 func (x *SyscallRestart) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[11]
+	mi := &file_image_pb_image_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1587,7 +1768,7 @@ func (x *SyscallRestart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyscallRestart.ProtoReflect.Descriptor instead.
 func (*SyscallRestart) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{11}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SyscallRestart) GetNr() int64 {
@@ -1651,7 +1832,7 @@ type Thread struct {
 
 func (x *Thread) Reset() {
 	*x = Thread{}
-	mi := &file_image_pb_image_proto_msgTypes[12]
+	mi := &file_image_pb_image_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1663,7 +1844,7 @@ func (x *Thread) String() string {
 func (*Thread) ProtoMessage() {}
 
 func (x *Thread) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[12]
+	mi := &file_image_pb_image_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1676,7 +1857,7 @@ func (x *Thread) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Thread.ProtoReflect.Descriptor instead.
 func (*Thread) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{12}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Thread) GetTid() uint32 {
@@ -1839,7 +2020,7 @@ type Sched struct {
 
 func (x *Sched) Reset() {
 	*x = Sched{}
-	mi := &file_image_pb_image_proto_msgTypes[13]
+	mi := &file_image_pb_image_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1851,7 +2032,7 @@ func (x *Sched) String() string {
 func (*Sched) ProtoMessage() {}
 
 func (x *Sched) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[13]
+	mi := &file_image_pb_image_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1864,7 +2045,7 @@ func (x *Sched) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sched.ProtoReflect.Descriptor instead.
 func (*Sched) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{13}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Sched) GetPolicy() uint32 {
@@ -1941,7 +2122,7 @@ type Fd struct {
 
 func (x *Fd) Reset() {
 	*x = Fd{}
-	mi := &file_image_pb_image_proto_msgTypes[14]
+	mi := &file_image_pb_image_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1953,7 +2134,7 @@ func (x *Fd) String() string {
 func (*Fd) ProtoMessage() {}
 
 func (x *Fd) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[14]
+	mi := &file_image_pb_image_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1966,7 +2147,7 @@ func (x *Fd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fd.ProtoReflect.Descriptor instead.
 func (*Fd) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{14}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Fd) GetFd() int32 {
@@ -2007,7 +2188,7 @@ type Creds struct {
 
 func (x *Creds) Reset() {
 	*x = Creds{}
-	mi := &file_image_pb_image_proto_msgTypes[15]
+	mi := &file_image_pb_image_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2019,7 +2200,7 @@ func (x *Creds) String() string {
 func (*Creds) ProtoMessage() {}
 
 func (x *Creds) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[15]
+	mi := &file_image_pb_image_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2032,7 +2213,7 @@ func (x *Creds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Creds.ProtoReflect.Descriptor instead.
 func (*Creds) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{15}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Creds) GetUid() uint32 {
@@ -2160,7 +2341,7 @@ type Process struct {
 
 func (x *Process) Reset() {
 	*x = Process{}
-	mi := &file_image_pb_image_proto_msgTypes[16]
+	mi := &file_image_pb_image_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2172,7 +2353,7 @@ func (x *Process) String() string {
 func (*Process) ProtoMessage() {}
 
 func (x *Process) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[16]
+	mi := &file_image_pb_image_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2185,7 +2366,7 @@ func (x *Process) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Process.ProtoReflect.Descriptor instead.
 func (*Process) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{16}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Process) GetPid() uint32 {
@@ -2415,7 +2596,7 @@ type PageRun struct {
 
 func (x *PageRun) Reset() {
 	*x = PageRun{}
-	mi := &file_image_pb_image_proto_msgTypes[17]
+	mi := &file_image_pb_image_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2427,7 +2608,7 @@ func (x *PageRun) String() string {
 func (*PageRun) ProtoMessage() {}
 
 func (x *PageRun) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[17]
+	mi := &file_image_pb_image_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2440,7 +2621,7 @@ func (x *PageRun) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PageRun.ProtoReflect.Descriptor instead.
 func (*PageRun) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{17}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PageRun) GetAddr() uint64 {
@@ -2477,7 +2658,7 @@ type PageMap struct {
 
 func (x *PageMap) Reset() {
 	*x = PageMap{}
-	mi := &file_image_pb_image_proto_msgTypes[18]
+	mi := &file_image_pb_image_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2489,7 +2670,7 @@ func (x *PageMap) String() string {
 func (*PageMap) ProtoMessage() {}
 
 func (x *PageMap) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[18]
+	mi := &file_image_pb_image_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2502,7 +2683,7 @@ func (x *PageMap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PageMap.ProtoReflect.Descriptor instead.
 func (*PageMap) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{18}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PageMap) GetMmId() uint32 {
@@ -2551,7 +2732,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_image_pb_image_proto_msgTypes[19]
+	mi := &file_image_pb_image_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2563,7 +2744,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[19]
+	mi := &file_image_pb_image_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2576,7 +2757,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{19}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Error) GetMessage() string {
@@ -2602,7 +2783,7 @@ type Tail struct {
 
 func (x *Tail) Reset() {
 	*x = Tail{}
-	mi := &file_image_pb_image_proto_msgTypes[20]
+	mi := &file_image_pb_image_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2614,7 +2795,7 @@ func (x *Tail) String() string {
 func (*Tail) ProtoMessage() {}
 
 func (x *Tail) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[20]
+	mi := &file_image_pb_image_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2627,7 +2808,7 @@ func (x *Tail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tail.ProtoReflect.Descriptor instead.
 func (*Tail) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{20}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Tail) GetRecords() uint64 {
@@ -2684,7 +2865,7 @@ type NsIds struct {
 
 func (x *NsIds) Reset() {
 	*x = NsIds{}
-	mi := &file_image_pb_image_proto_msgTypes[21]
+	mi := &file_image_pb_image_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2696,7 +2877,7 @@ func (x *NsIds) String() string {
 func (*NsIds) ProtoMessage() {}
 
 func (x *NsIds) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[21]
+	mi := &file_image_pb_image_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2709,7 +2890,7 @@ func (x *NsIds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NsIds.ProtoReflect.Descriptor instead.
 func (*NsIds) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{21}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *NsIds) GetIpc() uint64 {
@@ -2787,7 +2968,7 @@ type Namespace struct {
 
 func (x *Namespace) Reset() {
 	*x = Namespace{}
-	mi := &file_image_pb_image_proto_msgTypes[22]
+	mi := &file_image_pb_image_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2799,7 +2980,7 @@ func (x *Namespace) String() string {
 func (*Namespace) ProtoMessage() {}
 
 func (x *Namespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[22]
+	mi := &file_image_pb_image_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2812,7 +2993,7 @@ func (x *Namespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Namespace.ProtoReflect.Descriptor instead.
 func (*Namespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{22}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Namespace) GetKind() Namespace_Kind {
@@ -2874,7 +3055,7 @@ type Leak struct {
 
 func (x *Leak) Reset() {
 	*x = Leak{}
-	mi := &file_image_pb_image_proto_msgTypes[23]
+	mi := &file_image_pb_image_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2886,7 +3067,7 @@ func (x *Leak) String() string {
 func (*Leak) ProtoMessage() {}
 
 func (x *Leak) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[23]
+	mi := &file_image_pb_image_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2899,7 +3080,7 @@ func (x *Leak) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Leak.ProtoReflect.Descriptor instead.
 func (*Leak) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{23}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Leak) GetPid() uint32 {
@@ -2939,7 +3120,7 @@ type Leaks struct {
 
 func (x *Leaks) Reset() {
 	*x = Leaks{}
-	mi := &file_image_pb_image_proto_msgTypes[24]
+	mi := &file_image_pb_image_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2951,7 +3132,7 @@ func (x *Leaks) String() string {
 func (*Leaks) ProtoMessage() {}
 
 func (x *Leaks) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[24]
+	mi := &file_image_pb_image_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2964,7 +3145,7 @@ func (x *Leaks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Leaks.ProtoReflect.Descriptor instead.
 func (*Leaks) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{24}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Leaks) GetLeaks() []*Leak {
@@ -2992,7 +3173,7 @@ type IpcPerm struct {
 
 func (x *IpcPerm) Reset() {
 	*x = IpcPerm{}
-	mi := &file_image_pb_image_proto_msgTypes[25]
+	mi := &file_image_pb_image_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3004,7 +3185,7 @@ func (x *IpcPerm) String() string {
 func (*IpcPerm) ProtoMessage() {}
 
 func (x *IpcPerm) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[25]
+	mi := &file_image_pb_image_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3017,7 +3198,7 @@ func (x *IpcPerm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpcPerm.ProtoReflect.Descriptor instead.
 func (*IpcPerm) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{25}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *IpcPerm) GetKey() int32 {
@@ -3089,7 +3270,7 @@ type ShmSegment struct {
 
 func (x *ShmSegment) Reset() {
 	*x = ShmSegment{}
-	mi := &file_image_pb_image_proto_msgTypes[26]
+	mi := &file_image_pb_image_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3101,7 +3282,7 @@ func (x *ShmSegment) String() string {
 func (*ShmSegment) ProtoMessage() {}
 
 func (x *ShmSegment) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[26]
+	mi := &file_image_pb_image_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3114,7 +3295,7 @@ func (x *ShmSegment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShmSegment.ProtoReflect.Descriptor instead.
 func (*ShmSegment) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{26}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ShmSegment) GetId() int32 {
@@ -3219,7 +3400,7 @@ type MsgQueue struct {
 
 func (x *MsgQueue) Reset() {
 	*x = MsgQueue{}
-	mi := &file_image_pb_image_proto_msgTypes[27]
+	mi := &file_image_pb_image_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3231,7 +3412,7 @@ func (x *MsgQueue) String() string {
 func (*MsgQueue) ProtoMessage() {}
 
 func (x *MsgQueue) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[27]
+	mi := &file_image_pb_image_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3244,7 +3425,7 @@ func (x *MsgQueue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MsgQueue.ProtoReflect.Descriptor instead.
 func (*MsgQueue) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{27}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *MsgQueue) GetId() int32 {
@@ -3320,7 +3501,7 @@ type Msg struct {
 
 func (x *Msg) Reset() {
 	*x = Msg{}
-	mi := &file_image_pb_image_proto_msgTypes[28]
+	mi := &file_image_pb_image_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3332,7 +3513,7 @@ func (x *Msg) String() string {
 func (*Msg) ProtoMessage() {}
 
 func (x *Msg) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[28]
+	mi := &file_image_pb_image_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3345,7 +3526,7 @@ func (x *Msg) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Msg.ProtoReflect.Descriptor instead.
 func (*Msg) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{28}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Msg) GetType() int64 {
@@ -3377,7 +3558,7 @@ type SemSet struct {
 
 func (x *SemSet) Reset() {
 	*x = SemSet{}
-	mi := &file_image_pb_image_proto_msgTypes[29]
+	mi := &file_image_pb_image_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3389,7 +3570,7 @@ func (x *SemSet) String() string {
 func (*SemSet) ProtoMessage() {}
 
 func (x *SemSet) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[29]
+	mi := &file_image_pb_image_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3402,7 +3583,7 @@ func (x *SemSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SemSet.ProtoReflect.Descriptor instead.
 func (*SemSet) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{29}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SemSet) GetId() int32 {
@@ -3452,7 +3633,7 @@ type SemUndo struct {
 
 func (x *SemUndo) Reset() {
 	*x = SemUndo{}
-	mi := &file_image_pb_image_proto_msgTypes[30]
+	mi := &file_image_pb_image_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3464,7 +3645,7 @@ func (x *SemUndo) String() string {
 func (*SemUndo) ProtoMessage() {}
 
 func (x *SemUndo) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[30]
+	mi := &file_image_pb_image_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3477,7 +3658,7 @@ func (x *SemUndo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SemUndo.ProtoReflect.Descriptor instead.
 func (*SemUndo) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{30}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SemUndo) GetPid() uint32 {
@@ -3505,7 +3686,7 @@ type SemAdj struct {
 
 func (x *SemAdj) Reset() {
 	*x = SemAdj{}
-	mi := &file_image_pb_image_proto_msgTypes[31]
+	mi := &file_image_pb_image_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3517,7 +3698,7 @@ func (x *SemAdj) String() string {
 func (*SemAdj) ProtoMessage() {}
 
 func (x *SemAdj) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[31]
+	mi := &file_image_pb_image_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3530,7 +3711,7 @@ func (x *SemAdj) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SemAdj.ProtoReflect.Descriptor instead.
 func (*SemAdj) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{31}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SemAdj) GetSemid() int32 {
@@ -3565,7 +3746,7 @@ type IpcSysctl struct {
 
 func (x *IpcSysctl) Reset() {
 	*x = IpcSysctl{}
-	mi := &file_image_pb_image_proto_msgTypes[32]
+	mi := &file_image_pb_image_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3577,7 +3758,7 @@ func (x *IpcSysctl) String() string {
 func (*IpcSysctl) ProtoMessage() {}
 
 func (x *IpcSysctl) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[32]
+	mi := &file_image_pb_image_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3590,7 +3771,7 @@ func (x *IpcSysctl) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpcSysctl.ProtoReflect.Descriptor instead.
 func (*IpcSysctl) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{32}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *IpcSysctl) GetName() string {
@@ -3629,7 +3810,7 @@ type IpcNamespace struct {
 
 func (x *IpcNamespace) Reset() {
 	*x = IpcNamespace{}
-	mi := &file_image_pb_image_proto_msgTypes[33]
+	mi := &file_image_pb_image_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3641,7 +3822,7 @@ func (x *IpcNamespace) String() string {
 func (*IpcNamespace) ProtoMessage() {}
 
 func (x *IpcNamespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[33]
+	mi := &file_image_pb_image_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3654,7 +3835,7 @@ func (x *IpcNamespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpcNamespace.ProtoReflect.Descriptor instead.
 func (*IpcNamespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{33}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *IpcNamespace) GetNs() uint64 {
@@ -3725,7 +3906,7 @@ type NetNamespace struct {
 
 func (x *NetNamespace) Reset() {
 	*x = NetNamespace{}
-	mi := &file_image_pb_image_proto_msgTypes[34]
+	mi := &file_image_pb_image_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3737,7 +3918,7 @@ func (x *NetNamespace) String() string {
 func (*NetNamespace) ProtoMessage() {}
 
 func (x *NetNamespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[34]
+	mi := &file_image_pb_image_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3750,7 +3931,7 @@ func (x *NetNamespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetNamespace.ProtoReflect.Descriptor instead.
 func (*NetNamespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{34}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *NetNamespace) GetId() uint64 {
@@ -3811,7 +3992,7 @@ type NetLink struct {
 
 func (x *NetLink) Reset() {
 	*x = NetLink{}
-	mi := &file_image_pb_image_proto_msgTypes[35]
+	mi := &file_image_pb_image_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3823,7 +4004,7 @@ func (x *NetLink) String() string {
 func (*NetLink) ProtoMessage() {}
 
 func (x *NetLink) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[35]
+	mi := &file_image_pb_image_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3836,7 +4017,7 @@ func (x *NetLink) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetLink.ProtoReflect.Descriptor instead.
 func (*NetLink) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{35}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *NetLink) GetIndex() uint32 {
@@ -3939,7 +4120,7 @@ type NetAddr struct {
 
 func (x *NetAddr) Reset() {
 	*x = NetAddr{}
-	mi := &file_image_pb_image_proto_msgTypes[36]
+	mi := &file_image_pb_image_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3951,7 +4132,7 @@ func (x *NetAddr) String() string {
 func (*NetAddr) ProtoMessage() {}
 
 func (x *NetAddr) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[36]
+	mi := &file_image_pb_image_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3964,7 +4145,7 @@ func (x *NetAddr) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetAddr.ProtoReflect.Descriptor instead.
 func (*NetAddr) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{36}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *NetAddr) GetIfindex() uint32 {
@@ -4088,7 +4269,7 @@ type NetRoute struct {
 
 func (x *NetRoute) Reset() {
 	*x = NetRoute{}
-	mi := &file_image_pb_image_proto_msgTypes[37]
+	mi := &file_image_pb_image_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4100,7 +4281,7 @@ func (x *NetRoute) String() string {
 func (*NetRoute) ProtoMessage() {}
 
 func (x *NetRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[37]
+	mi := &file_image_pb_image_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4113,7 +4294,7 @@ func (x *NetRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetRoute.ProtoReflect.Descriptor instead.
 func (*NetRoute) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{37}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *NetRoute) GetFamily() uint32 {
@@ -4253,7 +4434,7 @@ type NetMetric struct {
 
 func (x *NetMetric) Reset() {
 	*x = NetMetric{}
-	mi := &file_image_pb_image_proto_msgTypes[38]
+	mi := &file_image_pb_image_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4265,7 +4446,7 @@ func (x *NetMetric) String() string {
 func (*NetMetric) ProtoMessage() {}
 
 func (x *NetMetric) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[38]
+	mi := &file_image_pb_image_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4278,7 +4459,7 @@ func (x *NetMetric) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetMetric.ProtoReflect.Descriptor instead.
 func (*NetMetric) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{38}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *NetMetric) GetType() uint32 {
@@ -4307,7 +4488,7 @@ type NetSysctl struct {
 
 func (x *NetSysctl) Reset() {
 	*x = NetSysctl{}
-	mi := &file_image_pb_image_proto_msgTypes[39]
+	mi := &file_image_pb_image_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4319,7 +4500,7 @@ func (x *NetSysctl) String() string {
 func (*NetSysctl) ProtoMessage() {}
 
 func (x *NetSysctl) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[39]
+	mi := &file_image_pb_image_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4332,7 +4513,7 @@ func (x *NetSysctl) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetSysctl.ProtoReflect.Descriptor instead.
 func (*NetSysctl) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{39}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *NetSysctl) GetName() string {
@@ -4361,7 +4542,7 @@ type MountNamespace struct {
 
 func (x *MountNamespace) Reset() {
 	*x = MountNamespace{}
-	mi := &file_image_pb_image_proto_msgTypes[40]
+	mi := &file_image_pb_image_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4373,7 +4554,7 @@ func (x *MountNamespace) String() string {
 func (*MountNamespace) ProtoMessage() {}
 
 func (x *MountNamespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[40]
+	mi := &file_image_pb_image_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4386,7 +4567,7 @@ func (x *MountNamespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountNamespace.ProtoReflect.Descriptor instead.
 func (*MountNamespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{40}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *MountNamespace) GetMounts() []*Mount {
@@ -4426,7 +4607,7 @@ type Mount struct {
 
 func (x *Mount) Reset() {
 	*x = Mount{}
-	mi := &file_image_pb_image_proto_msgTypes[41]
+	mi := &file_image_pb_image_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4438,7 +4619,7 @@ func (x *Mount) String() string {
 func (*Mount) ProtoMessage() {}
 
 func (x *Mount) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[41]
+	mi := &file_image_pb_image_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4451,7 +4632,7 @@ func (x *Mount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mount.ProtoReflect.Descriptor instead.
 func (*Mount) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{41}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Mount) GetId() uint32 {
@@ -4585,7 +4766,7 @@ type MountFile struct {
 
 func (x *MountFile) Reset() {
 	*x = MountFile{}
-	mi := &file_image_pb_image_proto_msgTypes[42]
+	mi := &file_image_pb_image_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4597,7 +4778,7 @@ func (x *MountFile) String() string {
 func (*MountFile) ProtoMessage() {}
 
 func (x *MountFile) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[42]
+	mi := &file_image_pb_image_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4610,7 +4791,7 @@ func (x *MountFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountFile.ProtoReflect.Descriptor instead.
 func (*MountFile) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{42}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *MountFile) GetMountId() uint32 {
@@ -4771,7 +4952,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x04FIFO\x10\f\x12\v\n" +
 	"\aINOTIFY\x10\r\x12\n" +
 	"\n" +
-	"\x06SOCKET\x10\x0e\"\xc2\x02\n" +
+	"\x06SOCKET\x10\x0e\"\x89\x03\n" +
 	"\x06Socket\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\rR\x04type\x12\x10\n" +
 	"\x03ino\x18\x02 \x01(\x04R\x03ino\x12\x19\n" +
@@ -4787,7 +4968,27 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"rcvtimeoNs\x12\x1f\n" +
 	"\vsndtimeo_ns\x18\v \x01(\x03R\n" +
 	"sndtimeoNs\x12\x1c\n" +
-	"\tconnected\x18\f \x01(\bR\tconnected\"F\n" +
+	"\tconnected\x18\f \x01(\bR\tconnected\x12\x16\n" +
+	"\x06family\x18\r \x01(\rR\x06family\x12-\n" +
+	"\x04inet\x18\x0e \x01(\v2\x19.ckpt.image.v1.InetSocketR\x04inet\"\xab\x03\n" +
+	"\n" +
+	"InetSocket\x12\x1a\n" +
+	"\bprotocol\x18\x01 \x01(\rR\bprotocol\x12\x12\n" +
+	"\x04addr\x18\x02 \x01(\fR\x04addr\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\x12\x19\n" +
+	"\bscope_id\x18\x04 \x01(\rR\ascopeId\x12\x1b\n" +
+	"\tpeer_addr\x18\x05 \x01(\fR\bpeerAddr\x12\x1b\n" +
+	"\tpeer_port\x18\x06 \x01(\rR\bpeerPort\x12\"\n" +
+	"\rpeer_scope_id\x18\a \x01(\rR\vpeerScopeId\x12\x1c\n" +
+	"\tlistening\x18\b \x01(\bR\tlistening\x12\x18\n" +
+	"\abacklog\x18\t \x01(\rR\abacklog\x12\x1c\n" +
+	"\treuseaddr\x18\n" +
+	" \x01(\bR\treuseaddr\x12\x1c\n" +
+	"\treuseport\x18\v \x01(\bR\treuseport\x12\x1c\n" +
+	"\tkeepalive\x18\f \x01(\bR\tkeepalive\x12\x1c\n" +
+	"\tbroadcast\x18\r \x01(\bR\tbroadcast\x12\x16\n" +
+	"\x06v6only\x18\x0e \x01(\bR\x06v6only\x12\x18\n" +
+	"\anodelay\x18\x0f \x01(\bR\anodelay\"F\n" +
 	"\fInotifyWatch\x12\x0e\n" +
 	"\x02wd\x18\x01 \x01(\x05R\x02wd\x12\x12\n" +
 	"\x04mask\x18\x02 \x01(\rR\x04mask\x12\x12\n" +
@@ -5188,7 +5389,7 @@ func file_image_pb_image_proto_rawDescGZIP() []byte {
 }
 
 var file_image_pb_image_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_image_pb_image_proto_goTypes = []any{
 	(File_Kind)(0),         // 0: ckpt.image.v1.File.Kind
 	(Namespace_Kind)(0),    // 1: ckpt.image.v1.Namespace.Kind
@@ -5196,89 +5397,91 @@ var file_image_pb_image_proto_goTypes = []any{
 	(*Header)(nil),         // 3: ckpt.image.v1.Header
 	(*File)(nil),           // 4: ckpt.image.v1.File
 	(*Socket)(nil),         // 5: ckpt.image.v1.Socket
-	(*InotifyWatch)(nil),   // 6: ckpt.image.v1.InotifyWatch
-	(*EpollItem)(nil),      // 7: ckpt.image.v1.EpollItem
-	(*Vma)(nil),            // 8: ckpt.image.v1.Vma
-	(*Mm)(nil),             // 9: ckpt.image.v1.Mm
-	(*Sigaction)(nil),      // 10: ckpt.image.v1.Sigaction
-	(*Itimer)(nil),         // 11: ckpt.image.v1.Itimer
-	(*PosixTimer)(nil),     // 12: ckpt.image.v1.PosixTimer
-	(*Rlimit)(nil),         // 13: ckpt.image.v1.Rlimit
-	(*SyscallRestart)(nil), // 14: ckpt.image.v1.SyscallRestart
-	(*Thread)(nil),         // 15: ckpt.image.v1.Thread
-	(*Sched)(nil),          // 16: ckpt.image.v1.Sched
-	(*Fd)(nil),             // 17: ckpt.image.v1.Fd
-	(*Creds)(nil),          // 18: ckpt.image.v1.Creds
-	(*Process)(nil),        // 19: ckpt.image.v1.Process
-	(*PageRun)(nil),        // 20: ckpt.image.v1.PageRun
-	(*PageMap)(nil),        // 21: ckpt.image.v1.PageMap
-	(*Error)(nil),          // 22: ckpt.image.v1.Error
-	(*Tail)(nil),           // 23: ckpt.image.v1.Tail
-	(*NsIds)(nil),          // 24: ckpt.image.v1.NsIds
-	(*Namespace)(nil),      // 25: ckpt.image.v1.Namespace
-	(*Leak)(nil),           // 26: ckpt.image.v1.Leak
-	(*Leaks)(nil),          // 27: ckpt.image.v1.Leaks
-	(*IpcPerm)(nil),        // 28: ckpt.image.v1.IpcPerm
-	(*ShmSegment)(nil),     // 29: ckpt.image.v1.ShmSegment
-	(*MsgQueue)(nil),       // 30: ckpt.image.v1.MsgQueue
-	(*Msg)(nil),            // 31: ckpt.image.v1.Msg
-	(*SemSet)(nil),         // 32: ckpt.image.v1.SemSet
-	(*SemUndo)(nil),        // 33: ckpt.image.v1.SemUndo
-	(*SemAdj)(nil),         // 34: ckpt.image.v1.SemAdj
-	(*IpcSysctl)(nil),      // 35: ckpt.image.v1.IpcSysctl
-	(*IpcNamespace)(nil),   // 36: ckpt.image.v1.IpcNamespace
-	(*NetNamespace)(nil),   // 37: ckpt.image.v1.NetNamespace
-	(*NetLink)(nil),        // 38: ckpt.image.v1.NetLink
-	(*NetAddr)(nil),        // 39: ckpt.image.v1.NetAddr
-	(*NetRoute)(nil),       // 40: ckpt.image.v1.NetRoute
-	(*NetMetric)(nil),      // 41: ckpt.image.v1.NetMetric
-	(*NetSysctl)(nil),      // 42: ckpt.image.v1.NetSysctl
-	(*MountNamespace)(nil), // 43: ckpt.image.v1.MountNamespace
-	(*Mount)(nil),          // 44: ckpt.image.v1.Mount
-	(*MountFile)(nil),      // 45: ckpt.image.v1.MountFile
+	(*InetSocket)(nil),     // 6: ckpt.image.v1.InetSocket
+	(*InotifyWatch)(nil),   // 7: ckpt.image.v1.InotifyWatch
+	(*EpollItem)(nil),      // 8: ckpt.image.v1.EpollItem
+	(*Vma)(nil),            // 9: ckpt.image.v1.Vma
+	(*Mm)(nil),             // 10: ckpt.image.v1.Mm
+	(*Sigaction)(nil),      // 11: ckpt.image.v1.Sigaction
+	(*Itimer)(nil),         // 12: ckpt.image.v1.Itimer
+	(*PosixTimer)(nil),     // 13: ckpt.image.v1.PosixTimer
+	(*Rlimit)(nil),         // 14: ckpt.image.v1.Rlimit
+	(*SyscallRestart)(nil), // 15: ckpt.image.v1.SyscallRestart
+	(*Thread)(nil),         // 16: ckpt.image.v1.Thread
+	(*Sched)(nil),          // 17: ckpt.image.v1.Sched
+	(*Fd)(nil),             // 18: ckpt.image.v1.Fd
+	(*Creds)(nil),          // 19: ckpt.image.v1.Creds
+	(*Process)(nil),        // 20: ckpt.image.v1.Process
+	(*PageRun)(nil),        // 21: ckpt.image.v1.PageRun
+	(*PageMap)(nil),        // 22: ckpt.image.v1.PageMap
+	(*Error)(nil),          // 23: ckpt.image.v1.Error
+	(*Tail)(nil),           // 24: ckpt.image.v1.Tail
+	(*NsIds)(nil),          // 25: ckpt.image.v1.NsIds
+	(*Namespace)(nil),      // 26: ckpt.image.v1.Namespace
+	(*Leak)(nil),           // 27: ckpt.image.v1.Leak
+	(*Leaks)(nil),          // 28: ckpt.image.v1.Leaks
+	(*IpcPerm)(nil),        // 29: ckpt.image.v1.IpcPerm
+	(*ShmSegment)(nil),     // 30: ckpt.image.v1.ShmSegment
+	(*MsgQueue)(nil),       // 31: ckpt.image.v1.MsgQueue
+	(*Msg)(nil),            // 32: ckpt.image.v1.Msg
+	(*SemSet)(nil),         // 33: ckpt.image.v1.SemSet
+	(*SemUndo)(nil),        // 34: ckpt.image.v1.SemUndo
+	(*SemAdj)(nil),         // 35: ckpt.image.v1.SemAdj
+	(*IpcSysctl)(nil),      // 36: ckpt.image.v1.IpcSysctl
+	(*IpcNamespace)(nil),   // 37: ckpt.image.v1.IpcNamespace
+	(*NetNamespace)(nil),   // 38: ckpt.image.v1.NetNamespace
+	(*NetLink)(nil),        // 39: ckpt.image.v1.NetLink
+	(*NetAddr)(nil),        // 40: ckpt.image.v1.NetAddr
+	(*NetRoute)(nil),       // 41: ckpt.image.v1.NetRoute
+	(*NetMetric)(nil),      // 42: ckpt.image.v1.NetMetric
+	(*NetSysctl)(nil),      // 43: ckpt.image.v1.NetSysctl
+	(*MountNamespace)(nil), // 44: ckpt.image.v1.MountNamespace
+	(*Mount)(nil),          // 45: ckpt.image.v1.Mount
+	(*MountFile)(nil),      // 46: ckpt.image.v1.MountFile
 }
 var file_image_pb_image_proto_depIdxs = []int32{
-	24, // 0: ckpt.image.v1.Header.outer_ns:type_name -> ckpt.image.v1.NsIds
+	25, // 0: ckpt.image.v1.Header.outer_ns:type_name -> ckpt.image.v1.NsIds
 	0,  // 1: ckpt.image.v1.File.kind:type_name -> ckpt.image.v1.File.Kind
-	7,  // 2: ckpt.image.v1.File.epoll_items:type_name -> ckpt.image.v1.EpollItem
-	6,  // 3: ckpt.image.v1.File.inotify_watches:type_name -> ckpt.image.v1.InotifyWatch
+	8,  // 2: ckpt.image.v1.File.epoll_items:type_name -> ckpt.image.v1.EpollItem
+	7,  // 3: ckpt.image.v1.File.inotify_watches:type_name -> ckpt.image.v1.InotifyWatch
 	5,  // 4: ckpt.image.v1.File.socket:type_name -> ckpt.image.v1.Socket
-	8,  // 5: ckpt.image.v1.Mm.vmas:type_name -> ckpt.image.v1.Vma
-	14, // 6: ckpt.image.v1.Thread.restart:type_name -> ckpt.image.v1.SyscallRestart
-	16, // 7: ckpt.image.v1.Thread.sched:type_name -> ckpt.image.v1.Sched
-	17, // 8: ckpt.image.v1.Process.fds:type_name -> ckpt.image.v1.Fd
-	10, // 9: ckpt.image.v1.Process.sigactions:type_name -> ckpt.image.v1.Sigaction
-	11, // 10: ckpt.image.v1.Process.itimers:type_name -> ckpt.image.v1.Itimer
-	13, // 11: ckpt.image.v1.Process.rlimits:type_name -> ckpt.image.v1.Rlimit
-	15, // 12: ckpt.image.v1.Process.threads:type_name -> ckpt.image.v1.Thread
-	18, // 13: ckpt.image.v1.Process.creds:type_name -> ckpt.image.v1.Creds
-	12, // 14: ckpt.image.v1.Process.posix_timers:type_name -> ckpt.image.v1.PosixTimer
-	24, // 15: ckpt.image.v1.Process.ns:type_name -> ckpt.image.v1.NsIds
-	20, // 16: ckpt.image.v1.PageMap.runs:type_name -> ckpt.image.v1.PageRun
-	1,  // 17: ckpt.image.v1.Namespace.kind:type_name -> ckpt.image.v1.Namespace.Kind
-	26, // 18: ckpt.image.v1.Leaks.leaks:type_name -> ckpt.image.v1.Leak
-	28, // 19: ckpt.image.v1.ShmSegment.perm:type_name -> ckpt.image.v1.IpcPerm
-	28, // 20: ckpt.image.v1.MsgQueue.perm:type_name -> ckpt.image.v1.IpcPerm
-	31, // 21: ckpt.image.v1.MsgQueue.messages:type_name -> ckpt.image.v1.Msg
-	28, // 22: ckpt.image.v1.SemSet.perm:type_name -> ckpt.image.v1.IpcPerm
-	34, // 23: ckpt.image.v1.SemUndo.adj:type_name -> ckpt.image.v1.SemAdj
-	29, // 24: ckpt.image.v1.IpcNamespace.shm:type_name -> ckpt.image.v1.ShmSegment
-	30, // 25: ckpt.image.v1.IpcNamespace.msg:type_name -> ckpt.image.v1.MsgQueue
-	32, // 26: ckpt.image.v1.IpcNamespace.sem:type_name -> ckpt.image.v1.SemSet
-	35, // 27: ckpt.image.v1.IpcNamespace.sysctls:type_name -> ckpt.image.v1.IpcSysctl
-	33, // 28: ckpt.image.v1.IpcNamespace.undo:type_name -> ckpt.image.v1.SemUndo
-	38, // 29: ckpt.image.v1.NetNamespace.links:type_name -> ckpt.image.v1.NetLink
-	39, // 30: ckpt.image.v1.NetNamespace.addrs:type_name -> ckpt.image.v1.NetAddr
-	40, // 31: ckpt.image.v1.NetNamespace.routes:type_name -> ckpt.image.v1.NetRoute
-	42, // 32: ckpt.image.v1.NetNamespace.sysctls:type_name -> ckpt.image.v1.NetSysctl
-	41, // 33: ckpt.image.v1.NetRoute.metrics:type_name -> ckpt.image.v1.NetMetric
-	44, // 34: ckpt.image.v1.MountNamespace.mounts:type_name -> ckpt.image.v1.Mount
-	2,  // 35: ckpt.image.v1.Mount.kind:type_name -> ckpt.image.v1.Mount.Kind
-	36, // [36:36] is the sub-list for method output_type
-	36, // [36:36] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	6,  // 5: ckpt.image.v1.Socket.inet:type_name -> ckpt.image.v1.InetSocket
+	9,  // 6: ckpt.image.v1.Mm.vmas:type_name -> ckpt.image.v1.Vma
+	15, // 7: ckpt.image.v1.Thread.restart:type_name -> ckpt.image.v1.SyscallRestart
+	17, // 8: ckpt.image.v1.Thread.sched:type_name -> ckpt.image.v1.Sched
+	18, // 9: ckpt.image.v1.Process.fds:type_name -> ckpt.image.v1.Fd
+	11, // 10: ckpt.image.v1.Process.sigactions:type_name -> ckpt.image.v1.Sigaction
+	12, // 11: ckpt.image.v1.Process.itimers:type_name -> ckpt.image.v1.Itimer
+	14, // 12: ckpt.image.v1.Process.rlimits:type_name -> ckpt.image.v1.Rlimit
+	16, // 13: ckpt.image.v1.Process.threads:type_name -> ckpt.image.v1.Thread
+	19, // 14: ckpt.image.v1.Process.creds:type_name -> ckpt.image.v1.Creds
+	13, // 15: ckpt.image.v1.Process.posix_timers:type_name -> ckpt.image.v1.PosixTimer
+	25, // 16: ckpt.image.v1.Process.ns:type_name -> ckpt.image.v1.NsIds
+	21, // 17: ckpt.image.v1.PageMap.runs:type_name -> ckpt.image.v1.PageRun
+	1,  // 18: ckpt.image.v1.Namespace.kind:type_name -> ckpt.image.v1.Namespace.Kind
+	27, // 19: ckpt.image.v1.Leaks.leaks:type_name -> ckpt.image.v1.Leak
+	29, // 20: ckpt.image.v1.ShmSegment.perm:type_name -> ckpt.image.v1.IpcPerm
+	29, // 21: ckpt.image.v1.MsgQueue.perm:type_name -> ckpt.image.v1.IpcPerm
+	32, // 22: ckpt.image.v1.MsgQueue.messages:type_name -> ckpt.image.v1.Msg
+	29, // 23: ckpt.image.v1.SemSet.perm:type_name -> ckpt.image.v1.IpcPerm
+	35, // 24: ckpt.image.v1.SemUndo.adj:type_name -> ckpt.image.v1.SemAdj
+	30, // 25: ckpt.image.v1.IpcNamespace.shm:type_name -> ckpt.image.v1.ShmSegment
+	31, // 26: ckpt.image.v1.IpcNamespace.msg:type_name -> ckpt.image.v1.MsgQueue
+	33, // 27: ckpt.image.v1.IpcNamespace.sem:type_name -> ckpt.image.v1.SemSet
+	36, // 28: ckpt.image.v1.IpcNamespace.sysctls:type_name -> ckpt.image.v1.IpcSysctl
+	34, // 29: ckpt.image.v1.IpcNamespace.undo:type_name -> ckpt.image.v1.SemUndo
+	39, // 30: ckpt.image.v1.NetNamespace.links:type_name -> ckpt.image.v1.NetLink
+	40, // 31: ckpt.image.v1.NetNamespace.addrs:type_name -> ckpt.image.v1.NetAddr
+	41, // 32: ckpt.image.v1.NetNamespace.routes:type_name -> ckpt.image.v1.NetRoute
+	43, // 33: ckpt.image.v1.NetNamespace.sysctls:type_name -> ckpt.image.v1.NetSysctl
+	42, // 34: ckpt.image.v1.NetRoute.metrics:type_name -> ckpt.image.v1.NetMetric
+	45, // 35: ckpt.image.v1.MountNamespace.mounts:type_name -> ckpt.image.v1.Mount
+	2,  // 36: ckpt.image.v1.Mount.kind:type_name -> ckpt.image.v1.Mount.Kind
+	37, // [37:37] is the sub-list for method output_type
+	37, // [37:37] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_image_pb_image_proto_init() }
@@ -5286,15 +5489,15 @@ func file_image_pb_image_proto_init() {
 	if File_image_pb_image_proto != nil {
 		return
 	}
-	file_image_pb_image_proto_msgTypes[6].OneofWrappers = []any{}
-	file_image_pb_image_proto_msgTypes[16].OneofWrappers = []any{}
+	file_image_pb_image_proto_msgTypes[7].OneofWrappers = []any{}
+	file_image_pb_image_proto_msgTypes[17].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_image_pb_image_proto_rawDesc), len(file_image_pb_image_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   43,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

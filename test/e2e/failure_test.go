@@ -153,9 +153,15 @@ func TestRefusesUnsupported(t *testing.T) {
 		{"deleted", func() *exec.Cmd {
 			return exec.Command("python3", "-c", "import os,time\nf=open('/tmp/ckpt-e2e-deleted','w')\nos.unlink('/tmp/ckpt-e2e-deleted')\nprint('READY', flush=True)\ntime.sleep(100)")
 		}, "is the deleted file /tmp/ckpt-e2e-deleted"},
-		{"socket", func() *exec.Cmd {
-			return exec.Command("python3", "-c", "import socket,time\ns=socket.socket()\nprint('READY', flush=True)\ntime.sleep(100)")
-		}, "is an IPv4 socket"},
+		{"netlink-socket", func() *exec.Cmd {
+			return exec.Command("python3", "-c", "import socket,time\ns=socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)\nprint('READY', flush=True)\ntime.sleep(100)")
+		}, "is a netlink socket"},
+		{"tcp-connection", func() *exec.Cmd {
+			return exec.Command("python3", "-c", "import socket,time\nl=socket.create_server(('127.0.0.1',0))\nc=socket.create_connection(l.getsockname())\na=l.accept()\nprint('READY', flush=True)\ntime.sleep(100)")
+		}, "is a TCP connection 127.0.0.1:"},
+		{"tcp-accept-queue", func() *exec.Cmd {
+			return exec.Command("python3", "-c", "import socket,time\nl=socket.create_server(('127.0.0.1',0))\nc=socket.create_connection(l.getsockname())\nprint('READY', flush=True)\ntime.sleep(100)")
+		}, "has 1 connections waiting to be accepted"},
 		{"unix-socket-named", func() *exec.Cmd {
 			return exec.Command("python3", "-c", "import socket,time\ns=socket.socket(socket.AF_UNIX)\ns.bind('\\0ckpt-e2e-named')\nprint('READY', flush=True)\ntime.sleep(100)")
 		}, `is bound to "@ckpt-e2e-named"`},

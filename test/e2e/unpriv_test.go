@@ -25,6 +25,7 @@ func TestUnprivileged(t *testing.T) {
 		{name: "tree", argv: cWorkload("tree"), signal: true, settle: 50 * time.Millisecond},
 		// pidfd_getfd and sock_diag as the sockets' owner; no SO_*BUFFORCE.
 		{name: "sockets", argv: cWorkload("sockets"), signal: true, settle: 20 * time.Millisecond},
+		{name: "inet-sockets", argv: cWorkload("inet"), signal: true, settle: 20 * time.Millisecond},
 	} {
 		w.user = nobody
 		for _, mode := range []string{"kill", "running", "twice"} {

@@ -47,6 +47,7 @@ func workloads() []workload {
 		{name: "signals", argv: cWorkload("signals"), signal: true, settle: 100 * time.Millisecond},
 		{name: "posix-timers", argv: cWorkload("posixtimer"), signal: true, settle: 50 * time.Millisecond},
 		{name: "sockets", argv: cWorkload("sockets"), signal: true, settle: 20 * time.Millisecond},
+		{name: "inet-sockets", argv: cWorkload("inet"), signal: true, settle: 20 * time.Millisecond},
 		{name: "threads", argv: cWorkload("threads"), signal: true, settle: 100 * time.Millisecond},
 		{name: "threads-trap-ignored", argv: cWorkload("threads", "-DIGNORE_TRAP"), signal: true, settle: 100 * time.Millisecond},
 		{name: "stack", argv: cWorkload("stack"), signal: true, settle: 20 * time.Millisecond},
@@ -256,6 +257,8 @@ exec "$0" "$(hostname)" 0 "awk '{print \$5, \$6, \$9, \$10}' /proc/self/mountinf
 		{name: "posix-timers", argv: cWorkload("posixtimer"), signal: true, settle: 50 * time.Millisecond, container: []string{"--pid"}},
 		// In a network namespace of its own: sock_diag is asked from there.
 		{name: "sockets", argv: cWorkload("sockets"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--net"}},
+		// Ports of its own namespace, bound again there.
+		{name: "inet-sockets", argv: cWorkload("inet"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--net"}},
 		{name: "ipcsem", argv: cWorkload("ipcsem"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},
 		{name: "ipcmsq", argv: cWorkload("ipcmsq"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},
 		{name: "ipcshm", argv: cWorkload("ipcshm"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},

@@ -1,0 +1,254 @@
+package resource
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ckpt/ckpt/image/pb"
+)
+
+// IPv4 and IPv6 sockets that carry no connection: listening TCP sockets,
+// TCP sockets not yet connected, and UDP sockets, bound or not, connected
+// to a peer or not. What makes them is on the socket itself (address,
+// backlog, options) and is made again at restart in the stub's network
+// namespace: socket, options, bind, listen or connect. A restarted server
+// listens on its port again; the port must be free then (after
+// `checkpoint --kill` it is).
+//
+// A TCP connection (established, or waiting in a listener's accept queue)
+// would need TCP_REPAIR and is refused. Datagrams waiting in a UDP socket
+// are not kept: they could only be sent again from ckpt's own address,
+// and dropping them is what the network may do to any datagram.
+
+// tcpListen and tcpClose are the TCP states (tcp_states.h) of a socket
+// that carries no connection.
+const (
+	tcpListen = 10
+	tcpClose  = 7
+)
+
+var tcpStates = map[uint8]string{1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
+	6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
+
+// describeInet fills in s for the IPv4 or IPv6 socket sfd, or refuses it.
+func describeInet(sfd, family, typ int, s *pb.Socket, what string) error {
+	proto, err := unix.GetsockoptInt(sfd, unix.SOL_SOCKET, unix.SO_PROTOCOL)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	name := sockFamilies[family]
+	if !(typ == unix.SOCK_STREAM && proto == unix.IPPROTO_TCP) && !(typ == unix.SOCK_DGRAM && proto == unix.IPPROTO_UDP) {
+		return fmt.Errorf("%s is %s socket of type %d, protocol %d: %w yet (TCP and UDP are)", what, name, typ, proto, ErrUnsupported)
+	}
+	in := &pb.InetSocket{Protocol: uint32(proto)}
+	s.Family, s.Inet, s.PeekOff = uint32(family), in, -1
+	local, err := unix.Getsockname(sfd)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	in.Addr, in.Port, in.ScopeId = inetAddr(local)
+	if in.Port == 0 && !slices.ContainsFunc(in.Addr, func(b byte) bool { return b != 0 }) {
+		in.Addr = nil // not bound
+	}
+	if proto == unix.IPPROTO_TCP {
+		info, err := unix.GetsockoptTCPInfo(sfd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		switch info.State {
+		case tcpListen:
+			in.Listening, in.Backlog = true, info.Sacked // sk_max_ack_backlog
+			if info.Unacked > 0 {
+				return fmt.Errorf("%s, listening on %s, has %d connections waiting to be accepted: %w (TCP connections are not restored yet; checkpoint when the server has accepted them)",
+					what, inetString(in.Addr, in.Port), info.Unacked, ErrUnsupported)
+			}
+		case tcpClose:
+		default:
+			peer := "?"
+			if sa, err := unix.Getpeername(sfd); err == nil {
+				a, p, _ := inetAddr(sa)
+				peer = inetString(a, p)
+			}
+			return fmt.Errorf("%s is a TCP connection %s - %s (state %s): %w yet (only listening and unconnected TCP sockets are)",
+				what, inetString(in.Addr, in.Port), peer, tcpStates[info.State], ErrUnsupported)
+		}
+		nd, err := unix.GetsockoptInt(sfd, unix.IPPROTO_TCP, unix.TCP_NODELAY)
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		in.Nodelay = nd != 0
+	} else if sa, err := unix.Getpeername(sfd); err == nil {
+		in.PeerAddr, in.PeerPort, in.PeerScopeId = inetAddr(sa)
+	} else if err != unix.ENOTCONN {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	for _, o := range []struct {
+		level, opt int
+		v          *bool
+	}{
+		{unix.SOL_SOCKET, unix.SO_REUSEADDR, &in.Reuseaddr},
+		{unix.SOL_SOCKET, unix.SO_REUSEPORT, &in.Reuseport},
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, &in.Keepalive},
+		{unix.SOL_SOCKET, unix.SO_BROADCAST, &in.Broadcast},
+	} {
+		v, err := unix.GetsockoptInt(sfd, o.level, o.opt)
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		*o.v = v != 0
+	}
+	if family == unix.AF_INET6 {
+		v, err := unix.GetsockoptInt(sfd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		in.V6Only = v != 0
+	}
+	return nil
+}
+
+// inetAddr splits an IPv4 or IPv6 socket address.
+func inetAddr(sa unix.Sockaddr) (addr []byte, port, scope uint32) {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return a.Addr[:], uint32(a.Port), 0
+	case *unix.SockaddrInet6:
+		return a.Addr[:], uint32(a.Port), a.ZoneId
+	}
+	return nil, 0, 0
+}
+
+// inetSockaddr joins an address of family back.
+func inetSockaddr(family uint32, addr []byte, port, scope uint32) unix.Sockaddr {
+	if family == unix.AF_INET {
+		return &unix.SockaddrInet4{Addr: [4]byte(addr), Port: int(port)}
+	}
+	return &unix.SockaddrInet6{Addr: [16]byte(addr), Port: int(port), ZoneId: scope}
+}
+
+// inetString shows an address as "127.0.0.1:80" or "[::1]:80".
+func inetString(addr []byte, port uint32) string {
+	ip, ok := netip.AddrFromSlice(addr)
+	if !ok {
+		return fmt.Sprintf("*:%d", port)
+	}
+	return netip.AddrPortFrom(ip, uint16(port)).String()
+}
+
+// dumpInet rechecks, in the frozen process, what may have changed since
+// preflight: a listener's accept queue.
+func dumpInet(pid, fd int, f *pb.File) error {
+	in := f.Socket.Inet
+	sfd, err := grabSocket(pid, fd)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(sfd)
+	if in.Listening {
+		info, err := unix.GetsockoptTCPInfo(sfd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			return fmt.Errorf("fd %d of process %d: %w", fd, pid, err)
+		}
+		if info.Unacked > 0 {
+			return fmt.Errorf("fd %d of process %d (socket:[%d]), listening on %s, has %d connections waiting to be accepted: %w (TCP connections are not restored yet; checkpoint when the server has accepted them)",
+				fd, pid, f.Socket.Ino, inetString(in.Addr, in.Port), info.Unacked, ErrUnsupported)
+		}
+	}
+	return readSockOpts(sfd, f.Socket, fmt.Sprintf("fd %d of process %d (socket:[%d])", fd, pid, f.Socket.Ino))
+}
+
+// validateInet checks the IPv4 or IPv6 part of a socket record.
+func validateInet(f *pb.File) error {
+	s, in := f.Socket, f.Socket.Inet
+	alen := 4
+	if s.Family == unix.AF_INET6 {
+		alen = 16
+	}
+	ok := in != nil && !s.Connected && s.PeerIno == 0 && len(s.Queue) == 0 &&
+		((s.Type == unix.SOCK_STREAM && in.Protocol == unix.IPPROTO_TCP) || (s.Type == unix.SOCK_DGRAM && in.Protocol == unix.IPPROTO_UDP && !in.Listening)) &&
+		(len(in.Addr) == 0 || len(in.Addr) == alen) && (len(in.PeerAddr) == 0 || len(in.PeerAddr) == alen) &&
+		in.Port < 1<<16 && in.PeerPort < 1<<16 && (!in.Listening || len(in.Addr) != 0)
+	if !ok {
+		return fmt.Errorf("image damaged: IP socket file %d", f.Id)
+	}
+	return nil
+}
+
+// openInet makes an IPv4 or IPv6 socket again: options that bind reads
+// first, then bind, listen or connect.
+func (o *OpenFiles) openInet(rec *pb.File) (*os.File, error) {
+	s, in := rec.Socket, rec.Socket.Inet
+	var fd int
+	err := o.inSocketNetns(func() (err error) {
+		fd, err = unix.Socket(int(s.Family), int(s.Type)|unix.SOCK_CLOEXEC, int(in.Protocol))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("make socket:[%d]: %w", s.Ino, err)
+	}
+	f := os.NewFile(uintptr(fd), "socket")
+	fail := func(err error) (*os.File, error) {
+		f.Close()
+		return nil, err
+	}
+	what := fmt.Sprintf("socket:[%d]", s.Ino)
+	b := func(v bool) int {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	opts := []struct {
+		level, opt int
+		v          bool
+	}{
+		{unix.SOL_SOCKET, unix.SO_REUSEADDR, in.Reuseaddr},
+		{unix.SOL_SOCKET, unix.SO_REUSEPORT, in.Reuseport},
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, in.Keepalive},
+		{unix.SOL_SOCKET, unix.SO_BROADCAST, in.Broadcast},
+	}
+	if s.Family == unix.AF_INET6 {
+		opts = append(opts, struct {
+			level, opt int
+			v          bool
+		}{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, in.V6Only})
+	}
+	if in.Protocol == unix.IPPROTO_TCP {
+		opts = append(opts, struct {
+			level, opt int
+			v          bool
+		}{unix.IPPROTO_TCP, unix.TCP_NODELAY, in.Nodelay})
+	}
+	for _, op := range opts {
+		if err := unix.SetsockoptInt(fd, op.level, op.opt, b(op.v)); err != nil {
+			return fail(fmt.Errorf("%s: option %d: %w", what, op.opt, err))
+		}
+	}
+	if err := setSockOpts(fd, rec); err != nil {
+		return fail(err)
+	}
+	if len(in.Addr) != 0 {
+		if err := unix.Bind(fd, inetSockaddr(s.Family, in.Addr, in.Port, in.ScopeId)); err != nil {
+			hint := ""
+			if err == unix.EADDRINUSE {
+				hint = " (another socket holds it: stop its owner, e.g. the checkpointed process if it still runs, or restart in a network namespace of its own)"
+			}
+			return fail(fmt.Errorf("bind %s to %s: %w%s", what, inetString(in.Addr, in.Port), err, hint))
+		}
+	}
+	if in.Listening {
+		if err := unix.Listen(fd, int(in.Backlog)); err != nil {
+			return fail(fmt.Errorf("listen on %s: %w", inetString(in.Addr, in.Port), err))
+		}
+	}
+	if len(in.PeerAddr) != 0 {
+		if err := unix.Connect(fd, inetSockaddr(s.Family, in.PeerAddr, in.PeerPort, in.PeerScopeId)); err != nil {
+			return fail(fmt.Errorf("connect %s to %s: %w", what, inetString(in.PeerAddr, in.PeerPort), err))
+		}
+	}
+	return f, nil
+}
