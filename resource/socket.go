@@ -1,6 +1,7 @@
 package resource
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -103,20 +104,23 @@ func describeSocket(pid, fd int, ino uint64, f *pb.File) error {
 	if sockTypes[typ] == "" {
 		return fmt.Errorf("%s is a unix socket of type %d: %w", what, typ, ErrUnsupported)
 	}
-	if sa, err := unix.Getsockname(sfd); err != nil {
+	local, err := unix.Getsockname(sfd)
+	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
-	} else if !unnamed(sa) {
-		return fmt.Errorf("%s is bound to %q: %w yet (only unix sockets without a name are)", what, sa.(*unix.SockaddrUnix).Name, ErrUnsupported)
 	}
-	if l, err := unix.GetsockoptInt(sfd, unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err == nil && l != 0 {
-		return fmt.Errorf("%s is listening: %w yet", what, ErrUnsupported)
+	named := !unnamed(local)
+	if name := local.(*unix.SockaddrUnix).Name; named && !strings.HasPrefix(name, "/") && !strings.HasPrefix(name, "@") {
+		return fmt.Errorf("%s is bound to the relative path %q: %w (bind it to an absolute path)", what, name, ErrUnsupported)
 	}
 	sa, err := unix.Getpeername(sfd)
 	if err != nil && err != unix.ENOTCONN {
 		return fmt.Errorf("%s: %w", what, err)
 	}
+	if err == nil && named {
+		return fmt.Errorf("%s is a connection accepted on %q: %w yet (unix sockets without a name, and bound or listening ones are)", what, local.(*unix.SockaddrUnix).Name, ErrUnsupported)
+	}
 	if err == nil && !unnamed(sa) {
-		return fmt.Errorf("%s is connected to %q: %w yet (only unix sockets without a name are)", what, sa.(*unix.SockaddrUnix).Name, ErrUnsupported)
+		return fmt.Errorf("%s is connected to %q: %w yet (unix sockets without a name, and bound or listening ones are)", what, sa.(*unix.SockaddrUnix).Name, ErrUnsupported)
 	}
 	f.Kind = pb.File_SOCKET
 	f.Socket = &pb.Socket{Family: unix.AF_UNIX, Type: uint32(typ), Ino: ino, Connected: err == nil}
@@ -125,16 +129,29 @@ func describeSocket(pid, fd int, ino uint64, f *pb.File) error {
 
 // Attributes of unix_diag (linux/unix_diag.h).
 const (
+	udiagShowName    = 0x1
+	udiagShowVfs     = 0x2
 	udiagShowPeer    = 0x4
+	udiagShowRqlen   = 0x10
+	unixDiagName     = 0
+	unixDiagVfs      = 1
 	unixDiagPeer     = 2
+	unixDiagRqlen    = 4
 	unixDiagShutdown = 6
 	unixDiagMsgLen   = 16 // struct unix_diag_msg
+	unixListen       = 10 // TCP_LISTEN, as unix sockets use it
 )
 
 // unixDiag is what sock_diag tells of one unix socket.
 type unixDiag struct {
+	state    uint8
 	peer     uint32 // inode of the other end, 0 when not connected
 	shutdown uint8  // RCV_SHUTDOWN 1, SEND_SHUTDOWN 2
+	name     []byte // sun_path, abstract names with their NUL
+	fileIno  uint32 // the inode of a path's socket file
+	// rqueue and wqueue: of a listener, the connections waiting to be
+	// accepted and the backlog.
+	rqueue, wqueue uint32
 }
 
 // errNoSocket: sock_diag knows no socket of that inode (it was closed).
@@ -158,7 +175,7 @@ func queryUnixDiag(pid int, ino uint64) (unixDiag, error) {
 		req := []byte{unix.AF_UNIX, 0, 0, 0}
 		req = binary.NativeEndian.AppendUint32(req, ^uint32(0))
 		req = binary.NativeEndian.AppendUint32(req, uint32(ino))
-		req = binary.NativeEndian.AppendUint32(req, udiagShowPeer)
+		req = binary.NativeEndian.AppendUint32(req, udiagShowName|udiagShowVfs|udiagShowPeer|udiagShowRqlen)
 		req = binary.NativeEndian.AppendUint32(req, ^uint32(0))
 		req = binary.NativeEndian.AppendUint32(req, ^uint32(0))
 		seq, err := c.send(unix.SOCK_DIAG_BY_FAMILY, unix.NLM_F_ACK, req)
@@ -173,8 +190,20 @@ func queryUnixDiag(pid int, ino uint64) (unixDiag, error) {
 			if err != nil {
 				return err
 			}
+			d.state = data[2]
 			for _, a := range attrs {
 				switch a.typ {
+				case unixDiagName:
+					d.name = a.bytes()
+				case unixDiagVfs:
+					if d.fileIno, err = a.u32(); err != nil {
+						return err
+					}
+				case unixDiagRqlen:
+					if len(a.val) < 8 {
+						return fmt.Errorf("sock_diag queue lengths of %d bytes", len(a.val))
+					}
+					d.rqueue, d.wqueue = binary.NativeEndian.Uint32(a.val), binary.NativeEndian.Uint32(a.val[4:])
 				case unixDiagPeer:
 					if d.peer, err = a.u32(); err != nil {
 						return err
@@ -222,12 +251,17 @@ func dumpSocket(pid, fd int, f *pb.File) error {
 		return fmt.Errorf("fd %d of process %d: %w", fd, pid, err)
 	}
 	s.PeerIno, s.Shutdown = uint64(d.peer), uint32(d.shutdown)
+	what := fmt.Sprintf("fd %d of process %d (socket:[%d])", fd, pid, s.Ino)
+	if len(d.name) > 0 {
+		if err := dumpSocketName(pid, s, d, what); err != nil {
+			return err
+		}
+	}
 	sfd, err := grabSocket(pid, fd)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(sfd)
-	what := fmt.Sprintf("fd %d of process %d (socket:[%d])", fd, pid, s.Ino)
 	if err := readSockOpts(sfd, s, what); err != nil {
 		return err
 	}
@@ -242,10 +276,51 @@ func dumpSocket(pid, fd int, f *pb.File) error {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	s.PeekOff = int32(peekOff)
+	if s.Listening {
+		return nil // no data: connections, refused above
+	}
 	if s.Queue, err = peekQueue(sfd, int(s.Type), peekOff, s.Shutdown&1 != 0); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
+}
+
+// dumpSocketName records a bound socket's name, the socket file's owner
+// and mode, and a listener's backlog; a listener with connections waiting
+// to be accepted is refused (they are connections).
+func dumpSocketName(pid int, s *pb.Socket, d unixDiag, what string) error {
+	if i := bytes.IndexByte(d.name, 0); i > 0 {
+		d.name = d.name[:i] // a path, bound with its NUL
+	}
+	s.Name = d.name
+	if d.state == unixListen {
+		if d.rqueue > 0 {
+			return fmt.Errorf("%s, listening on %s, has %d connections waiting to be accepted: %w (unix connections to a name are not restored yet; checkpoint when the server has accepted them)",
+				what, sockName(d.name), d.rqueue, ErrUnsupported)
+		}
+		s.Listening, s.Backlog = true, d.wqueue
+	}
+	if d.name[0] == 0 {
+		return nil // abstract: no file
+	}
+	// The file as the process sees it (its root).
+	var st unix.Stat_t
+	if err := unix.Lstat(proc.Path(pid, "root")+string(d.name), &st); err != nil {
+		return fmt.Errorf("%s is bound to %s: %w", what, sockName(d.name), err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK || uint32(st.Ino) != d.fileIno {
+		return fmt.Errorf("%s is bound to %s, which is no longer its socket file (removed or replaced): %w", what, sockName(d.name), ErrUnsupported)
+	}
+	s.NameMode, s.NameUid, s.NameGid = st.Mode&07777, st.Uid, st.Gid
+	return nil
+}
+
+// sockName shows a unix socket name: a path, or "@" and an abstract name.
+func sockName(name []byte) string {
+	if len(name) > 0 && name[0] == 0 {
+		return strconv.Quote("@" + string(name[1:]))
+	}
+	return strconv.Quote(string(name))
 }
 
 // readSockOpts reads the options of any socket that setSockOpts sets.
@@ -438,13 +513,25 @@ func ValidateSocket(f *pb.File) error {
 	default:
 		return fmt.Errorf("image damaged: socket file %d of family %d", f.Id, s.Family)
 	}
-	if !s.Connected && (len(s.Queue) > 0 || s.PeerIno != 0) {
+	if !s.Connected && (s.PeerIno != 0 || (len(s.Queue) > 0 && (len(s.Name) == 0 || s.Type != unix.SOCK_DGRAM))) {
 		return fmt.Errorf("image damaged: socket file %d has data or a peer but is not connected", f.Id)
+	}
+	if len(s.Name) > 0 && (s.Connected || !validSockName(s.Name)) || (s.Listening && (len(s.Name) == 0 || s.Type == unix.SOCK_DGRAM)) {
+		return fmt.Errorf("image damaged: socket file %d: name %q", f.Id, s.Name)
 	}
 	if s.Type == unix.SOCK_STREAM && len(s.Queue) > 1 {
 		return fmt.Errorf("image damaged: stream socket file %d has %d pieces of data", f.Id, len(s.Queue))
 	}
 	return nil
+}
+
+// validSockName tells a name bind takes: an absolute path without NULs,
+// or a NUL and an abstract name; at most 107 bytes.
+func validSockName(name []byte) bool {
+	if len(name) < 2 || len(name) > 107 {
+		return false
+	}
+	return name[0] == 0 || (name[0] == '/' && bytes.IndexByte(name, 0) < 0)
 }
 
 // openSocket returns ckpt's copy of the socket rec describes, making the
@@ -475,7 +562,15 @@ func (o *OpenFiles) openSocket(rec *pb.File) (*os.File, error) {
 		}
 		f := os.NewFile(uintptr(fd), "socket")
 		o.sockets[s.Ino] = f
-		return f, setSockOpts(fd, rec)
+		if err := setSockOpts(fd, rec); err != nil {
+			return nil, err
+		}
+		if len(s.Name) > 0 {
+			if err := o.bindName(fd, rec); err != nil {
+				return nil, err
+			}
+		}
+		return f, nil
 	}
 	var peer *pb.File
 	for _, r := range o.recs {
@@ -550,6 +645,88 @@ func (o *OpenFiles) openSocket(rec *pb.File) (*os.File, error) {
 		}
 	}
 	return a, nil
+}
+
+// bindName binds a unix socket to its name again, gives its file the
+// owner and mode it had, listens, and queues the datagrams others had
+// sent to it (from a socket without a name: their senders' addresses are
+// not kept). A socket file left by the checkpointed process (no socket is
+// bound to it any more) is removed first.
+func (o *OpenFiles) bindName(fd int, rec *pb.File) error {
+	s := rec.Socket
+	name := sockName(s.Name)
+	path := string(s.Name)
+	abstract := s.Name[0] == 0
+	if !abstract {
+		if o.Root != "" {
+			return fmt.Errorf("socket:[%d] is bound to %s in a container with a mount namespace of its own: %w yet", s.Ino, name, ErrUnsupported)
+		}
+		if err := removeStaleSocket(path); err != nil {
+			return fmt.Errorf("bind socket:[%d] to %s: %w", s.Ino, name, err)
+		}
+	}
+	sa := &unix.SockaddrUnix{Name: path}
+	if abstract {
+		sa.Name = "@" + path[1:]
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		hint := ""
+		if err == unix.EADDRINUSE {
+			hint = " (a live socket holds the name: stop its owner, e.g. the checkpointed process if it still runs)"
+		}
+		return fmt.Errorf("bind socket:[%d] to %s: %w%s", s.Ino, name, err, hint)
+	}
+	if !abstract {
+		if err := unix.Lchown(path, int(s.NameUid), int(s.NameGid)); err != nil && !(err == unix.EPERM && os.Geteuid() != 0) {
+			return fmt.Errorf("socket file %s: %w", name, err)
+		}
+		if err := unix.Chmod(path, s.NameMode); err != nil {
+			return fmt.Errorf("socket file %s: %w", name, err)
+		}
+	}
+	if s.Listening {
+		if err := unix.Listen(fd, int(s.Backlog)); err != nil {
+			return fmt.Errorf("listen on %s: %w", name, err)
+		}
+	}
+	if len(s.Queue) == 0 {
+		return nil
+	}
+	var from int
+	err := o.inSocketNetns(func() (err error) {
+		from, err = unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	defer unix.Close(from)
+	for _, m := range s.Queue {
+		if err := unix.Sendto(from, m, unix.MSG_DONTWAIT, sa); err != nil {
+			return fmt.Errorf("refill socket:[%d] (%s) with %d bytes: %w", s.Ino, name, len(m), err)
+		}
+	}
+	return nil
+}
+
+// removeStaleSocket removes the socket file at path if no socket is bound
+// to it: a datagram socket's connect there is refused then, where a
+// bound socket of any type would accept it or refuse the type. Anything
+// else at path is left for bind to fail on.
+func removeStaleSocket(path string) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return nil
+	}
+	probe, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(probe)
+	if err := unix.Connect(probe, &unix.SockaddrUnix{Name: path}); err != unix.ECONNREFUSED {
+		return nil // live (or unknown): bind reports it
+	}
+	return unix.Unlink(path)
 }
 
 // inSocketNetns runs mk, which makes sockets, in the network namespace of

@@ -119,6 +119,14 @@ func TestValidateSocket(t *testing.T) {
 		{"peek offset -2", &pb.Socket{Type: unix.SOCK_STREAM, Ino: 5, PeekOff: -2}, false},
 		{"data, not connected", &pb.Socket{Type: unix.SOCK_DGRAM, Ino: 5, Queue: [][]byte{{1}}}, false},
 		{"stream in pieces", &pb.Socket{Type: unix.SOCK_STREAM, Ino: 5, Connected: true, Queue: [][]byte{{1}, {2}}}, false},
+		{"bound datagram with data", &pb.Socket{Type: unix.SOCK_DGRAM, Ino: 5, Name: []byte("/run/x.sock"), Queue: [][]byte{{1}}, PeekOff: -1}, true},
+		{"abstract listener", &pb.Socket{Type: unix.SOCK_STREAM, Ino: 5, Name: []byte("\x00srv"), Listening: true, Backlog: 5, PeekOff: -1}, true},
+		{"relative name", &pb.Socket{Type: unix.SOCK_DGRAM, Ino: 5, Name: []byte("x.sock")}, false},
+		{"path with a NUL", &pb.Socket{Type: unix.SOCK_DGRAM, Ino: 5, Name: []byte("/x\x00y")}, false},
+		{"name too long", &pb.Socket{Type: unix.SOCK_DGRAM, Ino: 5, Name: append([]byte("/"), bytes.Repeat([]byte("a"), 200)...)}, false},
+		{"named and connected", &pb.Socket{Type: unix.SOCK_STREAM, Ino: 5, Name: []byte("/x"), Connected: true}, false},
+		{"listening without a name", &pb.Socket{Type: unix.SOCK_STREAM, Ino: 5, Listening: true}, false},
+		{"bound stream with data", &pb.Socket{Type: unix.SOCK_STREAM, Ino: 5, Name: []byte("/x"), Queue: [][]byte{{1}}}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

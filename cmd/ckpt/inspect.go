@@ -387,6 +387,16 @@ func describeSocket(s *pb.Socket) string {
 	}
 	kind := map[uint32]string{1: "stream", 2: "datagram", 5: "seqpacket"}[s.Type]
 	d := fmt.Sprintf("unix %s socket", kind)
+	if len(s.Name) > 0 {
+		name := string(s.Name)
+		if s.Name[0] == 0 {
+			name = "@" + name[1:]
+		}
+		d += fmt.Sprintf(" bound to %q", name)
+	}
+	if s.Listening {
+		d += fmt.Sprintf(", listening (backlog %d)", s.Backlog)
+	}
 	if s.PeerIno != 0 {
 		d += fmt.Sprintf(", paired with socket:[%d]", s.PeerIno)
 	}

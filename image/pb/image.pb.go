@@ -659,8 +659,18 @@ type Socket struct {
 	// family is AF_UNIX (1, or 0), AF_INET (2) or AF_INET6 (10); an IPv4 or
 	// IPv6 socket has inet and none of the fields above but type, ino and
 	// the options.
-	Family        uint32      `protobuf:"varint,13,opt,name=family,proto3" json:"family,omitempty"`
-	Inet          *InetSocket `protobuf:"bytes,14,opt,name=inet,proto3" json:"inet,omitempty"`
+	Family uint32      `protobuf:"varint,13,opt,name=family,proto3" json:"family,omitempty"`
+	Inet   *InetSocket `protobuf:"bytes,14,opt,name=inet,proto3" json:"inet,omitempty"`
+	// name is the address a unix socket is bound to, as sun_path: a path,
+	// or a NUL and an abstract name. A bound socket is not connected; its
+	// queue (a datagram socket's) was sent to it by others. name_mode,
+	// name_uid and name_gid are the socket file's (a path).
+	Name          []byte `protobuf:"bytes,15,opt,name=name,proto3" json:"name,omitempty"`
+	Listening     bool   `protobuf:"varint,16,opt,name=listening,proto3" json:"listening,omitempty"`
+	Backlog       uint32 `protobuf:"varint,17,opt,name=backlog,proto3" json:"backlog,omitempty"`
+	NameMode      uint32 `protobuf:"varint,18,opt,name=name_mode,json=nameMode,proto3" json:"name_mode,omitempty"`
+	NameUid       uint32 `protobuf:"varint,19,opt,name=name_uid,json=nameUid,proto3" json:"name_uid,omitempty"`
+	NameGid       uint32 `protobuf:"varint,20,opt,name=name_gid,json=nameGid,proto3" json:"name_gid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -791,6 +801,48 @@ func (x *Socket) GetInet() *InetSocket {
 		return x.Inet
 	}
 	return nil
+}
+
+func (x *Socket) GetName() []byte {
+	if x != nil {
+		return x.Name
+	}
+	return nil
+}
+
+func (x *Socket) GetListening() bool {
+	if x != nil {
+		return x.Listening
+	}
+	return false
+}
+
+func (x *Socket) GetBacklog() uint32 {
+	if x != nil {
+		return x.Backlog
+	}
+	return 0
+}
+
+func (x *Socket) GetNameMode() uint32 {
+	if x != nil {
+		return x.NameMode
+	}
+	return 0
+}
+
+func (x *Socket) GetNameUid() uint32 {
+	if x != nil {
+		return x.NameUid
+	}
+	return 0
+}
+
+func (x *Socket) GetNameGid() uint32 {
+	if x != nil {
+		return x.NameGid
+	}
+	return 0
 }
 
 // InetSocket is a TCP socket that listens or is not connected, or a UDP
@@ -4952,7 +5004,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x04FIFO\x10\f\x12\v\n" +
 	"\aINOTIFY\x10\r\x12\n" +
 	"\n" +
-	"\x06SOCKET\x10\x0e\"\x89\x03\n" +
+	"\x06SOCKET\x10\x0e\"\xa8\x04\n" +
 	"\x06Socket\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\rR\x04type\x12\x10\n" +
 	"\x03ino\x18\x02 \x01(\x04R\x03ino\x12\x19\n" +
@@ -4970,7 +5022,13 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"sndtimeoNs\x12\x1c\n" +
 	"\tconnected\x18\f \x01(\bR\tconnected\x12\x16\n" +
 	"\x06family\x18\r \x01(\rR\x06family\x12-\n" +
-	"\x04inet\x18\x0e \x01(\v2\x19.ckpt.image.v1.InetSocketR\x04inet\"\xab\x03\n" +
+	"\x04inet\x18\x0e \x01(\v2\x19.ckpt.image.v1.InetSocketR\x04inet\x12\x12\n" +
+	"\x04name\x18\x0f \x01(\fR\x04name\x12\x1c\n" +
+	"\tlistening\x18\x10 \x01(\bR\tlistening\x12\x18\n" +
+	"\abacklog\x18\x11 \x01(\rR\abacklog\x12\x1b\n" +
+	"\tname_mode\x18\x12 \x01(\rR\bnameMode\x12\x19\n" +
+	"\bname_uid\x18\x13 \x01(\rR\anameUid\x12\x19\n" +
+	"\bname_gid\x18\x14 \x01(\rR\anameGid\"\xab\x03\n" +
 	"\n" +
 	"InetSocket\x12\x1a\n" +
 	"\bprotocol\x18\x01 \x01(\rR\bprotocol\x12\x12\n" +

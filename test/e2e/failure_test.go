@@ -162,9 +162,9 @@ func TestRefusesUnsupported(t *testing.T) {
 		{"tcp-accept-queue", func() *exec.Cmd {
 			return exec.Command("python3", "-c", "import socket,time\nl=socket.create_server(('127.0.0.1',0))\nc=socket.create_connection(l.getsockname())\nprint('READY', flush=True)\ntime.sleep(100)")
 		}, "has 1 connections waiting to be accepted"},
-		{"unix-socket-named", func() *exec.Cmd {
-			return exec.Command("python3", "-c", "import socket,time\ns=socket.socket(socket.AF_UNIX)\ns.bind('\\0ckpt-e2e-named')\nprint('READY', flush=True)\ntime.sleep(100)")
-		}, `is bound to "@ckpt-e2e-named"`},
+		{"unix-socket-connected-to-name", func() *exec.Cmd {
+			return exec.Command("python3", "-c", "import socket,time\nl=socket.socket(socket.AF_UNIX)\nl.bind('\\0ckpt-e2e-named')\nl.listen()\nc=socket.socket(socket.AF_UNIX)\nc.connect('\\0ckpt-e2e-named')\na=l.accept()\nprint('READY', flush=True)\ntime.sleep(100)")
+		}, `is connected to "@ckpt-e2e-named"`},
 		{"unix-socket-in-flight", func() *exec.Cmd {
 			return exec.Command("python3", "-c", "import socket,time\na,b=socket.socketpair()\nsocket.send_fds(a,[b'x'],[0])\nprint('READY', flush=True)\ntime.sleep(100)")
 		}, "descriptors in flight"},
