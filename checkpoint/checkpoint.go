@@ -881,6 +881,15 @@ func dump(opts *Options, stats *Stats) (err error) {
 		return err
 	}
 	files := resource.NewFileSet()
+	// TCP connections stay in repair mode until the processes are killed
+	// (then they close without a word to their peers); otherwise, or if
+	// the checkpoint fails, they leave it before the processes run on.
+	files.KeepRepair = opts.Kill
+	defer func() {
+		if rerr := files.EndRepair(opts.Kill && err == nil); rerr != nil && err == nil {
+			err = rerr
+		}
+	}()
 	var procs []*pb.Process
 	var mms []*pb.Mm
 	// IPC namespaces of the tree's own, before the injected burst reads

@@ -36,6 +36,10 @@ type FileSet struct {
 	// says where to read each one's content.
 	shmem    map[shmemKey]uint32
 	shmemSrc map[uint32]shmemSource
+	// KeepRepair keeps TCP connections in repair mode after they are read
+	// (checkpoint --kill), in repaired, ckpt's copies, until EndRepair.
+	KeepRepair bool
+	repaired   []int
 }
 
 // NewFileSet returns an empty set.
@@ -318,7 +322,7 @@ func (s *FileSet) addFd(pid, fd int, f *pb.File) (uint32, error) {
 		return id, nil
 	}
 	if f.Kind == pb.File_SOCKET {
-		if err := dumpSocket(pid, fd, f); err != nil {
+		if err := dumpSocket(s, pid, fd, f); err != nil {
 			return 0, err
 		}
 	}
@@ -373,6 +377,8 @@ type OpenFiles struct {
 	fifos map[string]*os.File
 	// sockets are the sockets made again, by their inode in the image.
 	sockets map[uint64]*os.File
+	// repairs are the restored TCP connections still in repair mode.
+	repairs []repairing
 	// netPid is the stub whose descriptors RestoreFiles is placing:
 	// sockets are made in its network namespace, where they were.
 	netPid int

@@ -67,13 +67,20 @@ func describeInet(sfd, family, typ int, s *pb.Socket, what string) error {
 					what, inetString(in.Addr, in.Port), info.Unacked, ErrUnsupported)
 			}
 		case tcpClose:
+		case tcpEstablished:
+			sa, err := unix.Getpeername(sfd)
+			if err != nil {
+				return fmt.Errorf("%s: %w", what, err)
+			}
+			in.PeerAddr, in.PeerPort, in.PeerScopeId = inetAddr(sa)
+			in.Tcp = &pb.TcpConnection{} // filled in the frozen process
 		default:
 			peer := "?"
 			if sa, err := unix.Getpeername(sfd); err == nil {
 				a, p, _ := inetAddr(sa)
 				peer = inetString(a, p)
 			}
-			return fmt.Errorf("%s is a TCP connection %s - %s (state %s): %w yet (only listening and unconnected TCP sockets are)",
+			return fmt.Errorf("%s is a TCP connection %s - %s in state %s: %w yet (established connections, listening and unconnected TCP sockets are)",
 				what, inetString(in.Addr, in.Port), peer, tcpStates[info.State], ErrUnsupported)
 		}
 		nd, err := unix.GetsockoptInt(sfd, unix.IPPROTO_TCP, unix.TCP_NODELAY)
@@ -140,11 +147,28 @@ func inetString(addr []byte, port uint32) string {
 }
 
 // dumpInet rechecks, in the frozen process, what may have changed since
-// preflight: a listener's accept queue.
-func dumpInet(pid, fd int, f *pb.File) error {
+// preflight (a listener's accept queue) and reads a TCP connection, whose
+// copy it hands to s when repair mode is to last until the process dies.
+func dumpInet(s *FileSet, pid, fd int, f *pb.File) error {
 	in := f.Socket.Inet
 	sfd, err := grabSocket(pid, fd)
 	if err != nil {
+		return err
+	}
+	what := fmt.Sprintf("fd %d of process %d (socket:[%d])", fd, pid, f.Socket.Ino)
+	if in.Tcp != nil {
+		err := dumpTCP(sfd, in, what)
+		if err == nil {
+			err = readSockOpts(sfd, f.Socket, what)
+		}
+		if err == nil && s.KeepRepair {
+			s.repaired = append(s.repaired, sfd)
+			return nil
+		}
+		if eerr := endRepair(sfd); eerr != nil && err == nil {
+			err = fmt.Errorf("%s: end repair mode: %w", what, eerr)
+		}
+		unix.Close(sfd)
 		return err
 	}
 	defer unix.Close(sfd)
@@ -158,7 +182,7 @@ func dumpInet(pid, fd int, f *pb.File) error {
 				fd, pid, f.Socket.Ino, inetString(in.Addr, in.Port), info.Unacked, ErrUnsupported)
 		}
 	}
-	return readSockOpts(sfd, f.Socket, fmt.Sprintf("fd %d of process %d (socket:[%d])", fd, pid, f.Socket.Ino))
+	return readSockOpts(sfd, f.Socket, what)
 }
 
 // validateInet checks the IPv4 or IPv6 part of a socket record.
@@ -167,6 +191,9 @@ func validateInet(f *pb.File) error {
 	alen := 4
 	if s.Family == unix.AF_INET6 {
 		alen = 16
+	}
+	if in != nil && in.Tcp != nil && !validateTCP(in) {
+		return fmt.Errorf("image damaged: TCP connection file %d", f.Id)
 	}
 	ok := in != nil && !s.Connected && s.PeerIno == 0 && len(s.Queue) == 0 &&
 		((s.Type == unix.SOCK_STREAM && in.Protocol == unix.IPPROTO_TCP) || (s.Type == unix.SOCK_DGRAM && in.Protocol == unix.IPPROTO_UDP && !in.Listening)) &&
@@ -230,6 +257,13 @@ func (o *OpenFiles) openInet(rec *pb.File) (*os.File, error) {
 	}
 	if err := setSockOpts(fd, rec); err != nil {
 		return fail(err)
+	}
+	if in.Tcp != nil {
+		if err := restoreTCP(fd, rec, what); err != nil {
+			return fail(err)
+		}
+		o.repairs = append(o.repairs, repairing{f, in.Tcp})
+		return f, nil
 	}
 	if len(in.Addr) != 0 {
 		if err := unix.Bind(fd, inetSockaddr(s.Family, in.Addr, in.Port, in.ScopeId)); err != nil {

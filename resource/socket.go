@@ -241,10 +241,10 @@ func sameNetns(pid int) bool {
 
 // dumpSocket reads what a socket description holds beyond its kind: the
 // other end, what is shut down, options, and the data waiting in it.
-func dumpSocket(pid, fd int, f *pb.File) error {
+func dumpSocket(set *FileSet, pid, fd int, f *pb.File) error {
 	s := f.Socket
 	if s.Inet != nil {
-		return dumpInet(pid, fd, f)
+		return dumpInet(set, pid, fd, f)
 	}
 	d, err := queryUnixDiag(pid, s.Ino)
 	if err != nil {

@@ -280,6 +280,12 @@ func TestInetRoundTrip(t *testing.T) {
 	}
 }
 
+// tcpConn is a saved TCP connection that passes the checks.
+func tcpConn() *pb.InetSocket {
+	return &pb.InetSocket{Protocol: unix.IPPROTO_TCP, Addr: []byte{127, 0, 0, 1}, Port: 80, PeerAddr: []byte{127, 0, 0, 1}, PeerPort: 4000,
+		Tcp: &pb.TcpConnection{SndSeq: 1, RcvSeq: 2, SendQueue: []byte("abc"), SendUnsent: 2, Mss: 65483, Wscale: true, SndWscale: 7, RcvWscale: 7, Window: []uint32{1, 2, 3, 4, 5}}}
+}
+
 func TestValidateInet(t *testing.T) {
 	good := func() *pb.Socket {
 		return &pb.Socket{Family: unix.AF_INET, Type: unix.SOCK_STREAM, Ino: 3, PeekOff: -1,
@@ -300,6 +306,12 @@ func TestValidateInet(t *testing.T) {
 		{"unix part", func(s *pb.Socket) { s.Connected = true }, false},
 		{"family 99", func(s *pb.Socket) { s.Family = 99 }, false},
 		{"unix with an address", func(s *pb.Socket) { s.Family = unix.AF_UNIX }, false},
+		{"TCP connection", func(s *pb.Socket) { s.Inet = tcpConn() }, true},
+		{"TCP connection without a peer", func(s *pb.Socket) { s.Inet = tcpConn(); s.Inet.PeerAddr = nil }, false},
+		{"TCP connection, short window", func(s *pb.Socket) { s.Inet = tcpConn(); s.Inet.Tcp.Window = s.Inet.Tcp.Window[:4] }, false},
+		{"TCP connection, more unsent than queued", func(s *pb.Socket) { s.Inet = tcpConn(); s.Inet.Tcp.SendUnsent = 9 }, false},
+		{"TCP connection, window scale 15", func(s *pb.Socket) { s.Inet = tcpConn(); s.Inet.Tcp.SndWscale = 15 }, false},
+		{"listening connection", func(s *pb.Socket) { s.Inet = tcpConn(); s.Inet.Listening = true }, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -374,6 +374,10 @@ func restore(opts *Options) (res *Result, err error) {
 			return nil, fmt.Errorf("make process group %d the terminal's foreground: %w", fg, err)
 		}
 	}
+	// Both ends of every TCP connection are in place.
+	if err := files.FinishSockets(); err != nil {
+		return nil, err
+	}
 	// Everything is in place: let every process go, the root last.
 	for i := len(tasks) - 1; i >= 0; i-- {
 		if err := release(opts, tasks[i]); err != nil {

@@ -383,6 +383,9 @@ func describeSocket(s *pb.Socket) string {
 		if len(in.PeerAddr) != 0 {
 			d += ", connected to " + addr(in.PeerAddr, in.PeerPort)
 		}
+		if c := in.Tcp; c != nil {
+			d += fmt.Sprintf(", %d bytes to send (%d not sent yet), %d received and unread", len(c.SendQueue), c.SendUnsent, len(c.RecvQueue))
+		}
 		return d
 	}
 	kind := map[uint32]string{1: "stream", 2: "datagram", 5: "seqpacket"}[s.Type]

@@ -52,12 +52,18 @@ func TestCheckpointFailureLeavesTargetRunning(t *testing.T) {
 	// signals is injected through a code page without int3 stops (it
 	// ignores SIGTRAP), threads through one with them, busy and tree the
 	// plain way.
-	for _, wl := range []string{"signals", "threads", "busy", "tree"} {
+	// tcp's connections are in repair mode from their reading to the kill.
+	for _, wl := range []string{"signals", "threads", "busy", "tree", "tcp"} {
 		for _, fault := range faults {
 			if wl == "threads" && strings.HasSuffix(fault, ":kill") {
 				// Known gap (docs/features.md): ckpt killed while the
 				// threads are bound to its CPU leaves them bound, and
 				// threads checks its CPU affinity.
+				continue
+			}
+			if wl == "tcp" && strings.HasSuffix(fault, ":kill") {
+				// Known gap (docs/features.md): ckpt killed while
+				// connections are in repair mode leaves them so.
 				continue
 			}
 			t.Run(wl+"/"+fault, func(t *testing.T) {
@@ -156,9 +162,9 @@ func TestRefusesUnsupported(t *testing.T) {
 		{"netlink-socket", func() *exec.Cmd {
 			return exec.Command("python3", "-c", "import socket,time\ns=socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)\nprint('READY', flush=True)\ntime.sleep(100)")
 		}, "is a netlink socket"},
-		{"tcp-connection", func() *exec.Cmd {
-			return exec.Command("python3", "-c", "import socket,time\nl=socket.create_server(('127.0.0.1',0))\nc=socket.create_connection(l.getsockname())\na=l.accept()\nprint('READY', flush=True)\ntime.sleep(100)")
-		}, "is a TCP connection 127.0.0.1:"},
+		{"tcp-connection-closing", func() *exec.Cmd {
+			return exec.Command("python3", "-c", "import socket,time\nl=socket.create_server(('127.0.0.1',0))\nc=socket.create_connection(l.getsockname())\na=l.accept()\nc.close()\ntime.sleep(0.1)\nprint('READY', flush=True)\ntime.sleep(100)")
+		}, "in state CLOSE_WAIT"},
 		{"tcp-accept-queue", func() *exec.Cmd {
 			return exec.Command("python3", "-c", "import socket,time\nl=socket.create_server(('127.0.0.1',0))\nc=socket.create_connection(l.getsockname())\nprint('READY', flush=True)\ntime.sleep(100)")
 		}, "has 1 connections waiting to be accepted"},

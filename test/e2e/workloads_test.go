@@ -49,6 +49,7 @@ func workloads() []workload {
 		{name: "sockets", argv: cWorkload("sockets"), signal: true, settle: 20 * time.Millisecond},
 		{name: "inet-sockets", argv: cWorkload("inet"), signal: true, settle: 20 * time.Millisecond},
 		{name: "unix-named-sockets", argv: cWorkload("unixnamed"), signal: true, settle: 20 * time.Millisecond},
+		{name: "tcp", argv: cWorkload("tcp"), signal: true, settle: 20 * time.Millisecond},
 		{name: "threads", argv: cWorkload("threads"), signal: true, settle: 100 * time.Millisecond},
 		{name: "threads-trap-ignored", argv: cWorkload("threads", "-DIGNORE_TRAP"), signal: true, settle: 100 * time.Millisecond},
 		{name: "stack", argv: cWorkload("stack"), signal: true, settle: 20 * time.Millisecond},
@@ -262,6 +263,7 @@ exec "$0" "$(hostname)" 0 "awk '{print \$5, \$6, \$9, \$10}' /proc/self/mountinf
 		{name: "inet-sockets", argv: cWorkload("inet"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--net"}},
 		// Abstract names belong to the network namespace.
 		{name: "unix-named-sockets", argv: cWorkload("unixnamed"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--net"}},
+		{name: "tcp", argv: cWorkload("tcp"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--net"}},
 		{name: "ipcsem", argv: cWorkload("ipcsem"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},
 		{name: "ipcmsq", argv: cWorkload("ipcmsq"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},
 		{name: "ipcshm", argv: cWorkload("ipcshm"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},
