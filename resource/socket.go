@@ -108,19 +108,22 @@ func describeSocket(pid, fd int, ino uint64, f *pb.File) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	named := !unnamed(local)
-	if name := local.(*unix.SockaddrUnix).Name; named && !strings.HasPrefix(name, "/") && !strings.HasPrefix(name, "@") {
-		return fmt.Errorf("%s is bound to the relative path %q: %w (bind it to an absolute path)", what, name, ErrUnsupported)
-	}
-	sa, err := unix.Getpeername(sfd)
+	// A connection accepted on a listener's name, or made to it, is a
+	// pair like socketpair's once both ends are held; the names it shows
+	// (getsockname of the accepted end, getpeername of the other) are not
+	// kept: the pair is made again without them. A datagram socket
+	// connected to a name is no pair: the named socket is not connected
+	// back.
+	peer, err := unix.Getpeername(sfd)
 	if err != nil && err != unix.ENOTCONN {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	if err == nil && named {
-		return fmt.Errorf("%s is a connection accepted on %q: %w yet (unix sockets without a name, and bound or listening ones are)", what, local.(*unix.SockaddrUnix).Name, ErrUnsupported)
+	if err == nil && typ == unix.SOCK_DGRAM && !unnamed(peer) {
+		return fmt.Errorf("%s is a datagram socket connected to %q: %w yet", what, peer.(*unix.SockaddrUnix).Name, ErrUnsupported)
 	}
-	if err == nil && !unnamed(sa) {
-		return fmt.Errorf("%s is connected to %q: %w yet (unix sockets without a name, and bound or listening ones are)", what, sa.(*unix.SockaddrUnix).Name, ErrUnsupported)
+	name := local.(*unix.SockaddrUnix).Name
+	if err != nil && !unnamed(local) && !strings.HasPrefix(name, "/") && !strings.HasPrefix(name, "@") {
+		return fmt.Errorf("%s is bound to the relative path %q: %w (bind it to an absolute path)", what, name, ErrUnsupported)
 	}
 	f.Kind = pb.File_SOCKET
 	f.Socket = &pb.Socket{Family: unix.AF_UNIX, Type: uint32(typ), Ino: ino, Connected: err == nil}
@@ -252,7 +255,13 @@ func dumpSocket(set *FileSet, pid, fd int, f *pb.File) error {
 	}
 	s.PeerIno, s.Shutdown = uint64(d.peer), uint32(d.shutdown)
 	what := fmt.Sprintf("fd %d of process %d (socket:[%d])", fd, pid, s.Ino)
-	if len(d.name) > 0 {
+	// A connection whose other end has no socket inode: closed (then the
+	// kernel shut this end down both ways), or still waiting in a
+	// listener's queue to be accepted.
+	if s.Connected && s.PeerIno == 0 && s.Type != unix.SOCK_DGRAM && s.Shutdown != 3 {
+		return fmt.Errorf("%s is connected to a listener that has not accepted the connection yet: %w (checkpoint once it has, with the listener's process)", what, ErrUnsupported)
+	}
+	if len(d.name) > 0 && !s.Connected {
 		if err := dumpSocketName(pid, s, d, what); err != nil {
 			return err
 		}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -168,9 +169,12 @@ func TestRefusesUnsupported(t *testing.T) {
 		{"tcp-accept-queue", func() *exec.Cmd {
 			return exec.Command("python3", "-c", "import socket,time\nl=socket.create_server(('127.0.0.1',0))\nc=socket.create_connection(l.getsockname())\nprint('READY', flush=True)\ntime.sleep(100)")
 		}, "has 1 connections waiting to be accepted"},
-		{"unix-socket-connected-to-name", func() *exec.Cmd {
-			return exec.Command("python3", "-c", "import socket,time\nl=socket.socket(socket.AF_UNIX)\nl.bind('\\0ckpt-e2e-named')\nl.listen()\nc=socket.socket(socket.AF_UNIX)\nc.connect('\\0ckpt-e2e-named')\na=l.accept()\nprint('READY', flush=True)\ntime.sleep(100)")
-		}, `is connected to "@ckpt-e2e-named"`},
+		{"unix-connection-not-accepted", func() *exec.Cmd {
+			return connectToTestListener(t, false)
+		}, "is connected to a listener that has not accepted the connection yet"},
+		{"unix-connection-accepted-outside", func() *exec.Cmd {
+			return connectToTestListener(t, true)
+		}, "which a process outside the checkpoint holds"},
 		{"unix-socket-in-flight", func() *exec.Cmd {
 			return exec.Command("python3", "-c", "import socket,time\na,b=socket.socketpair()\nsocket.send_fds(a,[b'x'],[0])\nprint('READY', flush=True)\ntime.sleep(100)")
 		}, "descriptors in flight"},
@@ -233,6 +237,34 @@ func TestRefusesUnsupported(t *testing.T) {
 			assertUntouched(t, &proc{t: t, pid: c.Process.Pid}, maps)
 		})
 	}
+}
+
+// connectToTestListener listens on an abstract unix name in the test's
+// process and returns a command whose process connects to it; accept says
+// whether the test accepts the connection.
+func connectToTestListener(t *testing.T, accept bool) *exec.Cmd {
+	name := "ckpt-e2e-outside-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatBool(accept)
+	l, err := net.Listen("unix", "@"+name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns := make(chan net.Conn, 1)
+	t.Cleanup(func() {
+		l.Close()
+		select {
+		case c := <-conns:
+			c.Close()
+		default:
+		}
+	})
+	if accept {
+		go func() {
+			if c, err := l.Accept(); err == nil {
+				conns <- c
+			}
+		}()
+	}
+	return exec.Command("python3", "-c", "import socket,time\nc=socket.socket(socket.AF_UNIX)\nc.connect('\\0"+name+"')\ntime.sleep(0.2)\nprint('READY', flush=True)\ntime.sleep(100)")
 }
 
 // TestDamagedImages feeds truncated, corrupted and foreign images to

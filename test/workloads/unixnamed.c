@@ -12,10 +12,13 @@
  *  - a datagram socket bound to ./dg.sock, with two datagrams ("d1", "d2")
  *    a since closed client sent to it, unread;
  *  - a seqpacket listener on an abstract name;
- *  - a datagram socket bound to another abstract name.
+ *  - a datagram socket bound to another abstract name;
+ *  - a connection accepted on srv.sock, "to server" waiting at the
+ *    accepted end and "to client" at the connecting one.
  * After the checkpoint each must have its name; the socket files their
  * mode; the listeners must accept a connection and carry data; the
- * datagram socket must hold d1 and d2, in order, and take new ones.
+ * datagram socket must hold d1 and d2, in order, and take new ones; the
+ * connection must hold its data and carry more.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -148,6 +151,14 @@ int main(void)
 	if (listen(ls, 2))
 		die("listen on an abstract name");
 	int ad = bound(SOCK_DGRAM, abs_d);
+	int cc = socket(AF_UNIX, SOCK_STREAM, 0);
+	struct sockaddr_un sa_srv;
+	socklen_t sal = addr(&sa_srv, srv_path);
+	if (cc < 0 || connect(cc, (struct sockaddr *)&sa_srv, sal))
+		die("connect to srv.sock");
+	int acc = accept(srv, NULL, NULL);
+	if (acc < 0 || write(cc, "to server", 9) != 9 || write(acc, "to client", 9) != 9)
+		die("accept on srv.sock");
 
 	printf("READY\n");
 	while (!got_usr2)
@@ -171,6 +182,14 @@ int main(void)
 	cl = socket(AF_UNIX, SOCK_DGRAM, 0);
 	if (sendto(cl, "d3", 2, 0, (struct sockaddr *)&a, al) != 2 || recv(dg, buf, sizeof(buf), MSG_DONTWAIT) != 2)
 		fail("dg.sock takes no new datagram");
+
+	char b2[16];
+	if (recv(acc, b2, sizeof(b2), MSG_DONTWAIT) != 9 || memcmp(b2, "to server", 9))
+		fail("accepted connection: \"to server\" is not waiting");
+	if (recv(cc, b2, sizeof(b2), MSG_DONTWAIT) != 9 || memcmp(b2, "to client", 9))
+		fail("connecting end: \"to client\" is not waiting");
+	if (write(cc, "more", 4) != 4 || recv(acc, b2, sizeof(b2), MSG_DONTWAIT) != 4)
+		fail("the accepted connection carries nothing more");
 
 	same_name("abstract listener", ls, abs_l);
 	check_listener("abstract listener", ls, SOCK_SEQPACKET, abs_l);
