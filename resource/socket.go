@@ -304,7 +304,7 @@ func dumpSocketName(pid int, s *pb.Socket, d unixDiag, what string) error {
 	s.Name = d.name
 	if d.state == unixListen {
 		if d.rqueue > 0 {
-			return fmt.Errorf("%s, listening on %s, has %d connections waiting to be accepted: %w (unix connections to a name are not restored yet; checkpoint when the server has accepted them)",
+			return fmt.Errorf("%s, listening on %s, has %d connections waiting to be accepted: %w (connections not accepted yet are not restored; checkpoint when the server has accepted them)",
 				what, sockName(d.name), d.rqueue, ErrUnsupported)
 		}
 		s.Listening, s.Backlog = true, d.wqueue
@@ -314,10 +314,11 @@ func dumpSocketName(pid int, s *pb.Socket, d unixDiag, what string) error {
 	}
 	// The file as the process sees it (its root).
 	var st unix.Stat_t
-	if err := unix.Lstat(proc.Path(pid, "root")+string(d.name), &st); err != nil {
+	err := unix.Lstat(proc.Path(pid, "root")+string(d.name), &st)
+	if err != nil && err != unix.ENOENT {
 		return fmt.Errorf("%s is bound to %s: %w", what, sockName(d.name), err)
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFSOCK || uint32(st.Ino) != d.fileIno {
+	if err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK || uint32(st.Ino) != d.fileIno {
 		return fmt.Errorf("%s is bound to %s, which is no longer its socket file (removed or replaced): %w", what, sockName(d.name), ErrUnsupported)
 	}
 	s.NameMode, s.NameUid, s.NameGid = st.Mode&07777, st.Uid, st.Gid
