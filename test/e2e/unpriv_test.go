@@ -151,3 +151,22 @@ func TestUnprivilegedSchedRefused(t *testing.T) {
 		t.Fatalf("want one warning %q, got:\n%s", want, out)
 	}
 }
+
+// TestUnprivilegedTCPRefused: a TCP connection needs repair mode
+// (CAP_NET_ADMIN) to be read; a user's checkpoint says so, and the process
+// runs on untouched, its connection working.
+func TestUnprivilegedTCPRefused(t *testing.T) {
+	p := startWorkloadAs(t, nobody, compile(t, "tcp"))
+	time.Sleep(20 * time.Millisecond)
+	maps := mapsOf(t, p.pid)
+	img := filepath.Join(p.dir, "img")
+	out, err := ckptAs(nobody, nil, "checkpoint", "--kill", "-o", img, itoa(p.pid))
+	if err == nil {
+		t.Fatalf("checkpoint succeeded, want refusal")
+	}
+	if !strings.Contains(out, "is a TCP connection: checkpointing one needs CAP_NET_ADMIN (TCP_REPAIR); run ckpt as root") {
+		t.Fatalf("error %q does not say what is needed", out)
+	}
+	assertUntouched(t, p, maps)
+	p.verifyExit(p.exit, true, 10*time.Second)
+}
