@@ -36,6 +36,9 @@ type FileSet struct {
 	// says where to read each one's content.
 	shmem    map[shmemKey]uint32
 	shmemSrc map[uint32]shmemSource
+	// deleted records the deleted files whose content is saved (device,
+	// inode).
+	deleted map[[2]uint64]bool
 	// KeepRepair keeps TCP connections in repair mode after they are read
 	// (checkpoint --kill), in repaired, ckpt's copies, until EndRepair.
 	KeepRepair bool
@@ -45,7 +48,7 @@ type FileSet struct {
 // NewFileSet returns an empty set.
 func NewFileSet() *FileSet {
 	return &FileSet{byPath: map[string]uint32{}, owners: map[uint32][2]int{}, pipes: map[uint64]bool{},
-		shmem: map[shmemKey]uint32{}, shmemSrc: map[uint32]shmemSource{}}
+		shmem: map[shmemKey]uint32{}, shmemSrc: map[uint32]shmemSource{}, deleted: map[[2]uint64]bool{}}
 }
 
 func (s *FileSet) add(f *pb.File) uint32 {
@@ -237,7 +240,14 @@ func describeFile(pid int, ref *FdRef, full bool) (*pb.File, error) {
 			return nil, fmt.Errorf("fd %d of process %d is %s: %w yet", fd, pid, target, ErrUnsupported)
 		}
 		if strings.HasSuffix(target, " (deleted)") {
-			return nil, fmt.Errorf("fd %d of process %d is the deleted file %s: %w yet (keep the file until the checkpoint)", fd, pid, strings.TrimSuffix(target, " (deleted)"), ErrUnsupported)
+			p, ok := deletedPath(target, st)
+			if !ok || st.Mode&unix.S_IFMT != unix.S_IFREG {
+				return nil, fmt.Errorf("fd %d of process %d is %s, unlinked but with other links left or no regular file: %w yet", fd, pid, target, ErrUnsupported)
+			}
+			if err := checkDeleted(pid, fd, p, st); err != nil {
+				return nil, err
+			}
+			f.Path, f.Deleted, f.DeletedDev, f.DeletedIno = p, true, st.Dev, st.Ino
 		}
 		f.Kind = pb.File_REGULAR
 		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
@@ -321,6 +331,12 @@ func (s *FileSet) addFd(pid, fd int, f *pb.File) (uint32, error) {
 	if id := s.sameDescription(pid, fd, f); id != 0 {
 		return id, nil
 	}
+	if f.Deleted && !s.deleted[[2]uint64{f.DeletedDev, f.DeletedIno}] {
+		s.deleted[[2]uint64{f.DeletedDev, f.DeletedIno}] = true
+		if err := dumpDeleted(pid, fd, f); err != nil {
+			return 0, err
+		}
+	}
 	if f.Kind == pb.File_SOCKET {
 		if err := dumpSocket(s, pid, fd, f); err != nil {
 			return 0, err
@@ -375,6 +391,8 @@ type OpenFiles struct {
 	pipes map[uint64]*openPipe
 	// fifos keeps each FIFO open read-write while its ends are reopened.
 	fifos map[string]*os.File
+	// deleted are the deleted files made again, by device and inode.
+	deleted map[[2]uint64]*os.File
 	// sockets are the sockets made again, by their inode in the image.
 	sockets map[uint64]*os.File
 	// repairs are the restored TCP connections still in repair mode.
@@ -396,7 +414,7 @@ func (o *OpenFiles) path(p string) string { return o.Root + p }
 
 // NewOpenFiles returns an empty table.
 func NewOpenFiles() *OpenFiles {
-	return &OpenFiles{byID: map[uint32]*os.File{}, recs: map[uint32]*pb.File{}, pipes: map[uint64]*openPipe{}, fifos: map[string]*os.File{}, sockets: map[uint64]*os.File{}}
+	return &OpenFiles{byID: map[uint32]*os.File{}, recs: map[uint32]*pb.File{}, pipes: map[uint64]*openPipe{}, fifos: map[string]*os.File{}, sockets: map[uint64]*os.File{}, deleted: map[[2]uint64]*os.File{}}
 }
 
 // Add records a File from the image; it is opened on first use.
@@ -501,7 +519,18 @@ func (o *OpenFiles) Get(id uint32) (*os.File, *pb.File, error) {
 		o.byID[id] = f
 		return f, rec, nil
 	}
+	if rec.Deleted {
+		f, err := o.openDeleted(rec)
+		if err != nil {
+			return nil, nil, err
+		}
+		o.byID[id] = f
+		return f, rec, nil
+	}
 	flags := int(rec.Flags) &^ (unix.O_CREAT | unix.O_TRUNC | unix.O_EXCL | unix.O_NOCTTY | unix.O_CLOEXEC)
+	if rec.Kind == pb.File_REGULAR && flags&unix.O_TMPFILE == unix.O_TMPFILE {
+		flags &^= unix.O_TMPFILE // made by O_TMPFILE, linked since
+	}
 	if rec.Kind == pb.File_DIRECTORY {
 		flags |= unix.O_DIRECTORY
 	}
@@ -539,6 +568,9 @@ func (o *OpenFiles) Close() {
 		f.Close()
 	}
 	for _, f := range o.sockets {
+		f.Close()
+	}
+	for _, f := range o.deleted {
 		f.Close()
 	}
 }

@@ -441,8 +441,19 @@ type File struct {
 	ShmemId        uint32          `protobuf:"varint,20,opt,name=shmem_id,json=shmemId,proto3" json:"shmem_id,omitempty"`
 	InotifyWatches []*InotifyWatch `protobuf:"bytes,21,rep,name=inotify_watches,json=inotifyWatches,proto3" json:"inotify_watches,omitempty"`
 	Socket         *Socket         `protobuf:"bytes,22,opt,name=socket,proto3" json:"socket,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// deleted marks a regular file that was unlinked while open (path is
+	// where it was, without " (deleted)"); deleted_dev and deleted_ino name
+	// its inode, the same for every description of it. deleted_data, its
+	// content, and deleted_uid and deleted_gid are on the first record of
+	// the inode.
+	Deleted       bool   `protobuf:"varint,23,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	DeletedIno    uint64 `protobuf:"varint,24,opt,name=deleted_ino,json=deletedIno,proto3" json:"deleted_ino,omitempty"`
+	DeletedData   []byte `protobuf:"bytes,25,opt,name=deleted_data,json=deletedData,proto3" json:"deleted_data,omitempty"`
+	DeletedUid    uint32 `protobuf:"varint,26,opt,name=deleted_uid,json=deletedUid,proto3" json:"deleted_uid,omitempty"`
+	DeletedGid    uint32 `protobuf:"varint,27,opt,name=deleted_gid,json=deletedGid,proto3" json:"deleted_gid,omitempty"`
+	DeletedDev    uint64 `protobuf:"varint,28,opt,name=deleted_dev,json=deletedDev,proto3" json:"deleted_dev,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *File) Reset() {
@@ -627,6 +638,48 @@ func (x *File) GetSocket() *Socket {
 		return x.Socket
 	}
 	return nil
+}
+
+func (x *File) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
+func (x *File) GetDeletedIno() uint64 {
+	if x != nil {
+		return x.DeletedIno
+	}
+	return 0
+}
+
+func (x *File) GetDeletedData() []byte {
+	if x != nil {
+		return x.DeletedData
+	}
+	return nil
+}
+
+func (x *File) GetDeletedUid() uint32 {
+	if x != nil {
+		return x.DeletedUid
+	}
+	return 0
+}
+
+func (x *File) GetDeletedGid() uint32 {
+	if x != nil {
+		return x.DeletedGid
+	}
+	return 0
+}
+
+func (x *File) GetDeletedDev() uint64 {
+	if x != nil {
+		return x.DeletedDev
+	}
+	return 0
 }
 
 // Socket is a unix socket without a name: unconnected, or one end of a
@@ -5119,7 +5172,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\bouter_ns\x182 \x01(\v2\x14.ckpt.image.v1.NsIdsR\aouterNs\x12\x1c\n" +
 	"\tcontainer\x183 \x01(\bR\tcontainer\x12$\n" +
 	"\rcheckpoint_id\x18\x82\x01 \x01(\x03R\fcheckpointId\x12\x1a\n" +
-	"\bself_tid\x18\x83\x01 \x01(\rR\aselfTid\"\xb5\a\n" +
+	"\bself_tid\x18\x83\x01 \x01(\rR\aselfTid\"\xf6\b\n" +
 	"\x04File\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12,\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x18.ckpt.image.v1.File.KindR\x04kind\x12\x12\n" +
@@ -5144,7 +5197,17 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\tpipe_size\x18\x13 \x01(\rR\bpipeSize\x12\x19\n" +
 	"\bshmem_id\x18\x14 \x01(\rR\ashmemId\x12D\n" +
 	"\x0finotify_watches\x18\x15 \x03(\v2\x1b.ckpt.image.v1.InotifyWatchR\x0einotifyWatches\x12-\n" +
-	"\x06socket\x18\x16 \x01(\v2\x15.ckpt.image.v1.SocketR\x06socket\"\xbb\x01\n" +
+	"\x06socket\x18\x16 \x01(\v2\x15.ckpt.image.v1.SocketR\x06socket\x12\x18\n" +
+	"\adeleted\x18\x17 \x01(\bR\adeleted\x12\x1f\n" +
+	"\vdeleted_ino\x18\x18 \x01(\x04R\n" +
+	"deletedIno\x12!\n" +
+	"\fdeleted_data\x18\x19 \x01(\fR\vdeletedData\x12\x1f\n" +
+	"\vdeleted_uid\x18\x1a \x01(\rR\n" +
+	"deletedUid\x12\x1f\n" +
+	"\vdeleted_gid\x18\x1b \x01(\rR\n" +
+	"deletedGid\x12\x1f\n" +
+	"\vdeleted_dev\x18\x1c \x01(\x04R\n" +
+	"deletedDev\"\xbb\x01\n" +
 	"\x04Kind\x12\v\n" +
 	"\aUNKNOWN\x10\x00\x12\v\n" +
 	"\aREGULAR\x10\x01\x12\r\n" +

@@ -157,9 +157,9 @@ func TestRefusesUnsupported(t *testing.T) {
 		{"capabilities", func() *exec.Cmd {
 			return exec.Command("python3", "-c", "import ctypes,time\nctypes.CDLL(None).prctl(24, 13, 0, 0, 0)\nprint('READY', flush=True)\ntime.sleep(100)")
 		}, "has capabilities CapBnd="},
-		{"deleted", func() *exec.Cmd {
-			return exec.Command("python3", "-c", "import os,time\nf=open('/tmp/ckpt-e2e-deleted','w')\nos.unlink('/tmp/ckpt-e2e-deleted')\nprint('READY', flush=True)\ntime.sleep(100)")
-		}, "is the deleted file /tmp/ckpt-e2e-deleted"},
+		{"deleted-large", func() *exec.Cmd {
+			return exec.Command("python3", "-c", "import os,time\nf=open('/tmp/ckpt-e2e-deleted','w')\nf.truncate(40<<20)\nos.unlink('/tmp/ckpt-e2e-deleted')\nprint('READY', flush=True)\ntime.sleep(100)")
+		}, "is the deleted file /tmp/ckpt-e2e-deleted of 40 MiB"},
 		{"netlink-socket", func() *exec.Cmd {
 			return exec.Command("python3", "-c", "import socket,time\ns=socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)\nprint('READY', flush=True)\ntime.sleep(100)")
 		}, "is a netlink socket"},
