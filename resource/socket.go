@@ -16,11 +16,13 @@ import (
 	"github.com/ckpt/ckpt/proc"
 )
 
-// Unix sockets without a name: unconnected ones, and the two ends of a
-// connected pair (socketpair(2)) held by the checkpointed processes, with
-// the data waiting in each end. Named sockets, listening ones, sockets of
-// other families and pairs whose other end a process outside holds are
-// refused.
+// Unix sockets: unconnected ones, the two ends of a connected pair
+// (socketpair(2), or a connection accepted on a listener) held by the
+// checkpointed processes, with the data waiting in each end, and sockets
+// bound to a name (listeners, datagram sockets). A connection whose other
+// end a process outside holds, or that is not accepted yet, is refused.
+// IPv4 and IPv6 sockets are inet.go's and tcp.go's; they share the
+// descriptor copy and the options here.
 //
 // ckpt takes a copy of the target's descriptor with pidfd_getfd (a socket
 // cannot be reopened through /proc). The kernel's sock_diag tells the
@@ -480,8 +482,8 @@ func refuseRights(oob []byte) error {
 
 // CheckSocketPeers refuses a pair of which only one end was checkpointed
 // while a process outside holds the other (the pair cannot be made again
-// across the checkpoint's border). pid is a process of the checkpoint, for
-// its network namespace.
+// across the checkpoint's border). sock_diag is asked from the network
+// namespace of the process that holds the checkpointed end.
 func (s *FileSet) CheckSocketPeers() error {
 	held := map[uint64]bool{}
 	for _, f := range s.Files {

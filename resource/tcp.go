@@ -71,8 +71,6 @@ func rawSetsockopt(fd, level, opt int, b []byte) error {
 	return nil
 }
 
-func ioctlInt(fd int, req uint) (int, error) { return unix.IoctlGetInt(fd, req) }
-
 // dumpTCP reads an established connection from sfd, ckpt's copy of the
 // socket, in repair mode, which it is left in (the caller ends it).
 func dumpTCP(sfd int, in *pb.InetSocket, what string) error {
@@ -116,15 +114,15 @@ func dumpTCP(sfd int, in *pb.InetSocket, what string) error {
 		c.Window = append(c.Window, binary.NativeEndian.Uint32(win[4*i:]))
 	}
 	// The queues: their sizes, then their data, peeked.
-	outq, err := ioctlInt(sfd, unix.SIOCOUTQ)
+	outq, err := unix.IoctlGetInt(sfd, unix.SIOCOUTQ)
 	if err != nil {
 		return fmt.Errorf("%s: send queue length: %w", what, err)
 	}
-	unsent, err := ioctlInt(sfd, unix.SIOCOUTQNSD)
+	unsent, err := unix.IoctlGetInt(sfd, unix.SIOCOUTQNSD)
 	if err != nil {
 		return fmt.Errorf("%s: unsent length: %w", what, err)
 	}
-	inq, err := ioctlInt(sfd, unix.SIOCINQ)
+	inq, err := unix.IoctlGetInt(sfd, unix.SIOCINQ)
 	if err != nil {
 		return fmt.Errorf("%s: receive queue length: %w", what, err)
 	}
