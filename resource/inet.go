@@ -115,6 +115,76 @@ func describeInet(sfd, family, typ int, s *pb.Socket, what string) error {
 		}
 		in.V6Only = v != 0
 	}
+	return readInetOpts(sfd, family, in, what)
+}
+
+// intOpt is a socket option an int holds.
+type intOpt struct {
+	level, opt int
+	v          *int32
+}
+
+// inetIntOpts are the int options of in that ckpt keeps, for family and
+// protocol.
+func inetIntOpts(family uint32, in *pb.InetSocket) []intOpt {
+	opts := []intOpt{
+		{unix.SOL_SOCKET, unix.SO_RCVLOWAT, &in.Rcvlowat},
+		{unix.SOL_SOCKET, unix.SO_PRIORITY, &in.Priority},
+		{unix.IPPROTO_IP, unix.IP_TOS, &in.Tos},
+	}
+	if family == unix.AF_INET6 {
+		opts[2] = intOpt{unix.IPPROTO_IPV6, unix.IPV6_TCLASS, &in.Tos}
+	}
+	if in.Protocol == unix.IPPROTO_TCP {
+		opts = append(opts,
+			intOpt{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, &in.Keepidle},
+			intOpt{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, &in.Keepintvl},
+			intOpt{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, &in.Keepcnt},
+			intOpt{unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, &in.UserTimeout})
+	}
+	return opts
+}
+
+// readInetOpts reads SO_LINGER and the int options of inetIntOpts.
+func readInetOpts(sfd, family int, in *pb.InetSocket, what string) error {
+	l, err := unix.GetsockoptLinger(sfd, unix.SOL_SOCKET, unix.SO_LINGER)
+	if err != nil {
+		return fmt.Errorf("%s: SO_LINGER: %w", what, err)
+	}
+	linger := int32(-1)
+	if l.Onoff != 0 {
+		linger = l.Linger
+	}
+	in.Linger = &linger
+	for _, o := range inetIntOpts(uint32(family), in) {
+		v, err := unix.GetsockoptInt(sfd, o.level, o.opt)
+		if err != nil {
+			return fmt.Errorf("%s: option %d: %w", what, o.opt, err)
+		}
+		*o.v = int32(v)
+	}
+	return nil
+}
+
+// setInetOpts sets what readInetOpts read (nothing for older images).
+// SO_PRIORITY above 6 needs CAP_NET_ADMIN: 0 is the default, left alone.
+func setInetOpts(fd int, family uint32, in *pb.InetSocket, what string) error {
+	if in.Linger == nil {
+		return nil
+	}
+	if *in.Linger >= 0 {
+		if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: *in.Linger}); err != nil {
+			return fmt.Errorf("%s: SO_LINGER: %w", what, err)
+		}
+	}
+	for _, o := range inetIntOpts(family, in) {
+		if o.opt == unix.SO_PRIORITY && *o.v == 0 {
+			continue
+		}
+		if err := unix.SetsockoptInt(fd, o.level, o.opt, int(*o.v)); err != nil {
+			return fmt.Errorf("%s: option %d to %d: %w", what, o.opt, *o.v, err)
+		}
+	}
 	return nil
 }
 
@@ -256,6 +326,9 @@ func (o *OpenFiles) openInet(rec *pb.File) (*os.File, error) {
 		}
 	}
 	if err := setSockOpts(fd, rec); err != nil {
+		return fail(err)
+	}
+	if err := setInetOpts(fd, s.Family, in, what); err != nil {
 		return fail(err)
 	}
 	if in.Tcp != nil {

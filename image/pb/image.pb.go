@@ -922,7 +922,19 @@ type InetSocket struct {
 	V6Only      bool   `protobuf:"varint,14,opt,name=v6only,proto3" json:"v6only,omitempty"`
 	Nodelay     bool   `protobuf:"varint,15,opt,name=nodelay,proto3" json:"nodelay,omitempty"`
 	// tcp is set for a TCP connection, saved in repair mode (TCP_REPAIR).
-	Tcp           *TcpConnection `protobuf:"bytes,16,opt,name=tcp,proto3" json:"tcp,omitempty"`
+	Tcp *TcpConnection `protobuf:"bytes,16,opt,name=tcp,proto3" json:"tcp,omitempty"`
+	// linger is SO_LINGER's time in seconds, -1 when off; absent in older
+	// images (then none of the options below is set either).
+	Linger   *int32 `protobuf:"varint,17,opt,name=linger,proto3,oneof" json:"linger,omitempty"`
+	Rcvlowat int32  `protobuf:"varint,18,opt,name=rcvlowat,proto3" json:"rcvlowat,omitempty"`
+	Priority int32  `protobuf:"varint,19,opt,name=priority,proto3" json:"priority,omitempty"`
+	// tos is IP_TOS or IPV6_TCLASS.
+	Tos int32 `protobuf:"varint,20,opt,name=tos,proto3" json:"tos,omitempty"`
+	// TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, TCP_USER_TIMEOUT.
+	Keepidle      int32 `protobuf:"varint,21,opt,name=keepidle,proto3" json:"keepidle,omitempty"`
+	Keepintvl     int32 `protobuf:"varint,22,opt,name=keepintvl,proto3" json:"keepintvl,omitempty"`
+	Keepcnt       int32 `protobuf:"varint,23,opt,name=keepcnt,proto3" json:"keepcnt,omitempty"`
+	UserTimeout   int32 `protobuf:"varint,24,opt,name=user_timeout,json=userTimeout,proto3" json:"user_timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1067,6 +1079,62 @@ func (x *InetSocket) GetTcp() *TcpConnection {
 		return x.Tcp
 	}
 	return nil
+}
+
+func (x *InetSocket) GetLinger() int32 {
+	if x != nil && x.Linger != nil {
+		return *x.Linger
+	}
+	return 0
+}
+
+func (x *InetSocket) GetRcvlowat() int32 {
+	if x != nil {
+		return x.Rcvlowat
+	}
+	return 0
+}
+
+func (x *InetSocket) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *InetSocket) GetTos() int32 {
+	if x != nil {
+		return x.Tos
+	}
+	return 0
+}
+
+func (x *InetSocket) GetKeepidle() int32 {
+	if x != nil {
+		return x.Keepidle
+	}
+	return 0
+}
+
+func (x *InetSocket) GetKeepintvl() int32 {
+	if x != nil {
+		return x.Keepintvl
+	}
+	return 0
+}
+
+func (x *InetSocket) GetKeepcnt() int32 {
+	if x != nil {
+		return x.Keepcnt
+	}
+	return 0
+}
+
+func (x *InetSocket) GetUserTimeout() int32 {
+	if x != nil {
+		return x.UserTimeout
+	}
+	return 0
 }
 
 // TcpConnection is what TCP_REPAIR reads of an established connection and
@@ -5249,7 +5317,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\abacklog\x18\x11 \x01(\rR\abacklog\x12\x1b\n" +
 	"\tname_mode\x18\x12 \x01(\rR\bnameMode\x12\x19\n" +
 	"\bname_uid\x18\x13 \x01(\rR\anameUid\x12\x19\n" +
-	"\bname_gid\x18\x14 \x01(\rR\anameGid\"\xdb\x03\n" +
+	"\bname_gid\x18\x14 \x01(\rR\anameGid\"\xc4\x05\n" +
 	"\n" +
 	"InetSocket\x12\x1a\n" +
 	"\bprotocol\x18\x01 \x01(\rR\bprotocol\x12\x12\n" +
@@ -5268,7 +5336,16 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\tbroadcast\x18\r \x01(\bR\tbroadcast\x12\x16\n" +
 	"\x06v6only\x18\x0e \x01(\bR\x06v6only\x12\x18\n" +
 	"\anodelay\x18\x0f \x01(\bR\anodelay\x12.\n" +
-	"\x03tcp\x18\x10 \x01(\v2\x1c.ckpt.image.v1.TcpConnectionR\x03tcp\"\xf2\x02\n" +
+	"\x03tcp\x18\x10 \x01(\v2\x1c.ckpt.image.v1.TcpConnectionR\x03tcp\x12\x1b\n" +
+	"\x06linger\x18\x11 \x01(\x05H\x00R\x06linger\x88\x01\x01\x12\x1a\n" +
+	"\brcvlowat\x18\x12 \x01(\x05R\brcvlowat\x12\x1a\n" +
+	"\bpriority\x18\x13 \x01(\x05R\bpriority\x12\x10\n" +
+	"\x03tos\x18\x14 \x01(\x05R\x03tos\x12\x1a\n" +
+	"\bkeepidle\x18\x15 \x01(\x05R\bkeepidle\x12\x1c\n" +
+	"\tkeepintvl\x18\x16 \x01(\x05R\tkeepintvl\x12\x18\n" +
+	"\akeepcnt\x18\x17 \x01(\x05R\akeepcnt\x12!\n" +
+	"\fuser_timeout\x18\x18 \x01(\x05R\vuserTimeoutB\t\n" +
+	"\a_linger\"\xf2\x02\n" +
 	"\rTcpConnection\x12\x17\n" +
 	"\asnd_seq\x18\x01 \x01(\rR\x06sndSeq\x12\x17\n" +
 	"\arcv_seq\x18\x02 \x01(\rR\x06rcvSeq\x12\x1d\n" +
@@ -5793,6 +5870,7 @@ func file_image_pb_image_proto_init() {
 	if File_image_pb_image_proto != nil {
 		return
 	}
+	file_image_pb_image_proto_msgTypes[3].OneofWrappers = []any{}
 	file_image_pb_image_proto_msgTypes[8].OneofWrappers = []any{}
 	file_image_pb_image_proto_msgTypes[18].OneofWrappers = []any{}
 	type x struct{}

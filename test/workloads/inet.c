@@ -9,9 +9,11 @@
  *  - a TCP listener on 127.0.0.1 with SO_REUSEADDR, SO_KEEPALIVE and
  *    backlog 7, O_NONBLOCK;
  *  - a TCP listener on [::] with IPV6_V6ONLY (binding a specific IPv6
- *    address would set it by itself);
- *  - a TCP socket bound to 127.0.0.1 with TCP_NODELAY, not listening;
- *  - a UDP socket bound to 127.0.0.1, connected to a second UDP socket
+ *    address would set it by itself) and traffic class 0x20;
+ *  - a TCP socket bound to 127.0.0.1 with TCP_NODELAY, SO_LINGER 5 s,
+ *    SO_RCVLOWAT 4, TCP_KEEPIDLE 77, TCP_USER_TIMEOUT 1234, not listening;
+ *  - a UDP socket bound to 127.0.0.1 with IP_TOS 0x10, connected to a
+ *    second UDP socket
  *    (bound, SO_BROADCAST), which holds a datagram nobody read (not kept);
  *  - a UDP socket that is not bound.
  * After the checkpoint each must have its address, peer, options and
@@ -140,18 +142,26 @@ int main(void)
 	int l6 = socket(AF_INET6, SOCK_STREAM, 0);
 	struct sockaddr_in6 any6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_ANY_INIT};
 	setopt(l6, IPPROTO_IPV6, IPV6_V6ONLY, 1);
+	setopt(l6, IPPROTO_IPV6, IPV6_TCLASS, 0x20);
 	if (bind(l6, (struct sockaddr *)&any6, sizeof(any6)) || listen(l6, 3))
 		die("listen on [::]");
 	struct sockaddr_storage l6name = name_of(l6);
 
 	int tb = socket(AF_INET, SOCK_STREAM, 0);
 	setopt(tb, IPPROTO_TCP, TCP_NODELAY, 1);
+	struct linger lg = {1, 5};
+	if (setsockopt(tb, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)))
+		die("SO_LINGER");
+	setopt(tb, SOL_SOCKET, SO_RCVLOWAT, 4);
+	setopt(tb, IPPROTO_TCP, TCP_KEEPIDLE, 77);
+	setopt(tb, IPPROTO_TCP, TCP_USER_TIMEOUT, 1234);
 	if (bind(tb, (struct sockaddr *)&lo, sizeof(lo)))
 		die("bind TCP");
 	struct sockaddr_storage tbname = name_of(tb);
 
 	int u1 = socket(AF_INET, SOCK_DGRAM, 0), u2 = socket(AF_INET, SOCK_DGRAM, 0);
 	setopt(u2, SOL_SOCKET, SO_BROADCAST, 1);
+	setopt(u1, IPPROTO_IP, IP_TOS, 0x10);
 	if (bind(u1, (struct sockaddr *)&lo, sizeof(lo)) || bind(u2, (struct sockaddr *)&lo, sizeof(lo)))
 		die("bind UDP");
 	struct sockaddr_storage u1name = name_of(u1), u2name = name_of(u2);
@@ -193,6 +203,17 @@ int main(void)
 		fail("bound TCP socket lost TCP_NODELAY");
 	if (opt(tb, SOL_SOCKET, SO_ACCEPTCONN) != 0)
 		fail("bound TCP socket listens");
+	socklen_t lgl = sizeof(lg);
+	memset(&lg, 0, sizeof(lg));
+	if (getsockopt(tb, SOL_SOCKET, SO_LINGER, &lg, &lgl) || lg.l_onoff != 1 || lg.l_linger != 5)
+		fail("bound TCP socket: SO_LINGER %d/%d, want on, 5 s", lg.l_onoff, lg.l_linger);
+	if (opt(tb, SOL_SOCKET, SO_RCVLOWAT) != 4 || opt(tb, IPPROTO_TCP, TCP_KEEPIDLE) != 77 || opt(tb, IPPROTO_TCP, TCP_USER_TIMEOUT) != 1234)
+		fail("bound TCP socket: SO_RCVLOWAT %d, TCP_KEEPIDLE %d, TCP_USER_TIMEOUT %d", opt(tb, SOL_SOCKET, SO_RCVLOWAT),
+		     opt(tb, IPPROTO_TCP, TCP_KEEPIDLE), opt(tb, IPPROTO_TCP, TCP_USER_TIMEOUT));
+	if (opt(l6, IPPROTO_IPV6, IPV6_TCLASS) != 0x20)
+		fail("IPv6 listener: traffic class %#x, want 0x20", opt(l6, IPPROTO_IPV6, IPV6_TCLASS));
+	if (opt(u1, IPPROTO_IP, IP_TOS) != 0x10)
+		fail("UDP socket: IP_TOS %#x, want 0x10", opt(u1, IPPROTO_IP, IP_TOS));
 
 	same_name("UDP socket", u1, u1name);
 	same_name("UDP peer", u2, u2name);
