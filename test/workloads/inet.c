@@ -7,7 +7,7 @@
  *
  * Set up (ports chosen by the kernel):
  *  - a TCP listener on 127.0.0.1 with SO_REUSEADDR, SO_KEEPALIVE and
- *    backlog 7, O_NONBLOCK;
+ *    backlog 7, O_NONBLOCK, watched by an epoll instance;
  *  - a TCP listener on [::] with IPV6_V6ONLY (binding a specific IPv6
  *    address would set it by itself) and traffic class 0x20;
  *  - a TCP socket bound to 127.0.0.1 with TCP_NODELAY, SO_LINGER 5 s,
@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -138,6 +139,10 @@ int main(void)
 	if (bind(l4, (struct sockaddr *)&lo, sizeof(lo)) || listen(l4, 7) || fcntl(l4, F_SETFL, O_NONBLOCK))
 		die("listen on 127.0.0.1");
 	struct sockaddr_storage l4name = name_of(l4);
+	int ep = epoll_create1(0);
+	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0x4444};
+	if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, l4, &ev))
+		die("epoll on the listener");
 
 	int l6 = socket(AF_INET6, SOCK_STREAM, 0);
 	struct sockaddr_in6 any6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_ANY_INIT};
@@ -189,6 +194,22 @@ int main(void)
 	socklen_t til = sizeof(ti);
 	if (getsockopt(l4, IPPROTO_TCP, TCP_INFO, &ti, &til) || ti.tcpi_sacked != 7)
 		fail("IPv4 listener backlog %u, want 7", ti.tcpi_sacked);
+	/* epoll reports a connection waiting on the listener */
+	int pc = socket(AF_INET, SOCK_STREAM, 0);
+	struct epoll_event got;
+	if (pc < 0 || connect(pc, (struct sockaddr *)&l4name, sizeof(struct sockaddr_in)))
+		fail("IPv4 listener: connect: %s", strerror(errno));
+	else if (epoll_wait(ep, &got, 1, 5000) != 1 || got.data.u64 != 0x4444)
+		fail("IPv4 listener: epoll does not report the connection waiting");
+	else {
+		int pa = accept(l4, NULL, NULL);
+		if (pa < 0)
+			fail("IPv4 listener: accept after epoll: %s", strerror(errno));
+		else
+			close(pa);
+	}
+	if (pc >= 0)
+		close(pc);
 	check_listener("IPv4 listener", l4, l4name, sizeof(struct sockaddr_in));
 
 	same_name("IPv6 listener", l6, l6name);
