@@ -163,7 +163,11 @@ func (lf *leakFinder) scan() ([]*pb.Leak, error) {
 	var leaks []*pb.Leak
 	err := proc.EachPid(func(pid int) {
 		if pid != self && !lf.inside[pid] && !kthreads[pid] {
-			leaks = append(leaks, lf.scanOne(pid)...)
+			// ckpt's own children (the repair-mode guard, which holds
+			// copies of TCP connections) share what ckpt shares.
+			if l := lf.scanOne(pid); len(l) > 0 && !childOf(pid, self) {
+				leaks = append(leaks, l...)
+			}
 		}
 	})
 	if err != nil {
@@ -171,6 +175,12 @@ func (lf *leakFinder) scan() ([]*pb.Leak, error) {
 	}
 	sort.SliceStable(leaks, func(i, j int) bool { return leaks[i].Pid < leaks[j].Pid })
 	return leaks, nil
+}
+
+// childOf tells whether pid is a child of parent.
+func childOf(pid, parent int) bool {
+	st, err := proc.ReadStat(pid)
+	return err == nil && st.Ppid == parent
 }
 
 // kernelThreads lists the kernel threads, which have no namespaces and no

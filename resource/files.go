@@ -40,9 +40,11 @@ type FileSet struct {
 	// inode).
 	deleted map[[2]uint64]bool
 	// KeepRepair keeps TCP connections in repair mode after they are read
-	// (checkpoint --kill), in repaired, ckpt's copies, until EndRepair.
+	// (checkpoint --kill), in repaired, ckpt's copies, until EndRepair;
+	// guard holds copies too, to end repair mode if ckpt dies first.
 	KeepRepair bool
 	repaired   []int
+	guard      *repairGuard // started with the first of repaired
 }
 
 // NewFileSet returns an empty set.

@@ -227,6 +227,18 @@ func dumpInet(s *FileSet, pid, fd int, f *pb.File) error {
 	}
 	what := fmt.Sprintf("fd %d of process %d (socket:[%d])", fd, pid, f.Socket.Ino)
 	if in.Tcp != nil {
+		if s.KeepRepair {
+			if s.guard == nil {
+				if s.guard, err = startRepairGuard(); err != nil {
+					unix.Close(sfd)
+					return err
+				}
+			}
+			if err := s.guard.hold(sfd); err != nil {
+				unix.Close(sfd)
+				return err
+			}
+		}
 		err := dumpTCP(sfd, in, what)
 		if err == nil {
 			err = readSockOpts(sfd, f.Socket, what)

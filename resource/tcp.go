@@ -23,8 +23,10 @@ import (
 // socket) into repair mode and reads it. With --kill it stays so until
 // the process is dead and ckpt closes its copy: a socket in repair mode
 // closes without a FIN or RST, so the peer sees nothing. Otherwise, or if
-// the checkpoint fails, repair mode ends at once after reading (the
-// process runs on with it as it was; the kernel probes the window).
+// the checkpoint fails, repair mode ends (without --kill at once after
+// reading): the process runs on with the connection as it was; the
+// kernel probes the window. Should ckpt be killed meanwhile, a guard
+// process ends repair mode instead (repairGuard).
 //
 // Restart: a new socket in repair mode gets the sequence numbers, is bound
 // and connected (in repair mode connect sends no SYN: the connection is
@@ -312,5 +314,109 @@ func (s *FileSet) EndRepair(killed bool) error {
 		unix.Close(fd)
 	}
 	s.repaired = nil
+	if s.guard != nil {
+		s.guard.release(killed)
+		s.guard = nil
+	}
 	return first
+}
+
+// repairGuard is a child process (`ckpt __repair-guard`) that holds a copy
+// of every connection ckpt keeps in repair mode. Should ckpt die before it
+// lets go of them (SIGKILL), its end of their control socket closes and
+// the guard takes them out of repair mode: the processes, which ptrace
+// then lets run, carry on with working connections.
+type repairGuard struct {
+	ctrl  *os.File
+	child *os.Process
+}
+
+// Messages to the guard, each a byte on a seqpacket socket: H holds the
+// descriptor that comes with it; K and E let go of all, after the
+// processes were killed (close in repair mode) or after ckpt ended repair
+// mode itself.
+const (
+	guardHold  = 'H'
+	guardKill  = 'K'
+	guardEnded = 'E'
+)
+
+func startRepairGuard() (*repairGuard, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("start the repair-mode guard: %w", err)
+	}
+	ours, theirs := os.NewFile(uintptr(fds[0]), "guard"), os.NewFile(uintptr(fds[1]), "guard")
+	defer theirs.Close()
+	exe, err := os.Executable()
+	if err != nil {
+		ours.Close()
+		return nil, fmt.Errorf("start the repair-mode guard: %w", err)
+	}
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		ours.Close()
+		return nil, err
+	}
+	defer null.Close()
+	child, err := os.StartProcess(exe, []string{"ckpt", "__repair-guard"}, &os.ProcAttr{Files: []*os.File{null, null, null, theirs}})
+	if err != nil {
+		ours.Close()
+		return nil, fmt.Errorf("start the repair-mode guard: %w", err)
+	}
+	return &repairGuard{ctrl: ours, child: child}, nil
+}
+
+// hold gives the guard a copy of connection fd, before repair mode begins.
+func (g *repairGuard) hold(fd int) error {
+	if err := unix.Sendmsg(int(g.ctrl.Fd()), []byte{guardHold}, unix.UnixRights(fd), nil, 0); err != nil {
+		return fmt.Errorf("hand a connection to the repair-mode guard: %w", err)
+	}
+	return nil
+}
+
+// release lets the guard go and waits for it.
+func (g *repairGuard) release(killed bool) {
+	msg := byte(guardEnded)
+	if killed {
+		msg = guardKill
+	}
+	unix.Write(int(g.ctrl.Fd()), []byte{msg})
+	g.ctrl.Close()
+	g.child.Wait()
+}
+
+// RunRepairGuard is the guard: it holds what ctrl brings until ckpt lets
+// go, or ends repair mode of all if ckpt is gone first.
+func RunRepairGuard(ctrl *os.File) error {
+	var held []int
+	buf := make([]byte, 1)
+	oob := make([]byte, unix.CmsgSpace(4))
+	for {
+		n, oobn, _, _, err := unix.Recvmsg(int(ctrl.Fd()), buf, oob, unix.MSG_CMSG_CLOEXEC)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n == 0 { // ckpt is gone
+			for _, fd := range held {
+				endRepair(fd)
+			}
+			return nil
+		}
+		switch buf[0] {
+		case guardHold:
+			cmsgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+			if err != nil {
+				return err
+			}
+			for _, c := range cmsgs {
+				fds, err := unix.ParseUnixRights(&c)
+				if err == nil {
+					held = append(held, fds...)
+				}
+			}
+		case guardKill, guardEnded:
+			return nil // the copies close with this process
+		}
+	}
 }

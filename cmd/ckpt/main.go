@@ -46,7 +46,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(checkpointCmd(), restartCmd(), inspectCmd(), checkCmd(), convertCmd(), runCmd(), initCmd())
+	root.AddCommand(checkpointCmd(), restartCmd(), inspectCmd(), checkCmd(), convertCmd(), runCmd(), initCmd(), repairGuardCmd())
 	// CKPT_CPUPROFILE=FILE writes a Go CPU profile, for performance work.
 	if p := os.Getenv("CKPT_CPUPROFILE"); p != "" {
 		if f, err := os.Create(p); err == nil {
