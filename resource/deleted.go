@@ -45,27 +45,74 @@ func checkDeleted(pid, fd int, path string, st *unix.Stat_t) error {
 // dumpDeleted reads the content of the deleted file behind fd of pid into
 // f, the first description of its inode.
 func dumpDeleted(pid, fd int, f *pb.File) error {
-	src, err := os.Open(proc.Path(pid, "fd/"+strconv.Itoa(fd)))
+	if err := readDeleted(proc.Path(pid, "fd/"+strconv.Itoa(fd)), f); err != nil {
+		return fmt.Errorf("fd %d of process %d: %w", fd, pid, err)
+	}
+	return nil
+}
+
+// readDeleted reads the content, owner and group of the deleted file that
+// path (a /proc link) opens into f.
+func readDeleted(path string, f *pb.File) error {
+	src, err := os.Open(path)
 	if err != nil {
-		return fmt.Errorf("read the deleted file %s (fd %d of %d): %w", f.Path, fd, pid, err)
+		return fmt.Errorf("read the deleted file %s: %w", f.Path, err)
 	}
 	defer src.Close()
 	var st unix.Stat_t
 	if err := unix.Fstat(int(src.Fd()), &st); err != nil {
-		return fmt.Errorf("the deleted file %s (fd %d of %d): %w", f.Path, fd, pid, err)
+		return fmt.Errorf("the deleted file %s: %w", f.Path, err)
 	}
 	data, err := io.ReadAll(io.LimitReader(src, maxDeleted+1))
 	if err != nil {
-		return fmt.Errorf("read the deleted file %s (fd %d of %d): %w", f.Path, fd, pid, err)
+		return fmt.Errorf("read the deleted file %s: %w", f.Path, err)
 	}
 	if len(data) > maxDeleted {
-		return fmt.Errorf("fd %d of process %d is the deleted file %s, grown past %d MiB: %w", fd, pid, f.Path, maxDeleted>>20, ErrUnsupported)
+		return fmt.Errorf("the deleted file %s grew past %d MiB: %w", f.Path, maxDeleted>>20, ErrUnsupported)
 	}
 	f.DeletedData, f.DeletedUid, f.DeletedGid = data, st.Uid, st.Gid
 	if f.DeletedData == nil {
 		f.DeletedData = []byte{}
 	}
 	return nil
+}
+
+// deletedMapped returns the id of a File record for a deleted file that
+// is mapped or is the executable: src opens it (/proc/PID/map_files/...,
+// /proc/PID/exe), name is its link text. One record per inode serves
+// every mapping; its content is saved unless a descriptor's record has it
+// already. The caller holds s.mu.
+func (s *FileSet) deletedMapped(pid int, src, name string, write bool) (uint32, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(src, &st); err != nil {
+		return 0, fmt.Errorf("process %d: the deleted file %s: %w", pid, name, err)
+	}
+	path := strings.TrimSuffix(name, " (deleted)")
+	if st.Size > maxDeleted {
+		return 0, fmt.Errorf("process %d maps the deleted file %s of %d MiB: %w (deleted files of up to %d MiB are kept in the image)",
+			pid, path, st.Size>>20, ErrUnsupported, maxDeleted>>20)
+	}
+	key := fmt.Sprintf("deleted %d:%d", st.Dev, st.Ino)
+	if id, ok := s.byPath[key]; ok {
+		if write {
+			s.Files[id-1].Flags = unix.O_RDWR
+		}
+		return id, nil
+	}
+	f := &pb.File{Kind: pb.File_REGULAR, Path: path, Flags: unix.O_RDONLY, Size: st.Size, Mode: st.Mode,
+		Deleted: true, DeletedDev: st.Dev, DeletedIno: st.Ino}
+	if write {
+		f.Flags = unix.O_RDWR
+	}
+	if k := [2]uint64{st.Dev, st.Ino}; !s.deleted[k] {
+		s.deleted[k] = true
+		if err := readDeleted(src, f); err != nil {
+			return 0, fmt.Errorf("process %d: %w", pid, err)
+		}
+	}
+	id := s.add(f)
+	s.byPath[key] = id
+	return id, nil
 }
 
 // openDeleted returns a new description of the deleted file rec names,
@@ -141,6 +188,14 @@ func (o *OpenFiles) makeDeleted(rec *pb.File) (*os.File, error) {
 			return nil, fmt.Errorf("the deleted file %s: %w", rec.Path, err)
 		}
 	}
+	// Kept open read-only: a file open for writing cannot become a
+	// process's executable (PR_SET_MM_MAP), and the descriptions that
+	// write reopen it through /proc anyway.
+	ro, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("the deleted file %s: %w", rec.Path, err)
+	}
+	f.Close()
 	ok = true
-	return f, nil
+	return ro, nil
 }

@@ -134,8 +134,18 @@ func checkVma(pid int, v *proc.Vma) error {
 			return fmt.Errorf("process %d has the kernel area %s at %#x-%#x: %w yet", pid, v.Name, v.Start, v.End, ErrUnsupported)
 		}
 		return nil
-	case strings.HasSuffix(v.Name, " (deleted)") || !strings.HasPrefix(v.Name, "/"):
-		return fmt.Errorf("process %d maps %q at %#x-%#x: %w yet (deleted files come later)", pid, v.Name, v.Start, v.End, ErrUnsupported)
+	case !strings.HasPrefix(v.Name, "/"):
+		return fmt.Errorf("process %d maps %q at %#x-%#x: %w yet", pid, v.Name, v.Start, v.End, ErrUnsupported)
+	case strings.HasSuffix(v.Name, " (deleted)"):
+		// Kept in the image, as a deleted file held open is.
+		var st unix.Stat_t
+		if err := unix.Stat(mapFilesPath(pid, v.Start, v.End), &st); err != nil {
+			return fmt.Errorf("process %d maps the deleted file %s at %#x-%#x: %w", pid, strings.TrimSuffix(v.Name, " (deleted)"), v.Start, v.End, err)
+		}
+		if st.Size > maxDeleted {
+			return fmt.Errorf("process %d maps the deleted file %s of %d MiB at %#x-%#x: %w (deleted files of up to %d MiB are kept in the image)",
+				pid, strings.TrimSuffix(v.Name, " (deleted)"), st.Size>>20, v.Start, v.End, ErrUnsupported, maxDeleted>>20)
+		}
 	}
 	return nil
 }
@@ -183,7 +193,12 @@ func DumpMm(pid int, brk uint64, files *FileSet, pre []proc.Vma) (*pb.Mm, error)
 	// at once.
 	files.mu.Lock()
 	defer files.mu.Unlock()
-	exeID, err := files.mappedFile(exe)
+	var exeID uint32
+	if strings.HasSuffix(exe, " (deleted)") {
+		exeID, err = files.deletedMapped(pid, proc.Path(pid, "exe"), exe, false)
+	} else {
+		exeID, err = files.mappedFile(exe)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -220,6 +235,12 @@ func DumpMm(pid int, brk uint64, files *FileSet, pre []proc.Vma) (*pb.Mm, error)
 				return nil, fmt.Errorf("process %d maps %s privately at %#x-%#x: %w yet", pid, v.Name, v.Start, v.End, ErrUnsupported)
 			}
 			id, err := files.shmemObject(mapFilesPath(pid, v.Start, v.End), v.Name)
+			if err != nil {
+				return nil, err
+			}
+			pv.FileId = id
+		case v.Inode != 0 && strings.HasSuffix(v.Name, " (deleted)"):
+			id, err := files.deletedMapped(pid, mapFilesPath(pid, v.Start, v.End), v.Name, v.Shared() && v.Write())
 			if err != nil {
 				return nil, err
 			}

@@ -7,15 +7,21 @@
  * directory of its own.
  *
  * Set up:
+ *  - the program runs from a copy of itself that it deleted: its
+ *    executable and the areas it maps are a deleted file;
  *  - "scratch": 100000 patterned bytes, opened read-write (fd a, offset
  *    5000, and its dup b) and read-only (fd c, offset 10), then unlinked;
+ *    also mapped shared, "MAPPED" written at 200 through the mapping;
+ *  - "priv": two pages of 'P', mapped privately, unlinked; the first page
+ *    written through the mapping, the second not;
  *  - an O_TMPFILE file (never had a name), mode 0640, "tmp data";
  *  - "reused": opened, unlinked, and a new file made under the same name
  *    with other content.
  * After the checkpoint: contents, offsets, link counts of 0, the mode;
  * a and b share their offset, and a and c their inode (a write through a
- * shows through c); /proc names them "(deleted)"; the new "reused" file
- * is untouched.
+ * or the shared mapping shows through c); /proc names them "(deleted)",
+ * the executable too; the private mapping keeps its written page and the
+ * file's other; the new "reused" file is untouched.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -25,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -56,9 +63,30 @@ static void die(const char *what)
 #define N 100000
 static unsigned char pattern(size_t i) { return (unsigned char)(i * 31 + i / 977); }
 
-int main(void)
+/* copy this program to ./deleted-copy and run that, which deletes it */
+static void run_from_deleted_copy(char **argv)
+{
+	static char bin[8 << 20];
+	int in = open("/proc/self/exe", O_RDONLY), out = open("deleted-copy", O_WRONLY | O_CREAT | O_TRUNC, 0755);
+	ssize_t n = in < 0 ? -1 : read(in, bin, sizeof(bin));
+	if (n <= 0 || out < 0 || write(out, bin, n) != n || close(out))
+		die("copy the program");
+	close(in);
+	char *args[] = {"deleted-copy", "copy", NULL};
+	execv("./deleted-copy", args);
+	(void)argv;
+	die("exec the copy");
+}
+
+static char linkbuf[256], proc[64];
+
+int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (argc < 2 || strcmp(argv[1], "copy"))
+		run_from_deleted_copy(argv);
+	if (unlink("deleted-copy"))
+		die("unlink the copy");
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_usr2;
@@ -75,6 +103,21 @@ int main(void)
 	if (c < 0 || unlink("scratch") || lseek(a, 5000, SEEK_SET) != 5000 || lseek(c, 10, SEEK_SET) != 10)
 		die("unlink scratch");
 	int b = dup(a);
+	char *shared = mmap(NULL, N, PROT_READ | PROT_WRITE, MAP_SHARED, a, 0);
+	if (shared == MAP_FAILED)
+		die("mmap scratch");
+	memcpy(shared + 200, "MAPPED", 6);
+
+	int p = open("priv", O_RDWR | O_CREAT | O_EXCL, 0600);
+	static char pp[8192];
+	memset(pp, 'P', sizeof(pp));
+	if (p < 0 || write(p, pp, sizeof(pp)) != sizeof(pp) || unlink("priv"))
+		die("priv");
+	char *priv = mmap(NULL, sizeof(pp), PROT_READ | PROT_WRITE, MAP_PRIVATE, p, 0);
+	if (priv == MAP_FAILED)
+		die("mmap priv");
+	close(p);
+	memcpy(priv, "written", 7);
 
 	int t = open(".", O_TMPFILE | O_RDWR, 0640);
 	if (t < 0 || write(t, "tmp data", 8) != 8)
@@ -100,18 +143,29 @@ int main(void)
 	if (lseek(a, 0, SEEK_CUR) != 6000)
 		fail("scratch: a and its dup no longer share an offset");
 	static unsigned char got[N];
+	memcpy(buf + 200, "MAPPED", 6);
 	if (pread(c, got, N, 0) != N || memcmp(got, buf, N))
 		fail("scratch: content differs");
+	if (memcmp(shared + 200, "MAPPED", 6) || memcmp(shared, buf, 200))
+		fail("scratch: the shared mapping lost its content");
+	memcpy(shared + 300, "again", 5);
+	if (pread(c, got, 5, 300) != 5 || memcmp(got, "again", 5))
+		fail("scratch: a write through the shared mapping does not reach the file");
+	if (memcmp(priv, "written", 7) || priv[7] != 'P' || priv[4096] != 'P' || priv[8191] != 'P')
+		fail("priv: the private mapping lost its written page or the file's");
+	ssize_t el = readlink("/proc/self/exe", linkbuf, sizeof(linkbuf) - 1);
+	linkbuf[el > 0 ? el : 0] = 0;
+	if (el < 0 || !strstr(linkbuf, "/deleted-copy (deleted)"))
+		fail("the executable is %s, want the deleted copy", linkbuf);
 	if (pwrite(a, "XYZ", 3, 100) != 3 || pread(c, got, 3, 100) != 3 || memcmp(got, "XYZ", 3))
 		fail("scratch: a write through a does not show through c (not one inode)");
 	if ((fcntl(c, F_GETFL) & O_ACCMODE) != O_RDONLY)
 		fail("scratch: c is not read-only");
-	char link[256], proc[64];
 	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", a);
-	ssize_t ll = readlink(proc, link, sizeof(link) - 1);
-	link[ll > 0 ? ll : 0] = 0;
-	if (ll < 0 || !strstr(link, "/scratch (deleted)"))
-		fail("scratch: /proc names it %s", link);
+	ssize_t ll = readlink(proc, linkbuf, sizeof(linkbuf) - 1);
+	linkbuf[ll > 0 ? ll : 0] = 0;
+	if (ll < 0 || !strstr(linkbuf, "/scratch (deleted)"))
+		fail("scratch: /proc names it %s", linkbuf);
 
 	char tb[16];
 	if (fstat(t, &st) || st.st_nlink != 0 || (st.st_mode & 0777) != 0640 || pread(t, tb, sizeof(tb), 0) != 8 || memcmp(tb, "tmp data", 8))
