@@ -325,18 +325,21 @@ func (s *FileSet) EndRepair(killed bool) error {
 // of every connection ckpt keeps in repair mode. Should ckpt die before it
 // lets go of them (SIGKILL), its end of their control socket closes and
 // the guard takes them out of repair mode: the processes, which ptrace
-// then lets run, carry on with working connections.
+// then lets run, carry on with working connections. The kernel wakes the
+// guard before it lets the processes go, but cannot make it run first: a
+// process that uses a connection at once may get one error from it.
 type repairGuard struct {
 	ctrl  *os.File
 	child *os.Process
 }
 
 // Messages to the guard, each a byte on a seqpacket socket: H holds the
-// descriptor that comes with it; K and E let go of all, after the
-// processes were killed (close in repair mode) or after ckpt ended repair
-// mode itself.
+// descriptor that comes with it, and the guard answers A once it does;
+// K and E let go of all, after the processes were killed (close in
+// repair mode) or after ckpt ended repair mode itself.
 const (
 	guardHold  = 'H'
+	guardHeld  = 'A'
 	guardKill  = 'K'
 	guardEnded = 'E'
 )
@@ -367,12 +370,24 @@ func startRepairGuard() (*repairGuard, error) {
 	return &repairGuard{ctrl: ours, child: child}, nil
 }
 
-// hold gives the guard a copy of connection fd, before repair mode begins.
+// hold gives the guard a copy of connection fd, before repair mode
+// begins, and waits until the guard has it: a guard still starting when
+// ckpt dies would come too late for processes that run on at once.
 func (g *repairGuard) hold(fd int) error {
 	if err := unix.Sendmsg(int(g.ctrl.Fd()), []byte{guardHold}, unix.UnixRights(fd), nil, 0); err != nil {
 		return fmt.Errorf("hand a connection to the repair-mode guard: %w", err)
 	}
-	return nil
+	var b [1]byte
+	for {
+		n, err := unix.Read(int(g.ctrl.Fd()), b[:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n != 1 || b[0] != guardHeld {
+			return fmt.Errorf("the repair-mode guard did not take the connection (%v)", err)
+		}
+		return nil
+	}
 }
 
 // release lets the guard go and waits for it.
@@ -414,6 +429,9 @@ func RunRepairGuard(ctrl *os.File) error {
 				if err == nil {
 					held = append(held, fds...)
 				}
+			}
+			if _, err := unix.Write(int(ctrl.Fd()), []byte{guardHeld}); err != nil {
+				return err
 			}
 		case guardKill, guardEnded:
 			return nil // the copies close with this process

@@ -78,6 +78,11 @@ func TestCheckpointFailureLeavesTargetRunning(t *testing.T) {
 				if _, err := os.Stat(img); err == nil && !strings.HasSuffix(fault, ":kill") {
 					t.Errorf("failed checkpoint left an image file")
 				}
+				if strings.HasSuffix(fault, ":kill") {
+					// The guard ends repair mode once ckpt is gone; the
+					// processes may run before it does (see tcp.go).
+					waitGuardsGone(t)
+				}
 				assertUntouched(t, p, maps)
 				for _, pid := range descendants(p.pid) {
 					if tp := status(pid, "TracerPid"); tp != "0" && tp != "" {
@@ -86,6 +91,28 @@ func TestCheckpointFailureLeavesTargetRunning(t *testing.T) {
 				}
 				p.verifyExit(p.exit, true, 10*time.Second)
 			})
+		}
+	}
+}
+
+// waitGuardsGone waits until no repair-mode guard (ckpt __repair-guard)
+// runs, 5 s at most.
+func waitGuardsGone(t *testing.T) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		found := false
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			if b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline"); err == nil && strings.Contains(string(b), "__repair-guard") {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a repair-mode guard still runs 5 s after ckpt died")
 		}
 	}
 }
