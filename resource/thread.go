@@ -3,6 +3,7 @@ package resource
 import (
 	"encoding/binary"
 	"fmt"
+	"strconv"
 	"strings"
 	"unsafe"
 
@@ -208,6 +209,12 @@ func dumpSched(tid int, th *pb.Thread) error {
 		return fmt.Errorf("read I/O priority of thread %d: %w", tid, e)
 	}
 	th.Ioprio = uint32(prio)
+	// Another user's thread's timer slack needs CAP_SYS_NICE to read:
+	// without it the slack is not kept.
+	if slack, err := readProcNumber(tid, "timerslack_ns", 10); err == nil {
+		v := uint64(slack)
+		th.TimerSlackNs = &v
+	}
 	return nil
 }
 
@@ -236,6 +243,13 @@ func RestoreSched(tid int, th *pb.Thread) (unset string) {
 	if th.Ioprio>>13 != 0 { // class 0 (none) follows the nice value
 		if _, _, e := unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, uintptr(tid), uintptr(th.Ioprio)); e != 0 {
 			out = append(out, fmt.Sprintf("I/O class %d level %d: %v", th.Ioprio>>13, th.Ioprio&0x1fff, e))
+		}
+	}
+	if s := th.TimerSlackNs; s != nil {
+		if cur, err := readProcNumber(tid, "timerslack_ns", 10); err != nil || uint64(cur) != *s {
+			if err := writeProc(tid, "timerslack_ns", strconv.FormatUint(*s, 10)); err != nil {
+				out = append(out, fmt.Sprintf("timer slack %dns: %v", *s, err))
+			}
 		}
 	}
 	return strings.Join(out, ", ")

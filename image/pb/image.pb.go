@@ -2156,7 +2156,11 @@ type Thread struct {
 	Sched *Sched `protobuf:"bytes,19,opt,name=sched,proto3" json:"sched,omitempty"`
 	// ioprio is the thread's I/O priority (ioprio_get), class << 13 | level;
 	// class 0 (none: derived from the nice value) is not set at restart.
-	Ioprio        uint32 `protobuf:"varint,20,opt,name=ioprio,proto3" json:"ioprio,omitempty"`
+	Ioprio uint32 `protobuf:"varint,20,opt,name=ioprio,proto3" json:"ioprio,omitempty"`
+	// timer_slack_ns is prctl(PR_GET_TIMERSLACK), read from
+	// /proc/TID/timerslack_ns; absent in older images and where ckpt may not
+	// read it (another user's thread, without CAP_SYS_NICE).
+	TimerSlackNs  *uint64 `protobuf:"varint,21,opt,name=timer_slack_ns,json=timerSlackNs,proto3,oneof" json:"timer_slack_ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2327,6 +2331,13 @@ func (x *Thread) GetSched() *Sched {
 func (x *Thread) GetIoprio() uint32 {
 	if x != nil {
 		return x.Ioprio
+	}
+	return 0
+}
+
+func (x *Thread) GetTimerSlackNs() uint64 {
+	if x != nil && x.TimerSlackNs != nil {
+		return *x.TimerSlackNs
 	}
 	return 0
 }
@@ -5445,7 +5456,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x0eSyscallRestart\x12\x0e\n" +
 	"\x02nr\x18\x01 \x01(\x03R\x02nr\x12!\n" +
 	"\fremaining_ns\x18\x02 \x01(\x03R\vremainingNs\x12'\n" +
-	"\x0fknown_remaining\x18\x03 \x01(\bR\x0eknownRemaining\"\xf5\x04\n" +
+	"\x0fknown_remaining\x18\x03 \x01(\bR\x0eknownRemaining\"\xb3\x05\n" +
 	"\x06Thread\x12\x10\n" +
 	"\x03tid\x18\x01 \x01(\rR\x03tid\x12\x12\n" +
 	"\x04comm\x18\x02 \x01(\tR\x04comm\x12\x12\n" +
@@ -5469,7 +5480,9 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x04cpus\x18\x11 \x03(\x04R\x04cpus\x12#\n" +
 	"\rpdeath_signal\x18\x12 \x01(\rR\fpdeathSignal\x12*\n" +
 	"\x05sched\x18\x13 \x01(\v2\x14.ckpt.image.v1.SchedR\x05sched\x12\x16\n" +
-	"\x06ioprio\x18\x14 \x01(\rR\x06ioprio\"\xe9\x01\n" +
+	"\x06ioprio\x18\x14 \x01(\rR\x06ioprio\x12)\n" +
+	"\x0etimer_slack_ns\x18\x15 \x01(\x04H\x00R\ftimerSlackNs\x88\x01\x01B\x11\n" +
+	"\x0f_timer_slack_ns\"\xe9\x01\n" +
 	"\x05Sched\x12\x16\n" +
 	"\x06policy\x18\x01 \x01(\rR\x06policy\x12\x14\n" +
 	"\x05flags\x18\x02 \x01(\x04R\x05flags\x12\x12\n" +
@@ -5872,6 +5885,7 @@ func file_image_pb_image_proto_init() {
 	}
 	file_image_pb_image_proto_msgTypes[3].OneofWrappers = []any{}
 	file_image_pb_image_proto_msgTypes[8].OneofWrappers = []any{}
+	file_image_pb_image_proto_msgTypes[14].OneofWrappers = []any{}
 	file_image_pb_image_proto_msgTypes[18].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

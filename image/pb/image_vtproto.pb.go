@@ -1575,6 +1575,13 @@ func (m *Thread) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.TimerSlackNs != nil {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(*m.TimerSlackNs))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xa8
+	}
 	if m.Ioprio != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Ioprio))
 		i--
@@ -4870,6 +4877,9 @@ func (m *Thread) SizeVT() (n int) {
 	}
 	if m.Ioprio != 0 {
 		n += 2 + protohelpers.SizeOfVarint(uint64(m.Ioprio))
+	}
+	if m.TimerSlackNs != nil {
+		n += 2 + protohelpers.SizeOfVarint(uint64(*m.TimerSlackNs))
 	}
 	n += len(m.unknownFields)
 	return n
@@ -10646,6 +10656,26 @@ func (m *Thread) UnmarshalVT(dAtA []byte) error {
 					break
 				}
 			}
+		case 21:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field TimerSlackNs", wireType)
+			}
+			var v uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.TimerSlackNs = &v
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])

@@ -1,8 +1,8 @@
 // build:
 // prctl: process attributes only prctl (or a /proc file of their own)
 // shows. The root is a child subreaper, not dumpable, has transparent
-// huge pages disabled, an OOM score adjustment of 300 and a core dump
-// filter of 0x7f. Its
+// huge pages disabled, an OOM score adjustment of 300, a core dump
+// filter of 0x7f and a timer slack of 123456 ns. Its
 // child drops to uid and gid 65534 (which makes it undumpable, as any
 // change of credentials does), makes itself dumpable again, and asks for
 // SIGUSR1 when its parent dies. On SIGUSR2 the root checks its own
@@ -47,7 +47,7 @@ int main(void) {
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	struct sigaction sa = {.sa_handler = on_usr2};
 	sigaction(SIGUSR2, &sa, NULL);
-	if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0 || prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0) {
+	if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0 || prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0 || prctl(PR_SET_TIMERSLACK, 123456) != 0) {
 		printf("FAIL: prctl\n");
 		return 1;
 	}
@@ -75,6 +75,7 @@ int main(void) {
 	if (prctl(PR_GET_CHILD_SUBREAPER, &sub) != 0 || sub != 1) { printf("FAIL: not a child subreaper\n"); return 1; }
 	if (prctl(PR_GET_DUMPABLE) != 0) { printf("FAIL: dumpable\n"); return 1; }
 	if (prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) != 1) { printf("FAIL: transparent huge pages not disabled\n"); return 1; }
+	if (prctl(PR_GET_TIMERSLACK) != 123456) { printf("FAIL: timer slack %d ns, want 123456\n", prctl(PR_GET_TIMERSLACK)); return 1; }
 	char line[64];
 	if (procfile("oom_score_adj", NULL, line, sizeof line) != 0 || strcmp(line, "300\n") != 0) { printf("FAIL: oom_score_adj %s", line); return 1; }
 	if (procfile("coredump_filter", NULL, line, sizeof line) != 0 || strcmp(line, "0000007f\n") != 0) { printf("FAIL: coredump_filter %s", line); return 1; }
