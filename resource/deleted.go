@@ -118,6 +118,9 @@ func (s *FileSet) deletedMapped(pid int, src, name string, write bool) (uint32, 
 // openDeleted returns a new description of the deleted file rec names,
 // making the file again on first use of its inode.
 func (o *OpenFiles) openDeleted(rec *pb.File) (*os.File, error) {
+	if !filepath.IsAbs(rec.Path) || filepath.Clean(rec.Path) != rec.Path {
+		return nil, fmt.Errorf("image damaged: deleted file at %q", rec.Path)
+	}
 	key := [2]uint64{rec.DeletedDev, rec.DeletedIno}
 	inode := o.deleted[key]
 	if inode == nil {

@@ -59,7 +59,10 @@ func TestOpenDeleted(t *testing.T) {
 	o2 := NewOpenFiles()
 	defer o2.Close()
 	o2.Add(&pb.File{Id: 1, Kind: pb.File_REGULAR, Path: path, Deleted: true, DeletedIno: 5})
-	if _, _, err := o2.Get(1); err == nil || !strings.Contains(err.Error(), "image damaged") {
-		t.Errorf("a deleted file without its content: err = %v", err)
+	o2.Add(&pb.File{Id: 2, Kind: pb.File_REGULAR, Path: dir + "/../x", Deleted: true, DeletedIno: 6, DeletedData: []byte{1}})
+	for id, what := range map[uint32]string{1: "without its content", 2: "at a path with .."} {
+		if _, _, err := o2.Get(id); err == nil || !strings.Contains(err.Error(), "image damaged") {
+			t.Errorf("a deleted file %s: err = %v", what, err)
+		}
 	}
 }
