@@ -237,6 +237,29 @@ func queryUnixDiag(pid int, ino uint64) (unixDiag, error) {
 	return d, nil
 }
 
+// ProbeUnixDiag checks that sock_diag answers for unix sockets (ckpt
+// check): it asks about one end of a pair of its own.
+func ProbeUnixDiag() error {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	var st unix.Stat_t
+	if err := unix.Fstat(fds[0], &st); err != nil {
+		return err
+	}
+	d, err := queryUnixDiag(os.Getpid(), st.Ino)
+	if err != nil {
+		return err
+	}
+	if d.peer == 0 {
+		return errors.New("sock_diag does not name a pair's other end")
+	}
+	return nil
+}
+
 // sameNetns tells whether pid is in ckpt's network namespace.
 func sameNetns(pid int) bool {
 	var a, b unix.Stat_t

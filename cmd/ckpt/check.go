@@ -13,6 +13,7 @@ import (
 
 	"github.com/ckpt/ckpt/proc"
 	"github.com/ckpt/ckpt/ptrace"
+	"github.com/ckpt/ckpt/resource"
 )
 
 // feature is one kernel interface ckpt relies on.
@@ -83,6 +84,19 @@ func features() []feature {
 			}
 			return fmt.Errorf("no freezer found")
 		}},
+		{"POSIX timer IDs (PR_TIMER_CREATE_RESTORE_IDS)", false, "processes with POSIX timers cannot be restarted here", func() error {
+			_, err := unix.PrctlRetInt(unix.PR_TIMER_CREATE_RESTORE_IDS, unix.PR_TIMER_CREATE_RESTORE_IDS_GET, 0, 0, 0)
+			return err
+		}},
+		{"TCP repair mode (TCP_REPAIR, CAP_NET_ADMIN)", false, "established TCP connections are refused", func() error {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			return unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_REPAIR, unix.TCP_REPAIR_ON)
+		}},
+		{"sock_diag for unix sockets (CONFIG_UNIX_DIAG)", false, "unix sockets cannot be checkpointed", resource.ProbeUnixDiag},
 	}
 }
 

@@ -525,8 +525,10 @@ func TestCheck(t *testing.T) {
 	if err != nil {
 		t.Fatalf("check: %v\n%s", err, out)
 	}
-	if !strings.Contains(out, "ok       ptrace") {
-		t.Fatalf("check output lacks the ptrace probe:\n%s", out)
+	for _, want := range []string{"ok       ptrace", "ok       POSIX timer IDs", "ok       TCP repair mode"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("check output lacks %q:\n%s", want, out)
+		}
 	}
 }
 
