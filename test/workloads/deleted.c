@@ -35,30 +35,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "report.h"
+
 static volatile sig_atomic_t got_usr2;
 static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
-
-static char failbuf[8192];
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-	size_t l = strlen(failbuf);
-	if (l >= sizeof(failbuf) - 4)
-		return;
-	if (l)
-		strcat(failbuf, "; ");
-	l = strlen(failbuf);
-	va_start(ap, fmt);
-	vsnprintf(failbuf + l, sizeof(failbuf) - l, fmt, ap);
-	va_end(ap);
-}
-
-static void die(const char *what)
-{
-	printf("FAIL: setup: %s: %s\n", what, strerror(errno));
-	exit(1);
-}
 
 #define N 100000
 static unsigned char pattern(size_t i) { return (unsigned char)(i * 31 + i / 977); }
@@ -177,10 +157,5 @@ int main(int argc, char **argv)
 	if (nr2 < 0 || read(nr2, tb, sizeof(tb)) != 11 || memcmp(tb, "new content", 11))
 		fail("reused: the new file was touched");
 
-	if (failbuf[0]) {
-		printf("FAIL: %s\n", failbuf);
-		return 1;
-	}
-	printf("PASS\n");
-	return 0;
+	return report();
 }

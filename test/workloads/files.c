@@ -35,33 +35,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "report.h"
+
 #define DATA_SIZE 4096
 static unsigned char data_byte(int i) { return (unsigned char)((i * 7 + 3) & 0xff); }
 
 static volatile sig_atomic_t got_usr2;
 static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
-
-static char failbuf[8192];
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-	size_t l = strlen(failbuf);
-	if (l >= sizeof(failbuf) - 4)
-		return;
-	if (l)
-		strcat(failbuf, "; ");
-	l = strlen(failbuf);
-	va_start(ap, fmt);
-	vsnprintf(failbuf + l, sizeof(failbuf) - l, fmt, ap);
-	va_end(ap);
-}
-
-static void die(const char *what)
-{
-	printf("FAIL: setup: %s: %s\n", what, strerror(errno));
-	exit(1);
-}
 
 static int fd_data, fd_dup, fd_log, fd_dir, fd_null, fd_zero, fd_urandom, fd_odd;
 // ODD_NAME is not UTF-8: Linux names are bytes, and so are they in an image.
@@ -390,10 +370,5 @@ int main(void)
 	if (n != 11)
 		fail("write /dev/null returned %zd (%s)", n, n < 0 ? strerror(errno) : "");
 
-	if (failbuf[0]) {
-		printf("FAIL: %s\n", failbuf);
-		return 1;
-	}
-	printf("PASS\n");
-	return 0;
+	return report();
 }

@@ -35,32 +35,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "report.h"
+
 static volatile sig_atomic_t got_usr2;
 static volatile int tick_count, tick_bad, worker_count, worker_wrong;
 static volatile pid_t worker_tid;
 static timer_t tick, worker, far, cpu, idle, fired, deleted;
-
-static char failbuf[8192];
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-	size_t l = strlen(failbuf);
-	if (l >= sizeof(failbuf) - 4)
-		return;
-	if (l)
-		strcat(failbuf, "; ");
-	l = strlen(failbuf);
-	va_start(ap, fmt);
-	vsnprintf(failbuf + l, sizeof(failbuf) - l, fmt, ap);
-	va_end(ap);
-}
-
-static void die(const char *what)
-{
-	printf("FAIL: setup: %s: %s\n", what, strerror(errno));
-	exit(1);
-}
 
 static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
 
@@ -237,10 +217,5 @@ int main(void)
 	else if (sigtimedwait(&w, &si, &zero) == SIGRTMIN + 4)
 		fail("timer \"fired\" signalled twice");
 
-	if (failbuf[0]) {
-		printf("FAIL: %s\n", failbuf);
-		return 1;
-	}
-	printf("PASS\n");
-	return 0;
+	return report();
 }

@@ -33,6 +33,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "report.h"
+
 #define ALTSTACK_SIZE (64 * 1024)
 
 static volatile sig_atomic_t got_usr2;
@@ -63,28 +65,6 @@ static void on_hup(int sig, siginfo_t *si, void *uc)
 		hup_hup_blocked = sigismember(&m, SIGHUP);
 	}
 	hup_ran++;
-}
-
-static char failbuf[8192];
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-	size_t l = strlen(failbuf);
-	if (l >= sizeof(failbuf) - 4)
-		return;
-	if (l)
-		strcat(failbuf, "; ");
-	l = strlen(failbuf);
-	va_start(ap, fmt);
-	vsnprintf(failbuf + l, sizeof(failbuf) - l, fmt, ap);
-	va_end(ap);
-}
-
-static void die(const char *what)
-{
-	printf("FAIL: setup: %s: %s\n", what, strerror(errno));
-	exit(1);
 }
 
 static double now(void)
@@ -377,10 +357,5 @@ int main(void)
 	struct itimerval off = {{0, 0}, {0, 0}};
 	setitimer(ITIMER_REAL, &off, NULL);
 
-	if (failbuf[0]) {
-		printf("FAIL: %s\n", failbuf);
-		return 1;
-	}
-	printf("PASS\n");
-	return 0;
+	return report();
 }

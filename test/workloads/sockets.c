@@ -34,30 +34,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "report.h"
+
 static volatile sig_atomic_t got_usr2;
 static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
-
-static char failbuf[8192];
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-	size_t l = strlen(failbuf);
-	if (l >= sizeof(failbuf) - 4)
-		return;
-	if (l)
-		strcat(failbuf, "; ");
-	l = strlen(failbuf);
-	va_start(ap, fmt);
-	vsnprintf(failbuf + l, sizeof(failbuf) - l, fmt, ap);
-	va_end(ap);
-}
-
-static void die(const char *what)
-{
-	printf("FAIL: setup: %s: %s\n", what, strerror(errno));
-	exit(1);
-}
 
 static void pair(int type, int sv[2])
 {
@@ -280,10 +260,5 @@ int main(void)
 	if ((k = recv(st[0], buf, sizeof(buf), MSG_DONTWAIT)) != 8 || memcmp(buf, "child ok", 8))
 		fail("no answer from the child over the stream pair (%zd)", k);
 
-	if (failbuf[0]) {
-		printf("FAIL: %s\n", failbuf);
-		return 1;
-	}
-	printf("PASS\n");
-	return 0;
+	return report();
 }

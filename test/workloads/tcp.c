@@ -31,33 +31,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "report.h"
+
 #define BIG (3 << 20)
 static unsigned char pattern(size_t i) { return (unsigned char)(i * 13 + i / 4093); }
 
 static volatile sig_atomic_t got_usr2;
 static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
-
-static char failbuf[8192];
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-	size_t l = strlen(failbuf);
-	if (l >= sizeof(failbuf) - 4)
-		return;
-	if (l)
-		strcat(failbuf, "; ");
-	l = strlen(failbuf);
-	va_start(ap, fmt);
-	vsnprintf(failbuf + l, sizeof(failbuf) - l, fmt, ap);
-	va_end(ap);
-}
-
-static void die(const char *what)
-{
-	printf("FAIL: setup: %s: %s\n", what, strerror(errno));
-	exit(1);
-}
 
 /* read exactly n bytes, 10 s at most */
 static size_t read_n(int fd, unsigned char *b, size_t n)
@@ -203,10 +183,5 @@ int main(void)
 	int st;
 	if (waitpid(kid, &st, 0) != kid || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
 		fail("child failed (status %#x)", st);
-	if (failbuf[0]) {
-		printf("FAIL: %s\n", failbuf);
-		return 1;
-	}
-	printf("PASS\n");
-	return 0;
+	return report();
 }

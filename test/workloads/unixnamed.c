@@ -33,24 +33,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "report.h"
+
 static volatile sig_atomic_t got_usr2;
 static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
-
-static char failbuf[8192];
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-	size_t l = strlen(failbuf);
-	if (l >= sizeof(failbuf) - 4)
-		return;
-	if (l)
-		strcat(failbuf, "; ");
-	l = strlen(failbuf);
-	va_start(ap, fmt);
-	vsnprintf(failbuf + l, sizeof(failbuf) - l, fmt, ap);
-	va_end(ap);
-}
 
 static char srv_path[200], dg_path[200];
 
@@ -58,13 +44,6 @@ static void cleanup(void)
 {
 	unlink(srv_path);
 	unlink(dg_path);
-}
-
-static void die(const char *what)
-{
-	printf("FAIL: setup: %s: %s\n", what, strerror(errno));
-	cleanup();
-	exit(1);
 }
 
 /* an address: a path, or "@name" for an abstract one */
@@ -123,6 +102,7 @@ static void check_listener(const char *what, int lfd, int type, const char *name
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	die_cleanup = cleanup;
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_usr2;
@@ -196,10 +176,5 @@ int main(void)
 	same_name("abstract datagram socket", ad, abs_d);
 
 	cleanup();
-	if (failbuf[0]) {
-		printf("FAIL: %s\n", failbuf);
-		return 1;
-	}
-	printf("PASS\n");
-	return 0;
+	return report();
 }
