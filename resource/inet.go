@@ -83,39 +83,43 @@ func describeInet(sfd, family, typ int, s *pb.Socket, what string) error {
 			return fmt.Errorf("%s is a TCP connection %s - %s in state %s: %w yet (established connections, listening and unconnected TCP sockets are)",
 				what, inetString(in.Addr, in.Port), peer, tcpStates[info.State], ErrUnsupported)
 		}
-		nd, err := unix.GetsockoptInt(sfd, unix.IPPROTO_TCP, unix.TCP_NODELAY)
-		if err != nil {
-			return fmt.Errorf("%s: %w", what, err)
-		}
-		in.Nodelay = nd != 0
 	} else if sa, err := unix.Getpeername(sfd); err == nil {
 		in.PeerAddr, in.PeerPort, in.PeerScopeId = inetAddr(sa)
 	} else if err != unix.ENOTCONN {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	for _, o := range []struct {
-		level, opt int
-		v          *bool
-	}{
+	for _, o := range inetBoolOpts(uint32(family), in) {
+		v, err := unix.GetsockoptInt(sfd, o.level, o.opt)
+		if err != nil {
+			return fmt.Errorf("%s: option %d: %w", what, o.opt, err)
+		}
+		*o.v = v != 0
+	}
+	return readInetOpts(sfd, family, in, what)
+}
+
+// boolOpt is a socket option that is on or off.
+type boolOpt struct {
+	level, opt int
+	v          *bool
+}
+
+// inetBoolOpts are the on/off options of in that ckpt keeps, for family
+// and protocol (in.Protocol); all of them are set before bind.
+func inetBoolOpts(family uint32, in *pb.InetSocket) []boolOpt {
+	opts := []boolOpt{
 		{unix.SOL_SOCKET, unix.SO_REUSEADDR, &in.Reuseaddr},
 		{unix.SOL_SOCKET, unix.SO_REUSEPORT, &in.Reuseport},
 		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, &in.Keepalive},
 		{unix.SOL_SOCKET, unix.SO_BROADCAST, &in.Broadcast},
-	} {
-		v, err := unix.GetsockoptInt(sfd, o.level, o.opt)
-		if err != nil {
-			return fmt.Errorf("%s: %w", what, err)
-		}
-		*o.v = v != 0
 	}
 	if family == unix.AF_INET6 {
-		v, err := unix.GetsockoptInt(sfd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY)
-		if err != nil {
-			return fmt.Errorf("%s: %w", what, err)
-		}
-		in.V6Only = v != 0
+		opts = append(opts, boolOpt{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, &in.V6Only})
 	}
-	return readInetOpts(sfd, family, in, what)
+	if in.Protocol == unix.IPPROTO_TCP {
+		opts = append(opts, boolOpt{unix.IPPROTO_TCP, unix.TCP_NODELAY, &in.Nodelay})
+	}
+	return opts
 }
 
 // intOpt is a socket option an int holds.
@@ -305,35 +309,12 @@ func (o *OpenFiles) openInet(rec *pb.File) (*os.File, error) {
 		return nil, err
 	}
 	what := fmt.Sprintf("socket:[%d]", s.Ino)
-	b := func(v bool) int {
-		if v {
-			return 1
+	for _, op := range inetBoolOpts(s.Family, in) {
+		v := 0
+		if *op.v {
+			v = 1
 		}
-		return 0
-	}
-	opts := []struct {
-		level, opt int
-		v          bool
-	}{
-		{unix.SOL_SOCKET, unix.SO_REUSEADDR, in.Reuseaddr},
-		{unix.SOL_SOCKET, unix.SO_REUSEPORT, in.Reuseport},
-		{unix.SOL_SOCKET, unix.SO_KEEPALIVE, in.Keepalive},
-		{unix.SOL_SOCKET, unix.SO_BROADCAST, in.Broadcast},
-	}
-	if s.Family == unix.AF_INET6 {
-		opts = append(opts, struct {
-			level, opt int
-			v          bool
-		}{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, in.V6Only})
-	}
-	if in.Protocol == unix.IPPROTO_TCP {
-		opts = append(opts, struct {
-			level, opt int
-			v          bool
-		}{unix.IPPROTO_TCP, unix.TCP_NODELAY, in.Nodelay})
-	}
-	for _, op := range opts {
-		if err := unix.SetsockoptInt(fd, op.level, op.opt, b(op.v)); err != nil {
+		if err := unix.SetsockoptInt(fd, op.level, op.opt, v); err != nil {
 			return fail(fmt.Errorf("%s: option %d: %w", what, op.opt, err))
 		}
 	}
