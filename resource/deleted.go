@@ -139,9 +139,7 @@ func (o *OpenFiles) openDeleted(rec *pb.File) (*os.File, error) {
 		}
 		o.deleted[key] = inode
 	}
-	// An O_TMPFILE file shows O_TMPFILE (with O_DIRECTORY) among its flags.
-	flags := int(rec.Flags) &^ (unix.O_CREAT | unix.O_TRUNC | unix.O_EXCL | unix.O_NOCTTY | unix.O_CLOEXEC | unix.O_TMPFILE)
-	f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", inode.Fd()), flags|unix.O_CLOEXEC, 0)
+	f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", inode.Fd()), reopenFlags(rec)|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("reopen the deleted file %s: %w", rec.Path, err)
 	}

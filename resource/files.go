@@ -451,110 +451,96 @@ func (o *OpenFiles) Get(id uint32) (*os.File, *pb.File, error) {
 	if f := o.byID[id]; f != nil {
 		return f, rec, nil
 	}
+	f, err := o.open(id, rec)
+	if err != nil {
+		return nil, nil, err
+	}
+	o.byID[id] = f
+	return f, rec, nil
+}
+
+// open opens the file rec (id) describes in ckpt's process, by its kind.
+func (o *OpenFiles) open(id uint32, rec *pb.File) (*os.File, error) {
 	switch rec.Kind {
 	case pb.File_EVENTFD, pb.File_TIMERFD, pb.File_SIGNALFD, pb.File_INOTIFY:
-		f, err := openAnon(rec)
-		if err != nil {
-			return nil, nil, err
-		}
-		o.byID[id] = f
-		return f, rec, nil
+		return openAnon(rec)
 	case pb.File_EPOLL:
-		return nil, nil, fmt.Errorf("epoll file %d cannot be opened outside its process", id)
+		return nil, fmt.Errorf("epoll file %d cannot be opened outside its process", id)
 	case pb.File_SHMEM:
-		f, err := openShmem(rec)
-		if err != nil {
-			return nil, nil, err
-		}
-		o.byID[id] = f
-		return f, rec, nil
+		return openShmem(rec)
 	case pb.File_MEMFD:
 		obj, orec, err := o.Get(rec.ShmemId)
 		if err != nil || orec.Kind != pb.File_SHMEM {
-			return nil, nil, fmt.Errorf("image damaged: memfd %d without its shared memory (%v)", id, err)
+			return nil, fmt.Errorf("image damaged: memfd %d without its shared memory (%v)", id, err)
 		}
 		// A new description of the same memfd, with this one's flags and
 		// offset.
 		flags := int(rec.Flags) &^ (unix.O_CREAT | unix.O_TRUNC | unix.O_EXCL | unix.O_CLOEXEC)
 		f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", obj.Fd()), flags|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return nil, nil, fmt.Errorf("reopen %s: %w", rec.Path, err)
+			return nil, fmt.Errorf("reopen %s: %w", rec.Path, err)
 		}
 		if rec.Pos != 0 {
 			if _, err := unix.Seek(int(f.Fd()), rec.Pos, 0); err != nil {
 				f.Close()
-				return nil, nil, err
+				return nil, err
 			}
 		}
-		o.byID[id] = f
-		return f, rec, nil
+		return f, nil
 	case pb.File_TTY:
 		if o.Terminal == nil {
-			return nil, nil, fmt.Errorf("the process used the terminal %s; run ckpt restart from a terminal, which takes its place", rec.Path)
+			return nil, fmt.Errorf("the process used the terminal %s; run ckpt restart from a terminal, which takes its place", rec.Path)
 		}
 		flags := int(rec.Flags) &^ (unix.O_CREAT | unix.O_TRUNC | unix.O_EXCL | unix.O_CLOEXEC)
 		f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", o.Terminal.Fd()), flags|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 		if err != nil {
-			return nil, nil, fmt.Errorf("open terminal for %s: %w", rec.Path, err)
+			return nil, fmt.Errorf("open terminal for %s: %w", rec.Path, err)
 		}
-		o.byID[id] = f
-		return f, rec, nil
+		return f, nil
 	case pb.File_FIFO:
-		f, err := o.openFifoEnd(rec)
-		if err != nil {
-			return nil, nil, err
-		}
-		o.byID[id] = f
-		return f, rec, nil
+		return o.openFifoEnd(rec)
 	case pb.File_SOCKET:
-		f, err := o.openSocket(rec)
-		if err != nil {
-			return nil, nil, err
-		}
-		o.byID[id] = f
-		return f, rec, nil
+		return o.openSocket(rec)
 	case pb.File_PIPE:
-		f, err := o.openPipeEnd(rec)
-		if err != nil {
-			return nil, nil, err
-		}
-		o.byID[id] = f
-		return f, rec, nil
+		return o.openPipeEnd(rec)
 	}
 	if rec.Deleted {
-		f, err := o.openDeleted(rec)
-		if err != nil {
-			return nil, nil, err
-		}
-		o.byID[id] = f
-		return f, rec, nil
+		return o.openDeleted(rec)
 	}
-	flags := int(rec.Flags) &^ (unix.O_CREAT | unix.O_TRUNC | unix.O_EXCL | unix.O_NOCTTY | unix.O_CLOEXEC)
-	if rec.Kind == pb.File_REGULAR && flags&unix.O_TMPFILE == unix.O_TMPFILE {
-		flags &^= unix.O_TMPFILE // made by O_TMPFILE, linked since
-	}
+	flags := reopenFlags(rec)
 	if rec.Kind == pb.File_DIRECTORY {
 		flags |= unix.O_DIRECTORY
 	}
 	f, err := os.OpenFile(o.path(rec.Path), flags|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, nil, fmt.Errorf("reopen %s: %w (the file must exist at restart as it was at checkpoint)", rec.Path, err)
+		return nil, fmt.Errorf("reopen %s: %w (the file must exist at restart as it was at checkpoint)", rec.Path, err)
 	}
 	if rec.Kind == pb.File_REGULAR || rec.Kind == pb.File_DIRECTORY {
 		var st unix.Stat_t
 		if err := unix.Fstat(int(f.Fd()), &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size < rec.Pos {
 			f.Close()
-			return nil, nil, fmt.Errorf("reopen %s: file is now %d bytes, but the process had read to offset %d; restore the file", rec.Path, st.Size, rec.Pos)
+			return nil, fmt.Errorf("reopen %s: file is now %d bytes, but the process had read to offset %d; restore the file", rec.Path, st.Size, rec.Pos)
 		}
 		if rec.Pos != 0 {
 			if _, err := unix.Seek(int(f.Fd()), rec.Pos, 0); err != nil {
 				f.Close()
-				return nil, nil, fmt.Errorf("seek %s to %d: %w", rec.Path, rec.Pos, err)
+				return nil, fmt.Errorf("seek %s to %d: %w", rec.Path, rec.Pos, err)
 			}
 		}
 	}
-	o.byID[id] = f
-	return f, rec, nil
+	return f, nil
+}
+
+// reopenFlags are the flags to open rec's file again with: without those
+// that only creating it means, and without O_CLOEXEC (a per-descriptor
+// flag, set on ckpt's copies anyway). A file made by O_TMPFILE shows that
+// flag (with O_DIRECTORY) among its own, linked since or not.
+func reopenFlags(rec *pb.File) int {
+	flags := int(rec.Flags) &^ (unix.O_CREAT | unix.O_TRUNC | unix.O_EXCL | unix.O_NOCTTY | unix.O_CLOEXEC)
+	if flags&unix.O_TMPFILE == unix.O_TMPFILE {
+		flags &^= unix.O_TMPFILE
+	}
+	return flags
 }
 
 // Close closes every file ckpt opened.
