@@ -103,6 +103,40 @@ func (t *Target) Batch(calls []Call) ([]uint64, error) {
 	return res, nil
 }
 
+// answerSlot is the room each call of batchAnswers has for its answer.
+const answerSlot = 32
+
+// batchAnswers runs n calls that each write an answer of up to 32 bytes
+// (a struct the kernel fills, e.g. a sigaction) and hands each to use:
+// call(i, out) makes call i, writing at out. It batches as many calls as
+// the scratch area has slots for.
+func (t *Target) batchAnswers(n int, call func(i int, out uint64) Call, use func(i int, answer []byte)) error {
+	per := int(t.DataLen() / answerSlot)
+	if per == 0 {
+		return fmt.Errorf("scratch area of %d too small for a call's answer", t.Pid)
+	}
+	buf := make([]byte, min(per, n)*answerSlot)
+	for done := 0; done < n; {
+		k := min(per, n-done)
+		calls := make([]Call, k)
+		for i := range calls {
+			calls[i] = call(done+i, t.Scratch+uint64(i*answerSlot))
+		}
+		if _, err := t.Batch(calls); err != nil {
+			return err
+		}
+		b := buf[:k*answerSlot]
+		if err := t.ReadMem(t.Scratch, b); err != nil {
+			return err
+		}
+		for i := 0; i < k; i++ {
+			use(done+i, b[i*answerSlot:(i+1)*answerSlot])
+		}
+		done += k
+	}
+	return nil
+}
+
 // callError describes the failure of call i of a batch.
 func callError(c Call, i int, err error) error {
 	if c.Err != nil {

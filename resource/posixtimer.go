@@ -120,8 +120,7 @@ func ParsePosixTimers(b []byte) ([]*pb.PosixTimer, error) {
 
 // DumpPosixTimers reads the POSIX timers of the process t is a thread of
 // into p: how each was made from /proc, when it fires next and its
-// interval from timer_gettime, injected in batches (each answer in a
-// 32-byte slot of the scratch area). A kernel without /proc/PID/timers
+// interval from timer_gettime, injected in batches (batchAnswers). A kernel without /proc/PID/timers
 // (no CONFIG_CHECKPOINT_RESTORE) shows no timers.
 func DumpPosixTimers(t *Target, p *pb.Process) error {
 	b, err := proc.ReadFile(proc.Path(t.Pid, "timers"))
@@ -135,29 +134,18 @@ func DumpPosixTimers(t *Target, p *pb.Process) error {
 	if err != nil {
 		return fmt.Errorf("POSIX timers of %d: %w", t.Pid, err)
 	}
-	const slot = 32
-	per := int(t.DataLen() / slot)
-	for todo := timers; len(todo) > 0; {
-		chunk := todo[:min(per, len(todo))]
-		todo = todo[len(chunk):]
-		calls := make([]Call, len(chunk))
-		for i, pt := range chunk {
-			calls[i] = Call{Nr: unix.SYS_TIMER_GETTIME, Args: []uint64{uint64(pt.Id), t.Scratch + uint64(i*slot)},
-				Err: func(err error) error { return fmt.Errorf("read POSIX timer %d of %d: %w", pt.Id, t.Pid, err) }}
-		}
-		if _, err := t.Batch(calls); err != nil {
-			return err
-		}
-		buf := make([]byte, len(chunk)*slot)
-		if err := t.ReadMem(t.Scratch, buf); err != nil {
-			return err
-		}
-		for i, pt := range chunk {
-			var its itimerspec
-			copy(bytesOf(&its), buf[i*slot:])
-			pt.IntervalNs = its.IntervalSec*1e9 + its.IntervalNsec
-			pt.ValueNs = its.ValueSec*1e9 + its.ValueNsec
-		}
+	err = t.batchAnswers(len(timers), func(i int, out uint64) Call {
+		pt := timers[i]
+		return Call{Nr: unix.SYS_TIMER_GETTIME, Args: []uint64{uint64(pt.Id), out},
+			Err: func(err error) error { return fmt.Errorf("read POSIX timer %d of %d: %w", pt.Id, t.Pid, err) }}
+	}, func(i int, answer []byte) {
+		var its itimerspec
+		copy(bytesOf(&its), answer)
+		timers[i].IntervalNs = its.IntervalSec*1e9 + its.IntervalNsec
+		timers[i].ValueNs = its.ValueSec*1e9 + its.ValueNsec
+	})
+	if err != nil {
+		return err
 	}
 	p.PosixTimers = timers
 	return nil

@@ -73,9 +73,9 @@ func (s SignalSets) Asked() uint64 {
 // Only signals that are ignored or caught are asked for: the others have
 // the default action, and asking costs an injected call each. (Flags or a
 // mask set together with SIG_DFL are not kept; they have no effect.) The
-// calls go in batches (a Go program catches 60 signals), each writing its
-// 32-byte answer, a kernel sigaction or an itimerval, into a slot of its
-// own of the scratch area.
+// calls go in batches (a Go program catches 60 signals), each answer, a
+// kernel sigaction or an itimerval, in a slot of its own of the scratch
+// area (batchAnswers).
 func DumpSignals(t *Target, p *pb.Process, sets SignalSets) error {
 	type query struct{ sig, which int } // sig 0: getitimer(which)
 	var qs []query
@@ -88,53 +88,36 @@ func DumpSignals(t *Target, p *pb.Process, sets SignalSets) error {
 	for which := 0; which < 3; which++ {
 		qs = append(qs, query{which: which})
 	}
-	const slot = 32
-	per := int(t.DataLen() / slot)
-	if per == 0 {
-		return fmt.Errorf("scratch area of %d too small for a signal handler", t.Pid)
-	}
-	buf := make([]byte, min(per, len(qs))*slot)
-	for len(qs) > 0 {
-		chunk := qs[:min(per, len(qs))]
-		qs = qs[len(chunk):]
-		calls := make([]Call, len(chunk))
-		for i, q := range chunk {
-			out := t.Scratch + uint64(i*slot)
-			if q.sig != 0 {
-				calls[i] = Call{Nr: unix.SYS_RT_SIGACTION, Args: []uint64{uint64(q.sig), 0, out, 8},
-					Err: func(err error) error { return fmt.Errorf("read handler of signal %d: %w", q.sig, err) }}
-			} else {
-				calls[i] = Call{Nr: unix.SYS_GETITIMER, Args: []uint64{uint64(q.which), out},
-					Err: func(err error) error { return fmt.Errorf("read interval timer %d: %w", q.which, err) }}
+	err := t.batchAnswers(len(qs), func(i int, out uint64) Call {
+		q := qs[i]
+		if q.sig != 0 {
+			return Call{Nr: unix.SYS_RT_SIGACTION, Args: []uint64{uint64(q.sig), 0, out, 8},
+				Err: func(err error) error { return fmt.Errorf("read handler of signal %d: %w", q.sig, err) }}
+		}
+		return Call{Nr: unix.SYS_GETITIMER, Args: []uint64{uint64(q.which), out},
+			Err: func(err error) error { return fmt.Errorf("read interval timer %d: %w", q.which, err) }}
+	}, func(i int, answer []byte) {
+		q := qs[i]
+		if q.sig != 0 {
+			var act kernelSigaction
+			copy(bytesOf(&act), answer)
+			if act != (kernelSigaction{}) {
+				p.Sigactions = append(p.Sigactions, &pb.Sigaction{Signo: uint32(q.sig), Handler: act.Handler, Flags: act.Flags, Restorer: act.Restorer, Mask: act.Mask})
 			}
+			return
 		}
-		if _, err := t.Batch(calls); err != nil {
-			return err
+		var it itimerval
+		copy(bytesOf(&it), answer)
+		if it != (itimerval{}) {
+			p.Itimers = append(p.Itimers, &pb.Itimer{
+				Which:      uint32(q.which),
+				IntervalNs: it.IntervalSec*1e9 + it.IntervalUsec*1e3,
+				ValueNs:    it.ValueSec*1e9 + it.ValueUsec*1e3,
+			})
 		}
-		b := buf[:len(chunk)*slot]
-		if err := t.ReadMem(t.Scratch, b); err != nil {
-			return err
-		}
-		for i, q := range chunk {
-			answer := b[i*slot:]
-			if q.sig != 0 {
-				var act kernelSigaction
-				copy(bytesOf(&act), answer)
-				if act != (kernelSigaction{}) {
-					p.Sigactions = append(p.Sigactions, &pb.Sigaction{Signo: uint32(q.sig), Handler: act.Handler, Flags: act.Flags, Restorer: act.Restorer, Mask: act.Mask})
-				}
-				continue
-			}
-			var it itimerval
-			copy(bytesOf(&it), answer)
-			if it != (itimerval{}) {
-				p.Itimers = append(p.Itimers, &pb.Itimer{
-					Which:      uint32(q.which),
-					IntervalNs: it.IntervalSec*1e9 + it.IntervalUsec*1e3,
-					ValueNs:    it.ValueSec*1e9 + it.ValueUsec*1e3,
-				})
-			}
-		}
+	})
+	if err != nil {
+		return err
 	}
 	shared, err := ptrace.PeekSiginfo(t.Pid, true)
 	if err != nil {
