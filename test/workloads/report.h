@@ -1,0 +1,53 @@
+/*
+ * report.h - how a workload reports: fail() collects every difference it
+ * finds (the first first), die() ends a set-up that could not be done,
+ * report() prints the last line the harness reads, PASS or "FAIL: ...",
+ * and gives the exit status.
+ */
+#ifndef CKPT_WORKLOAD_REPORT_H
+#define CKPT_WORKLOAD_REPORT_H
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static char failbuf[8192];
+
+/* die_cleanup, if set, runs before die() exits (to remove files). */
+static void (*die_cleanup)(void);
+
+__attribute__((unused, format(printf, 1, 2))) static void fail(const char *fmt, ...)
+{
+	va_list ap;
+	size_t l = strlen(failbuf);
+	if (l >= sizeof(failbuf) - 4)
+		return;
+	if (l)
+		strcat(failbuf, "; ");
+	l = strlen(failbuf);
+	va_start(ap, fmt);
+	vsnprintf(failbuf + l, sizeof(failbuf) - l, fmt, ap);
+	va_end(ap);
+}
+
+__attribute__((unused, noreturn)) static void die(const char *what)
+{
+	printf("FAIL: setup: %s: %s\n", what, strerror(errno));
+	if (die_cleanup)
+		die_cleanup();
+	exit(1);
+}
+
+__attribute__((unused)) static int report(void)
+{
+	if (failbuf[0]) {
+		printf("FAIL: %s\n", failbuf);
+		return 1;
+	}
+	printf("PASS\n");
+	return 0;
+}
+
+#endif
