@@ -608,6 +608,47 @@ func (p *FdPuller) Pull(f *os.File) (uint64, error) {
 	return n, nil
 }
 
+// PullAll copies ckpt's descriptors fs into the stub, as Pull does each,
+// and returns their numbers there in order: with one batch of pidfd_getfd
+// calls, one ptrace stop for the lot, where a receiving puller (see
+// receive) needs one call each. On failure none of them is left open.
+func (p *FdPuller) PullAll(fs []*os.File) ([]uint64, error) {
+	var got []uint64
+	var err error
+	if p.send != nil {
+		for _, f := range fs {
+			var n uint64
+			if n, err = p.receive(f); err != nil {
+				break
+			}
+			got = append(got, n)
+		}
+	} else {
+		calls := make([]Call, len(fs))
+		for i, f := range fs {
+			calls[i] = Call{Nr: unix.SYS_PIDFD_GETFD, Args: []uint64{p.pidfd, uint64(f.Fd()), 0},
+				Err: func(err error) error { return fmt.Errorf("pidfd_getfd %s: %w", f.Name(), err) }}
+		}
+		got, err = p.t.Batch(calls)
+	}
+	if err != nil {
+		p.CloseAll(got)
+		return nil, err
+	}
+	return got, nil
+}
+
+// CloseAll closes the stub's descriptors fds, in one batch.
+func (p *FdPuller) CloseAll(fds []uint64) error {
+	calls := make([]Call, len(fds))
+	for i, fd := range fds {
+		calls[i] = Call{Nr: unix.SYS_CLOSE, Args: []uint64{fd},
+			Err: func(err error) error { return fmt.Errorf("close descriptor %d in the stub: %w", fd, err) }}
+	}
+	_, err := p.t.Batch(calls)
+	return err
+}
+
 // receive sends f over ckpt's socket and has the stub take it with an
 // injected recvmsg. Its buffers are at the end of the scratch area, out of
 // the way of arguments callers put at its start.

@@ -673,87 +673,107 @@ func MoveSpecials(t *Target, mm *pb.Mm, have []proc.Vma, tmp uint64) error {
 // mmaps and the closes of those descriptors run as one batch (SysV
 // segments, attached on their own, split it).
 func MapVmas(t *Target, mm *pb.Mm, files *OpenFiles, pl *FdPuller) error {
-	var calls []Call
-	var toClose []uint64
-	fds := map[uint32]uint64{} // file id -> descriptor in the stub
-	flush := func() error {
-		for _, fd := range toClose {
-			calls = append(calls, Call{Nr: unix.SYS_CLOSE, Args: []uint64{fd},
-				Err: func(err error) error { return fmt.Errorf("close mapped file in the stub: %w", err) }})
-		}
-		_, err := t.Batch(calls)
-		if err != nil {
-			// The batch stopped before its closes (the stub is about to be
-			// killed, but leave nothing behind on principle).
-			for _, fd := range toClose {
-				t.Syscall(unix.SYS_CLOSE, fd)
-			}
-		}
-		calls, toClose = calls[:0], toClose[:0]
-		clear(fds)
+	fds, open, err := pullMapped(mm, files, pl)
+	if err != nil {
 		return err
 	}
-	for i := 0; i < len(mm.Vmas); i++ {
-		v := mm.Vmas[i]
-		if v.Special != "" {
-			continue
-		}
-		if v.SysvShm {
-			if err := flush(); err != nil {
-				return err
+	var calls []Call
+	run := func(last bool) error {
+		if last {
+			// The descriptors go with the last mappings, in the same batch.
+			for _, fd := range open {
+				calls = append(calls, Call{Nr: unix.SYS_CLOSE, Args: []uint64{fd},
+					Err: func(err error) error { return fmt.Errorf("close mapped file in the stub: %w", err) }})
 			}
-			group := shmGroup(mm.Vmas, i)
-			if err := attachShm(t, group); err != nil {
-				return err
-			}
-			i += len(group) - 1
-			continue
 		}
-		length := v.End - v.Start
-		prot := uint64(v.Prot)
-		flags := uint64(unix.MAP_FIXED)
-		fd := ^uint64(0)
-		if v.Shared {
-			flags |= unix.MAP_SHARED
-		} else {
-			flags |= unix.MAP_PRIVATE
-			prot |= unix.PROT_READ | unix.PROT_WRITE
-		}
-		if v.Growsdown {
-			flags |= unix.MAP_GROWSDOWN
-		}
-		if v.Noreserve {
-			flags |= unix.MAP_NORESERVE
-		}
-		if v.FileId == 0 {
-			flags |= unix.MAP_ANONYMOUS
-		} else if got, ok := fds[v.FileId]; ok {
-			fd = got
-		} else {
-			f, rec, err := files.Get(v.FileId)
-			if err != nil {
-				flush()
-				return fmt.Errorf("vma %#x-%#x: %w", v.Start, v.End, err)
-			}
-			var st unix.Stat_t
-			if err := unix.Fstat(int(f.Fd()), &st); err == nil && st.Size != rec.Size {
-				flush()
-				return fmt.Errorf("restore vma %#x-%#x: %s changed since the checkpoint (%d bytes, was %d); restore the original file", v.Start, v.End, rec.Path, st.Size, rec.Size)
-			}
-			if fd, err = pl.Pull(f); err != nil {
-				flush()
-				return fmt.Errorf("vma %#x-%#x: %w", v.Start, v.End, err)
-			}
-			fds[v.FileId] = fd
-			toClose = append(toClose, fd)
-		}
-		calls = append(calls, Call{Nr: unix.SYS_MMAP, Args: []uint64{v.Start, length, prot, flags, fd, v.Pgoff * pageSize},
-			Err: func(err error) error { return fmt.Errorf("restore vma %#x-%#x (%s): %w", v.Start, v.End, v.Name, err) }})
+		_, err := t.Batch(calls)
+		calls = calls[:0]
+		return err
 	}
-	if err := flush(); err != nil {
+	err = func() error {
+		for i := 0; i < len(mm.Vmas); i++ {
+			v := mm.Vmas[i]
+			if v.Special != "" {
+				continue
+			}
+			if v.SysvShm {
+				if err := run(false); err != nil {
+					return err
+				}
+				group := shmGroup(mm.Vmas, i)
+				if err := attachShm(t, group); err != nil {
+					return err
+				}
+				i += len(group) - 1
+				continue
+			}
+			length := v.End - v.Start
+			prot := uint64(v.Prot)
+			flags := uint64(unix.MAP_FIXED)
+			fd := ^uint64(0)
+			if v.Shared {
+				flags |= unix.MAP_SHARED
+			} else {
+				flags |= unix.MAP_PRIVATE
+				prot |= unix.PROT_READ | unix.PROT_WRITE
+			}
+			if v.Growsdown {
+				flags |= unix.MAP_GROWSDOWN
+			}
+			if v.Noreserve {
+				flags |= unix.MAP_NORESERVE
+			}
+			if v.FileId == 0 {
+				flags |= unix.MAP_ANONYMOUS
+			} else {
+				fd = fds[v.FileId]
+			}
+			calls = append(calls, Call{Nr: unix.SYS_MMAP, Args: []uint64{v.Start, length, prot, flags, fd, v.Pgoff * pageSize},
+				Err: func(err error) error { return fmt.Errorf("restore vma %#x-%#x (%s): %w", v.Start, v.End, v.Name, err) }})
+		}
+		return run(true)
+	}()
+	if err != nil {
+		// The batch stopped before its closes (the stub is about to be
+		// killed, but leave nothing behind on principle).
+		pl.CloseAll(open)
 		return err
 	}
 	return restoreAdvice(t, mm)
+}
+
+// pullMapped copies into the stub, in one batch, a descriptor of each file
+// mm maps (but SysV segments), after checking that none changed size since
+// the checkpoint. It returns them by file id, and in the order pulled.
+func pullMapped(mm *pb.Mm, files *OpenFiles, pl *FdPuller) (map[uint32]uint64, []uint64, error) {
+	var ids []uint32
+	var fs []*os.File
+	seen := map[uint32]bool{}
+	for _, v := range mm.Vmas {
+		if v.Special != "" || v.SysvShm || v.FileId == 0 || seen[v.FileId] {
+			continue
+		}
+		seen[v.FileId] = true
+		f, rec, err := files.Get(v.FileId)
+		if err != nil {
+			return nil, nil, fmt.Errorf("vma %#x-%#x: %w", v.Start, v.End, err)
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err == nil && st.Size != rec.Size {
+			return nil, nil, fmt.Errorf("restore vma %#x-%#x: %s changed since the checkpoint (%d bytes, was %d); restore the original file", v.Start, v.End, rec.Path, st.Size, rec.Size)
+		}
+		ids = append(ids, v.FileId)
+		fs = append(fs, f)
+	}
+	open, err := pl.PullAll(fs)
+	if err != nil {
+		return nil, nil, fmt.Errorf("map files: %w", err)
+	}
+	fds := make(map[uint32]uint64, len(ids))
+	for i, id := range ids {
+		fds[id] = open[i]
+	}
+	return fds, open, nil
 }
 
 // restoreAdvice gives each area its madvise advice again, before its pages

@@ -1017,12 +1017,10 @@ func unmapStub(tk *task) error {
 		}
 	}
 	// Through the syscall-exit stop, not the int3: the code goes away, and
-	// an int3 would reset a SIGTRAP handler the process ignores.
-	if _, err := inj.ToExit(unix.SYS_MUNMAP, s.code+4096, scratchPages*4096); err != nil {
-		return fmt.Errorf("unmap stub scratch: %w", err)
-	}
-	if _, err := inj.ToExit(unix.SYS_MUNMAP, s.code, 4096); err != nil {
-		return fmt.Errorf("unmap stub code: %w", err)
+	// an int3 would reset a SIGTRAP handler the process ignores. Code and
+	// scratch are adjacent (relocate): one call removes both.
+	if _, err := inj.ToExit(unix.SYS_MUNMAP, s.code, (1+scratchPages)*4096); err != nil {
+		return fmt.Errorf("unmap stub code and scratch: %w", err)
 	}
 	for _, x := range append([]*task{tk}, tk.mmSharers...) {
 		for i, th := range x.p.Threads {
