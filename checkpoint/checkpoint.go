@@ -75,6 +75,10 @@ type Options struct {
 	// died there would leave threads with all signals blocked and the
 	// registers of an injected call.
 	Interrupt <-chan struct{}
+	// SignalsArmed, if set, is closed once the signals that close
+	// Interrupt are caught; Run waits for it before it stops any process.
+	// (Catching them takes a while, which this lets overlap the preflight.)
+	SignalsArmed <-chan struct{}
 	// Reserve, if set, is told before the pages are written about how
 	// many bytes of them are coming (the processes' anonymous memory when
 	// they were inspected), so that a file destination can allocate the
@@ -505,6 +509,9 @@ func Run(opts Options) (*Stats, error) {
 	}
 	stats.ID = opts.id
 	stats.Phases.Mark("preflight")
+	if opts.SignalsArmed != nil {
+		<-opts.SignalsArmed
+	}
 	if err := opts.interrupted(); err != nil {
 		return nil, fmt.Errorf("checkpoint %d: %w", opts.Pid, err)
 	}

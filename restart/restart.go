@@ -50,6 +50,11 @@ type Options struct {
 	Foreground bool
 	// Progress, if set, counts the image bytes read so far.
 	Progress *atomic.Uint64
+	// SignalsArmed, if set, is closed once the caller catches the signals
+	// it forwards to the restored process or stops the restart with; Run
+	// waits for it before it creates any process. (Catching them takes a
+	// while, which this lets overlap the reading of the image.)
+	SignalsArmed <-chan struct{}
 
 	// user is the state of an unprivileged restart (nil for root).
 	user *userNS
@@ -496,6 +501,9 @@ func zombieWait(ppid int) time.Duration {
 func build(opts *Options, hdr *pb.Header, nss *namespaces, ipc *ipcState, tasks []*task, files *resource.OpenFiles) (created []*stub, err error) {
 	if len(tasks) == 0 {
 		return nil, fmt.Errorf("image holds no process")
+	}
+	if opts.SignalsArmed != nil {
+		<-opts.SignalsArmed
 	}
 	byPid := map[uint32]*task{}
 	for _, t := range tasks {
