@@ -508,10 +508,10 @@ func Run(opts Options) (*Stats, error) {
 		defer wait()
 	}
 	stats.ID = opts.id
-	stats.Phases.Mark("preflight")
 	if opts.SignalsArmed != nil {
 		<-opts.SignalsArmed
 	}
+	stats.Phases.Mark("preflight")
 	if err := opts.interrupted(); err != nil {
 		return nil, fmt.Errorf("checkpoint %d: %w", opts.Pid, err)
 	}
