@@ -250,8 +250,9 @@ as the process runs.`,
 			} else if isTerminal(os.Stdin) {
 				return fmt.Errorf("restart: no image: give a FILE or pipe an image to standard input")
 			}
-			// Catch forwarded signals from now on, so none is lost between
-			// the release of the process and the wait.
+			// Catch forwarded signals from before the first process exists
+			// (Run waits for armed), so none is lost between the release of
+			// the process and the wait.
 			sigs := make(chan os.Signal, 16)
 			var armed <-chan struct{}
 			if detach {
