@@ -69,3 +69,63 @@ func TestStubBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestPullAll pulls descriptors into a real stub in one batch, and checks
+// that a batch with a bad one in the middle leaves none of them open.
+func TestPullAll(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (ptrace of a stub)")
+	}
+	fdsOf := func(pid int) int {
+		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	a, err := os.Open("/dev/null")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	gone, err := os.Open("/dev/null")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone.Close() // its Fd() is now -1: pidfd_getfd fails with EBADF
+	err = ptrace.Run(func() error {
+		s, err := startStub0(nil)
+		if err != nil {
+			return err
+		}
+		defer s.kill()
+		if err := ptrace.SetSigmask(s.pid, stubMask); err != nil {
+			return err
+		}
+		pl, err := resource.NewFdPuller(s.t, stubPidfd, 100, nil)
+		if err != nil {
+			return err
+		}
+		before := fdsOf(s.pid)
+		got, err := pl.PullAll([]*os.File{a, a})
+		if err != nil {
+			return err
+		}
+		if len(got) != 2 || got[0] == got[1] || fdsOf(s.pid) != before+2 {
+			return fmt.Errorf("pulled %v: %d descriptors, want two new ones beside %d", got, fdsOf(s.pid), before)
+		}
+		if err := pl.CloseAll(got); err != nil {
+			return err
+		}
+		if _, err := pl.PullAll([]*os.File{a, gone, a}); !errors.Is(err, unix.EBADF) {
+			return fmt.Errorf("pull of a closed file: got %v, want EBADF", err)
+		}
+		if n := fdsOf(s.pid); n != before {
+			return fmt.Errorf("%d descriptors after a failed pull, want %d", n, before)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
