@@ -13,14 +13,10 @@ import (
 	"github.com/ckpt/ckpt/resource"
 )
 
-// TestStubBatch runs batches in a real stub: more calls than one scratch
-// area holds (several rounds of the loop), and a batch whose third call
-// fails, which must stop there with that call's own error.
-func TestStubBatch(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (ptrace of a stub)")
-	}
-	err := ptrace.Run(func() error {
+// withStub runs f on the tracing thread with a first stub, ready for
+// injected calls, and kills the stub afterwards.
+func withStub(f func(s *stub) error) error {
+	return ptrace.Run(func() error {
 		s, err := startStub0(nil)
 		if err != nil {
 			return err
@@ -29,6 +25,18 @@ func TestStubBatch(t *testing.T) {
 		if err := ptrace.SetSigmask(s.pid, stubMask); err != nil {
 			return err
 		}
+		return f(s)
+	})
+}
+
+// TestStubBatch runs batches in a real stub: more calls than one scratch
+// area holds (several rounds of the loop), and a batch whose third call
+// fails, which must stop there with that call's own error.
+func TestStubBatch(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (ptrace of a stub)")
+	}
+	err := withStub(func(s *stub) error {
 		var calls []resource.Call
 		for range 100 {
 			calls = append(calls, resource.Call{Nr: unix.SYS_GETPID})
@@ -93,15 +101,7 @@ func TestPullAll(t *testing.T) {
 		t.Fatal(err)
 	}
 	gone.Close() // its Fd() is now -1: pidfd_getfd fails with EBADF
-	err = ptrace.Run(func() error {
-		s, err := startStub0(nil)
-		if err != nil {
-			return err
-		}
-		defer s.kill()
-		if err := ptrace.SetSigmask(s.pid, stubMask); err != nil {
-			return err
-		}
+	err = withStub(func(s *stub) error {
 		pl, err := resource.NewFdPuller(s.t, stubPidfd, 100, nil)
 		if err != nil {
 			return err
