@@ -355,6 +355,21 @@ type FdInfo struct {
 	Pos   int64
 	Flags uint32
 	MntID int
+	// Locks are the file locks held through the descriptor's open file
+	// description: its flock and OFD locks, and the POSIX locks of the
+	// process taken through it.
+	Locks []FdLock
+}
+
+// FdLock is one "lock:" line of fdinfo (the format of /proc/locks).
+type FdLock struct {
+	// Kind is the kernel's word: POSIX, OFDLCK, FLOCK, LEASE, DELEG,
+	// ACCESS.
+	Kind  string
+	Write bool
+	// Start and End are the first and last byte; End is -1 for "to the
+	// end of the file" (EOF).
+	Start, End int64
 }
 
 // ParseFdInfo parses fdinfo text.
@@ -370,7 +385,40 @@ func ParseFdInfo(b []byte) (FdInfo, error) {
 		return fi, fmt.Errorf("fdinfo flags: %w", err)
 	}
 	mnt, _ := strconv.Atoi(st["mnt_id"])
-	return FdInfo{Pos: pos, Flags: uint32(fl), MntID: mnt}, nil
+	fi = FdInfo{Pos: pos, Flags: uint32(fl), MntID: mnt}
+	for _, line := range strings.Split(string(b), "\n") {
+		rest, ok := strings.CutPrefix(line, "lock:")
+		if !ok {
+			continue
+		}
+		l, err := parseLock(rest)
+		if err != nil {
+			return fi, fmt.Errorf("fdinfo lock %q: %w", strings.TrimSpace(rest), err)
+		}
+		fi.Locks = append(fi.Locks, l)
+	}
+	return fi, nil
+}
+
+// parseLock parses "1: POSIX  ADVISORY  WRITE 1234 fe:00:5678 10 29":
+// id, kind, mode, type, owner PID, device and inode, first and last byte.
+func parseLock(s string) (FdLock, error) {
+	f := strings.Fields(s)
+	if len(f) != 8 {
+		return FdLock{}, fmt.Errorf("%d fields, want 8", len(f))
+	}
+	l := FdLock{Kind: f[1], End: -1}
+	l.Write = f[3] == "WRITE" // else READ, or UNLCK for a lease being broken
+	var err error
+	if l.Start, err = strconv.ParseInt(f[6], 10, 64); err != nil || l.Start < 0 {
+		return l, fmt.Errorf("first byte %s", f[6])
+	}
+	if f[7] != "EOF" {
+		if l.End, err = strconv.ParseInt(f[7], 10, 64); err != nil || l.End < l.Start {
+			return l, fmt.Errorf("last byte %s", f[7])
+		}
+	}
+	return l, nil
 }
 
 // Tasks lists the thread IDs of pid.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -147,5 +148,37 @@ func TestStatFlags(t *testing.T) {
 	}
 	if kt, err := ReadStat(2); err == nil && kt.Comm == "kthreadd" && !kt.KernelThread() {
 		t.Errorf("kthreadd not a kernel thread (flags %#x)", kt.Flags)
+	}
+}
+
+func TestParseFdInfoLocks(t *testing.T) {
+	head := "pos:\t0\nflags:\t0100002\nmnt_id:\t27\nino:\t9978377\n"
+	tests := []struct {
+		name  string
+		lines string
+		want  []FdLock
+		bad   bool
+	}{
+		{"none", "", nil, false},
+		{"posix", "lock:\t1: POSIX  ADVISORY  WRITE 21162 fe:00:9978377 10 29\nlock:\t2: POSIX  ADVISORY  READ 21162 fe:00:9978377 100 EOF\n",
+			[]FdLock{{"POSIX", true, 10, 29}, {"POSIX", false, 100, -1}}, false},
+		{"flock", "lock:\t1: FLOCK  ADVISORY  WRITE 21162 fe:00:9978376 0 EOF\n", []FdLock{{"FLOCK", true, 0, -1}}, false},
+		{"ofd", "lock:\t1: OFDLCK ADVISORY  READ -1 fe:00:9978378 0 4\n", []FdLock{{"OFDLCK", false, 0, 4}}, false},
+		{"lease", "lock:\t1: LEASE  ACTIVE    READ 5 fe:00:1 0 EOF\n", []FdLock{{"LEASE", false, 0, -1}}, false},
+		{"short", "lock:\t1: POSIX  ADVISORY  WRITE 21162\n", nil, true},
+		{"end before start", "lock:\t1: POSIX  ADVISORY  WRITE 1 fe:00:1 10 9\n", nil, true},
+		{"negative start", "lock:\t1: POSIX  ADVISORY  WRITE 1 fe:00:1 -1 EOF\n", nil, true},
+		{"bad end", "lock:\t1: POSIX  ADVISORY  WRITE 1 fe:00:1 0 x\n", nil, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fi, err := ParseFdInfo([]byte(head + tt.lines))
+			if (err != nil) != tt.bad {
+				t.Fatalf("error %v, want error %v", err, tt.bad)
+			}
+			if !tt.bad && !reflect.DeepEqual(fi.Locks, tt.want) {
+				t.Errorf("locks %+v, want %+v", fi.Locks, tt.want)
+			}
+		})
 	}
 }

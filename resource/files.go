@@ -290,11 +290,11 @@ func describeFile(pid int, ref *FdRef, full bool) (*pb.File, error) {
 				}
 				return nil, fmt.Errorf("fd %d (%s) of process %d: %w", fd, target, pid, err)
 			}
-			return f, nil
+			return f, addLocks(pid, fd, f, fi.Locks)
 		}
 		return nil, fmt.Errorf("fd %d of process %d is %s: %w yet", fd, pid, target, ErrUnsupported)
 	}
-	return f, nil
+	return f, addLocks(pid, fd, f, fi.Locks)
 }
 
 // DumpFiles records the descriptor table of pid. Descriptors that share one
@@ -304,14 +304,32 @@ func DumpFiles(pid int, p *pb.Process, s *FileSet) error {
 	if err != nil {
 		return err
 	}
+	posixFrom := map[uint32]bool{} // descriptions whose POSIX locks p has
 	for _, fd := range fds {
 		f, cloexec, err := describeFd(pid, fd)
 		if err != nil {
 			return err
 		}
+		// fdinfo shows the process's POSIX locks on every descriptor of
+		// the description they were taken through; they are the
+		// process's, not the description's.
+		var posix []*pb.FileLock
+		own := f.Locks[:0]
+		for _, l := range f.Locks {
+			if l.Kind == pb.FileLock_POSIX {
+				posix = append(posix, l)
+			} else {
+				own = append(own, l)
+			}
+		}
+		f.Locks = own
 		id, err := s.addFd(pid, fd, f)
 		if err != nil {
 			return err
+		}
+		if len(posix) > 0 && !posixFrom[id] {
+			posixFrom[id] = true
+			p.PosixLocks = append(p.PosixLocks, posix...)
 		}
 		p.Fds = append(p.Fds, &pb.Fd{Fd: int32(fd), FileId: id, Cloexec: cloexec})
 	}
@@ -453,6 +471,10 @@ func (o *OpenFiles) Get(id uint32) (*os.File, *pb.File, error) {
 	}
 	f, err := o.open(id, rec)
 	if err != nil {
+		return nil, nil, err
+	}
+	if err := takeDescriptionLocks(f, rec); err != nil {
+		f.Close()
 		return nil, nil, err
 	}
 	o.byID[id] = f
@@ -816,7 +838,9 @@ func RestoreFiles(t *Target, pl *FdPuller, files *OpenFiles, p *pb.Process) erro
 			return err
 		}
 	}
-	return nil
+	// Last: closing any descriptor of a file drops the process's POSIX
+	// locks on it, and the batch above closed the pulled copies.
+	return restorePosixLocks(t, p, files)
 }
 
 // fdMove is a descriptor to move from one number to another in the stub,

@@ -205,6 +205,9 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 		if s := f.Socket; s != nil {
 			fmt.Fprintf(out, "  %s\n", describeSocket(s))
 		}
+		for _, l := range f.Locks {
+			fmt.Fprintf(out, "  lock: %s\n", resource.DescribeLock(l))
+		}
 	}
 	for _, mm := range mms {
 		fmt.Fprintf(out, "address space %d: brk %#x-%#x, stack %#x, exe file %d\n", mm.Id, mm.StartBrk, mm.Brk, mm.StartStack, mm.ExeFileId)
@@ -265,6 +268,9 @@ func printProcess(out io.Writer, p *pb.Process) {
 	}
 	for _, it := range p.Itimers {
 		fmt.Fprintf(out, "  itimer %d: value %v interval %v\n", it.Which, time.Duration(it.ValueNs), time.Duration(it.IntervalNs))
+	}
+	for _, l := range p.PosixLocks {
+		fmt.Fprintf(out, "  %s through fd %d\n", resource.DescribeLock(l), l.Fd)
 	}
 	for _, pt := range p.PosixTimers {
 		fmt.Fprintf(out, "  POSIX timer %d: clock %d, %s, value %v interval %v\n", pt.Id, pt.Clock, timerNotify(pt), time.Duration(pt.ValueNs), time.Duration(pt.IntervalNs))

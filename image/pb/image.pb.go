@@ -123,6 +123,55 @@ func (File_Kind) EnumDescriptor() ([]byte, []int) {
 	return file_image_pb_image_proto_rawDescGZIP(), []int{1, 0}
 }
 
+type FileLock_Kind int32
+
+const (
+	FileLock_POSIX FileLock_Kind = 0
+	FileLock_FLOCK FileLock_Kind = 1
+	FileLock_OFD   FileLock_Kind = 2
+)
+
+// Enum value maps for FileLock_Kind.
+var (
+	FileLock_Kind_name = map[int32]string{
+		0: "POSIX",
+		1: "FLOCK",
+		2: "OFD",
+	}
+	FileLock_Kind_value = map[string]int32{
+		"POSIX": 0,
+		"FLOCK": 1,
+		"OFD":   2,
+	}
+)
+
+func (x FileLock_Kind) Enum() *FileLock_Kind {
+	p := new(FileLock_Kind)
+	*p = x
+	return p
+}
+
+func (x FileLock_Kind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FileLock_Kind) Descriptor() protoreflect.EnumDescriptor {
+	return file_image_pb_image_proto_enumTypes[1].Descriptor()
+}
+
+func (FileLock_Kind) Type() protoreflect.EnumType {
+	return &file_image_pb_image_proto_enumTypes[1]
+}
+
+func (x FileLock_Kind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FileLock_Kind.Descriptor instead.
+func (FileLock_Kind) EnumDescriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{2, 0}
+}
+
 type Namespace_Kind int32
 
 const (
@@ -168,11 +217,11 @@ func (x Namespace_Kind) String() string {
 }
 
 func (Namespace_Kind) Descriptor() protoreflect.EnumDescriptor {
-	return file_image_pb_image_proto_enumTypes[1].Descriptor()
+	return file_image_pb_image_proto_enumTypes[2].Descriptor()
 }
 
 func (Namespace_Kind) Type() protoreflect.EnumType {
-	return &file_image_pb_image_proto_enumTypes[1]
+	return &file_image_pb_image_proto_enumTypes[2]
 }
 
 func (x Namespace_Kind) Number() protoreflect.EnumNumber {
@@ -181,7 +230,7 @@ func (x Namespace_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Namespace_Kind.Descriptor instead.
 func (Namespace_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{24, 0}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{25, 0}
 }
 
 // Kind says how restart re-creates the mount.
@@ -242,11 +291,11 @@ func (x Mount_Kind) String() string {
 }
 
 func (Mount_Kind) Descriptor() protoreflect.EnumDescriptor {
-	return file_image_pb_image_proto_enumTypes[2].Descriptor()
+	return file_image_pb_image_proto_enumTypes[3].Descriptor()
 }
 
 func (Mount_Kind) Type() protoreflect.EnumType {
-	return &file_image_pb_image_proto_enumTypes[2]
+	return &file_image_pb_image_proto_enumTypes[3]
 }
 
 func (x Mount_Kind) Number() protoreflect.EnumNumber {
@@ -255,7 +304,7 @@ func (x Mount_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Mount_Kind.Descriptor instead.
 func (Mount_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{43, 0}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{44, 0}
 }
 
 // Header is the first record of every image.
@@ -446,12 +495,15 @@ type File struct {
 	// its inode, the same for every description of it. deleted_data, its
 	// content, and deleted_uid and deleted_gid are on the first record of
 	// the inode.
-	Deleted       bool   `protobuf:"varint,23,opt,name=deleted,proto3" json:"deleted,omitempty"`
-	DeletedIno    uint64 `protobuf:"varint,24,opt,name=deleted_ino,json=deletedIno,proto3" json:"deleted_ino,omitempty"`
-	DeletedData   []byte `protobuf:"bytes,25,opt,name=deleted_data,json=deletedData,proto3" json:"deleted_data,omitempty"`
-	DeletedUid    uint32 `protobuf:"varint,26,opt,name=deleted_uid,json=deletedUid,proto3" json:"deleted_uid,omitempty"`
-	DeletedGid    uint32 `protobuf:"varint,27,opt,name=deleted_gid,json=deletedGid,proto3" json:"deleted_gid,omitempty"`
-	DeletedDev    uint64 `protobuf:"varint,28,opt,name=deleted_dev,json=deletedDev,proto3" json:"deleted_dev,omitempty"`
+	Deleted     bool   `protobuf:"varint,23,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	DeletedIno  uint64 `protobuf:"varint,24,opt,name=deleted_ino,json=deletedIno,proto3" json:"deleted_ino,omitempty"`
+	DeletedData []byte `protobuf:"bytes,25,opt,name=deleted_data,json=deletedData,proto3" json:"deleted_data,omitempty"`
+	DeletedUid  uint32 `protobuf:"varint,26,opt,name=deleted_uid,json=deletedUid,proto3" json:"deleted_uid,omitempty"`
+	DeletedGid  uint32 `protobuf:"varint,27,opt,name=deleted_gid,json=deletedGid,proto3" json:"deleted_gid,omitempty"`
+	DeletedDev  uint64 `protobuf:"varint,28,opt,name=deleted_dev,json=deletedDev,proto3" json:"deleted_dev,omitempty"`
+	// locks are the flock(2) and open file description (F_OFD_SETLK) locks
+	// this description holds; they belong to it, not to a process.
+	Locks         []*FileLock `protobuf:"bytes,29,rep,name=locks,proto3" json:"locks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -682,6 +734,93 @@ func (x *File) GetDeletedDev() uint64 {
 	return 0
 }
 
+func (x *File) GetLocks() []*FileLock {
+	if x != nil {
+		return x.Locks
+	}
+	return nil
+}
+
+// FileLock is a lock on a file's bytes (start, len: 0 to the end of the
+// file; flock locks the whole file) that its owner held at checkpoint.
+type FileLock struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  FileLock_Kind          `protobuf:"varint,1,opt,name=kind,proto3,enum=ckpt.image.v1.FileLock_Kind" json:"kind,omitempty"`
+	// write is an exclusive (write) lock; else it is shared (read).
+	Write bool   `protobuf:"varint,2,opt,name=write,proto3" json:"write,omitempty"`
+	Start uint64 `protobuf:"varint,3,opt,name=start,proto3" json:"start,omitempty"`
+	Len   uint64 `protobuf:"varint,4,opt,name=len,proto3" json:"len,omitempty"`
+	// fd, for a POSIX lock, is a descriptor of the process on the file.
+	Fd            int32 `protobuf:"varint,5,opt,name=fd,proto3" json:"fd,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileLock) Reset() {
+	*x = FileLock{}
+	mi := &file_image_pb_image_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileLock) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileLock) ProtoMessage() {}
+
+func (x *FileLock) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileLock.ProtoReflect.Descriptor instead.
+func (*FileLock) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *FileLock) GetKind() FileLock_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return FileLock_POSIX
+}
+
+func (x *FileLock) GetWrite() bool {
+	if x != nil {
+		return x.Write
+	}
+	return false
+}
+
+func (x *FileLock) GetStart() uint64 {
+	if x != nil {
+		return x.Start
+	}
+	return 0
+}
+
+func (x *FileLock) GetLen() uint64 {
+	if x != nil {
+		return x.Len
+	}
+	return 0
+}
+
+func (x *FileLock) GetFd() int32 {
+	if x != nil {
+		return x.Fd
+	}
+	return 0
+}
+
 // Socket is a unix socket without a name: unconnected, or one end of a
 // connected pair (socketpair(2)) whose other end is the SOCKET record with
 // inode peer_ino, or was closed (peer_ino 0).
@@ -730,7 +869,7 @@ type Socket struct {
 
 func (x *Socket) Reset() {
 	*x = Socket{}
-	mi := &file_image_pb_image_proto_msgTypes[2]
+	mi := &file_image_pb_image_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -742,7 +881,7 @@ func (x *Socket) String() string {
 func (*Socket) ProtoMessage() {}
 
 func (x *Socket) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[2]
+	mi := &file_image_pb_image_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -755,7 +894,7 @@ func (x *Socket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Socket.ProtoReflect.Descriptor instead.
 func (*Socket) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{2}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Socket) GetType() uint32 {
@@ -941,7 +1080,7 @@ type InetSocket struct {
 
 func (x *InetSocket) Reset() {
 	*x = InetSocket{}
-	mi := &file_image_pb_image_proto_msgTypes[3]
+	mi := &file_image_pb_image_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -953,7 +1092,7 @@ func (x *InetSocket) String() string {
 func (*InetSocket) ProtoMessage() {}
 
 func (x *InetSocket) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[3]
+	mi := &file_image_pb_image_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -966,7 +1105,7 @@ func (x *InetSocket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InetSocket.ProtoReflect.Descriptor instead.
 func (*InetSocket) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{3}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *InetSocket) GetProtocol() uint32 {
@@ -1167,7 +1306,7 @@ type TcpConnection struct {
 
 func (x *TcpConnection) Reset() {
 	*x = TcpConnection{}
-	mi := &file_image_pb_image_proto_msgTypes[4]
+	mi := &file_image_pb_image_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1179,7 +1318,7 @@ func (x *TcpConnection) String() string {
 func (*TcpConnection) ProtoMessage() {}
 
 func (x *TcpConnection) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[4]
+	mi := &file_image_pb_image_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1192,7 +1331,7 @@ func (x *TcpConnection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TcpConnection.ProtoReflect.Descriptor instead.
 func (*TcpConnection) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{4}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *TcpConnection) GetSndSeq() uint32 {
@@ -1299,7 +1438,7 @@ type InotifyWatch struct {
 
 func (x *InotifyWatch) Reset() {
 	*x = InotifyWatch{}
-	mi := &file_image_pb_image_proto_msgTypes[5]
+	mi := &file_image_pb_image_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1311,7 +1450,7 @@ func (x *InotifyWatch) String() string {
 func (*InotifyWatch) ProtoMessage() {}
 
 func (x *InotifyWatch) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[5]
+	mi := &file_image_pb_image_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1324,7 +1463,7 @@ func (x *InotifyWatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InotifyWatch.ProtoReflect.Descriptor instead.
 func (*InotifyWatch) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{5}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *InotifyWatch) GetWd() int32 {
@@ -1359,7 +1498,7 @@ type EpollItem struct {
 
 func (x *EpollItem) Reset() {
 	*x = EpollItem{}
-	mi := &file_image_pb_image_proto_msgTypes[6]
+	mi := &file_image_pb_image_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1371,7 +1510,7 @@ func (x *EpollItem) String() string {
 func (*EpollItem) ProtoMessage() {}
 
 func (x *EpollItem) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[6]
+	mi := &file_image_pb_image_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1384,7 +1523,7 @@ func (x *EpollItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EpollItem.ProtoReflect.Descriptor instead.
 func (*EpollItem) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{6}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *EpollItem) GetFd() int32 {
@@ -1448,7 +1587,7 @@ type Vma struct {
 
 func (x *Vma) Reset() {
 	*x = Vma{}
-	mi := &file_image_pb_image_proto_msgTypes[7]
+	mi := &file_image_pb_image_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1460,7 +1599,7 @@ func (x *Vma) String() string {
 func (*Vma) ProtoMessage() {}
 
 func (x *Vma) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[7]
+	mi := &file_image_pb_image_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1473,7 +1612,7 @@ func (x *Vma) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Vma.ProtoReflect.Descriptor instead.
 func (*Vma) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{7}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Vma) GetStart() uint64 {
@@ -1609,7 +1748,7 @@ type Mm struct {
 
 func (x *Mm) Reset() {
 	*x = Mm{}
-	mi := &file_image_pb_image_proto_msgTypes[8]
+	mi := &file_image_pb_image_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1621,7 +1760,7 @@ func (x *Mm) String() string {
 func (*Mm) ProtoMessage() {}
 
 func (x *Mm) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[8]
+	mi := &file_image_pb_image_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1634,7 +1773,7 @@ func (x *Mm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mm.ProtoReflect.Descriptor instead.
 func (*Mm) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{8}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Mm) GetId() uint32 {
@@ -1762,7 +1901,7 @@ type Sigaction struct {
 
 func (x *Sigaction) Reset() {
 	*x = Sigaction{}
-	mi := &file_image_pb_image_proto_msgTypes[9]
+	mi := &file_image_pb_image_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1774,7 +1913,7 @@ func (x *Sigaction) String() string {
 func (*Sigaction) ProtoMessage() {}
 
 func (x *Sigaction) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[9]
+	mi := &file_image_pb_image_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1787,7 +1926,7 @@ func (x *Sigaction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sigaction.ProtoReflect.Descriptor instead.
 func (*Sigaction) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{9}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Sigaction) GetSigno() uint32 {
@@ -1837,7 +1976,7 @@ type Itimer struct {
 
 func (x *Itimer) Reset() {
 	*x = Itimer{}
-	mi := &file_image_pb_image_proto_msgTypes[10]
+	mi := &file_image_pb_image_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1849,7 +1988,7 @@ func (x *Itimer) String() string {
 func (*Itimer) ProtoMessage() {}
 
 func (x *Itimer) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[10]
+	mi := &file_image_pb_image_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1862,7 +2001,7 @@ func (x *Itimer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Itimer.ProtoReflect.Descriptor instead.
 func (*Itimer) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{10}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Itimer) GetWhich() uint32 {
@@ -1913,7 +2052,7 @@ type PosixTimer struct {
 
 func (x *PosixTimer) Reset() {
 	*x = PosixTimer{}
-	mi := &file_image_pb_image_proto_msgTypes[11]
+	mi := &file_image_pb_image_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1925,7 +2064,7 @@ func (x *PosixTimer) String() string {
 func (*PosixTimer) ProtoMessage() {}
 
 func (x *PosixTimer) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[11]
+	mi := &file_image_pb_image_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1938,7 +2077,7 @@ func (x *PosixTimer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PosixTimer.ProtoReflect.Descriptor instead.
 func (*PosixTimer) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{11}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PosixTimer) GetId() int32 {
@@ -2008,7 +2147,7 @@ type Rlimit struct {
 
 func (x *Rlimit) Reset() {
 	*x = Rlimit{}
-	mi := &file_image_pb_image_proto_msgTypes[12]
+	mi := &file_image_pb_image_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2020,7 +2159,7 @@ func (x *Rlimit) String() string {
 func (*Rlimit) ProtoMessage() {}
 
 func (x *Rlimit) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[12]
+	mi := &file_image_pb_image_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2033,7 +2172,7 @@ func (x *Rlimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rlimit.ProtoReflect.Descriptor instead.
 func (*Rlimit) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{12}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Rlimit) GetResource() uint32 {
@@ -2074,7 +2213,7 @@ type SyscallRestart struct {
 
 func (x *SyscallRestart) Reset() {
 	*x = SyscallRestart{}
-	mi := &file_image_pb_image_proto_msgTypes[13]
+	mi := &file_image_pb_image_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2086,7 +2225,7 @@ func (x *SyscallRestart) String() string {
 func (*SyscallRestart) ProtoMessage() {}
 
 func (x *SyscallRestart) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[13]
+	mi := &file_image_pb_image_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2099,7 +2238,7 @@ func (x *SyscallRestart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyscallRestart.ProtoReflect.Descriptor instead.
 func (*SyscallRestart) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{13}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SyscallRestart) GetNr() int64 {
@@ -2167,7 +2306,7 @@ type Thread struct {
 
 func (x *Thread) Reset() {
 	*x = Thread{}
-	mi := &file_image_pb_image_proto_msgTypes[14]
+	mi := &file_image_pb_image_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2179,7 +2318,7 @@ func (x *Thread) String() string {
 func (*Thread) ProtoMessage() {}
 
 func (x *Thread) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[14]
+	mi := &file_image_pb_image_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2192,7 +2331,7 @@ func (x *Thread) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Thread.ProtoReflect.Descriptor instead.
 func (*Thread) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{14}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Thread) GetTid() uint32 {
@@ -2362,7 +2501,7 @@ type Sched struct {
 
 func (x *Sched) Reset() {
 	*x = Sched{}
-	mi := &file_image_pb_image_proto_msgTypes[15]
+	mi := &file_image_pb_image_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2374,7 +2513,7 @@ func (x *Sched) String() string {
 func (*Sched) ProtoMessage() {}
 
 func (x *Sched) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[15]
+	mi := &file_image_pb_image_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2387,7 +2526,7 @@ func (x *Sched) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sched.ProtoReflect.Descriptor instead.
 func (*Sched) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{15}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Sched) GetPolicy() uint32 {
@@ -2464,7 +2603,7 @@ type Fd struct {
 
 func (x *Fd) Reset() {
 	*x = Fd{}
-	mi := &file_image_pb_image_proto_msgTypes[16]
+	mi := &file_image_pb_image_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2476,7 +2615,7 @@ func (x *Fd) String() string {
 func (*Fd) ProtoMessage() {}
 
 func (x *Fd) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[16]
+	mi := &file_image_pb_image_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2489,7 +2628,7 @@ func (x *Fd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fd.ProtoReflect.Descriptor instead.
 func (*Fd) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{16}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Fd) GetFd() int32 {
@@ -2530,7 +2669,7 @@ type Creds struct {
 
 func (x *Creds) Reset() {
 	*x = Creds{}
-	mi := &file_image_pb_image_proto_msgTypes[17]
+	mi := &file_image_pb_image_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2542,7 +2681,7 @@ func (x *Creds) String() string {
 func (*Creds) ProtoMessage() {}
 
 func (x *Creds) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[17]
+	mi := &file_image_pb_image_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2555,7 +2694,7 @@ func (x *Creds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Creds.ProtoReflect.Descriptor instead.
 func (*Creds) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{17}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Creds) GetUid() uint32 {
@@ -2675,6 +2814,9 @@ type Process struct {
 	OomScoreAdj *int32 `protobuf:"varint,29,opt,name=oom_score_adj,json=oomScoreAdj,proto3,oneof" json:"oom_score_adj,omitempty"`
 	// posix_timers are the timers of timer_create(2), by ID.
 	PosixTimers []*PosixTimer `protobuf:"bytes,30,rep,name=posix_timers,json=posixTimers,proto3" json:"posix_timers,omitempty"`
+	// posix_locks are the fcntl(F_SETLK) locks the process held: they
+	// belong to it (to its descriptor table), not to a description.
+	PosixLocks []*FileLock `protobuf:"bytes,31,rep,name=posix_locks,json=posixLocks,proto3" json:"posix_locks,omitempty"`
 	// ns are the namespaces the process is in.
 	Ns            *NsIds `protobuf:"bytes,50,opt,name=ns,proto3" json:"ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -2683,7 +2825,7 @@ type Process struct {
 
 func (x *Process) Reset() {
 	*x = Process{}
-	mi := &file_image_pb_image_proto_msgTypes[18]
+	mi := &file_image_pb_image_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2695,7 +2837,7 @@ func (x *Process) String() string {
 func (*Process) ProtoMessage() {}
 
 func (x *Process) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[18]
+	mi := &file_image_pb_image_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2708,7 +2850,7 @@ func (x *Process) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Process.ProtoReflect.Descriptor instead.
 func (*Process) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{18}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Process) GetPid() uint32 {
@@ -2921,6 +3063,13 @@ func (x *Process) GetPosixTimers() []*PosixTimer {
 	return nil
 }
 
+func (x *Process) GetPosixLocks() []*FileLock {
+	if x != nil {
+		return x.PosixLocks
+	}
+	return nil
+}
+
 func (x *Process) GetNs() *NsIds {
 	if x != nil {
 		return x.Ns
@@ -2938,7 +3087,7 @@ type PageRun struct {
 
 func (x *PageRun) Reset() {
 	*x = PageRun{}
-	mi := &file_image_pb_image_proto_msgTypes[19]
+	mi := &file_image_pb_image_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2950,7 +3099,7 @@ func (x *PageRun) String() string {
 func (*PageRun) ProtoMessage() {}
 
 func (x *PageRun) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[19]
+	mi := &file_image_pb_image_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2963,7 +3112,7 @@ func (x *PageRun) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PageRun.ProtoReflect.Descriptor instead.
 func (*PageRun) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{19}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PageRun) GetAddr() uint64 {
@@ -3000,7 +3149,7 @@ type PageMap struct {
 
 func (x *PageMap) Reset() {
 	*x = PageMap{}
-	mi := &file_image_pb_image_proto_msgTypes[20]
+	mi := &file_image_pb_image_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3012,7 +3161,7 @@ func (x *PageMap) String() string {
 func (*PageMap) ProtoMessage() {}
 
 func (x *PageMap) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[20]
+	mi := &file_image_pb_image_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3025,7 +3174,7 @@ func (x *PageMap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PageMap.ProtoReflect.Descriptor instead.
 func (*PageMap) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{20}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PageMap) GetMmId() uint32 {
@@ -3074,7 +3223,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_image_pb_image_proto_msgTypes[21]
+	mi := &file_image_pb_image_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3086,7 +3235,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[21]
+	mi := &file_image_pb_image_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3099,7 +3248,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{21}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Error) GetMessage() string {
@@ -3125,7 +3274,7 @@ type Tail struct {
 
 func (x *Tail) Reset() {
 	*x = Tail{}
-	mi := &file_image_pb_image_proto_msgTypes[22]
+	mi := &file_image_pb_image_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3137,7 +3286,7 @@ func (x *Tail) String() string {
 func (*Tail) ProtoMessage() {}
 
 func (x *Tail) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[22]
+	mi := &file_image_pb_image_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3150,7 +3299,7 @@ func (x *Tail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tail.ProtoReflect.Descriptor instead.
 func (*Tail) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{22}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Tail) GetRecords() uint64 {
@@ -3207,7 +3356,7 @@ type NsIds struct {
 
 func (x *NsIds) Reset() {
 	*x = NsIds{}
-	mi := &file_image_pb_image_proto_msgTypes[23]
+	mi := &file_image_pb_image_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3219,7 +3368,7 @@ func (x *NsIds) String() string {
 func (*NsIds) ProtoMessage() {}
 
 func (x *NsIds) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[23]
+	mi := &file_image_pb_image_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3232,7 +3381,7 @@ func (x *NsIds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NsIds.ProtoReflect.Descriptor instead.
 func (*NsIds) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{23}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *NsIds) GetIpc() uint64 {
@@ -3310,7 +3459,7 @@ type Namespace struct {
 
 func (x *Namespace) Reset() {
 	*x = Namespace{}
-	mi := &file_image_pb_image_proto_msgTypes[24]
+	mi := &file_image_pb_image_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3322,7 +3471,7 @@ func (x *Namespace) String() string {
 func (*Namespace) ProtoMessage() {}
 
 func (x *Namespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[24]
+	mi := &file_image_pb_image_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3335,7 +3484,7 @@ func (x *Namespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Namespace.ProtoReflect.Descriptor instead.
 func (*Namespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{24}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Namespace) GetKind() Namespace_Kind {
@@ -3397,7 +3546,7 @@ type Leak struct {
 
 func (x *Leak) Reset() {
 	*x = Leak{}
-	mi := &file_image_pb_image_proto_msgTypes[25]
+	mi := &file_image_pb_image_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3409,7 +3558,7 @@ func (x *Leak) String() string {
 func (*Leak) ProtoMessage() {}
 
 func (x *Leak) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[25]
+	mi := &file_image_pb_image_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3422,7 +3571,7 @@ func (x *Leak) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Leak.ProtoReflect.Descriptor instead.
 func (*Leak) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{25}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Leak) GetPid() uint32 {
@@ -3462,7 +3611,7 @@ type Leaks struct {
 
 func (x *Leaks) Reset() {
 	*x = Leaks{}
-	mi := &file_image_pb_image_proto_msgTypes[26]
+	mi := &file_image_pb_image_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3474,7 +3623,7 @@ func (x *Leaks) String() string {
 func (*Leaks) ProtoMessage() {}
 
 func (x *Leaks) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[26]
+	mi := &file_image_pb_image_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3487,7 +3636,7 @@ func (x *Leaks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Leaks.ProtoReflect.Descriptor instead.
 func (*Leaks) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{26}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Leaks) GetLeaks() []*Leak {
@@ -3515,7 +3664,7 @@ type IpcPerm struct {
 
 func (x *IpcPerm) Reset() {
 	*x = IpcPerm{}
-	mi := &file_image_pb_image_proto_msgTypes[27]
+	mi := &file_image_pb_image_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3527,7 +3676,7 @@ func (x *IpcPerm) String() string {
 func (*IpcPerm) ProtoMessage() {}
 
 func (x *IpcPerm) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[27]
+	mi := &file_image_pb_image_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3540,7 +3689,7 @@ func (x *IpcPerm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpcPerm.ProtoReflect.Descriptor instead.
 func (*IpcPerm) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{27}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *IpcPerm) GetKey() int32 {
@@ -3612,7 +3761,7 @@ type ShmSegment struct {
 
 func (x *ShmSegment) Reset() {
 	*x = ShmSegment{}
-	mi := &file_image_pb_image_proto_msgTypes[28]
+	mi := &file_image_pb_image_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3624,7 +3773,7 @@ func (x *ShmSegment) String() string {
 func (*ShmSegment) ProtoMessage() {}
 
 func (x *ShmSegment) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[28]
+	mi := &file_image_pb_image_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3637,7 +3786,7 @@ func (x *ShmSegment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShmSegment.ProtoReflect.Descriptor instead.
 func (*ShmSegment) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{28}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ShmSegment) GetId() int32 {
@@ -3742,7 +3891,7 @@ type MsgQueue struct {
 
 func (x *MsgQueue) Reset() {
 	*x = MsgQueue{}
-	mi := &file_image_pb_image_proto_msgTypes[29]
+	mi := &file_image_pb_image_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3754,7 +3903,7 @@ func (x *MsgQueue) String() string {
 func (*MsgQueue) ProtoMessage() {}
 
 func (x *MsgQueue) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[29]
+	mi := &file_image_pb_image_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3767,7 +3916,7 @@ func (x *MsgQueue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MsgQueue.ProtoReflect.Descriptor instead.
 func (*MsgQueue) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{29}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *MsgQueue) GetId() int32 {
@@ -3843,7 +3992,7 @@ type Msg struct {
 
 func (x *Msg) Reset() {
 	*x = Msg{}
-	mi := &file_image_pb_image_proto_msgTypes[30]
+	mi := &file_image_pb_image_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3855,7 +4004,7 @@ func (x *Msg) String() string {
 func (*Msg) ProtoMessage() {}
 
 func (x *Msg) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[30]
+	mi := &file_image_pb_image_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3868,7 +4017,7 @@ func (x *Msg) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Msg.ProtoReflect.Descriptor instead.
 func (*Msg) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{30}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Msg) GetType() int64 {
@@ -3900,7 +4049,7 @@ type SemSet struct {
 
 func (x *SemSet) Reset() {
 	*x = SemSet{}
-	mi := &file_image_pb_image_proto_msgTypes[31]
+	mi := &file_image_pb_image_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3912,7 +4061,7 @@ func (x *SemSet) String() string {
 func (*SemSet) ProtoMessage() {}
 
 func (x *SemSet) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[31]
+	mi := &file_image_pb_image_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3925,7 +4074,7 @@ func (x *SemSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SemSet.ProtoReflect.Descriptor instead.
 func (*SemSet) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{31}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SemSet) GetId() int32 {
@@ -3975,7 +4124,7 @@ type SemUndo struct {
 
 func (x *SemUndo) Reset() {
 	*x = SemUndo{}
-	mi := &file_image_pb_image_proto_msgTypes[32]
+	mi := &file_image_pb_image_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3987,7 +4136,7 @@ func (x *SemUndo) String() string {
 func (*SemUndo) ProtoMessage() {}
 
 func (x *SemUndo) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[32]
+	mi := &file_image_pb_image_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4000,7 +4149,7 @@ func (x *SemUndo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SemUndo.ProtoReflect.Descriptor instead.
 func (*SemUndo) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{32}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SemUndo) GetPid() uint32 {
@@ -4028,7 +4177,7 @@ type SemAdj struct {
 
 func (x *SemAdj) Reset() {
 	*x = SemAdj{}
-	mi := &file_image_pb_image_proto_msgTypes[33]
+	mi := &file_image_pb_image_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4040,7 +4189,7 @@ func (x *SemAdj) String() string {
 func (*SemAdj) ProtoMessage() {}
 
 func (x *SemAdj) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[33]
+	mi := &file_image_pb_image_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4053,7 +4202,7 @@ func (x *SemAdj) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SemAdj.ProtoReflect.Descriptor instead.
 func (*SemAdj) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{33}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SemAdj) GetSemid() int32 {
@@ -4088,7 +4237,7 @@ type IpcSysctl struct {
 
 func (x *IpcSysctl) Reset() {
 	*x = IpcSysctl{}
-	mi := &file_image_pb_image_proto_msgTypes[34]
+	mi := &file_image_pb_image_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4100,7 +4249,7 @@ func (x *IpcSysctl) String() string {
 func (*IpcSysctl) ProtoMessage() {}
 
 func (x *IpcSysctl) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[34]
+	mi := &file_image_pb_image_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4113,7 +4262,7 @@ func (x *IpcSysctl) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpcSysctl.ProtoReflect.Descriptor instead.
 func (*IpcSysctl) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{34}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *IpcSysctl) GetName() string {
@@ -4152,7 +4301,7 @@ type IpcNamespace struct {
 
 func (x *IpcNamespace) Reset() {
 	*x = IpcNamespace{}
-	mi := &file_image_pb_image_proto_msgTypes[35]
+	mi := &file_image_pb_image_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4164,7 +4313,7 @@ func (x *IpcNamespace) String() string {
 func (*IpcNamespace) ProtoMessage() {}
 
 func (x *IpcNamespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[35]
+	mi := &file_image_pb_image_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4177,7 +4326,7 @@ func (x *IpcNamespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpcNamespace.ProtoReflect.Descriptor instead.
 func (*IpcNamespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{35}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *IpcNamespace) GetNs() uint64 {
@@ -4248,7 +4397,7 @@ type NetNamespace struct {
 
 func (x *NetNamespace) Reset() {
 	*x = NetNamespace{}
-	mi := &file_image_pb_image_proto_msgTypes[36]
+	mi := &file_image_pb_image_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4260,7 +4409,7 @@ func (x *NetNamespace) String() string {
 func (*NetNamespace) ProtoMessage() {}
 
 func (x *NetNamespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[36]
+	mi := &file_image_pb_image_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4273,7 +4422,7 @@ func (x *NetNamespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetNamespace.ProtoReflect.Descriptor instead.
 func (*NetNamespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{36}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *NetNamespace) GetId() uint64 {
@@ -4334,7 +4483,7 @@ type NetLink struct {
 
 func (x *NetLink) Reset() {
 	*x = NetLink{}
-	mi := &file_image_pb_image_proto_msgTypes[37]
+	mi := &file_image_pb_image_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4346,7 +4495,7 @@ func (x *NetLink) String() string {
 func (*NetLink) ProtoMessage() {}
 
 func (x *NetLink) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[37]
+	mi := &file_image_pb_image_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4359,7 +4508,7 @@ func (x *NetLink) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetLink.ProtoReflect.Descriptor instead.
 func (*NetLink) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{37}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *NetLink) GetIndex() uint32 {
@@ -4462,7 +4611,7 @@ type NetAddr struct {
 
 func (x *NetAddr) Reset() {
 	*x = NetAddr{}
-	mi := &file_image_pb_image_proto_msgTypes[38]
+	mi := &file_image_pb_image_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4474,7 +4623,7 @@ func (x *NetAddr) String() string {
 func (*NetAddr) ProtoMessage() {}
 
 func (x *NetAddr) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[38]
+	mi := &file_image_pb_image_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4487,7 +4636,7 @@ func (x *NetAddr) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetAddr.ProtoReflect.Descriptor instead.
 func (*NetAddr) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{38}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *NetAddr) GetIfindex() uint32 {
@@ -4611,7 +4760,7 @@ type NetRoute struct {
 
 func (x *NetRoute) Reset() {
 	*x = NetRoute{}
-	mi := &file_image_pb_image_proto_msgTypes[39]
+	mi := &file_image_pb_image_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4623,7 +4772,7 @@ func (x *NetRoute) String() string {
 func (*NetRoute) ProtoMessage() {}
 
 func (x *NetRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[39]
+	mi := &file_image_pb_image_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4636,7 +4785,7 @@ func (x *NetRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetRoute.ProtoReflect.Descriptor instead.
 func (*NetRoute) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{39}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *NetRoute) GetFamily() uint32 {
@@ -4776,7 +4925,7 @@ type NetMetric struct {
 
 func (x *NetMetric) Reset() {
 	*x = NetMetric{}
-	mi := &file_image_pb_image_proto_msgTypes[40]
+	mi := &file_image_pb_image_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4788,7 +4937,7 @@ func (x *NetMetric) String() string {
 func (*NetMetric) ProtoMessage() {}
 
 func (x *NetMetric) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[40]
+	mi := &file_image_pb_image_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4801,7 +4950,7 @@ func (x *NetMetric) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetMetric.ProtoReflect.Descriptor instead.
 func (*NetMetric) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{40}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *NetMetric) GetType() uint32 {
@@ -4830,7 +4979,7 @@ type NetSysctl struct {
 
 func (x *NetSysctl) Reset() {
 	*x = NetSysctl{}
-	mi := &file_image_pb_image_proto_msgTypes[41]
+	mi := &file_image_pb_image_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4842,7 +4991,7 @@ func (x *NetSysctl) String() string {
 func (*NetSysctl) ProtoMessage() {}
 
 func (x *NetSysctl) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[41]
+	mi := &file_image_pb_image_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4855,7 +5004,7 @@ func (x *NetSysctl) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetSysctl.ProtoReflect.Descriptor instead.
 func (*NetSysctl) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{41}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *NetSysctl) GetName() string {
@@ -4884,7 +5033,7 @@ type MountNamespace struct {
 
 func (x *MountNamespace) Reset() {
 	*x = MountNamespace{}
-	mi := &file_image_pb_image_proto_msgTypes[42]
+	mi := &file_image_pb_image_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4896,7 +5045,7 @@ func (x *MountNamespace) String() string {
 func (*MountNamespace) ProtoMessage() {}
 
 func (x *MountNamespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[42]
+	mi := &file_image_pb_image_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4909,7 +5058,7 @@ func (x *MountNamespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountNamespace.ProtoReflect.Descriptor instead.
 func (*MountNamespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{42}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *MountNamespace) GetMounts() []*Mount {
@@ -4949,7 +5098,7 @@ type Mount struct {
 
 func (x *Mount) Reset() {
 	*x = Mount{}
-	mi := &file_image_pb_image_proto_msgTypes[43]
+	mi := &file_image_pb_image_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4961,7 +5110,7 @@ func (x *Mount) String() string {
 func (*Mount) ProtoMessage() {}
 
 func (x *Mount) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[43]
+	mi := &file_image_pb_image_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4974,7 +5123,7 @@ func (x *Mount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mount.ProtoReflect.Descriptor instead.
 func (*Mount) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{43}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *Mount) GetId() uint32 {
@@ -5108,7 +5257,7 @@ type MountFile struct {
 
 func (x *MountFile) Reset() {
 	*x = MountFile{}
-	mi := &file_image_pb_image_proto_msgTypes[44]
+	mi := &file_image_pb_image_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5120,7 +5269,7 @@ func (x *MountFile) String() string {
 func (*MountFile) ProtoMessage() {}
 
 func (x *MountFile) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[44]
+	mi := &file_image_pb_image_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5133,7 +5282,7 @@ func (x *MountFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountFile.ProtoReflect.Descriptor instead.
 func (*MountFile) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{44}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *MountFile) GetMountId() uint32 {
@@ -5251,7 +5400,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\bouter_ns\x182 \x01(\v2\x14.ckpt.image.v1.NsIdsR\aouterNs\x12\x1c\n" +
 	"\tcontainer\x183 \x01(\bR\tcontainer\x12$\n" +
 	"\rcheckpoint_id\x18\x82\x01 \x01(\x03R\fcheckpointId\x12\x1a\n" +
-	"\bself_tid\x18\x83\x01 \x01(\rR\aselfTid\"\xf6\b\n" +
+	"\bself_tid\x18\x83\x01 \x01(\rR\aselfTid\"\xa5\t\n" +
 	"\x04File\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12,\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x18.ckpt.image.v1.File.KindR\x04kind\x12\x12\n" +
@@ -5286,7 +5435,8 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\vdeleted_gid\x18\x1b \x01(\rR\n" +
 	"deletedGid\x12\x1f\n" +
 	"\vdeleted_dev\x18\x1c \x01(\x04R\n" +
-	"deletedDev\"\xbb\x01\n" +
+	"deletedDev\x12-\n" +
+	"\x05locks\x18\x1d \x03(\v2\x17.ckpt.image.v1.FileLockR\x05locks\"\xbb\x01\n" +
 	"\x04Kind\x12\v\n" +
 	"\aUNKNOWN\x10\x00\x12\v\n" +
 	"\aREGULAR\x10\x01\x12\r\n" +
@@ -5304,7 +5454,17 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x04FIFO\x10\f\x12\v\n" +
 	"\aINOTIFY\x10\r\x12\n" +
 	"\n" +
-	"\x06SOCKET\x10\x0e\"\xa8\x04\n" +
+	"\x06SOCKET\x10\x0e\"\xb1\x01\n" +
+	"\bFileLock\x120\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x1c.ckpt.image.v1.FileLock.KindR\x04kind\x12\x14\n" +
+	"\x05write\x18\x02 \x01(\bR\x05write\x12\x14\n" +
+	"\x05start\x18\x03 \x01(\x04R\x05start\x12\x10\n" +
+	"\x03len\x18\x04 \x01(\x04R\x03len\x12\x0e\n" +
+	"\x02fd\x18\x05 \x01(\x05R\x02fd\"%\n" +
+	"\x04Kind\x12\t\n" +
+	"\x05POSIX\x10\x00\x12\t\n" +
+	"\x05FLOCK\x10\x01\x12\a\n" +
+	"\x03OFD\x10\x02\"\xa8\x04\n" +
 	"\x06Socket\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\rR\x04type\x12\x10\n" +
 	"\x03ino\x18\x02 \x01(\x04R\x03ino\x12\x19\n" +
@@ -5506,7 +5666,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x04egid\x18\x06 \x01(\rR\x04egid\x12\x12\n" +
 	"\x04sgid\x18\a \x01(\rR\x04sgid\x12\x14\n" +
 	"\x05fsgid\x18\b \x01(\rR\x05fsgid\x12\x16\n" +
-	"\x06groups\x18\t \x03(\rR\x06groups\"\xa3\b\n" +
+	"\x06groups\x18\t \x03(\rR\x06groups\"\xdd\b\n" +
 	"\aProcess\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x12\n" +
 	"\x04ppid\x18\x02 \x01(\rR\x04ppid\x12\x12\n" +
@@ -5543,7 +5703,9 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x0fchild_subreaper\x18\x1b \x01(\bR\x0echildSubreaper\x12!\n" +
 	"\fthp_disabled\x18\x1c \x01(\bR\vthpDisabled\x12'\n" +
 	"\room_score_adj\x18\x1d \x01(\x05H\x00R\voomScoreAdj\x88\x01\x01\x12<\n" +
-	"\fposix_timers\x18\x1e \x03(\v2\x19.ckpt.image.v1.PosixTimerR\vposixTimers\x12$\n" +
+	"\fposix_timers\x18\x1e \x03(\v2\x19.ckpt.image.v1.PosixTimerR\vposixTimers\x128\n" +
+	"\vposix_locks\x18\x1f \x03(\v2\x17.ckpt.image.v1.FileLockR\n" +
+	"posixLocks\x12$\n" +
 	"\x02ns\x182 \x01(\v2\x14.ckpt.image.v1.NsIdsR\x02nsB\x10\n" +
 	"\x0e_oom_score_adj\"5\n" +
 	"\aPageRun\x12\x12\n" +
@@ -5780,102 +5942,107 @@ func file_image_pb_image_proto_rawDescGZIP() []byte {
 	return file_image_pb_image_proto_rawDescData
 }
 
-var file_image_pb_image_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_image_pb_image_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_image_pb_image_proto_goTypes = []any{
 	(File_Kind)(0),         // 0: ckpt.image.v1.File.Kind
-	(Namespace_Kind)(0),    // 1: ckpt.image.v1.Namespace.Kind
-	(Mount_Kind)(0),        // 2: ckpt.image.v1.Mount.Kind
-	(*Header)(nil),         // 3: ckpt.image.v1.Header
-	(*File)(nil),           // 4: ckpt.image.v1.File
-	(*Socket)(nil),         // 5: ckpt.image.v1.Socket
-	(*InetSocket)(nil),     // 6: ckpt.image.v1.InetSocket
-	(*TcpConnection)(nil),  // 7: ckpt.image.v1.TcpConnection
-	(*InotifyWatch)(nil),   // 8: ckpt.image.v1.InotifyWatch
-	(*EpollItem)(nil),      // 9: ckpt.image.v1.EpollItem
-	(*Vma)(nil),            // 10: ckpt.image.v1.Vma
-	(*Mm)(nil),             // 11: ckpt.image.v1.Mm
-	(*Sigaction)(nil),      // 12: ckpt.image.v1.Sigaction
-	(*Itimer)(nil),         // 13: ckpt.image.v1.Itimer
-	(*PosixTimer)(nil),     // 14: ckpt.image.v1.PosixTimer
-	(*Rlimit)(nil),         // 15: ckpt.image.v1.Rlimit
-	(*SyscallRestart)(nil), // 16: ckpt.image.v1.SyscallRestart
-	(*Thread)(nil),         // 17: ckpt.image.v1.Thread
-	(*Sched)(nil),          // 18: ckpt.image.v1.Sched
-	(*Fd)(nil),             // 19: ckpt.image.v1.Fd
-	(*Creds)(nil),          // 20: ckpt.image.v1.Creds
-	(*Process)(nil),        // 21: ckpt.image.v1.Process
-	(*PageRun)(nil),        // 22: ckpt.image.v1.PageRun
-	(*PageMap)(nil),        // 23: ckpt.image.v1.PageMap
-	(*Error)(nil),          // 24: ckpt.image.v1.Error
-	(*Tail)(nil),           // 25: ckpt.image.v1.Tail
-	(*NsIds)(nil),          // 26: ckpt.image.v1.NsIds
-	(*Namespace)(nil),      // 27: ckpt.image.v1.Namespace
-	(*Leak)(nil),           // 28: ckpt.image.v1.Leak
-	(*Leaks)(nil),          // 29: ckpt.image.v1.Leaks
-	(*IpcPerm)(nil),        // 30: ckpt.image.v1.IpcPerm
-	(*ShmSegment)(nil),     // 31: ckpt.image.v1.ShmSegment
-	(*MsgQueue)(nil),       // 32: ckpt.image.v1.MsgQueue
-	(*Msg)(nil),            // 33: ckpt.image.v1.Msg
-	(*SemSet)(nil),         // 34: ckpt.image.v1.SemSet
-	(*SemUndo)(nil),        // 35: ckpt.image.v1.SemUndo
-	(*SemAdj)(nil),         // 36: ckpt.image.v1.SemAdj
-	(*IpcSysctl)(nil),      // 37: ckpt.image.v1.IpcSysctl
-	(*IpcNamespace)(nil),   // 38: ckpt.image.v1.IpcNamespace
-	(*NetNamespace)(nil),   // 39: ckpt.image.v1.NetNamespace
-	(*NetLink)(nil),        // 40: ckpt.image.v1.NetLink
-	(*NetAddr)(nil),        // 41: ckpt.image.v1.NetAddr
-	(*NetRoute)(nil),       // 42: ckpt.image.v1.NetRoute
-	(*NetMetric)(nil),      // 43: ckpt.image.v1.NetMetric
-	(*NetSysctl)(nil),      // 44: ckpt.image.v1.NetSysctl
-	(*MountNamespace)(nil), // 45: ckpt.image.v1.MountNamespace
-	(*Mount)(nil),          // 46: ckpt.image.v1.Mount
-	(*MountFile)(nil),      // 47: ckpt.image.v1.MountFile
+	(FileLock_Kind)(0),     // 1: ckpt.image.v1.FileLock.Kind
+	(Namespace_Kind)(0),    // 2: ckpt.image.v1.Namespace.Kind
+	(Mount_Kind)(0),        // 3: ckpt.image.v1.Mount.Kind
+	(*Header)(nil),         // 4: ckpt.image.v1.Header
+	(*File)(nil),           // 5: ckpt.image.v1.File
+	(*FileLock)(nil),       // 6: ckpt.image.v1.FileLock
+	(*Socket)(nil),         // 7: ckpt.image.v1.Socket
+	(*InetSocket)(nil),     // 8: ckpt.image.v1.InetSocket
+	(*TcpConnection)(nil),  // 9: ckpt.image.v1.TcpConnection
+	(*InotifyWatch)(nil),   // 10: ckpt.image.v1.InotifyWatch
+	(*EpollItem)(nil),      // 11: ckpt.image.v1.EpollItem
+	(*Vma)(nil),            // 12: ckpt.image.v1.Vma
+	(*Mm)(nil),             // 13: ckpt.image.v1.Mm
+	(*Sigaction)(nil),      // 14: ckpt.image.v1.Sigaction
+	(*Itimer)(nil),         // 15: ckpt.image.v1.Itimer
+	(*PosixTimer)(nil),     // 16: ckpt.image.v1.PosixTimer
+	(*Rlimit)(nil),         // 17: ckpt.image.v1.Rlimit
+	(*SyscallRestart)(nil), // 18: ckpt.image.v1.SyscallRestart
+	(*Thread)(nil),         // 19: ckpt.image.v1.Thread
+	(*Sched)(nil),          // 20: ckpt.image.v1.Sched
+	(*Fd)(nil),             // 21: ckpt.image.v1.Fd
+	(*Creds)(nil),          // 22: ckpt.image.v1.Creds
+	(*Process)(nil),        // 23: ckpt.image.v1.Process
+	(*PageRun)(nil),        // 24: ckpt.image.v1.PageRun
+	(*PageMap)(nil),        // 25: ckpt.image.v1.PageMap
+	(*Error)(nil),          // 26: ckpt.image.v1.Error
+	(*Tail)(nil),           // 27: ckpt.image.v1.Tail
+	(*NsIds)(nil),          // 28: ckpt.image.v1.NsIds
+	(*Namespace)(nil),      // 29: ckpt.image.v1.Namespace
+	(*Leak)(nil),           // 30: ckpt.image.v1.Leak
+	(*Leaks)(nil),          // 31: ckpt.image.v1.Leaks
+	(*IpcPerm)(nil),        // 32: ckpt.image.v1.IpcPerm
+	(*ShmSegment)(nil),     // 33: ckpt.image.v1.ShmSegment
+	(*MsgQueue)(nil),       // 34: ckpt.image.v1.MsgQueue
+	(*Msg)(nil),            // 35: ckpt.image.v1.Msg
+	(*SemSet)(nil),         // 36: ckpt.image.v1.SemSet
+	(*SemUndo)(nil),        // 37: ckpt.image.v1.SemUndo
+	(*SemAdj)(nil),         // 38: ckpt.image.v1.SemAdj
+	(*IpcSysctl)(nil),      // 39: ckpt.image.v1.IpcSysctl
+	(*IpcNamespace)(nil),   // 40: ckpt.image.v1.IpcNamespace
+	(*NetNamespace)(nil),   // 41: ckpt.image.v1.NetNamespace
+	(*NetLink)(nil),        // 42: ckpt.image.v1.NetLink
+	(*NetAddr)(nil),        // 43: ckpt.image.v1.NetAddr
+	(*NetRoute)(nil),       // 44: ckpt.image.v1.NetRoute
+	(*NetMetric)(nil),      // 45: ckpt.image.v1.NetMetric
+	(*NetSysctl)(nil),      // 46: ckpt.image.v1.NetSysctl
+	(*MountNamespace)(nil), // 47: ckpt.image.v1.MountNamespace
+	(*Mount)(nil),          // 48: ckpt.image.v1.Mount
+	(*MountFile)(nil),      // 49: ckpt.image.v1.MountFile
 }
 var file_image_pb_image_proto_depIdxs = []int32{
-	26, // 0: ckpt.image.v1.Header.outer_ns:type_name -> ckpt.image.v1.NsIds
+	28, // 0: ckpt.image.v1.Header.outer_ns:type_name -> ckpt.image.v1.NsIds
 	0,  // 1: ckpt.image.v1.File.kind:type_name -> ckpt.image.v1.File.Kind
-	9,  // 2: ckpt.image.v1.File.epoll_items:type_name -> ckpt.image.v1.EpollItem
-	8,  // 3: ckpt.image.v1.File.inotify_watches:type_name -> ckpt.image.v1.InotifyWatch
-	5,  // 4: ckpt.image.v1.File.socket:type_name -> ckpt.image.v1.Socket
-	6,  // 5: ckpt.image.v1.Socket.inet:type_name -> ckpt.image.v1.InetSocket
-	7,  // 6: ckpt.image.v1.InetSocket.tcp:type_name -> ckpt.image.v1.TcpConnection
-	10, // 7: ckpt.image.v1.Mm.vmas:type_name -> ckpt.image.v1.Vma
-	16, // 8: ckpt.image.v1.Thread.restart:type_name -> ckpt.image.v1.SyscallRestart
-	18, // 9: ckpt.image.v1.Thread.sched:type_name -> ckpt.image.v1.Sched
-	19, // 10: ckpt.image.v1.Process.fds:type_name -> ckpt.image.v1.Fd
-	12, // 11: ckpt.image.v1.Process.sigactions:type_name -> ckpt.image.v1.Sigaction
-	13, // 12: ckpt.image.v1.Process.itimers:type_name -> ckpt.image.v1.Itimer
-	15, // 13: ckpt.image.v1.Process.rlimits:type_name -> ckpt.image.v1.Rlimit
-	17, // 14: ckpt.image.v1.Process.threads:type_name -> ckpt.image.v1.Thread
-	20, // 15: ckpt.image.v1.Process.creds:type_name -> ckpt.image.v1.Creds
-	14, // 16: ckpt.image.v1.Process.posix_timers:type_name -> ckpt.image.v1.PosixTimer
-	26, // 17: ckpt.image.v1.Process.ns:type_name -> ckpt.image.v1.NsIds
-	22, // 18: ckpt.image.v1.PageMap.runs:type_name -> ckpt.image.v1.PageRun
-	1,  // 19: ckpt.image.v1.Namespace.kind:type_name -> ckpt.image.v1.Namespace.Kind
-	28, // 20: ckpt.image.v1.Leaks.leaks:type_name -> ckpt.image.v1.Leak
-	30, // 21: ckpt.image.v1.ShmSegment.perm:type_name -> ckpt.image.v1.IpcPerm
-	30, // 22: ckpt.image.v1.MsgQueue.perm:type_name -> ckpt.image.v1.IpcPerm
-	33, // 23: ckpt.image.v1.MsgQueue.messages:type_name -> ckpt.image.v1.Msg
-	30, // 24: ckpt.image.v1.SemSet.perm:type_name -> ckpt.image.v1.IpcPerm
-	36, // 25: ckpt.image.v1.SemUndo.adj:type_name -> ckpt.image.v1.SemAdj
-	31, // 26: ckpt.image.v1.IpcNamespace.shm:type_name -> ckpt.image.v1.ShmSegment
-	32, // 27: ckpt.image.v1.IpcNamespace.msg:type_name -> ckpt.image.v1.MsgQueue
-	34, // 28: ckpt.image.v1.IpcNamespace.sem:type_name -> ckpt.image.v1.SemSet
-	37, // 29: ckpt.image.v1.IpcNamespace.sysctls:type_name -> ckpt.image.v1.IpcSysctl
-	35, // 30: ckpt.image.v1.IpcNamespace.undo:type_name -> ckpt.image.v1.SemUndo
-	40, // 31: ckpt.image.v1.NetNamespace.links:type_name -> ckpt.image.v1.NetLink
-	41, // 32: ckpt.image.v1.NetNamespace.addrs:type_name -> ckpt.image.v1.NetAddr
-	42, // 33: ckpt.image.v1.NetNamespace.routes:type_name -> ckpt.image.v1.NetRoute
-	44, // 34: ckpt.image.v1.NetNamespace.sysctls:type_name -> ckpt.image.v1.NetSysctl
-	43, // 35: ckpt.image.v1.NetRoute.metrics:type_name -> ckpt.image.v1.NetMetric
-	46, // 36: ckpt.image.v1.MountNamespace.mounts:type_name -> ckpt.image.v1.Mount
-	2,  // 37: ckpt.image.v1.Mount.kind:type_name -> ckpt.image.v1.Mount.Kind
-	38, // [38:38] is the sub-list for method output_type
-	38, // [38:38] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	11, // 2: ckpt.image.v1.File.epoll_items:type_name -> ckpt.image.v1.EpollItem
+	10, // 3: ckpt.image.v1.File.inotify_watches:type_name -> ckpt.image.v1.InotifyWatch
+	7,  // 4: ckpt.image.v1.File.socket:type_name -> ckpt.image.v1.Socket
+	6,  // 5: ckpt.image.v1.File.locks:type_name -> ckpt.image.v1.FileLock
+	1,  // 6: ckpt.image.v1.FileLock.kind:type_name -> ckpt.image.v1.FileLock.Kind
+	8,  // 7: ckpt.image.v1.Socket.inet:type_name -> ckpt.image.v1.InetSocket
+	9,  // 8: ckpt.image.v1.InetSocket.tcp:type_name -> ckpt.image.v1.TcpConnection
+	12, // 9: ckpt.image.v1.Mm.vmas:type_name -> ckpt.image.v1.Vma
+	18, // 10: ckpt.image.v1.Thread.restart:type_name -> ckpt.image.v1.SyscallRestart
+	20, // 11: ckpt.image.v1.Thread.sched:type_name -> ckpt.image.v1.Sched
+	21, // 12: ckpt.image.v1.Process.fds:type_name -> ckpt.image.v1.Fd
+	14, // 13: ckpt.image.v1.Process.sigactions:type_name -> ckpt.image.v1.Sigaction
+	15, // 14: ckpt.image.v1.Process.itimers:type_name -> ckpt.image.v1.Itimer
+	17, // 15: ckpt.image.v1.Process.rlimits:type_name -> ckpt.image.v1.Rlimit
+	19, // 16: ckpt.image.v1.Process.threads:type_name -> ckpt.image.v1.Thread
+	22, // 17: ckpt.image.v1.Process.creds:type_name -> ckpt.image.v1.Creds
+	16, // 18: ckpt.image.v1.Process.posix_timers:type_name -> ckpt.image.v1.PosixTimer
+	6,  // 19: ckpt.image.v1.Process.posix_locks:type_name -> ckpt.image.v1.FileLock
+	28, // 20: ckpt.image.v1.Process.ns:type_name -> ckpt.image.v1.NsIds
+	24, // 21: ckpt.image.v1.PageMap.runs:type_name -> ckpt.image.v1.PageRun
+	2,  // 22: ckpt.image.v1.Namespace.kind:type_name -> ckpt.image.v1.Namespace.Kind
+	30, // 23: ckpt.image.v1.Leaks.leaks:type_name -> ckpt.image.v1.Leak
+	32, // 24: ckpt.image.v1.ShmSegment.perm:type_name -> ckpt.image.v1.IpcPerm
+	32, // 25: ckpt.image.v1.MsgQueue.perm:type_name -> ckpt.image.v1.IpcPerm
+	35, // 26: ckpt.image.v1.MsgQueue.messages:type_name -> ckpt.image.v1.Msg
+	32, // 27: ckpt.image.v1.SemSet.perm:type_name -> ckpt.image.v1.IpcPerm
+	38, // 28: ckpt.image.v1.SemUndo.adj:type_name -> ckpt.image.v1.SemAdj
+	33, // 29: ckpt.image.v1.IpcNamespace.shm:type_name -> ckpt.image.v1.ShmSegment
+	34, // 30: ckpt.image.v1.IpcNamespace.msg:type_name -> ckpt.image.v1.MsgQueue
+	36, // 31: ckpt.image.v1.IpcNamespace.sem:type_name -> ckpt.image.v1.SemSet
+	39, // 32: ckpt.image.v1.IpcNamespace.sysctls:type_name -> ckpt.image.v1.IpcSysctl
+	37, // 33: ckpt.image.v1.IpcNamespace.undo:type_name -> ckpt.image.v1.SemUndo
+	42, // 34: ckpt.image.v1.NetNamespace.links:type_name -> ckpt.image.v1.NetLink
+	43, // 35: ckpt.image.v1.NetNamespace.addrs:type_name -> ckpt.image.v1.NetAddr
+	44, // 36: ckpt.image.v1.NetNamespace.routes:type_name -> ckpt.image.v1.NetRoute
+	46, // 37: ckpt.image.v1.NetNamespace.sysctls:type_name -> ckpt.image.v1.NetSysctl
+	45, // 38: ckpt.image.v1.NetRoute.metrics:type_name -> ckpt.image.v1.NetMetric
+	48, // 39: ckpt.image.v1.MountNamespace.mounts:type_name -> ckpt.image.v1.Mount
+	3,  // 40: ckpt.image.v1.Mount.kind:type_name -> ckpt.image.v1.Mount.Kind
+	41, // [41:41] is the sub-list for method output_type
+	41, // [41:41] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_image_pb_image_proto_init() }
@@ -5883,17 +6050,17 @@ func file_image_pb_image_proto_init() {
 	if File_image_pb_image_proto != nil {
 		return
 	}
-	file_image_pb_image_proto_msgTypes[3].OneofWrappers = []any{}
-	file_image_pb_image_proto_msgTypes[8].OneofWrappers = []any{}
-	file_image_pb_image_proto_msgTypes[14].OneofWrappers = []any{}
-	file_image_pb_image_proto_msgTypes[18].OneofWrappers = []any{}
+	file_image_pb_image_proto_msgTypes[4].OneofWrappers = []any{}
+	file_image_pb_image_proto_msgTypes[9].OneofWrappers = []any{}
+	file_image_pb_image_proto_msgTypes[15].OneofWrappers = []any{}
+	file_image_pb_image_proto_msgTypes[19].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_image_pb_image_proto_rawDesc), len(file_image_pb_image_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   45,
+			NumEnums:      4,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

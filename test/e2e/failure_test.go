@@ -166,6 +166,51 @@ func TestRestartFailureLeavesNothing(t *testing.T) {
 	p.verifyExit(r.exit, true, 10*time.Second)
 }
 
+// TestRestartLockTaken takes, between checkpoint and restart, a lock the
+// checkpointed process held: the restart must fail naming the file and
+// what to do, leave nothing behind, and work once the lock is free.
+func TestRestartLockTaken(t *testing.T) {
+	p := startWorkload(t, compile(t, "locks"))
+	time.Sleep(20 * time.Millisecond)
+	img := filepath.Join(p.dir, "img")
+	if out, err := ckpt(nil, "checkpoint", "--kill", "-o", img, itoa(p.pid)); err != nil {
+		t.Fatalf("checkpoint: %v\n%s", err, out)
+	}
+	p.exit.wait(10 * time.Second)
+	for _, tc := range []struct {
+		name, file, want string
+		take             func(fd int) error
+	}{
+		{"flock", "flock-sh", "take back the flock read lock on", func(fd int) error { return syscall.Flock(fd, syscall.LOCK_EX) }},
+		{"posix", "posix", "take back the POSIX write lock on bytes 10-29 on", func(fd int) error {
+			return syscall.FcntlFlock(uintptr(fd), syscall.F_SETLK, &syscall.Flock_t{Type: syscall.F_WRLCK, Start: 15, Len: 1})
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := os.OpenFile(filepath.Join(p.dir, tc.file), os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.take(int(f.Fd())); err != nil {
+				t.Fatal(err)
+			}
+			out, err := ckpt(nil, "restart", img)
+			f.Close() // and the lock with it
+			if err == nil {
+				t.Fatalf("restart succeeded while the lock was taken:\n%s", out)
+			}
+			if !strings.Contains(out, tc.want) || !strings.Contains(out, "another process holds a conflicting lock") {
+				t.Errorf("error does not name the lock and what to do:\n%s", out)
+			}
+			if !waitPidGone(p.pid, 5*time.Second) {
+				t.Fatalf("pid %d still exists after the failed restart", p.pid)
+			}
+		})
+	}
+	r := p.restart(img)
+	p.verifyExit(r.exit, true, 10*time.Second)
+}
+
 // TestRefusesUnsupported checks that processes ckpt cannot handle yet are
 // refused before anything is touched, with the object named.
 func TestRefusesUnsupported(t *testing.T) {
@@ -183,6 +228,13 @@ func TestRefusesUnsupported(t *testing.T) {
 		{"deleted-large", func() *exec.Cmd {
 			return exec.Command("python3", "-c", "import os,time\nf=open('/tmp/ckpt-e2e-deleted','w')\nf.truncate(40<<20)\nos.unlink('/tmp/ckpt-e2e-deleted')\nprint('READY', flush=True)\ntime.sleep(100)")
 		}, "is the deleted file /tmp/ckpt-e2e-deleted of 40 MiB"},
+		{"file-lease", func() *exec.Cmd {
+			f := filepath.Join(t.TempDir(), "leased")
+			if err := os.WriteFile(f, []byte("x"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return exec.Command("python3", "-c", "import fcntl,sys,time\nf=open(sys.argv[1])\nfcntl.fcntl(f, fcntl.F_SETLEASE, fcntl.F_RDLCK)\nprint('READY', flush=True)\ntime.sleep(100)", f)
+		}, "holds a file lease (F_SETLEASE)"},
 		{"netlink-socket", func() *exec.Cmd {
 			return exec.Command("python3", "-c", "import socket,time\ns=socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)\nprint('READY', flush=True)\ntime.sleep(100)")
 		}, "is a netlink socket"},
