@@ -22,6 +22,7 @@ func TestUnprivileged(t *testing.T) {
 	for _, w := range []workload{
 		{name: "busy", argv: cWorkload("busy"), signal: true, settle: 100 * time.Millisecond},
 		{name: "files", argv: cWorkload("files"), signal: true, settle: 50 * time.Millisecond},
+		{name: "file-locks", argv: cWorkload("locks"), signal: true, settle: 20 * time.Millisecond},
 		{name: "tree", argv: cWorkload("tree"), signal: true, settle: 50 * time.Millisecond},
 		// pidfd_getfd and sock_diag as the sockets' owner; no SO_*BUFFORCE.
 		{name: "sockets", argv: cWorkload("sockets"), signal: true, settle: 20 * time.Millisecond},

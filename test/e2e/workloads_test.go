@@ -259,6 +259,8 @@ exec "$0" "$(hostname)" 0 "awk '{print \$5, \$6, \$9, \$10}' /proc/self/mountinf
 		// A timer notifies a thread by its TID, which the image keeps as
 		// seen inside.
 		{name: "posix-timers", argv: cWorkload("posixtimer"), signal: true, settle: 50 * time.Millisecond, container: []string{"--pid"}},
+		// POSIX locks name their owner by its PID inside.
+		{name: "file-locks", argv: cWorkload("locks"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid"}},
 		// In a network namespace of its own: sock_diag is asked from there.
 		{name: "sockets", argv: cWorkload("sockets"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--net"}},
 		// Ports of its own namespace, bound again there.
