@@ -14,10 +14,13 @@
  *    descriptor of the file, opened apart, holds none;
  *  - "ofd": open file description locks, a write lock on bytes 0-4 and a
  *    read lock on bytes 50-59;
- *  - the directory itself: an exclusive flock.
- * After the checkpoint a child (another process, with descriptors of its
- * own) checks each lock from outside: what conflicts and what does not,
- * and that the POSIX locks are its parent's.
+ *  - the directory itself: an exclusive flock;
+ *  - a child waits (blocked in flock, then in F_SETLKW) for the flock on
+ *    "flock-ex" and for the POSIX write lock on "posix".
+ * After the checkpoint another child (another process, with descriptors
+ * of its own) checks each lock from outside: what conflicts and what does
+ * not, and that the POSIX locks are its parent's. Then the parent lets
+ * go of the two locks the waiter waits for, which must get each in turn.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -34,6 +37,7 @@
 
 static volatile sig_atomic_t got_usr2;
 static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
+static void on_alarm(int sig) { (void)sig; }
 
 static int open_or_die(const char *path, int flags)
 {
@@ -113,8 +117,8 @@ int main(void)
 	if (sigaction(SIGUSR2, &sa, NULL))
 		die("sigaction");
 
-	int ex = open_or_die("flock-ex", O_RDWR | O_CREAT);
-	if (flock(ex, LOCK_EX) || dup(ex) < 0)
+	int ex = open_or_die("flock-ex", O_RDWR | O_CREAT), ex2;
+	if (flock(ex, LOCK_EX) || (ex2 = dup(ex)) < 0)
 		die("flock-ex");
 	int sh = open_or_die("flock-sh", O_RDWR | O_CREAT);
 	if (flock(sh, LOCK_SH))
@@ -129,6 +133,28 @@ int main(void)
 	int o = open_or_die("ofd", O_RDWR | O_CREAT);
 	setlk(o, F_OFD_SETLK, F_WRLCK, 0, 5);
 	setlk(o, F_OFD_SETLK, F_RDLCK, 50, 10);
+
+	int wpipe[2];
+	if (pipe(wpipe))
+		die("pipe");
+	pid_t waiter = fork();
+	if (waiter < 0)
+		die("fork");
+	if (waiter == 0) {
+		/* Its copies of the flock's description would keep it locked. */
+		close(ex);
+		close(ex2);
+		close(wpipe[0]);
+		int w = open_or_die("flock-ex", O_RDWR);
+		if (flock(w, LOCK_EX) || write(wpipe[1], "F", 1) != 1)
+			_exit(1);
+		int wp = open_or_die("posix", O_RDWR);
+		struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 10, .l_len = 20};
+		if (fcntl(wp, F_SETLKW, &fl) || write(wpipe[1], "P", 1) != 1)
+			_exit(1);
+		_exit(0);
+	}
+	close(wpipe[1]);
 
 	printf("READY\n");
 	while (!got_usr2)
@@ -155,5 +181,24 @@ int main(void)
 	waitpid(child, NULL, 0);
 	if (got)
 		fail("%s", buf);
+
+	/* The waiter gets the flock once both descriptors of its description
+	 * are closed, then the POSIX lock once it is let go. */
+	char c;
+	close(ex);
+	close(ex2);
+	sa.sa_handler = on_alarm; /* without SA_RESTART: read fails with EINTR */
+	if (sigaction(SIGALRM, &sa, NULL))
+		die("sigaction");
+	alarm(5);
+	if (read(wpipe[0], &c, 1) != 1 || c != 'F')
+		fail("the waiter did not get the flock on flock-ex once it was free");
+	setlk(p, F_SETLK, F_UNLCK, 10, 20);
+	if (read(wpipe[0], &c, 1) != 1 || c != 'P')
+		fail("the waiter did not get the POSIX lock on posix once it was free");
+	alarm(0);
+	int st;
+	if (waitpid(waiter, &st, 0) != waiter || !WIFEXITED(st) || WEXITSTATUS(st))
+		fail("the waiter ended with status %#x", st);
 	return report();
 }
