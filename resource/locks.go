@@ -93,7 +93,8 @@ func flockOf(l *pb.FileLock) unix.Flock_t {
 	return unix.Flock_t{Type: typ, Whence: unix.SEEK_SET, Start: int64(l.Start), Len: int64(l.Len)}
 }
 
-// DescribeLock names l for messages and inspect: "write lock on bytes 10-29".
+// DescribeLock names l for messages and inspect: "POSIX write lock on
+// bytes 10-29", "flock read lock".
 func DescribeLock(l *pb.FileLock) string {
 	kind := map[pb.FileLock_Kind]string{pb.FileLock_POSIX: "POSIX", pb.FileLock_FLOCK: "flock", pb.FileLock_OFD: "OFD"}[l.Kind]
 	mode := "read"
