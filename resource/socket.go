@@ -370,6 +370,10 @@ func readSockOpts(sfd int, s *pb.Socket, what string) error {
 		}
 		*o.v = uint32(v)
 	}
+	if v, err := unix.GetsockoptInt(sfd, unix.SOL_SOCKET, unix.SO_BUF_LOCK); err == nil {
+		lock := uint32(v)
+		s.BufLock = &lock
+	}
 	for _, o := range []struct {
 		opt int
 		v   *int64
@@ -806,6 +810,13 @@ func setSockOpts(fd int, rec *pb.File) error {
 			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, o.opt, int(o.v/2)); err != nil {
 				return fmt.Errorf("size %s to %d bytes: %w", what, o.v, err)
 			}
+		}
+	}
+	// Setting a size locks it; a size the kernel was tuning goes on being
+	// tuned (TCP's buffers grow with the traffic), from where it was.
+	if s.BufLock != nil {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BUF_LOCK, int(*s.BufLock&3)); err != nil {
+			return fmt.Errorf("%s: SO_BUF_LOCK %d: %w", what, *s.BufLock, err)
 		}
 	}
 	if s.Passcred {

@@ -857,12 +857,17 @@ type Socket struct {
 	// or a NUL and an abstract name. A bound socket is not connected; its
 	// queue (a datagram socket's) was sent to it by others. name_mode,
 	// name_uid and name_gid are the socket file's (a path).
-	Name          []byte `protobuf:"bytes,15,opt,name=name,proto3" json:"name,omitempty"`
-	Listening     bool   `protobuf:"varint,16,opt,name=listening,proto3" json:"listening,omitempty"`
-	Backlog       uint32 `protobuf:"varint,17,opt,name=backlog,proto3" json:"backlog,omitempty"`
-	NameMode      uint32 `protobuf:"varint,18,opt,name=name_mode,json=nameMode,proto3" json:"name_mode,omitempty"`
-	NameUid       uint32 `protobuf:"varint,19,opt,name=name_uid,json=nameUid,proto3" json:"name_uid,omitempty"`
-	NameGid       uint32 `protobuf:"varint,20,opt,name=name_gid,json=nameGid,proto3" json:"name_gid,omitempty"`
+	Name      []byte `protobuf:"bytes,15,opt,name=name,proto3" json:"name,omitempty"`
+	Listening bool   `protobuf:"varint,16,opt,name=listening,proto3" json:"listening,omitempty"`
+	Backlog   uint32 `protobuf:"varint,17,opt,name=backlog,proto3" json:"backlog,omitempty"`
+	NameMode  uint32 `protobuf:"varint,18,opt,name=name_mode,json=nameMode,proto3" json:"name_mode,omitempty"`
+	NameUid   uint32 `protobuf:"varint,19,opt,name=name_uid,json=nameUid,proto3" json:"name_uid,omitempty"`
+	NameGid   uint32 `protobuf:"varint,20,opt,name=name_gid,json=nameGid,proto3" json:"name_gid,omitempty"`
+	// buf_lock is SO_BUF_LOCK (Linux 5.14): which buffer sizes the program
+	// set itself (1 send, 2 receive); the kernel tunes the others as the
+	// traffic needs. Absent in older images and from older kernels: both
+	// sizes stay as the restart sets them.
+	BufLock       *uint32 `protobuf:"varint,21,opt,name=buf_lock,json=bufLock,proto3,oneof" json:"buf_lock,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1033,6 +1038,13 @@ func (x *Socket) GetNameUid() uint32 {
 func (x *Socket) GetNameGid() uint32 {
 	if x != nil {
 		return x.NameGid
+	}
+	return 0
+}
+
+func (x *Socket) GetBufLock() uint32 {
+	if x != nil && x.BufLock != nil {
+		return *x.BufLock
 	}
 	return 0
 }
@@ -5464,7 +5476,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x04Kind\x12\t\n" +
 	"\x05POSIX\x10\x00\x12\t\n" +
 	"\x05FLOCK\x10\x01\x12\a\n" +
-	"\x03OFD\x10\x02\"\xa8\x04\n" +
+	"\x03OFD\x10\x02\"\xd5\x04\n" +
 	"\x06Socket\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\rR\x04type\x12\x10\n" +
 	"\x03ino\x18\x02 \x01(\x04R\x03ino\x12\x19\n" +
@@ -5488,7 +5500,9 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\abacklog\x18\x11 \x01(\rR\abacklog\x12\x1b\n" +
 	"\tname_mode\x18\x12 \x01(\rR\bnameMode\x12\x19\n" +
 	"\bname_uid\x18\x13 \x01(\rR\anameUid\x12\x19\n" +
-	"\bname_gid\x18\x14 \x01(\rR\anameGid\"\xc4\x05\n" +
+	"\bname_gid\x18\x14 \x01(\rR\anameGid\x12\x1e\n" +
+	"\bbuf_lock\x18\x15 \x01(\rH\x00R\abufLock\x88\x01\x01B\v\n" +
+	"\t_buf_lock\"\xc4\x05\n" +
 	"\n" +
 	"InetSocket\x12\x1a\n" +
 	"\bprotocol\x18\x01 \x01(\rR\bprotocol\x12\x12\n" +
@@ -6050,6 +6064,7 @@ func file_image_pb_image_proto_init() {
 	if File_image_pb_image_proto != nil {
 		return
 	}
+	file_image_pb_image_proto_msgTypes[3].OneofWrappers = []any{}
 	file_image_pb_image_proto_msgTypes[4].OneofWrappers = []any{}
 	file_image_pb_image_proto_msgTypes[9].OneofWrappers = []any{}
 	file_image_pb_image_proto_msgTypes[15].OneofWrappers = []any{}

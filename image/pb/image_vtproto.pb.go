@@ -478,6 +478,13 @@ func (m *Socket) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.BufLock != nil {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(*m.BufLock))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xa8
+	}
 	if m.NameGid != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.NameGid))
 		i--
@@ -4500,6 +4507,9 @@ func (m *Socket) SizeVT() (n int) {
 	if m.NameGid != 0 {
 		n += 2 + protohelpers.SizeOfVarint(uint64(m.NameGid))
 	}
+	if m.BufLock != nil {
+		n += 2 + protohelpers.SizeOfVarint(uint64(*m.BufLock))
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -7724,6 +7734,26 @@ func (m *Socket) UnmarshalVT(dAtA []byte) error {
 					break
 				}
 			}
+		case 21:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field BufLock", wireType)
+			}
+			var v uint32
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.BufLock = &v
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])

@@ -12,9 +12,12 @@
  *    queue, some in the child's send queue, sent or not;
  *  - the root sends "hello child" on the accepted connection;
  *  - a second connection within the root, IPv6 ([::1]), with 1000 bytes
- *    waiting at the accepting end.
+ *    waiting at the accepting end; the connecting end's receive buffer
+ *    size set by the program (SO_BUF_LOCK 2), the other sizes left to the
+ *    kernel's tuning (SO_BUF_LOCK 0).
  * After the checkpoint every byte must arrive once and in order, both
- * ways, and each connection must close cleanly (end of file at the peer).
+ * ways, and each connection must close cleanly (end of file at the peer);
+ * the sizes the kernel tuned are still its to tune.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -32,6 +35,10 @@
 #include <unistd.h>
 
 #include "report.h"
+
+#ifndef SO_BUF_LOCK
+#define SO_BUF_LOCK 72
+#endif
 
 #define BIG (3 << 20)
 static unsigned char pattern(size_t i) { return (unsigned char)(i * 13 + i / 4093); }
@@ -139,8 +146,8 @@ int main(void)
 	socklen_t s6l = sizeof(s6);
 	if (l6 < 0 || bind(l6, (struct sockaddr *)&s6, sizeof(s6)) || listen(l6, 1) || getsockname(l6, (struct sockaddr *)&s6, &s6l))
 		die("listen on [::1]");
-	int c6 = socket(AF_INET6, SOCK_STREAM, 0);
-	if (c6 < 0 || connect(c6, (struct sockaddr *)&s6, sizeof(s6)))
+	int c6 = socket(AF_INET6, SOCK_STREAM, 0), rcv = 65536;
+	if (c6 < 0 || setsockopt(c6, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv)) || connect(c6, (struct sockaddr *)&s6, sizeof(s6)))
 		die("connect to [::1]");
 	int a6 = accept(l6, NULL, NULL);
 	if (a6 < 0)
@@ -156,6 +163,17 @@ int main(void)
 	while (!got_usr2)
 		pause();
 	kill(kid, SIGUSR2);
+
+	struct {
+		const char *what;
+		int fd, want;
+	} locks[] = {{"accepted", a, 0}, {"[::1] accepted", a6, 0}, {"[::1] connecting", c6, 2}};
+	for (size_t i = 0; i < sizeof(locks) / sizeof(locks[0]); i++) {
+		int v = -1;
+		socklen_t vl = sizeof(v);
+		if (getsockopt(locks[i].fd, SOL_SOCKET, SO_BUF_LOCK, &v, &vl) == 0 && v != locks[i].want)
+			fail("%s: SO_BUF_LOCK %d, want %d", locks[i].what, v, locks[i].want);
+	}
 
 	static unsigned char buf[BIG];
 	size_t n = read_n(a, buf, BIG);
