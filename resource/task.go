@@ -56,6 +56,14 @@ func DumpTask(pid int, p *pb.Process) error {
 	for _, g := range groups {
 		c.Groups = append(c.Groups, uint32(g))
 	}
+	if c.Caps, err = readCaps(st); err != nil {
+		return fmt.Errorf("process %d: %w", pid, err)
+	}
+	// Threads may each have sets of their own (capset acts on one); the
+	// image keeps one copy, so they must agree.
+	if err := checkThreadCaps(pid, st["Threads"], c.Caps); err != nil {
+		return err
+	}
 	p.Creds = c
 	p.NoNewPrivs = st["NoNewPrivs"] == "1"
 	p.ThpDisabled = st["THP_enabled"] == "0"
@@ -220,7 +228,7 @@ func RestoreDumpable(t *Target, p *pb.Process) error {
 
 // RestoreCreds gives the stub the process's credentials. It comes after
 // everything that needs ckpt's privileges.
-func RestoreCreds(t *Target, c *pb.Creds) error {
+func RestoreCreds(t *Target, c *pb.Creds, cur *pb.Caps) error {
 	if c == nil {
 		return nil
 	}
@@ -228,17 +236,41 @@ func RestoreCreds(t *Target, c *pb.Creds) error {
 	for i, g := range c.Groups {
 		groups[4*i], groups[4*i+1], groups[4*i+2], groups[4*i+3] = byte(g), byte(g>>8), byte(g>>16), byte(g>>24)
 	}
+	d := &batchData{t: t}
 	var addr uint64
 	if len(groups) > 0 {
 		var err error
-		if addr, err = (&batchData{t: t}).put(groups); err != nil {
+		if addr, err = d.put(groups); err != nil {
 			return err
 		}
 	}
 	calls := append([]Call{{Nr: unix.SYS_SETGROUPS, Args: []uint64{uint64(len(c.Groups)), addr},
 		Err: func(err error) error { return fmt.Errorf("set groups: %w", err) }}}, idCalls(c)...)
-	_, err := t.Batch(calls)
+	calls, err := capsCalls(cur, c.Caps, rootnessOf(c), calls, d)
+	if err != nil {
+		return err
+	}
+	_, err = t.Batch(calls)
 	return err
+}
+
+// ReadSelfCaps reads ckpt's capability sets, which the stubs it starts
+// inherit.
+func ReadSelfCaps() (*pb.Caps, error) {
+	st, err := proc.ReadStatus(os.Getpid())
+	if err != nil {
+		return nil, err
+	}
+	return readCaps(st)
+}
+
+// CheckUnprivCaps refuses, for a restart that gives every process no
+// capabilities, an image whose process c had some.
+func CheckUnprivCaps(pid uint32, c *pb.Creds) error {
+	if c == nil || c.Caps == nil || plainCaps(c.Caps, false) {
+		return nil
+	}
+	return fmt.Errorf("process %d had capabilities (CapEff %016x, CapPrm %016x), which a restart as a user cannot give; restart as root", pid, c.Caps.Effective, c.Caps.Permitted)
 }
 
 // RestoreIDs sets the uids and gids of c but not the supplementary groups:
@@ -383,6 +415,9 @@ func PreflightTask(pid int, ns *pb.NsIds, self *Self) error {
 				bnd = fmt.Sprintf("%016x", uint64(1)<<(last+1)-1)
 			}
 		}
+	}
+	if ns.User == self.Ns.User {
+		return nil // the sets are restored (see caps.go)
 	}
 	for _, k := range []string{"CapPrm", "CapEff", "CapInh", "CapAmb", "CapBnd"} {
 		want := "0000000000000000"

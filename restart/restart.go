@@ -58,6 +58,9 @@ type Options struct {
 
 	// user is the state of an unprivileged restart (nil for root).
 	user *userNS
+	// selfCaps are ckpt's capability sets, which its stubs inherit: read
+	// at the first process whose image records its own.
+	selfCaps *pb.Caps
 	// cpus, if set, is the CPU set ckpt's tracing thread had before it was
 	// bound to one CPU. The stubs inherit the binding; before they run,
 	// restored threads get their recorded set back, or cpus when the image
@@ -974,7 +977,12 @@ func finish(opts *Options, tk *task, files *resource.OpenFiles) error {
 		if opts.user != nil {
 			err = restoreUserCreds(targets[i], p.Creds)
 		} else {
-			err = resource.RestoreCreds(targets[i], p.Creds)
+			if opts.selfCaps == nil && p.Creds != nil && p.Creds.Caps != nil {
+				if opts.selfCaps, err = resource.ReadSelfCaps(); err != nil {
+					return err
+				}
+			}
+			err = resource.RestoreCreds(targets[i], p.Creds, opts.selfCaps)
 		}
 		if err != nil {
 			return fmt.Errorf("thread %d: %w", th.Tid, err)

@@ -152,6 +152,9 @@ var capNone = func() []byte {
 // drops the capabilities it had as a stub: a process of a non-root user
 // has none (checkpoint refuses one that has others).
 func restoreUserCreds(t *resource.Target, c *pb.Creds) error {
+	if err := resource.CheckUnprivCaps(uint32(t.Pid), c); err != nil {
+		return err
+	}
 	if err := resource.RestoreIDs(t, c); err != nil {
 		return err
 	}

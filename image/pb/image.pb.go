@@ -230,7 +230,7 @@ func (x Namespace_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Namespace_Kind.Descriptor instead.
 func (Namespace_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{25, 0}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{26, 0}
 }
 
 // Kind says how restart re-creates the mount.
@@ -304,7 +304,7 @@ func (x Mount_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Mount_Kind.Descriptor instead.
 func (Mount_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{44, 0}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{45, 0}
 }
 
 // Header is the first record of every image.
@@ -2665,16 +2665,20 @@ func (x *Fd) GetCloexec() bool {
 }
 
 type Creds struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Uid           uint32                 `protobuf:"varint,1,opt,name=uid,proto3" json:"uid,omitempty"`
-	Euid          uint32                 `protobuf:"varint,2,opt,name=euid,proto3" json:"euid,omitempty"`
-	Suid          uint32                 `protobuf:"varint,3,opt,name=suid,proto3" json:"suid,omitempty"`
-	Fsuid         uint32                 `protobuf:"varint,4,opt,name=fsuid,proto3" json:"fsuid,omitempty"`
-	Gid           uint32                 `protobuf:"varint,5,opt,name=gid,proto3" json:"gid,omitempty"`
-	Egid          uint32                 `protobuf:"varint,6,opt,name=egid,proto3" json:"egid,omitempty"`
-	Sgid          uint32                 `protobuf:"varint,7,opt,name=sgid,proto3" json:"sgid,omitempty"`
-	Fsgid         uint32                 `protobuf:"varint,8,opt,name=fsgid,proto3" json:"fsgid,omitempty"`
-	Groups        []uint32               `protobuf:"varint,9,rep,packed,name=groups,proto3" json:"groups,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Uid    uint32                 `protobuf:"varint,1,opt,name=uid,proto3" json:"uid,omitempty"`
+	Euid   uint32                 `protobuf:"varint,2,opt,name=euid,proto3" json:"euid,omitempty"`
+	Suid   uint32                 `protobuf:"varint,3,opt,name=suid,proto3" json:"suid,omitempty"`
+	Fsuid  uint32                 `protobuf:"varint,4,opt,name=fsuid,proto3" json:"fsuid,omitempty"`
+	Gid    uint32                 `protobuf:"varint,5,opt,name=gid,proto3" json:"gid,omitempty"`
+	Egid   uint32                 `protobuf:"varint,6,opt,name=egid,proto3" json:"egid,omitempty"`
+	Sgid   uint32                 `protobuf:"varint,7,opt,name=sgid,proto3" json:"sgid,omitempty"`
+	Fsgid  uint32                 `protobuf:"varint,8,opt,name=fsgid,proto3" json:"fsgid,omitempty"`
+	Groups []uint32               `protobuf:"varint,9,rep,packed,name=groups,proto3" json:"groups,omitempty"`
+	// caps are the capability sets (of the main thread; the others must
+	// have the same). Absent in older images, which refused a process
+	// whose sets its credentials would not give again.
+	Caps          *Caps `protobuf:"bytes,10,opt,name=caps,proto3" json:"caps,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2772,6 +2776,90 @@ func (x *Creds) GetGroups() []uint32 {
 	return nil
 }
 
+func (x *Creds) GetCaps() *Caps {
+	if x != nil {
+		return x.Caps
+	}
+	return nil
+}
+
+// Caps are a thread's capability sets, bit n for capability n.
+type Caps struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Inheritable   uint64                 `protobuf:"varint,1,opt,name=inheritable,proto3" json:"inheritable,omitempty"`
+	Permitted     uint64                 `protobuf:"varint,2,opt,name=permitted,proto3" json:"permitted,omitempty"`
+	Effective     uint64                 `protobuf:"varint,3,opt,name=effective,proto3" json:"effective,omitempty"`
+	Bounding      uint64                 `protobuf:"varint,4,opt,name=bounding,proto3" json:"bounding,omitempty"`
+	Ambient       uint64                 `protobuf:"varint,5,opt,name=ambient,proto3" json:"ambient,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Caps) Reset() {
+	*x = Caps{}
+	mi := &file_image_pb_image_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Caps) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Caps) ProtoMessage() {}
+
+func (x *Caps) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Caps.ProtoReflect.Descriptor instead.
+func (*Caps) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *Caps) GetInheritable() uint64 {
+	if x != nil {
+		return x.Inheritable
+	}
+	return 0
+}
+
+func (x *Caps) GetPermitted() uint64 {
+	if x != nil {
+		return x.Permitted
+	}
+	return 0
+}
+
+func (x *Caps) GetEffective() uint64 {
+	if x != nil {
+		return x.Effective
+	}
+	return 0
+}
+
+func (x *Caps) GetBounding() uint64 {
+	if x != nil {
+		return x.Bounding
+	}
+	return 0
+}
+
+func (x *Caps) GetAmbient() uint64 {
+	if x != nil {
+		return x.Ambient
+	}
+	return 0
+}
+
 type Process struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Pid         uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
@@ -2837,7 +2925,7 @@ type Process struct {
 
 func (x *Process) Reset() {
 	*x = Process{}
-	mi := &file_image_pb_image_proto_msgTypes[19]
+	mi := &file_image_pb_image_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2849,7 +2937,7 @@ func (x *Process) String() string {
 func (*Process) ProtoMessage() {}
 
 func (x *Process) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[19]
+	mi := &file_image_pb_image_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2862,7 +2950,7 @@ func (x *Process) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Process.ProtoReflect.Descriptor instead.
 func (*Process) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{19}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Process) GetPid() uint32 {
@@ -3099,7 +3187,7 @@ type PageRun struct {
 
 func (x *PageRun) Reset() {
 	*x = PageRun{}
-	mi := &file_image_pb_image_proto_msgTypes[20]
+	mi := &file_image_pb_image_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3111,7 +3199,7 @@ func (x *PageRun) String() string {
 func (*PageRun) ProtoMessage() {}
 
 func (x *PageRun) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[20]
+	mi := &file_image_pb_image_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3124,7 +3212,7 @@ func (x *PageRun) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PageRun.ProtoReflect.Descriptor instead.
 func (*PageRun) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{20}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PageRun) GetAddr() uint64 {
@@ -3161,7 +3249,7 @@ type PageMap struct {
 
 func (x *PageMap) Reset() {
 	*x = PageMap{}
-	mi := &file_image_pb_image_proto_msgTypes[21]
+	mi := &file_image_pb_image_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3173,7 +3261,7 @@ func (x *PageMap) String() string {
 func (*PageMap) ProtoMessage() {}
 
 func (x *PageMap) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[21]
+	mi := &file_image_pb_image_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3186,7 +3274,7 @@ func (x *PageMap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PageMap.ProtoReflect.Descriptor instead.
 func (*PageMap) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{21}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PageMap) GetMmId() uint32 {
@@ -3235,7 +3323,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_image_pb_image_proto_msgTypes[22]
+	mi := &file_image_pb_image_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3247,7 +3335,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[22]
+	mi := &file_image_pb_image_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3260,7 +3348,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{22}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Error) GetMessage() string {
@@ -3286,7 +3374,7 @@ type Tail struct {
 
 func (x *Tail) Reset() {
 	*x = Tail{}
-	mi := &file_image_pb_image_proto_msgTypes[23]
+	mi := &file_image_pb_image_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3298,7 +3386,7 @@ func (x *Tail) String() string {
 func (*Tail) ProtoMessage() {}
 
 func (x *Tail) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[23]
+	mi := &file_image_pb_image_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3311,7 +3399,7 @@ func (x *Tail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tail.ProtoReflect.Descriptor instead.
 func (*Tail) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{23}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Tail) GetRecords() uint64 {
@@ -3368,7 +3456,7 @@ type NsIds struct {
 
 func (x *NsIds) Reset() {
 	*x = NsIds{}
-	mi := &file_image_pb_image_proto_msgTypes[24]
+	mi := &file_image_pb_image_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3380,7 +3468,7 @@ func (x *NsIds) String() string {
 func (*NsIds) ProtoMessage() {}
 
 func (x *NsIds) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[24]
+	mi := &file_image_pb_image_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3393,7 +3481,7 @@ func (x *NsIds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NsIds.ProtoReflect.Descriptor instead.
 func (*NsIds) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{24}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *NsIds) GetIpc() uint64 {
@@ -3471,7 +3559,7 @@ type Namespace struct {
 
 func (x *Namespace) Reset() {
 	*x = Namespace{}
-	mi := &file_image_pb_image_proto_msgTypes[25]
+	mi := &file_image_pb_image_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3483,7 +3571,7 @@ func (x *Namespace) String() string {
 func (*Namespace) ProtoMessage() {}
 
 func (x *Namespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[25]
+	mi := &file_image_pb_image_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3496,7 +3584,7 @@ func (x *Namespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Namespace.ProtoReflect.Descriptor instead.
 func (*Namespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{25}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Namespace) GetKind() Namespace_Kind {
@@ -3558,7 +3646,7 @@ type Leak struct {
 
 func (x *Leak) Reset() {
 	*x = Leak{}
-	mi := &file_image_pb_image_proto_msgTypes[26]
+	mi := &file_image_pb_image_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3570,7 +3658,7 @@ func (x *Leak) String() string {
 func (*Leak) ProtoMessage() {}
 
 func (x *Leak) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[26]
+	mi := &file_image_pb_image_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3583,7 +3671,7 @@ func (x *Leak) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Leak.ProtoReflect.Descriptor instead.
 func (*Leak) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{26}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Leak) GetPid() uint32 {
@@ -3623,7 +3711,7 @@ type Leaks struct {
 
 func (x *Leaks) Reset() {
 	*x = Leaks{}
-	mi := &file_image_pb_image_proto_msgTypes[27]
+	mi := &file_image_pb_image_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3635,7 +3723,7 @@ func (x *Leaks) String() string {
 func (*Leaks) ProtoMessage() {}
 
 func (x *Leaks) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[27]
+	mi := &file_image_pb_image_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3648,7 +3736,7 @@ func (x *Leaks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Leaks.ProtoReflect.Descriptor instead.
 func (*Leaks) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{27}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Leaks) GetLeaks() []*Leak {
@@ -3676,7 +3764,7 @@ type IpcPerm struct {
 
 func (x *IpcPerm) Reset() {
 	*x = IpcPerm{}
-	mi := &file_image_pb_image_proto_msgTypes[28]
+	mi := &file_image_pb_image_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3688,7 +3776,7 @@ func (x *IpcPerm) String() string {
 func (*IpcPerm) ProtoMessage() {}
 
 func (x *IpcPerm) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[28]
+	mi := &file_image_pb_image_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3701,7 +3789,7 @@ func (x *IpcPerm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpcPerm.ProtoReflect.Descriptor instead.
 func (*IpcPerm) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{28}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *IpcPerm) GetKey() int32 {
@@ -3773,7 +3861,7 @@ type ShmSegment struct {
 
 func (x *ShmSegment) Reset() {
 	*x = ShmSegment{}
-	mi := &file_image_pb_image_proto_msgTypes[29]
+	mi := &file_image_pb_image_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3785,7 +3873,7 @@ func (x *ShmSegment) String() string {
 func (*ShmSegment) ProtoMessage() {}
 
 func (x *ShmSegment) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[29]
+	mi := &file_image_pb_image_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3798,7 +3886,7 @@ func (x *ShmSegment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShmSegment.ProtoReflect.Descriptor instead.
 func (*ShmSegment) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{29}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ShmSegment) GetId() int32 {
@@ -3903,7 +3991,7 @@ type MsgQueue struct {
 
 func (x *MsgQueue) Reset() {
 	*x = MsgQueue{}
-	mi := &file_image_pb_image_proto_msgTypes[30]
+	mi := &file_image_pb_image_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3915,7 +4003,7 @@ func (x *MsgQueue) String() string {
 func (*MsgQueue) ProtoMessage() {}
 
 func (x *MsgQueue) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[30]
+	mi := &file_image_pb_image_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3928,7 +4016,7 @@ func (x *MsgQueue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MsgQueue.ProtoReflect.Descriptor instead.
 func (*MsgQueue) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{30}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *MsgQueue) GetId() int32 {
@@ -4004,7 +4092,7 @@ type Msg struct {
 
 func (x *Msg) Reset() {
 	*x = Msg{}
-	mi := &file_image_pb_image_proto_msgTypes[31]
+	mi := &file_image_pb_image_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4016,7 +4104,7 @@ func (x *Msg) String() string {
 func (*Msg) ProtoMessage() {}
 
 func (x *Msg) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[31]
+	mi := &file_image_pb_image_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4029,7 +4117,7 @@ func (x *Msg) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Msg.ProtoReflect.Descriptor instead.
 func (*Msg) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{31}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Msg) GetType() int64 {
@@ -4061,7 +4149,7 @@ type SemSet struct {
 
 func (x *SemSet) Reset() {
 	*x = SemSet{}
-	mi := &file_image_pb_image_proto_msgTypes[32]
+	mi := &file_image_pb_image_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4073,7 +4161,7 @@ func (x *SemSet) String() string {
 func (*SemSet) ProtoMessage() {}
 
 func (x *SemSet) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[32]
+	mi := &file_image_pb_image_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4086,7 +4174,7 @@ func (x *SemSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SemSet.ProtoReflect.Descriptor instead.
 func (*SemSet) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{32}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SemSet) GetId() int32 {
@@ -4136,7 +4224,7 @@ type SemUndo struct {
 
 func (x *SemUndo) Reset() {
 	*x = SemUndo{}
-	mi := &file_image_pb_image_proto_msgTypes[33]
+	mi := &file_image_pb_image_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4148,7 +4236,7 @@ func (x *SemUndo) String() string {
 func (*SemUndo) ProtoMessage() {}
 
 func (x *SemUndo) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[33]
+	mi := &file_image_pb_image_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4161,7 +4249,7 @@ func (x *SemUndo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SemUndo.ProtoReflect.Descriptor instead.
 func (*SemUndo) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{33}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SemUndo) GetPid() uint32 {
@@ -4189,7 +4277,7 @@ type SemAdj struct {
 
 func (x *SemAdj) Reset() {
 	*x = SemAdj{}
-	mi := &file_image_pb_image_proto_msgTypes[34]
+	mi := &file_image_pb_image_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4201,7 +4289,7 @@ func (x *SemAdj) String() string {
 func (*SemAdj) ProtoMessage() {}
 
 func (x *SemAdj) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[34]
+	mi := &file_image_pb_image_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4214,7 +4302,7 @@ func (x *SemAdj) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SemAdj.ProtoReflect.Descriptor instead.
 func (*SemAdj) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{34}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SemAdj) GetSemid() int32 {
@@ -4249,7 +4337,7 @@ type IpcSysctl struct {
 
 func (x *IpcSysctl) Reset() {
 	*x = IpcSysctl{}
-	mi := &file_image_pb_image_proto_msgTypes[35]
+	mi := &file_image_pb_image_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4261,7 +4349,7 @@ func (x *IpcSysctl) String() string {
 func (*IpcSysctl) ProtoMessage() {}
 
 func (x *IpcSysctl) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[35]
+	mi := &file_image_pb_image_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4274,7 +4362,7 @@ func (x *IpcSysctl) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpcSysctl.ProtoReflect.Descriptor instead.
 func (*IpcSysctl) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{35}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *IpcSysctl) GetName() string {
@@ -4313,7 +4401,7 @@ type IpcNamespace struct {
 
 func (x *IpcNamespace) Reset() {
 	*x = IpcNamespace{}
-	mi := &file_image_pb_image_proto_msgTypes[36]
+	mi := &file_image_pb_image_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4325,7 +4413,7 @@ func (x *IpcNamespace) String() string {
 func (*IpcNamespace) ProtoMessage() {}
 
 func (x *IpcNamespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[36]
+	mi := &file_image_pb_image_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4338,7 +4426,7 @@ func (x *IpcNamespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpcNamespace.ProtoReflect.Descriptor instead.
 func (*IpcNamespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{36}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *IpcNamespace) GetNs() uint64 {
@@ -4409,7 +4497,7 @@ type NetNamespace struct {
 
 func (x *NetNamespace) Reset() {
 	*x = NetNamespace{}
-	mi := &file_image_pb_image_proto_msgTypes[37]
+	mi := &file_image_pb_image_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4421,7 +4509,7 @@ func (x *NetNamespace) String() string {
 func (*NetNamespace) ProtoMessage() {}
 
 func (x *NetNamespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[37]
+	mi := &file_image_pb_image_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4434,7 +4522,7 @@ func (x *NetNamespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetNamespace.ProtoReflect.Descriptor instead.
 func (*NetNamespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{37}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *NetNamespace) GetId() uint64 {
@@ -4495,7 +4583,7 @@ type NetLink struct {
 
 func (x *NetLink) Reset() {
 	*x = NetLink{}
-	mi := &file_image_pb_image_proto_msgTypes[38]
+	mi := &file_image_pb_image_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4507,7 +4595,7 @@ func (x *NetLink) String() string {
 func (*NetLink) ProtoMessage() {}
 
 func (x *NetLink) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[38]
+	mi := &file_image_pb_image_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4520,7 +4608,7 @@ func (x *NetLink) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetLink.ProtoReflect.Descriptor instead.
 func (*NetLink) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{38}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *NetLink) GetIndex() uint32 {
@@ -4623,7 +4711,7 @@ type NetAddr struct {
 
 func (x *NetAddr) Reset() {
 	*x = NetAddr{}
-	mi := &file_image_pb_image_proto_msgTypes[39]
+	mi := &file_image_pb_image_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4635,7 +4723,7 @@ func (x *NetAddr) String() string {
 func (*NetAddr) ProtoMessage() {}
 
 func (x *NetAddr) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[39]
+	mi := &file_image_pb_image_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4648,7 +4736,7 @@ func (x *NetAddr) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetAddr.ProtoReflect.Descriptor instead.
 func (*NetAddr) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{39}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *NetAddr) GetIfindex() uint32 {
@@ -4772,7 +4860,7 @@ type NetRoute struct {
 
 func (x *NetRoute) Reset() {
 	*x = NetRoute{}
-	mi := &file_image_pb_image_proto_msgTypes[40]
+	mi := &file_image_pb_image_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4784,7 +4872,7 @@ func (x *NetRoute) String() string {
 func (*NetRoute) ProtoMessage() {}
 
 func (x *NetRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[40]
+	mi := &file_image_pb_image_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4797,7 +4885,7 @@ func (x *NetRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetRoute.ProtoReflect.Descriptor instead.
 func (*NetRoute) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{40}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *NetRoute) GetFamily() uint32 {
@@ -4937,7 +5025,7 @@ type NetMetric struct {
 
 func (x *NetMetric) Reset() {
 	*x = NetMetric{}
-	mi := &file_image_pb_image_proto_msgTypes[41]
+	mi := &file_image_pb_image_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4949,7 +5037,7 @@ func (x *NetMetric) String() string {
 func (*NetMetric) ProtoMessage() {}
 
 func (x *NetMetric) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[41]
+	mi := &file_image_pb_image_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4962,7 +5050,7 @@ func (x *NetMetric) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetMetric.ProtoReflect.Descriptor instead.
 func (*NetMetric) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{41}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *NetMetric) GetType() uint32 {
@@ -4991,7 +5079,7 @@ type NetSysctl struct {
 
 func (x *NetSysctl) Reset() {
 	*x = NetSysctl{}
-	mi := &file_image_pb_image_proto_msgTypes[42]
+	mi := &file_image_pb_image_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5003,7 +5091,7 @@ func (x *NetSysctl) String() string {
 func (*NetSysctl) ProtoMessage() {}
 
 func (x *NetSysctl) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[42]
+	mi := &file_image_pb_image_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5016,7 +5104,7 @@ func (x *NetSysctl) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetSysctl.ProtoReflect.Descriptor instead.
 func (*NetSysctl) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{42}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *NetSysctl) GetName() string {
@@ -5045,7 +5133,7 @@ type MountNamespace struct {
 
 func (x *MountNamespace) Reset() {
 	*x = MountNamespace{}
-	mi := &file_image_pb_image_proto_msgTypes[43]
+	mi := &file_image_pb_image_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5057,7 +5145,7 @@ func (x *MountNamespace) String() string {
 func (*MountNamespace) ProtoMessage() {}
 
 func (x *MountNamespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[43]
+	mi := &file_image_pb_image_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5070,7 +5158,7 @@ func (x *MountNamespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountNamespace.ProtoReflect.Descriptor instead.
 func (*MountNamespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{43}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *MountNamespace) GetMounts() []*Mount {
@@ -5110,7 +5198,7 @@ type Mount struct {
 
 func (x *Mount) Reset() {
 	*x = Mount{}
-	mi := &file_image_pb_image_proto_msgTypes[44]
+	mi := &file_image_pb_image_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5122,7 +5210,7 @@ func (x *Mount) String() string {
 func (*Mount) ProtoMessage() {}
 
 func (x *Mount) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[44]
+	mi := &file_image_pb_image_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5135,7 +5223,7 @@ func (x *Mount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mount.ProtoReflect.Descriptor instead.
 func (*Mount) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{44}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *Mount) GetId() uint32 {
@@ -5269,7 +5357,7 @@ type MountFile struct {
 
 func (x *MountFile) Reset() {
 	*x = MountFile{}
-	mi := &file_image_pb_image_proto_msgTypes[45]
+	mi := &file_image_pb_image_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5281,7 +5369,7 @@ func (x *MountFile) String() string {
 func (*MountFile) ProtoMessage() {}
 
 func (x *MountFile) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[45]
+	mi := &file_image_pb_image_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5294,7 +5382,7 @@ func (x *MountFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountFile.ProtoReflect.Descriptor instead.
 func (*MountFile) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{45}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *MountFile) GetMountId() uint32 {
@@ -5670,7 +5758,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x02Fd\x12\x0e\n" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x17\n" +
 	"\afile_id\x18\x02 \x01(\rR\x06fileId\x12\x18\n" +
-	"\acloexec\x18\x03 \x01(\bR\acloexec\"\xbf\x01\n" +
+	"\acloexec\x18\x03 \x01(\bR\acloexec\"\xe8\x01\n" +
 	"\x05Creds\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x12\n" +
 	"\x04euid\x18\x02 \x01(\rR\x04euid\x12\x12\n" +
@@ -5680,7 +5768,15 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x04egid\x18\x06 \x01(\rR\x04egid\x12\x12\n" +
 	"\x04sgid\x18\a \x01(\rR\x04sgid\x12\x14\n" +
 	"\x05fsgid\x18\b \x01(\rR\x05fsgid\x12\x16\n" +
-	"\x06groups\x18\t \x03(\rR\x06groups\"\xdd\b\n" +
+	"\x06groups\x18\t \x03(\rR\x06groups\x12'\n" +
+	"\x04caps\x18\n" +
+	" \x01(\v2\x13.ckpt.image.v1.CapsR\x04caps\"\x9a\x01\n" +
+	"\x04Caps\x12 \n" +
+	"\vinheritable\x18\x01 \x01(\x04R\vinheritable\x12\x1c\n" +
+	"\tpermitted\x18\x02 \x01(\x04R\tpermitted\x12\x1c\n" +
+	"\teffective\x18\x03 \x01(\x04R\teffective\x12\x1a\n" +
+	"\bbounding\x18\x04 \x01(\x04R\bbounding\x12\x18\n" +
+	"\aambient\x18\x05 \x01(\x04R\aambient\"\xdd\b\n" +
 	"\aProcess\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x12\n" +
 	"\x04ppid\x18\x02 \x01(\rR\x04ppid\x12\x12\n" +
@@ -5957,7 +6053,7 @@ func file_image_pb_image_proto_rawDescGZIP() []byte {
 }
 
 var file_image_pb_image_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_image_pb_image_proto_goTypes = []any{
 	(File_Kind)(0),         // 0: ckpt.image.v1.File.Kind
 	(FileLock_Kind)(0),     // 1: ckpt.image.v1.FileLock.Kind
@@ -5982,36 +6078,37 @@ var file_image_pb_image_proto_goTypes = []any{
 	(*Sched)(nil),          // 20: ckpt.image.v1.Sched
 	(*Fd)(nil),             // 21: ckpt.image.v1.Fd
 	(*Creds)(nil),          // 22: ckpt.image.v1.Creds
-	(*Process)(nil),        // 23: ckpt.image.v1.Process
-	(*PageRun)(nil),        // 24: ckpt.image.v1.PageRun
-	(*PageMap)(nil),        // 25: ckpt.image.v1.PageMap
-	(*Error)(nil),          // 26: ckpt.image.v1.Error
-	(*Tail)(nil),           // 27: ckpt.image.v1.Tail
-	(*NsIds)(nil),          // 28: ckpt.image.v1.NsIds
-	(*Namespace)(nil),      // 29: ckpt.image.v1.Namespace
-	(*Leak)(nil),           // 30: ckpt.image.v1.Leak
-	(*Leaks)(nil),          // 31: ckpt.image.v1.Leaks
-	(*IpcPerm)(nil),        // 32: ckpt.image.v1.IpcPerm
-	(*ShmSegment)(nil),     // 33: ckpt.image.v1.ShmSegment
-	(*MsgQueue)(nil),       // 34: ckpt.image.v1.MsgQueue
-	(*Msg)(nil),            // 35: ckpt.image.v1.Msg
-	(*SemSet)(nil),         // 36: ckpt.image.v1.SemSet
-	(*SemUndo)(nil),        // 37: ckpt.image.v1.SemUndo
-	(*SemAdj)(nil),         // 38: ckpt.image.v1.SemAdj
-	(*IpcSysctl)(nil),      // 39: ckpt.image.v1.IpcSysctl
-	(*IpcNamespace)(nil),   // 40: ckpt.image.v1.IpcNamespace
-	(*NetNamespace)(nil),   // 41: ckpt.image.v1.NetNamespace
-	(*NetLink)(nil),        // 42: ckpt.image.v1.NetLink
-	(*NetAddr)(nil),        // 43: ckpt.image.v1.NetAddr
-	(*NetRoute)(nil),       // 44: ckpt.image.v1.NetRoute
-	(*NetMetric)(nil),      // 45: ckpt.image.v1.NetMetric
-	(*NetSysctl)(nil),      // 46: ckpt.image.v1.NetSysctl
-	(*MountNamespace)(nil), // 47: ckpt.image.v1.MountNamespace
-	(*Mount)(nil),          // 48: ckpt.image.v1.Mount
-	(*MountFile)(nil),      // 49: ckpt.image.v1.MountFile
+	(*Caps)(nil),           // 23: ckpt.image.v1.Caps
+	(*Process)(nil),        // 24: ckpt.image.v1.Process
+	(*PageRun)(nil),        // 25: ckpt.image.v1.PageRun
+	(*PageMap)(nil),        // 26: ckpt.image.v1.PageMap
+	(*Error)(nil),          // 27: ckpt.image.v1.Error
+	(*Tail)(nil),           // 28: ckpt.image.v1.Tail
+	(*NsIds)(nil),          // 29: ckpt.image.v1.NsIds
+	(*Namespace)(nil),      // 30: ckpt.image.v1.Namespace
+	(*Leak)(nil),           // 31: ckpt.image.v1.Leak
+	(*Leaks)(nil),          // 32: ckpt.image.v1.Leaks
+	(*IpcPerm)(nil),        // 33: ckpt.image.v1.IpcPerm
+	(*ShmSegment)(nil),     // 34: ckpt.image.v1.ShmSegment
+	(*MsgQueue)(nil),       // 35: ckpt.image.v1.MsgQueue
+	(*Msg)(nil),            // 36: ckpt.image.v1.Msg
+	(*SemSet)(nil),         // 37: ckpt.image.v1.SemSet
+	(*SemUndo)(nil),        // 38: ckpt.image.v1.SemUndo
+	(*SemAdj)(nil),         // 39: ckpt.image.v1.SemAdj
+	(*IpcSysctl)(nil),      // 40: ckpt.image.v1.IpcSysctl
+	(*IpcNamespace)(nil),   // 41: ckpt.image.v1.IpcNamespace
+	(*NetNamespace)(nil),   // 42: ckpt.image.v1.NetNamespace
+	(*NetLink)(nil),        // 43: ckpt.image.v1.NetLink
+	(*NetAddr)(nil),        // 44: ckpt.image.v1.NetAddr
+	(*NetRoute)(nil),       // 45: ckpt.image.v1.NetRoute
+	(*NetMetric)(nil),      // 46: ckpt.image.v1.NetMetric
+	(*NetSysctl)(nil),      // 47: ckpt.image.v1.NetSysctl
+	(*MountNamespace)(nil), // 48: ckpt.image.v1.MountNamespace
+	(*Mount)(nil),          // 49: ckpt.image.v1.Mount
+	(*MountFile)(nil),      // 50: ckpt.image.v1.MountFile
 }
 var file_image_pb_image_proto_depIdxs = []int32{
-	28, // 0: ckpt.image.v1.Header.outer_ns:type_name -> ckpt.image.v1.NsIds
+	29, // 0: ckpt.image.v1.Header.outer_ns:type_name -> ckpt.image.v1.NsIds
 	0,  // 1: ckpt.image.v1.File.kind:type_name -> ckpt.image.v1.File.Kind
 	11, // 2: ckpt.image.v1.File.epoll_items:type_name -> ckpt.image.v1.EpollItem
 	10, // 3: ckpt.image.v1.File.inotify_watches:type_name -> ckpt.image.v1.InotifyWatch
@@ -6023,40 +6120,41 @@ var file_image_pb_image_proto_depIdxs = []int32{
 	12, // 9: ckpt.image.v1.Mm.vmas:type_name -> ckpt.image.v1.Vma
 	18, // 10: ckpt.image.v1.Thread.restart:type_name -> ckpt.image.v1.SyscallRestart
 	20, // 11: ckpt.image.v1.Thread.sched:type_name -> ckpt.image.v1.Sched
-	21, // 12: ckpt.image.v1.Process.fds:type_name -> ckpt.image.v1.Fd
-	14, // 13: ckpt.image.v1.Process.sigactions:type_name -> ckpt.image.v1.Sigaction
-	15, // 14: ckpt.image.v1.Process.itimers:type_name -> ckpt.image.v1.Itimer
-	17, // 15: ckpt.image.v1.Process.rlimits:type_name -> ckpt.image.v1.Rlimit
-	19, // 16: ckpt.image.v1.Process.threads:type_name -> ckpt.image.v1.Thread
-	22, // 17: ckpt.image.v1.Process.creds:type_name -> ckpt.image.v1.Creds
-	16, // 18: ckpt.image.v1.Process.posix_timers:type_name -> ckpt.image.v1.PosixTimer
-	6,  // 19: ckpt.image.v1.Process.posix_locks:type_name -> ckpt.image.v1.FileLock
-	28, // 20: ckpt.image.v1.Process.ns:type_name -> ckpt.image.v1.NsIds
-	24, // 21: ckpt.image.v1.PageMap.runs:type_name -> ckpt.image.v1.PageRun
-	2,  // 22: ckpt.image.v1.Namespace.kind:type_name -> ckpt.image.v1.Namespace.Kind
-	30, // 23: ckpt.image.v1.Leaks.leaks:type_name -> ckpt.image.v1.Leak
-	32, // 24: ckpt.image.v1.ShmSegment.perm:type_name -> ckpt.image.v1.IpcPerm
-	32, // 25: ckpt.image.v1.MsgQueue.perm:type_name -> ckpt.image.v1.IpcPerm
-	35, // 26: ckpt.image.v1.MsgQueue.messages:type_name -> ckpt.image.v1.Msg
-	32, // 27: ckpt.image.v1.SemSet.perm:type_name -> ckpt.image.v1.IpcPerm
-	38, // 28: ckpt.image.v1.SemUndo.adj:type_name -> ckpt.image.v1.SemAdj
-	33, // 29: ckpt.image.v1.IpcNamespace.shm:type_name -> ckpt.image.v1.ShmSegment
-	34, // 30: ckpt.image.v1.IpcNamespace.msg:type_name -> ckpt.image.v1.MsgQueue
-	36, // 31: ckpt.image.v1.IpcNamespace.sem:type_name -> ckpt.image.v1.SemSet
-	39, // 32: ckpt.image.v1.IpcNamespace.sysctls:type_name -> ckpt.image.v1.IpcSysctl
-	37, // 33: ckpt.image.v1.IpcNamespace.undo:type_name -> ckpt.image.v1.SemUndo
-	42, // 34: ckpt.image.v1.NetNamespace.links:type_name -> ckpt.image.v1.NetLink
-	43, // 35: ckpt.image.v1.NetNamespace.addrs:type_name -> ckpt.image.v1.NetAddr
-	44, // 36: ckpt.image.v1.NetNamespace.routes:type_name -> ckpt.image.v1.NetRoute
-	46, // 37: ckpt.image.v1.NetNamespace.sysctls:type_name -> ckpt.image.v1.NetSysctl
-	45, // 38: ckpt.image.v1.NetRoute.metrics:type_name -> ckpt.image.v1.NetMetric
-	48, // 39: ckpt.image.v1.MountNamespace.mounts:type_name -> ckpt.image.v1.Mount
-	3,  // 40: ckpt.image.v1.Mount.kind:type_name -> ckpt.image.v1.Mount.Kind
-	41, // [41:41] is the sub-list for method output_type
-	41, // [41:41] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	23, // 12: ckpt.image.v1.Creds.caps:type_name -> ckpt.image.v1.Caps
+	21, // 13: ckpt.image.v1.Process.fds:type_name -> ckpt.image.v1.Fd
+	14, // 14: ckpt.image.v1.Process.sigactions:type_name -> ckpt.image.v1.Sigaction
+	15, // 15: ckpt.image.v1.Process.itimers:type_name -> ckpt.image.v1.Itimer
+	17, // 16: ckpt.image.v1.Process.rlimits:type_name -> ckpt.image.v1.Rlimit
+	19, // 17: ckpt.image.v1.Process.threads:type_name -> ckpt.image.v1.Thread
+	22, // 18: ckpt.image.v1.Process.creds:type_name -> ckpt.image.v1.Creds
+	16, // 19: ckpt.image.v1.Process.posix_timers:type_name -> ckpt.image.v1.PosixTimer
+	6,  // 20: ckpt.image.v1.Process.posix_locks:type_name -> ckpt.image.v1.FileLock
+	29, // 21: ckpt.image.v1.Process.ns:type_name -> ckpt.image.v1.NsIds
+	25, // 22: ckpt.image.v1.PageMap.runs:type_name -> ckpt.image.v1.PageRun
+	2,  // 23: ckpt.image.v1.Namespace.kind:type_name -> ckpt.image.v1.Namespace.Kind
+	31, // 24: ckpt.image.v1.Leaks.leaks:type_name -> ckpt.image.v1.Leak
+	33, // 25: ckpt.image.v1.ShmSegment.perm:type_name -> ckpt.image.v1.IpcPerm
+	33, // 26: ckpt.image.v1.MsgQueue.perm:type_name -> ckpt.image.v1.IpcPerm
+	36, // 27: ckpt.image.v1.MsgQueue.messages:type_name -> ckpt.image.v1.Msg
+	33, // 28: ckpt.image.v1.SemSet.perm:type_name -> ckpt.image.v1.IpcPerm
+	39, // 29: ckpt.image.v1.SemUndo.adj:type_name -> ckpt.image.v1.SemAdj
+	34, // 30: ckpt.image.v1.IpcNamespace.shm:type_name -> ckpt.image.v1.ShmSegment
+	35, // 31: ckpt.image.v1.IpcNamespace.msg:type_name -> ckpt.image.v1.MsgQueue
+	37, // 32: ckpt.image.v1.IpcNamespace.sem:type_name -> ckpt.image.v1.SemSet
+	40, // 33: ckpt.image.v1.IpcNamespace.sysctls:type_name -> ckpt.image.v1.IpcSysctl
+	38, // 34: ckpt.image.v1.IpcNamespace.undo:type_name -> ckpt.image.v1.SemUndo
+	43, // 35: ckpt.image.v1.NetNamespace.links:type_name -> ckpt.image.v1.NetLink
+	44, // 36: ckpt.image.v1.NetNamespace.addrs:type_name -> ckpt.image.v1.NetAddr
+	45, // 37: ckpt.image.v1.NetNamespace.routes:type_name -> ckpt.image.v1.NetRoute
+	47, // 38: ckpt.image.v1.NetNamespace.sysctls:type_name -> ckpt.image.v1.NetSysctl
+	46, // 39: ckpt.image.v1.NetRoute.metrics:type_name -> ckpt.image.v1.NetMetric
+	49, // 40: ckpt.image.v1.MountNamespace.mounts:type_name -> ckpt.image.v1.Mount
+	3,  // 41: ckpt.image.v1.Mount.kind:type_name -> ckpt.image.v1.Mount.Kind
+	42, // [42:42] is the sub-list for method output_type
+	42, // [42:42] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_image_pb_image_proto_init() }
@@ -6068,14 +6166,14 @@ func file_image_pb_image_proto_init() {
 	file_image_pb_image_proto_msgTypes[4].OneofWrappers = []any{}
 	file_image_pb_image_proto_msgTypes[9].OneofWrappers = []any{}
 	file_image_pb_image_proto_msgTypes[15].OneofWrappers = []any{}
-	file_image_pb_image_proto_msgTypes[19].OneofWrappers = []any{}
+	file_image_pb_image_proto_msgTypes[20].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_image_pb_image_proto_rawDesc), len(file_image_pb_image_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   46,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

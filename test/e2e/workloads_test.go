@@ -52,6 +52,7 @@ func workloads() []workload {
 		{name: "tcp", argv: cWorkload("tcp"), signal: true, settle: 20 * time.Millisecond},
 		{name: "deleted-files", argv: cWorkload("deleted"), signal: true, settle: 20 * time.Millisecond},
 		{name: "file-locks", argv: cWorkload("locks"), signal: true, settle: 20 * time.Millisecond},
+		{name: "capabilities", argv: cWorkload("caps"), signal: true, settle: 50 * time.Millisecond},
 		{name: "threads", argv: cWorkload("threads"), signal: true, settle: 100 * time.Millisecond},
 		{name: "threads-trap-ignored", argv: cWorkload("threads", "-DIGNORE_TRAP"), signal: true, settle: 100 * time.Millisecond},
 		{name: "stack", argv: cWorkload("stack"), signal: true, settle: 20 * time.Millisecond},
