@@ -6,7 +6,6 @@ import (
 	"math/bits"
 
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/ckpt/ckpt/image/pb"
 	"github.com/ckpt/ckpt/proc"
@@ -56,6 +55,45 @@ func plainCaps(c *pb.Caps, root bool) bool {
 	return c.Permitted == 0 && c.Effective == 0
 }
 
+// ReadSelfCaps reads the capability sets of the calling thread (ckpt's,
+// which the stubs it starts inherit) with capget and prctl, faster than
+// /proc/self/status (~20 against ~60 µs here).
+func ReadSelfCaps() (*pb.Caps, error) {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return nil, fmt.Errorf("read ckpt's capabilities: %w", err)
+	}
+	c := &pb.Caps{
+		Inheritable: uint64(data[0].Inheritable) | uint64(data[1].Inheritable)<<32,
+		Permitted:   uint64(data[0].Permitted) | uint64(data[1].Permitted)<<32,
+		Effective:   uint64(data[0].Effective) | uint64(data[1].Effective)<<32,
+	}
+	for cap := 0; cap < 64; cap++ {
+		in, err := unix.PrctlRetInt(unix.PR_CAPBSET_READ, uintptr(cap), 0, 0, 0)
+		if err != nil {
+			break // past the last capability this kernel knows
+		}
+		if in == 1 {
+			c.Bounding |= 1 << cap
+		}
+		if c.Inheritable&(1<<cap) == 0 {
+			continue // ambient capabilities are inheritable ones
+		}
+		if amb, err := unix.PrctlRetInt(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_IS_SET, uintptr(cap), 0, 0); err == nil && amb == 1 {
+			c.Ambient |= 1 << cap
+		}
+	}
+	return c, nil
+}
+
+// sameCaps compares two sets field by field: proto.Equal would build the
+// messages' reflection on its first call, ~0.4 ms of a restart.
+func sameCaps(a, b *pb.Caps) bool {
+	return a.Inheritable == b.Inheritable && a.Permitted == b.Permitted && a.Effective == b.Effective &&
+		a.Bounding == b.Bounding && a.Ambient == b.Ambient
+}
+
 // checkThreadCaps refuses a process whose threads' sets differ from its
 // main thread's c: the image keeps one copy. A thread's status file
 // costs ~20 µs; a process with one thread (threads, from its status)
@@ -77,7 +115,7 @@ func checkThreadCaps(pid int, threads string, c *pb.Caps) error {
 		if err != nil {
 			return err
 		}
-		if !proto.Equal(tc, c) {
+		if !sameCaps(tc, c) {
 			return fmt.Errorf("thread %d of process %d has capabilities of its own (CapEff %016x, the process %016x): %w yet", tid, pid, tc.Effective, c.Effective, ErrUnsupported)
 		}
 	}
@@ -132,7 +170,7 @@ func capsCalls(cur, want *pb.Caps, root rootness, ids []Call, d *batchData) ([]C
 	case noRoot:
 		after = &pb.Caps{Inheritable: cur.Inheritable, Bounding: cur.Bounding}
 	}
-	if after != nil && proto.Equal(after, want) {
+	if after != nil && sameCaps(after, want) {
 		return ids, nil
 	}
 	if drop := want.Bounding &^ cur.Bounding; drop != 0 {

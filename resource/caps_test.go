@@ -1,6 +1,7 @@
 package resource
 
 import (
+	"os"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -47,5 +48,24 @@ func TestPlainCaps(t *testing.T) {
 	}
 	if err := CheckUnprivCaps(5, &pb.Creds{Uid: 1000, Caps: &pb.Caps{Bounding: full}}); err != nil {
 		t.Errorf("an unprivileged restart refused a process without capabilities: %v", err)
+	}
+}
+
+// TestReadSelfCaps compares what the syscalls say with /proc/self/status.
+func TestReadSelfCaps(t *testing.T) {
+	got, err := ReadSelfCaps()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := proc.ReadStatus(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := readCaps(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sameCaps(got, want) {
+		t.Errorf("ReadSelfCaps %v, /proc/self/status %v", got, want)
 	}
 }

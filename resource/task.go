@@ -254,16 +254,6 @@ func RestoreCreds(t *Target, c *pb.Creds, cur *pb.Caps) error {
 	return err
 }
 
-// ReadSelfCaps reads ckpt's capability sets, which the stubs it starts
-// inherit.
-func ReadSelfCaps() (*pb.Caps, error) {
-	st, err := proc.ReadStatus(os.Getpid())
-	if err != nil {
-		return nil, err
-	}
-	return readCaps(st)
-}
-
 // CheckUnprivCaps refuses, for a restart that gives every process no
 // capabilities, an image whose process c had some.
 func CheckUnprivCaps(pid uint32, c *pb.Creds) error {
