@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static char failbuf[8192];
 
@@ -48,6 +49,28 @@ __attribute__((unused)) static int report(void)
 	}
 	printf("PASS\n");
 	return 0;
+}
+
+/* pass_failures ends a child that checked something for its parent: what
+ * fail() collected goes to fd (a pipe to the parent); exit 1 if it could
+ * not be written. */
+__attribute__((unused, noreturn)) static void pass_failures(int fd)
+{
+	size_t n = strlen(failbuf);
+	_exit(n && write(fd, failbuf, n) != (ssize_t)n);
+}
+
+/* take_failures reads what a child passed with pass_failures on fd, until
+ * the child closes it, and adds it to the parent's failures. */
+__attribute__((unused)) static void take_failures(int fd)
+{
+	char buf[sizeof(failbuf)];
+	ssize_t n, got = 0;
+	while ((n = read(fd, buf + got, sizeof(buf) - 1 - got)) > 0)
+		got += n;
+	buf[got] = 0;
+	if (got)
+		fail("%s", buf);
 }
 
 #endif
