@@ -15,9 +15,9 @@ import (
 // the stub is root with ckpt's sets; changing its uids to a non-root user
 // would clear them (and root keeps them all), so when the image's sets
 // are not what its credentials give, the credentials are changed with
-// SECBIT_NO_SETUID_FIXUP (the sets stay as they are), the bounding set is
-// cut down, the inheritable set and the ambient set are raised, and
-// capset gives the final permitted and effective sets. The securebits
+// SECBIT_NO_SETUID_FIXUP (the sets stay as they are) after the
+// inheritable set is raised and the bounding set cut down; then the
+// ambient set is raised and capset gives the final sets. The securebits
 // end as 0, the default: ckpt does not read them (that would need an
 // injected prctl), so a process that set SECBIT_KEEP_CAPS or the like
 // gets them back cleared.
@@ -69,19 +69,19 @@ func ReadSelfCaps() (*pb.Caps, error) {
 		Permitted:   uint64(data[0].Permitted) | uint64(data[1].Permitted)<<32,
 		Effective:   uint64(data[0].Effective) | uint64(data[1].Effective)<<32,
 	}
-	for cap := 0; cap < 64; cap++ {
-		in, err := unix.PrctlRetInt(unix.PR_CAPBSET_READ, uintptr(cap), 0, 0, 0)
+	for n := 0; n < 64; n++ {
+		in, err := unix.PrctlRetInt(unix.PR_CAPBSET_READ, uintptr(n), 0, 0, 0)
 		if err != nil {
 			break // past the last capability this kernel knows
 		}
 		if in == 1 {
-			c.Bounding |= 1 << cap
+			c.Bounding |= 1 << n
 		}
-		if c.Inheritable&(1<<cap) == 0 {
+		if c.Inheritable&(1<<n) == 0 {
 			continue // ambient capabilities are inheritable ones
 		}
-		if amb, err := unix.PrctlRetInt(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_IS_SET, uintptr(cap), 0, 0); err == nil && amb == 1 {
-			c.Ambient |= 1 << cap
+		if amb, err := unix.PrctlRetInt(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_IS_SET, uintptr(n), 0, 0); err == nil && amb == 1 {
+			c.Ambient |= 1 << n
 		}
 	}
 	return c, nil
@@ -108,6 +108,9 @@ func checkThreadCaps(pid int, threads string, c *pb.Caps) error {
 	}
 	for _, tid := range tids[1:] {
 		b, err := proc.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", pid, tid))
+		if proc.Gone(err) {
+			continue // killed meanwhile: it is not in the image either
+		}
 		if err != nil {
 			return err
 		}
@@ -187,18 +190,18 @@ func capsCalls(cur, want *pb.Caps, root rootness, ids []Call, d *batchData) ([]C
 	calls := []Call{{Nr: unix.SYS_PRCTL, Args: []uint64{unix.PR_SET_SECUREBITS, secbitNoSetuidFixup},
 		Err: func(err error) error { return fmt.Errorf("keep capabilities through the uid change: %w", err) }}, raise}
 	for drop := cur.Bounding &^ want.Bounding; drop != 0; drop &= drop - 1 {
-		cap := uint64(bits.TrailingZeros64(drop))
-		calls = append(calls, Call{Nr: unix.SYS_PRCTL, Args: []uint64{unix.PR_CAPBSET_DROP, cap},
-			Err: func(err error) error { return fmt.Errorf("drop capability %d from the bounding set: %w", cap, err) }})
+		n := uint64(bits.TrailingZeros64(drop))
+		calls = append(calls, Call{Nr: unix.SYS_PRCTL, Args: []uint64{unix.PR_CAPBSET_DROP, n},
+			Err: func(err error) error { return fmt.Errorf("drop capability %d from the bounding set: %w", n, err) }})
 	}
 	calls = append(calls, ids...)
 	// Then the ambient capabilities (which must be permitted and
 	// inheritable), the securebits back to 0 (still with CAP_SETPCAP),
 	// and the final sets.
 	for amb := want.Ambient; amb != 0; amb &= amb - 1 {
-		cap := uint64(bits.TrailingZeros64(amb))
-		calls = append(calls, Call{Nr: unix.SYS_PRCTL, Args: []uint64{unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_RAISE, cap},
-			Err: func(err error) error { return fmt.Errorf("raise ambient capability %d: %w", cap, err) }})
+		n := uint64(bits.TrailingZeros64(amb))
+		calls = append(calls, Call{Nr: unix.SYS_PRCTL, Args: []uint64{unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_RAISE, n},
+			Err: func(err error) error { return fmt.Errorf("raise ambient capability %d: %w", n, err) }})
 	}
 	calls = append(calls, Call{Nr: unix.SYS_PRCTL, Args: []uint64{unix.PR_SET_SECUREBITS, 0},
 		Err: func(err error) error { return fmt.Errorf("clear the securebits: %w", err) }})
