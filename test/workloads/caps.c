@@ -36,8 +36,6 @@
 
 #include "report.h"
 
-static volatile sig_atomic_t got_usr2;
-static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
 
 static void setcaps(unsigned long long eff, unsigned long long prm, unsigned long long inh)
 {
@@ -77,11 +75,7 @@ static void compare(const char *who, const char *before)
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_usr2;
-	if (sigaction(SIGUSR2, &sa, NULL))
-		die("sigaction");
+	catch_usr2();
 	if (getuid() != 0)
 		die("caps.c runs as root");
 

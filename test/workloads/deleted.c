@@ -37,8 +37,6 @@
 
 #include "report.h"
 
-static volatile sig_atomic_t got_usr2;
-static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
 
 #define N 100000
 static unsigned char pattern(size_t i) { return (unsigned char)(i * 31 + i / 977); }
@@ -67,11 +65,7 @@ int main(int argc, char **argv)
 		run_from_deleted_copy(argv);
 	if (unlink("deleted-copy"))
 		die("unlink the copy");
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_usr2;
-	if (sigaction(SIGUSR2, &sa, NULL))
-		die("sigaction");
+	catch_usr2();
 
 	static unsigned char buf[N];
 	for (size_t i = 0; i < N; i++)

@@ -40,8 +40,6 @@
 #define DATA_SIZE 4096
 static unsigned char data_byte(int i) { return (unsigned char)((i * 7 + 3) & 0xff); }
 
-static volatile sig_atomic_t got_usr2;
-static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
 
 static int fd_data, fd_dup, fd_log, fd_dir, fd_null, fd_zero, fd_urandom, fd_odd;
 // ODD_NAME is not UTF-8: Linux names are bytes, and so are they in an image.
@@ -95,12 +93,7 @@ int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
 
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_usr2;
-	sigemptyset(&sa.sa_mask);
-	if (sigaction(SIGUSR2, &sa, NULL))
-		die("sigaction");
+	catch_usr2();
 
 	for (int fd = 0; fd < 64; fd++)
 		initial_fds[fd] = fcntl(fd, F_GETFD) >= 0;

@@ -35,14 +35,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "report.h"
+
 #define SEED 0x5eed1234abcdULL
 #define CW_WANT 0x0A7F      /* x87: all exceptions masked, PC=53 bit, RC=up */
 #define MXCSR_WANT 0xDFC0   /* all masked, RC=up (0x4000), FTZ (0x8000), DAZ (0x40) */
 #define MXCSR_FLAGS 0x003F  /* sticky exception flags, ignored in comparisons */
 
-static volatile sig_atomic_t got_usr2;
-
-static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
 
 static uint64_t splitmix(uint64_t *s)
 {
@@ -207,37 +206,13 @@ static double now(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static char failbuf[4096];
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-	size_t l = strlen(failbuf);
-	if (l >= sizeof(failbuf) - 4)
-		return;
-	if (l)
-		strcat(failbuf, "; ");
-	l = strlen(failbuf);
-	va_start(ap, fmt);
-	vsnprintf(failbuf + l, sizeof(failbuf) - l, fmt, ap);
-	va_end(ap);
-}
-
 static uint64_t dbits(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
 
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
 
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_usr2;
-	sigemptyset(&sa.sa_mask);
-	sa.sa_flags = 0; /* no SA_RESTART */
-	if (sigaction(SIGUSR2, &sa, NULL)) {
-		printf("FAIL: sigaction: %s\n", strerror(errno));
-		return 1;
-	}
+	catch_usr2(); /* no SA_RESTART */
 
 	__builtin_cpu_init();
 	use_avx = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx");
@@ -361,10 +336,5 @@ int main(void)
 	if (spins < 2)
 		fail("only %llu spins completed", (unsigned long long)spins);
 
-	if (failbuf[0]) {
-		printf("FAIL: %s\n", failbuf);
-		return 1;
-	}
-	printf("PASS\n");
-	return 0;
+	return report();
 }

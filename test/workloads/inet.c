@@ -37,8 +37,6 @@
 
 #include "report.h"
 
-static volatile sig_atomic_t got_usr2;
-static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
 
 static int opt(int fd, int level, int name)
 {
@@ -106,11 +104,7 @@ static void check_listener(const char *what, int lfd, struct sockaddr_storage ad
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_usr2;
-	if (sigaction(SIGUSR2, &sa, NULL))
-		die("sigaction");
+	catch_usr2();
 
 	struct sockaddr_in lo = v4("127.0.0.1");
 	int l4 = socket(AF_INET, SOCK_STREAM, 0);

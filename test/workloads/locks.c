@@ -35,8 +35,6 @@
 
 #include "report.h"
 
-static volatile sig_atomic_t got_usr2;
-static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
 static void on_alarm(int sig) { (void)sig; }
 
 static int open_or_die(const char *path, int flags)
@@ -111,11 +109,9 @@ static void check(pid_t parent)
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	catch_usr2();
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_usr2;
-	if (sigaction(SIGUSR2, &sa, NULL))
-		die("sigaction");
 
 	int ex = open_or_die("flock-ex", O_RDWR | O_CREAT), ex2;
 	if (flock(ex, LOCK_EX) || (ex2 = dup(ex)) < 0)

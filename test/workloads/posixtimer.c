@@ -37,12 +37,10 @@
 
 #include "report.h"
 
-static volatile sig_atomic_t got_usr2;
 static volatile int tick_count, tick_bad, worker_count, worker_wrong;
 static volatile pid_t worker_tid;
 static timer_t tick, worker, far, cpu, idle, fired, deleted;
 
-static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
 
 static int kid(timer_t t) { return (int)(intptr_t)t; }
 
@@ -133,11 +131,9 @@ static void sleep_for(double s)
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	catch_usr2();
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_usr2;
-	if (sigaction(SIGUSR2, &sa, NULL))
-		die("sigaction SIGUSR2");
 	sa.sa_handler = NULL;
 	sa.sa_sigaction = on_tick;
 	sa.sa_flags = SA_SIGINFO | SA_RESTART;

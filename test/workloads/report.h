@@ -8,6 +8,7 @@
 #define CKPT_WORKLOAD_REPORT_H
 
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +50,26 @@ __attribute__((unused)) static int report(void)
 	}
 	printf("PASS\n");
 	return 0;
+}
+
+/* got_usr2 is set by SIGUSR2, the harness's "the restart is done: check
+ * now". */
+static volatile sig_atomic_t got_usr2;
+__attribute__((unused)) static void on_usr2(int sig)
+{
+	(void)sig;
+	got_usr2 = 1;
+}
+
+/* catch_usr2 makes on_usr2 SIGUSR2's handler: no flags (a pause() it
+ * interrupts returns), nothing blocked while it runs. */
+__attribute__((unused)) static void catch_usr2(void)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_usr2;
+	if (sigaction(SIGUSR2, &sa, NULL))
+		die("sigaction SIGUSR2");
 }
 
 /* pass_failures ends a child that checked something for its parent: what

@@ -37,7 +37,6 @@
 
 #define ALTSTACK_SIZE (64 * 1024)
 
-static volatile sig_atomic_t got_usr2;
 static volatile sig_atomic_t alrm_ticks;
 
 static volatile sig_atomic_t hup_ran;
@@ -46,7 +45,6 @@ static volatile uintptr_t hup_local_addr;
 static volatile int hup_ss_flags = -1;
 static volatile int hup_int_blocked = -1, hup_hup_blocked = -1;
 
-static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
 static void on_alrm(int sig) { (void)sig; alrm_ticks++; }
 
 static void on_hup(int sig, siginfo_t *si, void *uc)
@@ -103,14 +101,8 @@ int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	const int RT1 = SIGRTMIN + 1;
+	catch_usr2(); /* no SA_RESTART, which the check below expects */
 	struct sigaction sa;
-
-	/* SIGUSR2: the harness's "verify now" signal, no SA_RESTART */
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_usr2;
-	sigemptyset(&sa.sa_mask);
-	if (sigaction(SIGUSR2, &sa, NULL))
-		die("sigaction SIGUSR2");
 
 	/* block SIGUSR1 and SIGRTMIN+1, then queue signals to ourselves */
 	sigset_t block;

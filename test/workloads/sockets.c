@@ -36,8 +36,6 @@
 
 #include "report.h"
 
-static volatile sig_atomic_t got_usr2;
-static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
 
 static void pair(int type, int sv[2])
 {
@@ -92,10 +90,7 @@ static void check_alive(const char *name, int a, int b)
 static int child(int end)
 {
 	static unsigned char b[BIG];
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_usr2;
-	sigaction(SIGUSR2, &sa, NULL);
+	catch_usr2();
 	put(end, "fifty bytes from the child, waiting in the root..", 50);
 	while (!got_usr2)
 		pause();
@@ -133,11 +128,7 @@ int main(void)
 		exit(child(st[1]));
 	}
 	close(st[1]);
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_usr2;
-	if (sigaction(SIGUSR2, &sa, NULL))
-		die("sigaction");
+	catch_usr2();
 	put(st[0], big, BIG);
 
 	pair(SOCK_DGRAM, dg);

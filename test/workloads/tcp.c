@@ -43,8 +43,6 @@
 #define BIG (3 << 20)
 static unsigned char pattern(size_t i) { return (unsigned char)(i * 13 + i / 4093); }
 
-static volatile sig_atomic_t got_usr2;
-static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
 
 /* read exactly n bytes, 10 s at most */
 static size_t read_n(int fd, unsigned char *b, size_t n)
@@ -116,11 +114,7 @@ static int child(struct sockaddr_in srv)
 int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_usr2;
-	if (sigaction(SIGUSR2, &sa, NULL))
-		die("sigaction");
+	catch_usr2();
 
 	int l = socket(AF_INET, SOCK_STREAM, 0);
 	struct sockaddr_in srv = {.sin_family = AF_INET};

@@ -35,8 +35,6 @@
 
 #include "report.h"
 
-static volatile sig_atomic_t got_usr2;
-static void on_usr2(int sig) { (void)sig; got_usr2 = 1; }
 
 static char srv_path[200], dg_path[200];
 
@@ -103,11 +101,7 @@ int main(void)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	die_cleanup = cleanup;
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_usr2;
-	if (sigaction(SIGUSR2, &sa, NULL))
-		die("sigaction");
+	catch_usr2();
 	char cwd[128];
 	if (!getcwd(cwd, sizeof(cwd)))
 		die("getcwd");
