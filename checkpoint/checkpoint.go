@@ -1161,6 +1161,20 @@ func collect(opts *Options, procs []*frozen, files *resource.FileSet, owners, vm
 	return out, mms, dumped, nil
 }
 
+// sessionOrphan reports whether pid's session sid has lost its leader,
+// so that a restart must re-create the session around it (a daemon that
+// forked twice). Session 0 is not one: its leader lives in an ancestor PID
+// namespace, out of ckpt's sight (a process started by a container's
+// init that never called setsid), and the restored process stays in
+// ckpt's session, as one whose leader is outside the image does.
+func sessionOrphan(pid, sid int) bool {
+	if sid == pid || sid == 0 {
+		return false
+	}
+	leader, err := proc.ReadStat(sid)
+	return err != nil || leader.Session != sid
+}
+
 // readProc reads what /proc tells of the frozen process pid into p, and,
 // when withMm, its address space. Its descriptors and maps wait for
 // synced (the injected timerfd_gettime calls done, no code page mapped);
@@ -1174,11 +1188,7 @@ func readProc(pid int, p *pb.Process, files *resource.FileSet, synced, abort cha
 	if st.TtyNr != 0 && st.Tpgid > 0 {
 		p.TtyFgPgid = uint32(st.Tpgid)
 	}
-	if st.Session != pid {
-		if leader, err := proc.ReadStat(st.Session); err != nil || leader.Session != st.Session {
-			p.SessionOrphan = true
-		}
-	}
+	p.SessionOrphan = sessionOrphan(pid, st.Session)
 	if err := resource.DumpTask(pid, p); err != nil {
 		return nil, err
 	}

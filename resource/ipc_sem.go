@@ -79,7 +79,9 @@ func NewUndoProbe() (*UndoProbe, error) {
 		return nil, err
 	}
 	defer null.Close()
-	child, err := os.StartProcess(exe, []string{"ckpt", "help"}, &os.ProcAttr{Files: []*os.File{null, null, null}})
+	// --version ends ckpt at once, and a Go test binary (ckpt's own
+	// tests) at its flag parsing, where "help" would run every test.
+	child, err := os.StartProcess(exe, []string{exe, "--version"}, &os.ProcAttr{Files: []*os.File{null, null, null}})
 	if err != nil {
 		return nil, fmt.Errorf("start a reference task for semaphore undo lists: %w", err)
 	}

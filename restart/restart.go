@@ -780,10 +780,12 @@ func build(opts *Options, hdr *pb.Header, nss *namespaces, ipc *ipcState, tasks 
 // leader is gone (a daemon that forked twice), a helper with the leader's
 // PID is cloned first, calls setsid, clones t with CLONE_PARENT (so that t
 // keeps its real parent and inherits the session) and exits; the parent
-// stub reaps it.
+// stub reaps it. Session 0 (its leader outside the checkpointing ckpt's
+// PID namespace; older ckpt marked it orphan) cannot be re-created: the
+// process stays in ckpt's session.
 func cloneInSession(parent *stub, t *task, byPid map[uint32]*task, flags, exitSig uint64, created *[]*stub) (*stub, error) {
 	sid := t.p.Sid
-	if !t.p.SessionOrphan || sid == t.p.Pid || byPid[sid] != nil {
+	if !t.p.SessionOrphan || sid == 0 || sid == t.p.Pid || byPid[sid] != nil {
 		return parent.clone(int(t.p.Pid), flags, exitSig)
 	}
 	if err := checkPidFree(int(sid)); err != nil {
