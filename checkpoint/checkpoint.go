@@ -533,8 +533,11 @@ type frozen struct {
 	// now).
 	syscall, code uint64
 	released      bool
-	frozenAt      time.Time
-	frozenFor     time.Duration
+	// jobStop is the signal that had the process stopped by job control
+	// (Ctrl-Z), 0 if it ran.
+	jobStop   unix.Signal
+	frozenAt  time.Time
+	frozenFor time.Duration
 }
 
 // frozenThread is one stopped thread and what ckpt borrowed from it.
@@ -553,8 +556,9 @@ type frozenThread struct {
 	affinityRead, pinned bool
 }
 
-// release puts every thread back as it was and lets the process run.
-func (f *frozen) release() error {
+// release puts every thread back as it was and lets the process run;
+// stayFrozen: only detaches it (see frozenTree).
+func (f *frozen) release(stayFrozen bool) error {
 	if len(f.threads) == 0 || f.released {
 		return nil
 	}
@@ -564,10 +568,22 @@ func (f *frozen) release() error {
 		errs = append(errs, f.unmapCode())
 	}
 	for _, th := range f.threads {
-		errs = append(errs, th.restore())
-		errs = append(errs, ptrace.Detach(th.tid, 0))
+		// A process stopped by job control stays so on detach, and makes
+		// its call only when continued.
+		if err := th.restore(); err != nil || stayFrozen || f.jobStop != 0 {
+			errs = append(errs, err, ptrace.Detach(th.tid, 0))
+			continue
+		}
+		errs = append(errs, ptrace.Release(th.tid, &th.regs))
 	}
 	f.frozenFor = time.Since(f.frozenAt)
+	if f.jobStop != 0 && !stayFrozen {
+		tids := make([]int, len(f.threads))
+		for i, th := range f.threads {
+			tids[i] = th.tid
+		}
+		proc.WaitJobStopped(f.pid, tids, time.Second)
+	}
 	return errors.Join(errs...)
 }
 
@@ -672,7 +688,7 @@ func (f *frozen) freeze(cpu int) error {
 			if err := ptrace.Interrupt(tid); err != nil {
 				return err
 			}
-			if err := ptrace.WaitInterrupted(tid); err != nil {
+			if err := f.waitInterrupted(tid); err != nil {
 				return err
 			}
 		}
@@ -723,23 +739,37 @@ func (f *frozen) seizeAll() error {
 // waitStopped waits for the interrupt stops seizeAll asked for.
 func (f *frozen) waitStopped() error {
 	for _, th := range f.threads {
-		if err := ptrace.WaitInterrupted(th.tid); err != nil {
+		if err := f.waitInterrupted(th.tid); err != nil {
 			return err
 		}
 	}
 	return f.readRegs()
 }
 
+// waitInterrupted waits for thread tid's interrupt stop and notes
+// whether job control has the process stopped.
+func (f *frozen) waitInterrupted(tid int) error {
+	sig, err := ptrace.WaitInterrupted(tid)
+	if sig != 0 {
+		f.jobStop = sig
+	}
+	return err
+}
+
 // frozenTree is every process of the checkpoint, in tree order.
 type frozenTree struct {
 	procs   []*frozen
 	zombies []*proc.Stat
+	// stayFrozen says a freezer cgroup holds the processes on release:
+	// they cannot run into their calls (ptrace.Release) and are only
+	// detached.
+	stayFrozen bool
 }
 
 func (ft *frozenTree) release() error {
 	var errs []error
 	for _, f := range ft.procs {
-		errs = append(errs, f.release())
+		errs = append(errs, f.release(ft.stayFrozen))
 	}
 	return errors.Join(errs...)
 }
@@ -850,6 +880,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 			if ferr := fz.set(true); ferr != nil && err == nil {
 				err = ferr
 			}
+			ft.stayFrozen = true
 		}
 		if rerr := ft.release(); rerr != nil && err == nil {
 			err = fmt.Errorf("release processes: %w", rerr)
@@ -1080,7 +1111,7 @@ func collect(opts *Options, procs []*frozen, files *resource.FileSet, owners, vm
 	mmID := make([]uint32, n)
 	var next uint32
 	for i, f := range procs {
-		out[i] = &pb.Process{Pid: uint32(f.pid), FilesOwner: uint32(owners[f.pid]), MmOwner: uint32(vmOwners[f.pid])}
+		out[i] = &pb.Process{Pid: uint32(f.pid), FilesOwner: uint32(owners[f.pid]), MmOwner: uint32(vmOwners[f.pid]), JobStop: uint32(f.jobStop)}
 		if vmOwners[f.pid] == 0 {
 			next++
 			mmID[i] = next

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -484,4 +485,27 @@ func ReadPagemap(f *os.File, start, end uint64) ([]uint64, error) {
 		out[i] = binary.LittleEndian.Uint64(buf[i*8:])
 	}
 	return out, nil
+}
+
+// WaitJobStopped waits, up to timeout, until each thread tids of process
+// pid is stopped by job control (state T) or gone. A thread detached while
+// its group stop is in effect stops only once it runs again; whoever looks
+// at it after ckpt has returned (ps, the program's parent) must find it
+// stopped. Past the timeout (a SIGCONT from elsewhere came first) it
+// returns anyway: there is nothing to undo.
+func WaitJobStopped(pid int, tids []int, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for _, tid := range tids {
+		for {
+			b, err := ReadFile(Path(pid, "task/"+strconv.Itoa(tid)+"/stat"))
+			var st *Stat
+			if err == nil {
+				st, err = ParseStat(b)
+			}
+			if err != nil || st.State == 'T' || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+	}
 }

@@ -274,7 +274,7 @@ func (in *Injector) ReturnToInterruptStop() error {
 		if !ws.Stopped() {
 			continue
 		}
-		if ws.TrapCause() == unix.PTRACE_EVENT_STOP {
+		if isEventStop(ws) { // SIGTRAP, or the group stop's signal
 			in.atExit = false
 			return nil
 		}

@@ -108,29 +108,53 @@ func Wait(tid int) (unix.WaitStatus, error) {
 
 // WaitInterrupted waits for the stop a PTRACE_INTERRUPT (or a seize of a
 // new child) produces. Signals that arrive first are delivered, as they would
-// have been without ckpt, and the wait goes on.
-func WaitInterrupted(tid int) error {
+// have been without ckpt, and the wait goes on. jobStop is the signal that
+// stopped the process by job control (SIGSTOP, SIGTSTP, ...), 0 if it was
+// running: the kernel reports every ptrace event stop of a seized thread
+// with it while the group stop lasts, the interrupt's too.
+func WaitInterrupted(tid int) (jobStop unix.Signal, err error) {
 	for {
 		ws, err := Wait(tid)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if !ws.Stopped() {
 			continue
 		}
-		if ws.TrapCause() == unix.PTRACE_EVENT_STOP {
-			return nil
-		}
 		sig := ws.StopSignal()
+		if isEventStop(ws) {
+			if sig == unix.SIGTRAP {
+				return 0, nil
+			}
+			// The group stop's trap (a seize of a stopped thread makes
+			// one); the interrupt's own comes once the thread resumes.
+			if err := unix.PtraceCont(tid, 0); err != nil {
+				return 0, fmt.Errorf("resume %d: %w", tid, err)
+			}
+			ws, err := Wait(tid)
+			if err != nil {
+				return 0, err
+			}
+			if !isEventStop(ws) {
+				return 0, fmt.Errorf("thread %d, stopped by %v: unexpected wait status %#x after its group stop", tid, sig, uint32(ws))
+			}
+			return sig, nil
+		}
 		if sig == unix.SIGTRAP || int(sig) == syscallStop {
 			sig = 0
 		}
 		// A signal-delivery stop: let the signal through and wait again for
 		// the interrupt, which stays pending.
 		if err := unix.PtraceCont(tid, int(sig)); err != nil {
-			return fmt.Errorf("resume %d: %w", tid, err)
+			return 0, fmt.Errorf("resume %d: %w", tid, err)
 		}
 	}
+}
+
+// isEventStop reports a PTRACE_EVENT_STOP: an interrupt's stop, or a group
+// stop's, whose signal is that of the stop rather than SIGTRAP.
+func isEventStop(ws unix.WaitStatus) bool {
+	return ws.Stopped() && uint32(ws)>>16 == unix.PTRACE_EVENT_STOP
 }
 
 // WaitSignalStop waits for a traced-from-birth child (PTRACE_TRACEME or an
@@ -260,13 +284,8 @@ func GetRseq(tid int) (RseqConfig, error) {
 
 // Detach releases a stopped tracee, delivering sig (0 for none).
 func Detach(tid int, sig int) error {
-	if err := unix.PtraceDetach(tid); err != nil && sig == 0 {
+	if err := ptrace(unix.PTRACE_DETACH, tid, 0, uintptr(sig)); err != nil {
 		return fmt.Errorf("detach %d: %w", tid, err)
-	}
-	if sig != 0 {
-		if err := ptrace(unix.PTRACE_DETACH, tid, 0, uintptr(sig)); err != nil {
-			return fmt.Errorf("detach %d: %w", tid, err)
-		}
 	}
 	return nil
 }

@@ -27,7 +27,7 @@ func injectInto(pid int, f func(tg *Target) error) error {
 			if err := ptrace.Interrupt(pid); err != nil {
 				return err
 			}
-			if err := ptrace.WaitInterrupted(pid); err != nil {
+			if _, err := ptrace.WaitInterrupted(pid); err != nil {
 				return err
 			}
 			var err error

@@ -117,7 +117,7 @@ func CheckSelfWriters(pids []int, ino uint64) error {
 // is refused: the library's protocol would not hold.
 func SelfReturn(th *pb.Thread, regs ptrace.Regs, fd int) error {
 	switch -int64(regs.Rax) {
-	case errRestartSys, errRestartNoIntr, errRestartNoHand:
+	case ptrace.ErrRestartSys, ptrace.ErrRestartNoIntr, ptrace.ErrRestartNoHand:
 	default:
 		return fmt.Errorf("self-checkpoint thread %d is not blocked in read() (rax %#x)", th.Tid, regs.Rax)
 	}

@@ -61,7 +61,7 @@ func TestWaitSelfRead(t *testing.T) {
 }
 
 func TestSelfReturn(t *testing.T) {
-	blocked := ptrace.Regs{Rax: ^uint64(errRestartSys - 1), Orig_rax: unix.SYS_READ, Rdi: 5, Rip: 0x401002}
+	blocked := ptrace.Regs{Rax: ^uint64(ptrace.ErrRestartSys - 1), Orig_rax: unix.SYS_READ, Rdi: 5, Rip: 0x401002}
 	th := &pb.Thread{Tid: 9, Restart: &pb.SyscallRestart{Nr: unix.SYS_READ}}
 	if err := SelfReturn(th, blocked, 5); err != nil {
 		t.Fatal(err)
@@ -74,9 +74,9 @@ func TestSelfReturn(t *testing.T) {
 		t.Errorf("image registers rax %#x orig_rax %#x rip %#x restart %v; want a completed read returning 0 at the same rip", r.Rax, r.Orig_rax, r.Rip, th.Restart)
 	}
 	for _, bad := range []ptrace.Regs{
-		{Rax: ^uint64(errRestartSys - 1), Orig_rax: unix.SYS_READ, Rdi: 6},  // another fd
-		{Rax: ^uint64(errRestartSys - 1), Orig_rax: unix.SYS_WRITE, Rdi: 5}, // another call
-		{Rax: 8, Orig_rax: unix.SYS_READ, Rdi: 5},                           // not blocked
+		{Rax: ^uint64(ptrace.ErrRestartSys - 1), Orig_rax: unix.SYS_READ, Rdi: 6},  // another fd
+		{Rax: ^uint64(ptrace.ErrRestartSys - 1), Orig_rax: unix.SYS_WRITE, Rdi: 5}, // another call
+		{Rax: 8, Orig_rax: unix.SYS_READ, Rdi: 5},                                  // not blocked
 	} {
 		if err := SelfReturn(&pb.Thread{Tid: 9}, bad, 5); err == nil {
 			t.Errorf("registers %+v accepted", bad)

@@ -14,15 +14,6 @@ import (
 	"github.com/ckpt/ckpt/ptrace"
 )
 
-// Kernel-internal syscall results a thread shows when it was stopped inside
-// a system call that the kernel means to restart.
-const (
-	errRestartSys          = 512
-	errRestartNoIntr       = 513
-	errRestartNoHand       = 514
-	errRestartRestartBlock = 516
-)
-
 const timerAbstime = 1
 
 // RegsSize is sizeof(struct user_regs_struct).
@@ -101,12 +92,12 @@ func dumpRestart(t *Target, r ptrace.Regs) (*pb.SyscallRestart, error) {
 		return nil, nil
 	}
 	switch -int64(r.Rax) {
-	case errRestartSys, errRestartNoIntr, errRestartNoHand, errRestartRestartBlock:
+	case ptrace.ErrRestartSys, ptrace.ErrRestartNoIntr, ptrace.ErrRestartNoHand, ptrace.ErrRestartRestartBlock:
 	default:
 		return nil, nil
 	}
 	rs := &pb.SyscallRestart{Nr: int64(r.Orig_rax)}
-	if -int64(r.Rax) != errRestartRestartBlock {
+	if -int64(r.Rax) != ptrace.ErrRestartRestartBlock {
 		return rs, nil
 	}
 	nr := r.Orig_rax
@@ -297,10 +288,10 @@ func releaseRegs(th *pb.Thread) (ptrace.Regs, error) {
 	case rs == nil:
 	case rs.KnownRemaining && rs.RemainingNs == 0:
 		r.Rax, r.Orig_rax = 0, ^uint64(0) // the sleep was over: it completed
-	case -int64(r.Rax) == errRestartRestartBlock:
+	case -int64(r.Rax) == ptrace.ErrRestartRestartBlock:
 		// The kernel's restart block did not survive: run the call again
 		// from the start rather than fail it with EINTR.
-		r.Rax, r.Orig_rax = ^uint64(errRestartNoIntr-1), uint64(rs.Nr)
+		r.Rax, r.Orig_rax = ^uint64(ptrace.ErrRestartNoIntr-1), uint64(rs.Nr)
 	}
 	return r, nil
 }
@@ -435,7 +426,7 @@ func restartSleep(t *Target, th *pb.Thread) error {
 	if err := t.WriteMem(tsAddr, saved); err != nil {
 		return err
 	}
-	if -int64(now.Rax) != errRestartRestartBlock {
+	if -int64(now.Rax) != ptrace.ErrRestartRestartBlock {
 		// The sleep ended before the interrupt: it completed.
 		orig.Rax = now.Rax
 		orig.Orig_rax = ^uint64(0)

@@ -1051,7 +1051,9 @@ func unmapStub(tk *task) error {
 }
 
 // release sets each thread's final signal mask, CPU set and scheduling and
-// detaches it (the other threads first, the main thread last).
+// detaches it (the other threads first, the main thread last); one inside
+// a blocking call is detached once it is back in the call
+// (ptrace.Release).
 func release(opts *Options, tk *task) error {
 	p := tk.p
 	if p.Zombie {
@@ -1077,9 +1079,32 @@ func release(opts *Options, tk *task) error {
 		}
 		opts.Warn(fmt.Sprintf("process %d (%s) runs with ckpt's scheduling priority: its own could not be set here (%s%s); to keep it, raise RLIMIT_NICE or RLIMIT_RTPRIO, or restart as root", p.Pid, p.Comm, unset[0], more))
 	}
+	if p.JobStop != 0 {
+		// Stopped by job control at the checkpoint (the signal is
+		// SIGSTOP whatever it was: a SIGTSTP handler must not run). Queued
+		// before any thread is detached, it stops each on its way out of
+		// the ptrace stop, before it runs.
+		if err := unix.Kill(tk.targets[0].Inj.Tid, unix.SIGSTOP); err != nil {
+			return fmt.Errorf("stop process %d again (job control): %w", p.Pid, err)
+		}
+		tids := make([]int, len(p.Threads))
+		for i := len(p.Threads) - 1; i >= 0; i-- {
+			tids[i] = tk.targets[i].Inj.Tid
+			if err := ptrace.Detach(tids[i], 0); err != nil {
+				return err
+			}
+		}
+		proc.WaitJobStopped(tids[0], tids, time.Second)
+		return nil
+	}
 	for i := len(p.Threads) - 1; i >= 0; i-- {
-		if err := ptrace.Detach(tk.targets[i].Inj.Tid, 0); err != nil {
+		tid := tk.targets[i].Inj.Tid
+		regs, err := ptrace.GetRegs(tid)
+		if err != nil {
 			return err
+		}
+		if err := ptrace.Release(tid, &regs); err != nil {
+			return fmt.Errorf("release thread %d: %w", p.Threads[i].Tid, err)
 		}
 	}
 	return nil

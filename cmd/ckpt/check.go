@@ -122,7 +122,7 @@ func probeTracee(f func(pid int) error) error {
 		if err := ptrace.Interrupt(pid); err != nil {
 			return err
 		}
-		if err := ptrace.WaitInterrupted(pid); err != nil {
+		if _, err := ptrace.WaitInterrupted(pid); err != nil {
 			return err
 		}
 		return f(pid)

@@ -305,6 +305,9 @@ func printProcess(out io.Writer, p *pb.Process) {
 // process's (prctl state, no_new_privs, oom_score_adj), for display.
 func processAttrs(p *pb.Process) string {
 	var as []string
+	if p.JobStop != 0 {
+		as = append(as, "stopped by "+unix.SignalName(unix.Signal(p.JobStop)))
+	}
 	switch p.Dumpable {
 	case 1:
 		as = append(as, "not dumpable")

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ckpt/ckpt/image"
@@ -81,6 +82,7 @@ func TestProcessAttrs(t *testing.T) {
 		{&pb.Process{Dumpable: 3, ThpDisabled: true, NoNewPrivs: true}, "dumpable by root only, transparent huge pages disabled, no_new_privs"},
 		{&pb.Process{OomScoreAdj: proto.Int32(0)}, ""},
 		{&pb.Process{OomScoreAdj: proto.Int32(-500)}, "oom_score_adj -500"},
+		{&pb.Process{JobStop: uint32(unix.SIGTSTP), NoNewPrivs: true}, "stopped by SIGTSTP, no_new_privs"},
 	} {
 		if got := processAttrs(tc.p); got != tc.want {
 			t.Errorf("processAttrs(%v) = %q, want %q", tc.p, got, tc.want)

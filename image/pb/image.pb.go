@@ -2917,6 +2917,10 @@ type Process struct {
 	// posix_locks are the fcntl(F_SETLK) locks the process held: they
 	// belong to it (to its descriptor table), not to a description.
 	PosixLocks []*FileLock `protobuf:"bytes,31,rep,name=posix_locks,json=posixLocks,proto3" json:"posix_locks,omitempty"`
+	// job_stop is the signal that had the process stopped by job control
+	// (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU; a shell job suspended with
+	// Ctrl-Z), 0 if it ran. Restart stops it again before it runs.
+	JobStop uint32 `protobuf:"varint,32,opt,name=job_stop,json=jobStop,proto3" json:"job_stop,omitempty"`
 	// ns are the namespaces the process is in.
 	Ns            *NsIds `protobuf:"bytes,50,opt,name=ns,proto3" json:"ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -3168,6 +3172,13 @@ func (x *Process) GetPosixLocks() []*FileLock {
 		return x.PosixLocks
 	}
 	return nil
+}
+
+func (x *Process) GetJobStop() uint32 {
+	if x != nil {
+		return x.JobStop
+	}
+	return 0
 }
 
 func (x *Process) GetNs() *NsIds {
@@ -5776,7 +5787,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\tpermitted\x18\x02 \x01(\x04R\tpermitted\x12\x1c\n" +
 	"\teffective\x18\x03 \x01(\x04R\teffective\x12\x1a\n" +
 	"\bbounding\x18\x04 \x01(\x04R\bbounding\x12\x18\n" +
-	"\aambient\x18\x05 \x01(\x04R\aambient\"\xdd\b\n" +
+	"\aambient\x18\x05 \x01(\x04R\aambient\"\xf8\b\n" +
 	"\aProcess\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x12\n" +
 	"\x04ppid\x18\x02 \x01(\rR\x04ppid\x12\x12\n" +
@@ -5815,7 +5826,8 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\room_score_adj\x18\x1d \x01(\x05H\x00R\voomScoreAdj\x88\x01\x01\x12<\n" +
 	"\fposix_timers\x18\x1e \x03(\v2\x19.ckpt.image.v1.PosixTimerR\vposixTimers\x128\n" +
 	"\vposix_locks\x18\x1f \x03(\v2\x17.ckpt.image.v1.FileLockR\n" +
-	"posixLocks\x12$\n" +
+	"posixLocks\x12\x19\n" +
+	"\bjob_stop\x18  \x01(\rR\ajobStop\x12$\n" +
 	"\x02ns\x182 \x01(\v2\x14.ckpt.image.v1.NsIdsR\x02nsB\x10\n" +
 	"\x0e_oom_score_adj\"5\n" +
 	"\aPageRun\x12\x12\n" +

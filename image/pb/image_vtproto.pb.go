@@ -2148,6 +2148,13 @@ func (m *Process) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i--
 		dAtA[i] = 0x92
 	}
+	if m.JobStop != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.JobStop))
+		i--
+		dAtA[i] = 0x2
+		i--
+		dAtA[i] = 0x80
+	}
 	if len(m.PosixLocks) > 0 {
 		for iNdEx := len(m.PosixLocks) - 1; iNdEx >= 0; iNdEx-- {
 			size, err := m.PosixLocks[iNdEx].MarshalToSizedBufferVT(dAtA[:i])
@@ -5337,6 +5344,9 @@ func (m *Process) SizeVT() (n int) {
 			l = e.SizeVT()
 			n += 2 + l + protohelpers.SizeOfVarint(uint64(l))
 		}
+	}
+	if m.JobStop != 0 {
+		n += 2 + protohelpers.SizeOfVarint(uint64(m.JobStop))
 	}
 	if m.Ns != nil {
 		l = m.Ns.SizeVT()
@@ -12724,6 +12734,25 @@ func (m *Process) UnmarshalVT(dAtA []byte) error {
 				return err
 			}
 			iNdEx = postIndex
+		case 32:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field JobStop", wireType)
+			}
+			m.JobStop = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.JobStop |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		case 50:
 			if wireType != 2 {
 				return fmt.Errorf("proto: wrong wireType = %d for field Ns", wireType)

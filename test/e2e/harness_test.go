@@ -245,7 +245,7 @@ func (p *proc) cleanup() {
 	if p.pid == 0 {
 		p.cmd.Process.Kill()
 	}
-	syscall.Kill(p.pid, syscall.SIGKILL)
+	killTree(p.pid)
 	p.exit.wait(5 * time.Second)
 	waitPidGone(p.pid, 5*time.Second)
 }
@@ -343,7 +343,7 @@ func (p *proc) restart(img string, env ...string) *restarted {
 		p.pid = r.pid
 	}
 	p.t.Cleanup(func() {
-		syscall.Kill(p.pid, syscall.SIGKILL)
+		killTree(p.pid)
 		r.exit.wait(10 * time.Second)
 	})
 	return r
@@ -402,10 +402,62 @@ func (p *proc) verifyExit(e *exited, signal bool, timeout time.Duration) {
 
 func itoa(n int) string { return strconv.Itoa(n) }
 
-// taskStates describes every thread of pid, for failure reports.
+// treeOf lists pid and its descendants, parents first.
+func treeOf(pid int) []int {
+	pids := []int{pid}
+	for i := 0; i < len(pids); i++ {
+		kids, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pids[i]))
+		for _, k := range kids {
+			b, _ := os.ReadFile(k)
+			for _, f := range strings.Fields(string(b)) {
+				if n, err := strconv.Atoi(f); err == nil {
+					pids = append(pids, n)
+				}
+			}
+		}
+	}
+	return pids
+}
+
+// killTree kills pid, its descendants and the rest of the session it
+// leads: a workload's children outlive a root killed alone, and a daemon's
+// grandchild has left the tree. A failed test leaves nothing running.
+func killTree(pid int) {
+	if pid <= 0 {
+		return // (session 0 holds everything whose leader is out of sight)
+	}
+	for pass := 0; pass < 2; pass++ { // what forked during the first
+		pids := treeOf(pid)
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			n, err := strconv.Atoi(e.Name())
+			if err != nil || n == pid {
+				continue
+			}
+			b, _ := os.ReadFile("/proc/" + e.Name() + "/stat")
+			s := string(b)
+			// After the name: state, ppid, pgrp, session.
+			if i := strings.LastIndexByte(s, ')'); i > 0 {
+				if f := strings.Fields(s[i+1:]); len(f) > 3 && f[3] == strconv.Itoa(pid) {
+					pids = append(pids, n)
+				}
+			}
+		}
+		for _, p := range pids {
+			syscall.Kill(p, syscall.SIGKILL)
+		}
+	}
+}
+
+// taskStates describes every thread of pid and its descendants, for
+// failure reports.
 func taskStates(pid int) string {
 	var b strings.Builder
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*", pid))
+	var tasks []string
+	for _, p := range treeOf(pid) {
+		ts, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*", p))
+		tasks = append(tasks, ts...)
+	}
 	for _, t := range tasks {
 		st, _ := os.ReadFile(t + "/status")
 		sc, _ := os.ReadFile(t + "/syscall")

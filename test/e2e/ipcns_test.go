@@ -60,7 +60,7 @@ func seize(pid int) (*seized, error) {
 	if err := ptrace.Interrupt(pid); err != nil {
 		return nil, err
 	}
-	if err := ptrace.WaitInterrupted(pid); err != nil {
+	if _, err := ptrace.WaitInterrupted(pid); err != nil {
 		return nil, err
 	}
 	regs, err := ptrace.GetRegs(pid)

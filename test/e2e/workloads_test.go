@@ -50,6 +50,8 @@ func workloads() []workload {
 		{name: "inet-sockets", argv: cWorkload("inet"), signal: true, settle: 20 * time.Millisecond},
 		{name: "unix-named-sockets", argv: cWorkload("unixnamed"), signal: true, settle: 20 * time.Millisecond},
 		{name: "tcp", argv: cWorkload("tcp"), signal: true, settle: 20 * time.Millisecond},
+		{name: "eintr", argv: cWorkload("eintr"), signal: true, settle: 20 * time.Millisecond},
+		{name: "job-stopped", argv: cWorkload("jobstop"), signal: true, settle: 20 * time.Millisecond},
 		{name: "deleted-files", argv: cWorkload("deleted"), signal: true, settle: 20 * time.Millisecond},
 		{name: "file-locks", argv: cWorkload("locks"), signal: true, settle: 20 * time.Millisecond},
 		{name: "capabilities", argv: cWorkload("caps"), signal: true, settle: 50 * time.Millisecond},
