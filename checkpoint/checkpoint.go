@@ -532,7 +532,7 @@ type frozen struct {
 	// are injected at, code the code page ckpt mapped for them (0: none
 	// now).
 	syscall, code uint64
-	released      bool
+	isReleased    bool
 	// jobStop is the signal that had the process stopped by job control
 	// (Ctrl-Z), 0 if it ran.
 	jobStop   unix.Signal
@@ -557,13 +557,15 @@ type frozenThread struct {
 }
 
 // release puts every thread back as it was and lets the process run;
-// stayFrozen: only detaches it (see frozenTree).
-func (f *frozen) release(stayFrozen bool) error {
-	if len(f.threads) == 0 || f.released {
-		return nil
+// stayFrozen: only detaches it (see frozenTree). Threads on their way back
+// into a call are returned, for the caller to finish (ptrace.StartRelease).
+func (f *frozen) release(stayFrozen bool) ([]*ptrace.Releasing, error) {
+	if len(f.threads) == 0 || f.isReleased {
+		return nil, nil
 	}
-	f.released = true
+	f.isReleased = true
 	var errs []error
+	var going []*ptrace.Releasing
 	if f.code != 0 {
 		errs = append(errs, f.unmapCode())
 	}
@@ -574,7 +576,20 @@ func (f *frozen) release(stayFrozen bool) error {
 			errs = append(errs, err, ptrace.Detach(th.tid, 0))
 			continue
 		}
-		errs = append(errs, ptrace.Release(th.tid, &th.regs))
+		g, err := ptrace.StartRelease(th.tid, &th.regs)
+		if g != nil {
+			going = append(going, g)
+		}
+		errs = append(errs, err)
+	}
+	return going, errors.Join(errs...)
+}
+
+// afterRelease notes the frozen time once every thread is detached, and waits
+// for a process stopped by job control to show it.
+func (f *frozen) afterRelease(stayFrozen bool) {
+	if len(f.threads) == 0 || f.frozenFor != 0 {
+		return
 	}
 	f.frozenFor = time.Since(f.frozenAt)
 	if f.jobStop != 0 && !stayFrozen {
@@ -584,7 +599,6 @@ func (f *frozen) release(stayFrozen bool) error {
 		}
 		proc.WaitJobStopped(f.pid, tids, time.Second)
 	}
-	return errors.Join(errs...)
 }
 
 // restore undoes injection: scratch bytes, back into the interrupt stop,
@@ -768,8 +782,17 @@ type frozenTree struct {
 
 func (ft *frozenTree) release() error {
 	var errs []error
+	var going []*ptrace.Releasing
 	for _, f := range ft.procs {
-		errs = append(errs, f.release(ft.stayFrozen))
+		g, err := f.release(ft.stayFrozen)
+		going = append(going, g...)
+		errs = append(errs, err)
+	}
+	for _, g := range going {
+		errs = append(errs, g.Finish())
+	}
+	for _, f := range ft.procs {
+		f.afterRelease(ft.stayFrozen)
 	}
 	return errors.Join(errs...)
 }
@@ -1068,7 +1091,7 @@ func dump(opts *Options, stats *Stats) (err error) {
 			}
 		}
 		for _, f := range ft.procs {
-			f.released = true
+			f.isReleased = true
 			f.frozenFor = time.Since(f.frozenAt)
 			if err := unix.Kill(f.pid, unix.SIGKILL); err != nil {
 				return fmt.Errorf("kill %d: %w", f.pid, err)

@@ -43,12 +43,37 @@ func restartRace(r *Regs) bool {
 // delivery: it gets r back, so that the kernel fails or restarts the call
 // as that signal's handler says, and is detached with that signal.
 func Release(tid int, r *Regs) error {
-	if !restartRace(r) {
-		return Detach(tid, 0)
-	}
-	if err := ResumeSyscall(tid, 0); err != nil {
+	rl, err := StartRelease(tid, r)
+	if err != nil || rl == nil {
 		return err
 	}
+	return rl.Finish()
+}
+
+// Releasing is a thread on its way back into its call (see Release).
+type Releasing struct {
+	tid  int
+	regs Regs
+}
+
+// StartRelease is the first half of Release: it detaches a thread that is
+// not in a call at once (and returns nil), and sends one that is on its
+// way. Starting every thread before finishing any lets them run into
+// their calls side by side rather than one wake-up after another.
+func StartRelease(tid int, r *Regs) (*Releasing, error) {
+	if !restartRace(r) {
+		return nil, Detach(tid, 0)
+	}
+	if err := ResumeSyscall(tid, 0); err != nil {
+		return nil, err
+	}
+	return &Releasing{tid: tid, regs: *r}, nil
+}
+
+// Finish waits until the thread is inside its call, or a signal stops it
+// first, and detaches it.
+func (rl *Releasing) Finish() error {
+	tid := rl.tid
 	for {
 		ws, err := Wait(tid)
 		if err != nil {
@@ -66,7 +91,7 @@ func Release(tid int, r *Regs) error {
 			// stays so once detached and makes its call when continued.
 			return Detach(tid, 0)
 		}
-		if err := SetRegs(tid, r); err != nil {
+		if err := SetRegs(tid, &rl.regs); err != nil {
 			return fmt.Errorf("thread %d: signal %v during release: %w", tid, sig, err)
 		}
 		return Detach(tid, int(sig))

@@ -386,11 +386,23 @@ func restore(opts *Options) (res *Result, err error) {
 	if err := files.FinishSockets(); err != nil {
 		return nil, err
 	}
-	// Everything is in place: let every process go, the root last.
-	for i := len(tasks) - 1; i >= 0; i-- {
-		if err := release(opts, tasks[i]); err != nil {
-			return nil, err
+	// Everything is in place: let every process go, the root last. Threads
+	// on their way back into a call are all started before any is
+	// waited for (ptrace.StartRelease).
+	var going []*ptrace.Releasing
+	var rerr error
+	for i := len(tasks) - 1; i >= 0 && rerr == nil; i-- {
+		var g []*ptrace.Releasing
+		g, rerr = release(opts, tasks[i])
+		going = append(going, g...)
+	}
+	for _, g := range going {
+		if err := g.Finish(); err != nil && rerr == nil {
+			rerr = err
 		}
+	}
+	if rerr != nil {
+		return nil, rerr
 	}
 	opts.mark("unmap stubs and release")
 	res = &Result{Pid: root.s.pid, Comm: root.p.Comm}
@@ -1052,21 +1064,21 @@ func unmapStub(tk *task) error {
 
 // release sets each thread's final signal mask, CPU set and scheduling and
 // detaches it (the other threads first, the main thread last); one inside
-// a blocking call is detached once it is back in the call
-// (ptrace.Release).
-func release(opts *Options, tk *task) error {
+// a blocking call is sent back into it and returned, for the caller to
+// detach there (ptrace.StartRelease).
+func release(opts *Options, tk *task) ([]*ptrace.Releasing, error) {
 	p := tk.p
 	if p.Zombie {
-		return nil
+		return nil, nil
 	}
 	var unset []string // scheduling that could not be set, per thread
 	for i, th := range p.Threads {
 		tid := tk.targets[i].Inj.Tid
 		if err := ptrace.SetSigmask(tid, th.Sigmask); err != nil {
-			return err
+			return nil, err
 		}
 		if err := restoreCPUs(opts, th, tid); err != nil {
-			return err
+			return nil, err
 		}
 		if r := resource.RestoreSched(tid, th); r != "" {
 			unset = append(unset, fmt.Sprintf("thread %d: %s", th.Tid, r))
@@ -1085,29 +1097,33 @@ func release(opts *Options, tk *task) error {
 		// before any thread is detached, it stops each on its way out of
 		// the ptrace stop, before it runs.
 		if err := unix.Kill(tk.targets[0].Inj.Tid, unix.SIGSTOP); err != nil {
-			return fmt.Errorf("stop process %d again (job control): %w", p.Pid, err)
+			return nil, fmt.Errorf("stop process %d again (job control): %w", p.Pid, err)
 		}
 		tids := make([]int, len(p.Threads))
 		for i := len(p.Threads) - 1; i >= 0; i-- {
 			tids[i] = tk.targets[i].Inj.Tid
 			if err := ptrace.Detach(tids[i], 0); err != nil {
-				return err
+				return nil, err
 			}
 		}
 		proc.WaitJobStopped(tids[0], tids, time.Second)
-		return nil
+		return nil, nil
 	}
+	var going []*ptrace.Releasing
 	for i := len(p.Threads) - 1; i >= 0; i-- {
 		tid := tk.targets[i].Inj.Tid
 		regs, err := ptrace.GetRegs(tid)
-		if err != nil {
-			return err
+		if err == nil {
+			var g *ptrace.Releasing
+			if g, err = ptrace.StartRelease(tid, &regs); g != nil {
+				going = append(going, g)
+			}
 		}
-		if err := ptrace.Release(tid, &regs); err != nil {
-			return fmt.Errorf("release thread %d: %w", p.Threads[i].Tid, err)
+		if err != nil {
+			return going, fmt.Errorf("release thread %d: %w", p.Threads[i].Tid, err)
 		}
 	}
-	return nil
+	return going, nil
 }
 
 // restoreCPUs gives thread tid (th in the image) its CPU set. One this
