@@ -113,6 +113,7 @@ func Wait(tid int) (unix.WaitStatus, error) {
 // running: the kernel reports every ptrace event stop of a seized thread
 // with it while the group stop lasts, the interrupt's too.
 func WaitInterrupted(tid int) (jobStop unix.Signal, err error) {
+	groupStops := 0
 	for {
 		ws, err := Wait(tid)
 		if err != nil {
@@ -124,21 +125,17 @@ func WaitInterrupted(tid int) (jobStop unix.Signal, err error) {
 		sig := ws.StopSignal()
 		if isEventStop(ws) {
 			if sig == unix.SIGTRAP {
-				return 0, nil
+				return 0, nil // running (or continued meanwhile)
+			}
+			if groupStops++; groupStops > 1 {
+				return sig, nil
 			}
 			// The group stop's trap (a seize of a stopped thread makes
 			// one); the interrupt's own comes once the thread resumes.
 			if err := unix.PtraceCont(tid, 0); err != nil {
 				return 0, fmt.Errorf("resume %d: %w", tid, err)
 			}
-			ws, err := Wait(tid)
-			if err != nil {
-				return 0, err
-			}
-			if !isEventStop(ws) {
-				return 0, fmt.Errorf("thread %d, stopped by %v: unexpected wait status %#x after its group stop", tid, sig, uint32(ws))
-			}
-			return sig, nil
+			continue
 		}
 		if sig == unix.SIGTRAP || int(sig) == syscallStop {
 			sig = 0

@@ -105,14 +105,33 @@ func PreflightFiles(pid int) ([]FdRef, error) {
 	if err != nil {
 		return nil, err
 	}
-	refs := make([]FdRef, len(fds))
-	for i, fd := range fds {
-		refs[i].Fd = fd
-		if _, err := describeFile(pid, &refs[i], false); err != nil {
+	refs := make([]FdRef, 0, len(fds))
+	for _, fd := range fds {
+		ref := FdRef{Fd: fd}
+		if _, err := describeFile(pid, &ref, false); err != nil {
+			if fdClosed(pid, fd, err) {
+				continue // the running process closed it meanwhile
+			}
 			return nil, err
 		}
+		refs = append(refs, ref)
 	}
 	return refs, nil
+}
+
+// fdClosed tells, from the error describing it, a descriptor the process
+// closed since it was listed (a program at its start opens and closes
+// locale files) from one ckpt could not read. What is open at the freeze
+// is read again then.
+func fdClosed(pid, fd int, err error) bool {
+	if !errors.Is(err, unix.ENOENT) {
+		return false
+	}
+	if _, err := os.Lstat(proc.Path(pid, "fd/"+strconv.Itoa(fd))); !errors.Is(err, unix.ENOENT) {
+		return false
+	}
+	_, err = os.Stat(proc.Path(pid, "fd"))
+	return err == nil // the process itself is still there
 }
 
 // FdRefs reads the descriptors of pid, leaving out those closed meanwhile.

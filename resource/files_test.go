@@ -2,6 +2,7 @@ package resource
 
 import (
 	"fmt"
+	"os"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -85,5 +86,43 @@ func TestPlanFdMoves(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestFdClosed: preflight reads a running process, which may close a
+// descriptor between the listing and the reading; only that case is
+// skipped.
+func TestFdClosed(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := int(f.Fd())
+	g, err := os.CreateTemp(t.TempDir(), "fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := int(g.Fd())
+	g.Close()
+	defer f.Close()
+	gone := fmt.Errorf("read fd: %w", &os.PathError{Op: "readlink", Path: "x", Err: unix.ENOENT})
+	self := os.Getpid()
+	tests := []struct {
+		name string
+		fd   int
+		err  error
+		want bool
+	}{
+		{"closed meanwhile", closed, gone, true},
+		{"still open", open, gone, false},
+		{"another error", closed, fmt.Errorf("read fd: %w", unix.EACCES), false},
+	}
+	for _, tt := range tests {
+		if got := fdClosed(self, tt.fd, tt.err); got != tt.want {
+			t.Errorf("%s: fdClosed(%d) = %v, want %v", tt.name, tt.fd, got, tt.want)
+		}
+	}
+	if fdClosed(1<<22, closed, gone) {
+		t.Error("fdClosed is true for a process that does not exist")
 	}
 }
