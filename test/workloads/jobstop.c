@@ -54,8 +54,8 @@ static int child(void)
 	return 0;
 }
 
-/* states fills st with the state letter of each thread of pid; returns how
- * many threads, and *all with how many are in state want. */
+/* states returns how many threads pid has, and sets *all to how many of
+ * them are in state want (a letter of /proc/PID/task/TID/stat). */
 static int states(pid_t pid, char want, int *all)
 {
 	char path[64];
