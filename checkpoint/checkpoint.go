@@ -535,9 +535,10 @@ type frozen struct {
 	isReleased    bool
 	// jobStop is the signal that had the process stopped by job control
 	// (Ctrl-Z), 0 if it ran.
-	jobStop   unix.Signal
-	frozenAt  time.Time
-	frozenFor time.Duration
+	jobStop        unix.Signal
+	suspendSeccomp bool // see frozenTree
+	frozenAt       time.Time
+	frozenFor      time.Duration
 }
 
 // frozenThread is one stopped thread and what ckpt borrowed from it.
@@ -767,6 +768,9 @@ func (f *frozen) waitInterrupted(tid int) error {
 	if sig != 0 {
 		f.jobStop = sig
 	}
+	if err == nil && f.suspendSeccomp {
+		err = ptrace.SuspendSeccomp(tid, ptrace.TargetOptions)
+	}
 	return err
 }
 
@@ -774,6 +778,9 @@ func (f *frozen) waitInterrupted(tid int) error {
 type frozenTree struct {
 	procs   []*frozen
 	zombies []*proc.Stat
+	// suspendSeccomp: every thread gets PTRACE_O_SUSPEND_SECCOMP once
+	// stopped, so that its filters, if any, let ckpt's calls through.
+	suspendSeccomp bool
 	// stayFrozen says a freezer cgroup holds the processes on release:
 	// they cannot run into their calls (ptrace.Release) and are only
 	// detached.
@@ -811,7 +818,7 @@ func (ft *frozenTree) add(pid, root int) (*frozen, error) {
 		ft.zombies = append(ft.zombies, st)
 		return nil, nil
 	}
-	f := &frozen{pid: pid}
+	f := &frozen{pid: pid, suspendSeccomp: ft.suspendSeccomp}
 	ft.procs = append(ft.procs, f)
 	return f, nil
 }
@@ -881,7 +888,7 @@ func (ft *frozenTree) freeze(root, skip, cpu int) error {
 
 func dump(opts *Options, stats *Stats) (err error) {
 	opts.cpu = -1
-	ft := &frozenTree{}
+	ft := &frozenTree{suspendSeccomp: opts.self.SuspendsSeccomp()}
 	var leaks []*pb.Leak
 	subtreeLeaks := opts.subtreeLeaks
 	// The tracer is bound to its CPU from the freeze to the end of the
@@ -1325,6 +1332,11 @@ func collectInjected(opts *Options, f *frozen, p *pb.Process, brk *uint64, ipcNs
 		dt, err := resource.DumpThread(th.target, th.tid, th.regs, th.sigmask)
 		if err != nil {
 			return fmt.Errorf("thread %d: %w", th.tid, err)
+		}
+		if f.suspendSeccomp {
+			if err := resource.DumpSeccomp(p, th.tid, len(p.Threads) == 0); err != nil {
+				return err
+			}
 		}
 		dt.Cpus = resource.CPUWords(&th.affinity)
 		if opts.SelfTid == th.tid {

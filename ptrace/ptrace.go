@@ -46,13 +46,13 @@ const syscallStop = int(unix.SIGTRAP) | 0x80
 // Options every tracee gets. EXITKILL is only for stubs: a checkpointed
 // target must survive ckpt's death.
 const (
-	targetOptions = unix.PTRACE_O_TRACESYSGOOD
+	TargetOptions = unix.PTRACE_O_TRACESYSGOOD
 	StubOptions   = unix.PTRACE_O_TRACESYSGOOD | unix.PTRACE_O_EXITKILL | unix.PTRACE_O_TRACECLONE | unix.PTRACE_O_TRACEFORK | unix.PTRACE_O_TRACEVFORK
 )
 
 // Seize attaches to tid without stopping it.
 func Seize(tid int) error {
-	if err := ptrace(unix.PTRACE_SEIZE, tid, 0, targetOptions); err != nil {
+	if err := ptrace(unix.PTRACE_SEIZE, tid, 0, TargetOptions); err != nil {
 		return fmt.Errorf("seize %d: %w", tid, err)
 	}
 	return nil

@@ -367,6 +367,14 @@ type Self struct {
 	Ns     *pb.NsIds
 }
 
+// SuspendsSeccomp reports whether ckpt may lift a tracee's seccomp
+// filters while it works on it (PTRACE_O_SUSPEND_SECCOMP): with
+// CAP_SYS_ADMIN, and not under seccomp itself.
+func (s *Self) SuspendsSeccomp() bool {
+	eff, err := strconv.ParseUint(s.Status["CapEff"], 16, 64)
+	return err == nil && eff&(1<<unix.CAP_SYS_ADMIN) != 0 && s.Status["Seccomp"] == "0"
+}
+
 // ReadSelf reads ckpt's Self.
 func ReadSelf() (*Self, error) {
 	st, err := proc.ReadStatus(os.Getpid())
@@ -390,8 +398,14 @@ func PreflightTask(pid int, ns *pb.NsIds, self *Self) error {
 	if err != nil {
 		return err
 	}
-	if v := st["Seccomp"]; v != "" && v != "0" {
-		return fmt.Errorf("process %d runs under seccomp (mode %s): %w yet; restoring it without its filter would weaken it", pid, v, ErrUnsupported)
+	switch v := st["Seccomp"]; {
+	case v == "" || v == "0":
+	case v == "2" && self.SuspendsSeccomp():
+		// Filters: read after the freeze, restored before the release.
+	case v == "2":
+		return fmt.Errorf("process %d runs under seccomp filters, which only a ckpt with CAP_SYS_ADMIN (not itself under seccomp) can read and keep out of its way: %w here; run ckpt as root", pid, ErrUnsupported)
+	default:
+		return fmt.Errorf("process %d runs in seccomp strict mode (%s), which allows no call ckpt could inject: %w", pid, v, ErrUnsupported)
 	}
 	uids, _ := st.Uints("Uid", 10)
 	root := len(uids) == 4 && (uids[0] == 0 || uids[1] == 0 || uids[2] == 0)

@@ -967,6 +967,19 @@ func finish(opts *Options, tk *task, files *resource.OpenFiles) error {
 	if err := pull.Close(); err != nil {
 		return err
 	}
+	if len(p.Seccomp) > 0 {
+		// Before the threads, which inherit them, and while the stub is
+		// root; suspended until the release.
+		if opts.user != nil {
+			return fmt.Errorf("process %d (%s) ran under seccomp filters, which an unprivileged restart cannot install out of ckpt's way (it needs CAP_SYS_ADMIN): %w; restart as root", p.Pid, p.Comm, resource.ErrUnsupported)
+		}
+		if err := ptrace.SuspendSeccomp(t.Inj.Tid, ptrace.StubOptions); err != nil {
+			return err
+		}
+		if err := resource.RestoreSeccomp(t, p); err != nil {
+			return err
+		}
+	}
 	// Threads share everything set so far; what is per thread comes next,
 	// then credentials (per thread in Linux), last of all privileges.
 	targets := []*resource.Target{t}
@@ -974,6 +987,11 @@ func finish(opts *Options, tk *task, files *resource.OpenFiles) error {
 		tt, err := s.cloneThread(int(th.Tid))
 		if err != nil {
 			return err
+		}
+		if len(p.Seccomp) > 0 {
+			if err := ptrace.SuspendSeccomp(tt.Inj.Tid, ptrace.StubOptions); err != nil {
+				return err
+			}
 		}
 		s.tids = append(s.tids, tt.Inj.Tid)
 		targets = append(targets, tt)

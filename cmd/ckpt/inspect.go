@@ -308,6 +308,9 @@ func processAttrs(p *pb.Process) string {
 	if p.JobStop != 0 {
 		as = append(as, "stopped by "+unix.SignalName(unix.Signal(p.JobStop)))
 	}
+	if n := len(p.Seccomp); n > 0 {
+		as = append(as, fmt.Sprintf("%d seccomp filters", n))
+	}
 	switch p.Dumpable {
 	case 1:
 		as = append(as, "not dumpable")

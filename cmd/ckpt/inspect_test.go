@@ -83,6 +83,7 @@ func TestProcessAttrs(t *testing.T) {
 		{&pb.Process{OomScoreAdj: proto.Int32(0)}, ""},
 		{&pb.Process{OomScoreAdj: proto.Int32(-500)}, "oom_score_adj -500"},
 		{&pb.Process{JobStop: uint32(unix.SIGTSTP), NoNewPrivs: true}, "stopped by SIGTSTP, no_new_privs"},
+		{&pb.Process{Seccomp: []*pb.SeccompFilter{{}, {}}}, "2 seccomp filters"},
 	} {
 		if got := processAttrs(tc.p); got != tc.want {
 			t.Errorf("processAttrs(%v) = %q, want %q", tc.p, got, tc.want)

@@ -171,3 +171,21 @@ func TestUnprivilegedTCPRefused(t *testing.T) {
 	assertUntouched(t, p, maps)
 	p.verifyExit(p.exit, true, 10*time.Second)
 }
+
+// TestUnprivilegedSeccompRefused: reading a process's seccomp filters, and
+// keeping them from blocking ckpt's calls, needs CAP_SYS_ADMIN; a user's
+// checkpoint says so, and the process runs on untouched.
+func TestUnprivilegedSeccompRefused(t *testing.T) {
+	p := startWorkloadAs(t, nobody, compile(t, "seccomp"))
+	maps := mapsOf(t, p.pid)
+	img := filepath.Join(p.dir, "img")
+	out, err := ckptAs(nobody, nil, "checkpoint", "--kill", "-o", img, itoa(p.pid))
+	if err == nil {
+		t.Fatalf("checkpoint succeeded, want refusal")
+	}
+	if !strings.Contains(out, "only a ckpt with CAP_SYS_ADMIN (not itself under seccomp) can read") || !strings.Contains(out, "run ckpt as root") {
+		t.Fatalf("error %q does not say what is needed", out)
+	}
+	assertUntouched(t, p, maps)
+	p.verifyExit(p.exit, true, 10*time.Second)
+}

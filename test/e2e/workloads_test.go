@@ -52,6 +52,7 @@ func workloads() []workload {
 		{name: "tcp", argv: cWorkload("tcp"), signal: true, settle: 20 * time.Millisecond},
 		{name: "eintr", argv: cWorkload("eintr"), signal: true, settle: 20 * time.Millisecond},
 		{name: "job-stopped", argv: cWorkload("jobstop"), signal: true, settle: 20 * time.Millisecond},
+		{name: "seccomp", argv: cWorkload("seccomp"), signal: true, settle: 20 * time.Millisecond},
 		{name: "deleted-files", argv: cWorkload("deleted"), signal: true, settle: 20 * time.Millisecond},
 		{name: "file-locks", argv: cWorkload("locks"), signal: true, settle: 20 * time.Millisecond},
 		{name: "capabilities", argv: cWorkload("caps"), signal: true, settle: 50 * time.Millisecond},
@@ -274,6 +275,8 @@ exec "$0" "$(hostname)" 0 "awk '{print \$5, \$6, \$9, \$10}' /proc/self/mountinf
 		{name: "ipcsem", argv: cWorkload("ipcsem"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},
 		{name: "ipcmsq", argv: cWorkload("ipcmsq"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},
 		{name: "ipcshm", argv: cWorkload("ipcshm"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},
+		// Like a container runtime's: filters on the init itself.
+		{name: "seccomp", argv: cWorkload("seccomp"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid"}},
 	}
 }
 
