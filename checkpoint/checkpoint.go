@@ -174,10 +174,12 @@ type inspected struct {
 	ns map[string]uint64
 	// hostIPC says that a process of the tree is in ckpt's IPC namespace.
 	hostIPC bool
+	// seccomp holds the processes under seccomp filters.
+	seccomp map[int]bool
 }
 
 func newInspected() *inspected {
-	return &inspected{areas: map[int][]proc.Vma{}, ns: map[string]uint64{}}
+	return &inspected{areas: map[int][]proc.Vma{}, ns: map[string]uint64{}, seccomp: map[int]bool{}}
 }
 
 // preflight is Preflight leaving out the subtree of process skip (ckpt
@@ -309,6 +311,7 @@ func preflightEach(pids []int, nsOf map[int]*pb.NsIds, self *resource.Self, in *
 	errs := make([]error, 2*n)
 	fds := make([][]resource.FdRef, n)
 	vmas := make([][]proc.Vma, n)
+	filtered := make([]bool, n)
 	var next atomic.Int64
 	work := func() {
 		for {
@@ -319,7 +322,7 @@ func preflightEach(pids []int, nsOf map[int]*pb.NsIds, self *resource.Self, in *
 			i, p := j/2, pids[j/2]
 			var err error
 			if j%2 == 0 {
-				if err = resource.PreflightTask(p, nsOf[p], self); err == nil {
+				if filtered[i], err = resource.PreflightTask(p, nsOf[p], self); err == nil {
 					fds[i], err = resource.PreflightFiles(p)
 				}
 			} else {
@@ -343,6 +346,9 @@ func preflightEach(pids []int, nsOf map[int]*pb.NsIds, self *resource.Self, in *
 		}
 	}
 	for i, p := range pids {
+		if filtered[i] {
+			in.seccomp[p] = true
+		}
 		in.areas[p] = vmas[i]
 		in.inside = append(in.inside, insideProc{pid: p, fds: fds[i], shared: sharedFileMaps(vmas[i])})
 	}
@@ -535,8 +541,11 @@ type frozen struct {
 	isReleased    bool
 	// jobStop is the signal that had the process stopped by job control
 	// (Ctrl-Z), 0 if it ran.
-	jobStop        unix.Signal
-	suspendSeccomp bool // see frozenTree
+	jobStop unix.Signal
+	// suspendSeccomp: the process has seccomp filters; each thread gets
+	// PTRACE_O_SUSPEND_SECCOMP once stopped, so that they let ckpt's
+	// calls through, and they are read for the image.
+	suspendSeccomp bool
 	frozenAt       time.Time
 	frozenFor      time.Duration
 }
@@ -778,9 +787,10 @@ func (f *frozen) waitInterrupted(tid int) error {
 type frozenTree struct {
 	procs   []*frozen
 	zombies []*proc.Stat
-	// suspendSeccomp: every thread gets PTRACE_O_SUSPEND_SECCOMP once
-	// stopped, so that its filters, if any, let ckpt's calls through.
-	suspendSeccomp bool
+	// canSuspend says ckpt may set PTRACE_O_SUSPEND_SECCOMP; pre is what
+	// preflight saw (which processes have seccomp filters).
+	canSuspend bool
+	pre        *inspected
 	// stayFrozen says a freezer cgroup holds the processes on release:
 	// they cannot run into their calls (ptrace.Release) and are only
 	// detached.
@@ -818,9 +828,24 @@ func (ft *frozenTree) add(pid, root int) (*frozen, error) {
 		ft.zombies = append(ft.zombies, st)
 		return nil, nil
 	}
-	f := &frozen{pid: pid, suspendSeccomp: ft.suspendSeccomp}
+	f := &frozen{pid: pid, suspendSeccomp: ft.filtered(pid)}
 	ft.procs = append(ft.procs, f)
 	return f, nil
+}
+
+// filtered reports whether process pid has seccomp filters, as preflight
+// saw, or for one started since, as /proc says now (it inherited them).
+func (ft *frozenTree) filtered(pid int) bool {
+	if !ft.canSuspend {
+		return false // preflight refused any
+	}
+	if ft.pre != nil {
+		if _, seen := ft.pre.areas[pid]; seen {
+			return ft.pre.seccomp[pid]
+		}
+	}
+	st, err := proc.ReadStatus(pid)
+	return err == nil && st["Seccomp"] == "2"
 }
 
 // freezeWith seizes and interrupts every task of a tree frozen by a
@@ -888,7 +913,7 @@ func (ft *frozenTree) freeze(root, skip, cpu int) error {
 
 func dump(opts *Options, stats *Stats) (err error) {
 	opts.cpu = -1
-	ft := &frozenTree{suspendSeccomp: opts.self.SuspendsSeccomp()}
+	ft := &frozenTree{canSuspend: opts.self.SuspendsSeccomp(), pre: opts.pre}
 	var leaks []*pb.Leak
 	subtreeLeaks := opts.subtreeLeaks
 	// The tracer is bound to its CPU from the freeze to the end of the

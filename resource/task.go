@@ -393,19 +393,20 @@ func ReadSelf() (*Self, error) {
 // seccomp filters and a capability set other than the one its credentials
 // give at restart.
 // ns are pid's namespaces.
-func PreflightTask(pid int, ns *pb.NsIds, self *Self) error {
+func PreflightTask(pid int, ns *pb.NsIds, self *Self) (filtered bool, err error) {
 	st, err := proc.ReadStatus(pid)
 	if err != nil {
-		return err
+		return false, err
 	}
 	switch v := st["Seccomp"]; {
 	case v == "" || v == "0":
 	case v == "2" && self.SuspendsSeccomp():
 		// Filters: read after the freeze, restored before the release.
+		filtered = true
 	case v == "2":
-		return fmt.Errorf("process %d runs under seccomp filters, which only a ckpt with CAP_SYS_ADMIN (not itself under seccomp) can read and keep out of its way: %w here; run ckpt as root", pid, ErrUnsupported)
+		return false, fmt.Errorf("process %d runs under seccomp filters, which only a ckpt with CAP_SYS_ADMIN (not itself under seccomp) can read and keep out of its way: %w here; run ckpt as root", pid, ErrUnsupported)
 	default:
-		return fmt.Errorf("process %d runs in seccomp strict mode (%s), which allows no call ckpt could inject: %w", pid, v, ErrUnsupported)
+		return false, fmt.Errorf("process %d runs in seccomp strict mode (%s), which allows no call ckpt could inject: %w", pid, v, ErrUnsupported)
 	}
 	uids, _ := st.Uints("Uid", 10)
 	root := len(uids) == 4 && (uids[0] == 0 || uids[1] == 0 || uids[2] == 0)
@@ -421,7 +422,7 @@ func PreflightTask(pid int, ns *pb.NsIds, self *Self) error {
 		}
 	}
 	if ns.User == self.Ns.User {
-		return nil // the sets are restored (see caps.go)
+		return filtered, nil // the sets are restored (see caps.go)
 	}
 	for _, k := range []string{"CapPrm", "CapEff", "CapInh", "CapAmb", "CapBnd"} {
 		want := "0000000000000000"
@@ -432,8 +433,8 @@ func PreflightTask(pid int, ns *pb.NsIds, self *Self) error {
 			want = bnd
 		}
 		if st[k] != want {
-			return fmt.Errorf("process %d has capabilities %s=%s, which a restart (giving %s) would not reproduce: %w yet", pid, k, st[k], want, ErrUnsupported)
+			return false, fmt.Errorf("process %d has capabilities %s=%s, which a restart (giving %s) would not reproduce: %w yet", pid, k, st[k], want, ErrUnsupported)
 		}
 	}
-	return nil
+	return filtered, nil
 }
