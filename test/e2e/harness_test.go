@@ -361,15 +361,25 @@ func waitPidGone(pid int, timeout time.Duration) bool {
 	return false
 }
 
-// alive reports whether pid runs (exists and is not a zombie).
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+// statFields reads a /proc stat file (of a process or a thread) and
+// returns its fields after the name, which may hold spaces: state, ppid,
+// pgrp, session... nil if it cannot be read.
+func statFields(path string) []string {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return false
+		return nil
 	}
 	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i > 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
+	if i := strings.LastIndexByte(s, ')'); i > 0 {
+		return strings.Fields(s[i+1:])
+	}
+	return nil
+}
+
+// alive reports whether pid runs (exists and is not a zombie).
+func alive(pid int) bool {
+	f := statFields(fmt.Sprintf("/proc/%d/stat", pid))
+	return len(f) > 0 && f[0] != "Z" && f[0] != "X"
 }
 
 // status returns a field of /proc/PID/status.
@@ -434,13 +444,8 @@ func killTree(pid int) {
 			if err != nil || n == pid {
 				continue
 			}
-			b, _ := os.ReadFile("/proc/" + e.Name() + "/stat")
-			s := string(b)
-			// After the name: state, ppid, pgrp, session.
-			if i := strings.LastIndexByte(s, ')'); i > 0 {
-				if f := strings.Fields(s[i+1:]); len(f) > 3 && f[3] == strconv.Itoa(pid) {
-					pids = append(pids, n)
-				}
+			if f := statFields("/proc/" + e.Name() + "/stat"); len(f) > 3 && f[3] == strconv.Itoa(pid) {
+				pids = append(pids, n) // of the session
 			}
 		}
 		for _, p := range pids {

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -15,9 +14,8 @@ func threadStates(pid int) string {
 	var s strings.Builder
 	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
 	for _, t := range tasks {
-		b, _ := os.ReadFile(t)
-		if i := strings.LastIndexByte(string(b), ')'); i > 0 && i+2 < len(b) {
-			s.WriteByte(b[i+2])
+		if f := statFields(t); len(f) > 0 {
+			s.WriteString(f[0])
 		}
 	}
 	return s.String()

@@ -1,10 +1,8 @@
 package e2e
 
 import (
-	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -105,15 +103,9 @@ print("PASS" if h == "subtree-uts" else "FAIL: host name " + h, flush=True)`}
 func childNamed(comm string) func(t *testing.T, root int) int {
 	return func(t *testing.T, root int) int {
 		t.Helper()
-		pids := []int{root}
-		for i := 0; i < len(pids); i++ {
-			if status(pids[i], "Name") == comm {
-				return pids[i]
-			}
-			b, _ := os.ReadFile("/proc/" + itoa(pids[i]) + "/task/" + itoa(pids[i]) + "/children")
-			for _, f := range strings.Fields(string(b)) {
-				n, _ := strconv.Atoi(f)
-				pids = append(pids, n)
+		for _, pid := range treeOf(root) {
+			if status(pid, "Name") == comm {
+				return pid
 			}
 		}
 		t.Fatalf("no process named %s under %d", comm, root)
