@@ -792,7 +792,7 @@ type frozenTree struct {
 	canSuspend bool
 	pre        *inspected
 	// stayFrozen says a freezer cgroup holds the processes on release:
-	// they cannot run into their calls (ptrace.Release) and are only
+	// they cannot run into their calls (ptrace.StartRelease) and are only
 	// detached.
 	stayFrozen bool
 }

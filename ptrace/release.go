@@ -27,8 +27,15 @@ func restartRace(r *Regs) bool {
 	return false
 }
 
-// Release detaches a thread stopped inside signal delivery (an interrupt
-// or signal-delivery stop) whose registers are r.
+// Releasing is a thread on its way back into its call (see StartRelease).
+type Releasing struct {
+	tid  int
+	regs Regs
+}
+
+// StartRelease begins to detach a thread stopped inside signal delivery
+// (an interrupt or signal-delivery stop) whose registers are r; Finish
+// ends it.
 //
 // A thread stopped inside a blocking call (pause, read, a sleep) is
 // detached there with the kernel's restart pending. Detached at once, the
@@ -42,24 +49,10 @@ func restartRace(r *Regs) bool {
 // would have without ckpt. A signal that comes first stops it in signal
 // delivery: it gets r back, so that the kernel fails or restarts the call
 // as that signal's handler says, and is detached with that signal.
-func Release(tid int, r *Regs) error {
-	rl, err := StartRelease(tid, r)
-	if err != nil || rl == nil {
-		return err
-	}
-	return rl.Finish()
-}
-
-// Releasing is a thread on its way back into its call (see Release).
-type Releasing struct {
-	tid  int
-	regs Regs
-}
-
-// StartRelease is the first half of Release: it detaches a thread that is
-// not in a call at once (and returns nil), and sends one that is on its
-// way. Starting every thread before finishing any lets them run into
-// their calls side by side rather than one wake-up after another.
+//
+// A thread not in such a call is detached at once (nil is returned).
+// Starting every thread before finishing any lets them run into their
+// calls side by side rather than one wake-up after another.
 func StartRelease(tid int, r *Regs) (*Releasing, error) {
 	if !restartRace(r) {
 		return nil, Detach(tid, 0)

@@ -18,9 +18,10 @@ import (
 // TestReleaseInRestartWindow puts a thread blocked in read() into the
 // state a detached thread passes through on its way back into the call
 // (the kernel's restart set up, the call not yet made again) with a
-// SIGUSR2 pending, and releases it with ptrace.Release. The read must fail
-// with EINTR, as it would have had the signal come while it blocked; a
-// plain detach runs the handler and then blocks in the read again.
+// SIGUSR2 pending, and releases it with ptrace.StartRelease and Finish.
+// The read must fail with EINTR, as it would have had the signal come
+// while it blocked; a plain detach runs the handler and then blocks in the
+// read again.
 func TestReleaseInRestartWindow(t *testing.T) {
 	// Not startWorkload: its waiting goroutine (the test is the
 	// workload's parent) would take the ptrace stops Release waits for.
@@ -77,7 +78,11 @@ func TestReleaseInRestartWindow(t *testing.T) {
 		if err := unix.Tgkill(pid, pid, unix.SIGUSR2); err != nil {
 			return err
 		}
-		return ptrace.Release(pid, &orig)
+		rl, err := ptrace.StartRelease(pid, &orig)
+		if err != nil || rl == nil {
+			return fmt.Errorf("start release: %v (nothing to finish: %v)", err, rl == nil)
+		}
+		return rl.Finish()
 	})
 	if err != nil {
 		t.Fatal(err)
