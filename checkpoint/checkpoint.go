@@ -1453,10 +1453,8 @@ func writeImage(opts *Options, w *image.Writer, hdr *pb.Header, namespaces []*pb
 			return err
 		}
 	}
-	for _, file := range files.Files {
-		if err := w.Message(image.TypeFile, file); err != nil {
-			return err
-		}
+	if err := files.Write(w); err != nil {
+		return err
 	}
 	// SysV IPC objects before the areas that attach them.
 	for _, rec := range ipc.recs {

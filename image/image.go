@@ -79,6 +79,11 @@ const (
 // (resource/netns.go).
 const TypeNetNamespace Type = 15
 
+// TypeFileData is a pb.FileData, a piece of a deleted file's content
+// right after its File record (resource/deleted.go). Kept out of the File
+// record so that a file of any size streams through the image.
+const TypeFileData Type = 17
+
 var typeNames = map[Type]string{
 	TypeHeader:       "header",
 	TypeFile:         "file",
@@ -95,6 +100,7 @@ var typeNames = map[Type]string{
 	TypeNetNamespace: "netns",
 	TypeMountNs:      "mountns",
 	TypeMountFile:    "mountfile",
+	TypeFileData:     "filedata",
 }
 
 func (t Type) String() string {

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ckpt/ckpt/image"
 	"github.com/ckpt/ckpt/image/pb"
 	"github.com/ckpt/ckpt/proc"
 )
@@ -37,8 +38,10 @@ type FileSet struct {
 	shmem    map[shmemKey]uint32
 	shmemSrc map[uint32]shmemSource
 	// deleted records the deleted files whose content is saved (device,
-	// inode).
-	deleted map[[2]uint64]bool
+	// inode), and deletedSrc where to read it from when the image is
+	// written (a /proc link), by the File record that carries it.
+	deleted    map[[2]uint64]bool
+	deletedSrc map[*pb.File]string
 	// KeepRepair keeps TCP connections in repair mode after they are read
 	// (checkpoint --kill), in repaired, ckpt's copies, until EndRepair;
 	// guard holds copies too, to end repair mode if ckpt dies first.
@@ -50,7 +53,30 @@ type FileSet struct {
 // NewFileSet returns an empty set.
 func NewFileSet() *FileSet {
 	return &FileSet{byPath: map[string]uint32{}, owners: map[uint32][2]int{}, pipes: map[uint64]bool{},
-		shmem: map[shmemKey]uint32{}, shmemSrc: map[uint32]shmemSource{}, deleted: map[[2]uint64]bool{}}
+		shmem: map[shmemKey]uint32{}, shmemSrc: map[uint32]shmemSource{}, deleted: map[[2]uint64]bool{},
+		deletedSrc: map[*pb.File]string{}}
+}
+
+// Write writes a File record for each description in the set, each
+// deleted file's content after the first record of its inode.
+func (s *FileSet) Write(w *image.Writer) error {
+	var buf []byte
+	for _, f := range s.Files {
+		src, ok := s.deletedSrc[f]
+		if !ok {
+			if err := w.Message(image.TypeFile, f); err != nil {
+				return err
+			}
+			continue
+		}
+		if buf == nil {
+			buf = make([]byte, maxFileData)
+		}
+		if err := writeDeleted(w, f, src, buf); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *FileSet) add(f *pb.File) uint32 {
@@ -265,9 +291,6 @@ func describeFile(pid int, ref *FdRef, full bool) (*pb.File, error) {
 			if !ok || st.Mode&unix.S_IFMT != unix.S_IFREG {
 				return nil, fmt.Errorf("fd %d of process %d is %s, unlinked but with other links left or no regular file: %w yet", fd, pid, target, ErrUnsupported)
 			}
-			if err := checkDeleted(pid, fd, p, st); err != nil {
-				return nil, err
-			}
 			f.Path, f.Deleted, f.DeletedDev, f.DeletedIno = p, true, st.Dev, st.Ino
 		}
 		f.Kind = pb.File_REGULAR
@@ -372,8 +395,8 @@ func (s *FileSet) addFd(pid, fd int, f *pb.File) (uint32, error) {
 	}
 	if f.Deleted && !s.deleted[[2]uint64{f.DeletedDev, f.DeletedIno}] {
 		s.deleted[[2]uint64{f.DeletedDev, f.DeletedIno}] = true
-		if err := dumpDeleted(pid, fd, f); err != nil {
-			return 0, err
+		if err := s.saveDeleted(proc.Path(pid, "fd/"+strconv.Itoa(fd)), f); err != nil {
+			return 0, fmt.Errorf("fd %d of process %d: %w", fd, pid, err)
 		}
 	}
 	if f.Kind == pb.File_SOCKET {
@@ -430,8 +453,12 @@ type OpenFiles struct {
 	pipes map[uint64]*openPipe
 	// fifos keeps each FIFO open read-write while its ends are reopened.
 	fifos map[string]*os.File
-	// deleted are the deleted files made again, by device and inode.
+	// deleted are the deleted files made again, by device and inode;
+	// filling their content as the image's FileData records come, and last
+	// the last File record, which those records belong to.
 	deleted map[[2]uint64]*os.File
+	filling map[[2]uint64]*deletedFill
+	last    *pb.File
 	// sockets are the sockets made again, by their inode in the image.
 	sockets map[uint64]*os.File
 	// repairs are the restored TCP connections still in repair mode.
@@ -453,7 +480,8 @@ func (o *OpenFiles) path(p string) string { return o.Root + p }
 
 // NewOpenFiles returns an empty table.
 func NewOpenFiles() *OpenFiles {
-	return &OpenFiles{byID: map[uint32]*os.File{}, recs: map[uint32]*pb.File{}, pipes: map[uint64]*openPipe{}, fifos: map[string]*os.File{}, sockets: map[uint64]*os.File{}, deleted: map[[2]uint64]*os.File{}}
+	return &OpenFiles{byID: map[uint32]*os.File{}, recs: map[uint32]*pb.File{}, pipes: map[uint64]*openPipe{}, fifos: map[string]*os.File{}, sockets: map[uint64]*os.File{}, deleted: map[[2]uint64]*os.File{},
+		filling: map[[2]uint64]*deletedFill{}}
 }
 
 // Add records a File from the image; it is opened on first use.
@@ -466,7 +494,11 @@ func (o *OpenFiles) Add(f *pb.File) error {
 			return err
 		}
 	}
+	if f.DeletedChunks && (!f.Deleted || f.DeletedSize < 0) {
+		return fmt.Errorf("image damaged: file id %d has deleted file content but is no deleted file", f.Id)
+	}
 	o.recs[f.Id] = f
+	o.last = f
 	return nil
 }
 
@@ -601,6 +633,11 @@ func (o *OpenFiles) Close() {
 	}
 	for _, f := range o.deleted {
 		f.Close()
+	}
+	for _, fill := range o.filling {
+		if fill.f != nil {
+			fill.f.Close()
+		}
 	}
 }
 

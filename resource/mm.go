@@ -142,10 +142,6 @@ func checkVma(pid int, v *proc.Vma) error {
 		if err := unix.Stat(mapFilesPath(pid, v.Start, v.End), &st); err != nil {
 			return fmt.Errorf("process %d maps the deleted file %s at %#x-%#x: %w", pid, strings.TrimSuffix(v.Name, " (deleted)"), v.Start, v.End, err)
 		}
-		if st.Size > maxDeleted {
-			return fmt.Errorf("process %d maps the deleted file %s of %d MiB at %#x-%#x: %w (deleted files of up to %d MiB are kept in the image)",
-				pid, strings.TrimSuffix(v.Name, " (deleted)"), st.Size>>20, v.Start, v.End, ErrUnsupported, maxDeleted>>20)
-		}
 	}
 	return nil
 }

@@ -44,7 +44,6 @@ package resource
 //     and the like are mounted by the stub itself.
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -418,35 +417,9 @@ func (d *tmpfsDumper) data(dirfd int, name, p string, size uint64) error {
 		return err
 	}
 	defer unix.Close(fd)
-	for off := uint64(0); off < size; {
-		start, err := unix.Seek(fd, int64(off), unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			return nil // only a hole remains
-		}
-		if err != nil {
-			return err
-		}
-		end, err := unix.Seek(fd, start, unix.SEEK_HOLE)
-		if err != nil {
-			return err
-		}
-		end = min(end, int64(size))
-		for off = uint64(start); off < uint64(end); {
-			n := min(uint64(end)-off, uint64(len(d.buf)))
-			got, err := unix.Pread(fd, d.buf[:n], int64(off))
-			if err != nil {
-				return err
-			}
-			if got == 0 {
-				return fmt.Errorf("file shrank to %d bytes while being read", off)
-			}
-			if err := d.write(&pb.MountFile{MountId: d.id, Path: p, Chunk: true, Offset: off, Data: d.buf[:got]}); err != nil {
-				return err
-			}
-			off += uint64(got)
-		}
-	}
-	return nil
+	return dataChunks(fd, int64(size), d.buf, func(off int64, b []byte) error {
+		return d.write(&pb.MountFile{MountId: d.id, Path: p, Chunk: true, Offset: uint64(off), Data: b})
+	})
 }
 
 // MountRestore is a mount table being restored: see the package comment

@@ -191,7 +191,7 @@ func restore(opts *Options) (res *Result, err error) {
 		if err != nil {
 			return nil, err
 		}
-		if built && (rec.Type == image.TypeFile || rec.Type == image.TypeMm || rec.Type == image.TypeProcess || rec.Type == image.TypeNamespace || rec.Type == image.TypeNetNamespace || rec.Type == image.TypeIPC || rec.Type == image.TypeMountNs || rec.Type == image.TypeMountFile) {
+		if built && (rec.Type == image.TypeFile || rec.Type == image.TypeMm || rec.Type == image.TypeProcess || rec.Type == image.TypeNamespace || rec.Type == image.TypeNetNamespace || rec.Type == image.TypeIPC || rec.Type == image.TypeMountNs || rec.Type == image.TypeMountFile || rec.Type == image.TypeFileData) {
 			return nil, fmt.Errorf("image damaged: %v record at byte %d after the pages began", rec.Type, rec.Offset)
 		}
 		switch rec.Type {
@@ -209,6 +209,16 @@ func restore(opts *Options) (res *Result, err error) {
 				return nil, err
 			}
 			if err := files.Add(f); err != nil {
+				return nil, err
+			}
+		case image.TypeFileData:
+			d := &pb.FileData{}
+			if err := image.Unmarshal(rec, d); err != nil {
+				return nil, err
+			}
+			// Without a mount table of the image's own, the file is made
+			// at its path now; otherwise held until the mounts exist.
+			if err := files.AddData(d, nss.mounts == nil); err != nil {
 				return nil, err
 			}
 		case image.TypeMm:

@@ -100,6 +100,7 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 	var mms []*pb.Mm
 	pages := map[uint32]map[uint64]uint64{} // mm -> vma start -> pages
 	var files []*pb.File
+	stored := map[uint32]int64{} // deleted files' data, by file id
 	for {
 		rec, err := r.Next()
 		if err == io.EOF {
@@ -126,6 +127,8 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 			m = &pb.MountNamespace{}
 		case image.TypeMountFile:
 			m = &pb.MountFile{}
+		case image.TypeFileData:
+			m = &pb.FileData{}
 		case image.TypeNamespace:
 			m = &pb.Namespace{}
 		case image.TypeLeaks:
@@ -144,6 +147,8 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 		switch v := m.(type) {
 		case *pb.File:
 			files = append(files, v)
+		case *pb.FileData:
+			stored[v.FileId] += int64(len(v.Data))
 		case *pb.Mm:
 			mms = append(mms, v)
 		case *pb.Process:
@@ -204,6 +209,14 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 		fmt.Fprintf(out, "file %d: %s %s flags %#o pos %d\n", f.Id, strings.ToLower(f.Kind.String()), f.Path, f.Flags, f.Pos)
 		if s := f.Socket; s != nil {
 			fmt.Fprintf(out, "  %s\n", describeSocket(s))
+		}
+		switch {
+		case f.DeletedChunks:
+			fmt.Fprintf(out, "  deleted file of %d bytes, %d bytes of data stored\n", f.DeletedSize, stored[f.Id])
+		case f.DeletedData != nil:
+			fmt.Fprintf(out, "  deleted file of %d bytes, stored\n", len(f.DeletedData))
+		case f.Deleted:
+			fmt.Fprintf(out, "  deleted file (its content is with an earlier file)\n")
 		}
 		for _, l := range f.Locks {
 			fmt.Fprintf(out, "  lock: %s\n", resource.DescribeLock(l))

@@ -169,7 +169,7 @@ func (x FileLock_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use FileLock_Kind.Descriptor instead.
 func (FileLock_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{2, 0}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{3, 0}
 }
 
 type Namespace_Kind int32
@@ -230,7 +230,7 @@ func (x Namespace_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Namespace_Kind.Descriptor instead.
 func (Namespace_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{27, 0}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{28, 0}
 }
 
 // Kind says how restart re-creates the mount.
@@ -304,7 +304,7 @@ func (x Mount_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Mount_Kind.Descriptor instead.
 func (Mount_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{46, 0}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{47, 0}
 }
 
 // Header is the first record of every image.
@@ -492,9 +492,11 @@ type File struct {
 	Socket         *Socket         `protobuf:"bytes,22,opt,name=socket,proto3" json:"socket,omitempty"`
 	// deleted marks a regular file that was unlinked while open (path is
 	// where it was, without " (deleted)"); deleted_dev and deleted_ino name
-	// its inode, the same for every description of it. deleted_data, its
-	// content, and deleted_uid and deleted_gid are on the first record of
-	// the inode.
+	// its inode, the same for every description of it. The first record of
+	// the inode has its owner (deleted_uid, deleted_gid) and its content:
+	// in images written since the twelfth session, deleted_chunks is set,
+	// deleted_size is the file's length and its data follow in FileData
+	// records; older images have the whole content in deleted_data.
 	Deleted     bool   `protobuf:"varint,23,opt,name=deleted,proto3" json:"deleted,omitempty"`
 	DeletedIno  uint64 `protobuf:"varint,24,opt,name=deleted_ino,json=deletedIno,proto3" json:"deleted_ino,omitempty"`
 	DeletedData []byte `protobuf:"bytes,25,opt,name=deleted_data,json=deletedData,proto3" json:"deleted_data,omitempty"`
@@ -504,6 +506,8 @@ type File struct {
 	// locks are the flock(2) and open file description (F_OFD_SETLK) locks
 	// this description holds; they belong to it, not to a process.
 	Locks         []*FileLock `protobuf:"bytes,29,rep,name=locks,proto3" json:"locks,omitempty"`
+	DeletedChunks bool        `protobuf:"varint,30,opt,name=deleted_chunks,json=deletedChunks,proto3" json:"deleted_chunks,omitempty"`
+	DeletedSize   int64       `protobuf:"varint,31,opt,name=deleted_size,json=deletedSize,proto3" json:"deleted_size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -741,6 +745,83 @@ func (x *File) GetLocks() []*FileLock {
 	return nil
 }
 
+func (x *File) GetDeletedChunks() bool {
+	if x != nil {
+		return x.DeletedChunks
+	}
+	return false
+}
+
+func (x *File) GetDeletedSize() int64 {
+	if x != nil {
+		return x.DeletedSize
+	}
+	return 0
+}
+
+// FileData is a piece of a deleted file's content: data at offset of the
+// file of the File record (with deleted_chunks) right before it. Pieces
+// are at most 1 MiB, in increasing offsets; holes are left out.
+type FileData struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	FileId        uint32                 `protobuf:"varint,1,opt,name=file_id,json=fileId,proto3" json:"file_id,omitempty"`
+	Offset        int64                  `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	Data          []byte                 `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileData) Reset() {
+	*x = FileData{}
+	mi := &file_image_pb_image_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileData) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileData) ProtoMessage() {}
+
+func (x *FileData) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileData.ProtoReflect.Descriptor instead.
+func (*FileData) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *FileData) GetFileId() uint32 {
+	if x != nil {
+		return x.FileId
+	}
+	return 0
+}
+
+func (x *FileData) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *FileData) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 // FileLock is a lock on a file's bytes (start, len: 0 to the end of the
 // file; flock locks the whole file) that its owner held at checkpoint.
 type FileLock struct {
@@ -758,7 +839,7 @@ type FileLock struct {
 
 func (x *FileLock) Reset() {
 	*x = FileLock{}
-	mi := &file_image_pb_image_proto_msgTypes[2]
+	mi := &file_image_pb_image_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -770,7 +851,7 @@ func (x *FileLock) String() string {
 func (*FileLock) ProtoMessage() {}
 
 func (x *FileLock) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[2]
+	mi := &file_image_pb_image_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -783,7 +864,7 @@ func (x *FileLock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileLock.ProtoReflect.Descriptor instead.
 func (*FileLock) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{2}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *FileLock) GetKind() FileLock_Kind {
@@ -874,7 +955,7 @@ type Socket struct {
 
 func (x *Socket) Reset() {
 	*x = Socket{}
-	mi := &file_image_pb_image_proto_msgTypes[3]
+	mi := &file_image_pb_image_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -886,7 +967,7 @@ func (x *Socket) String() string {
 func (*Socket) ProtoMessage() {}
 
 func (x *Socket) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[3]
+	mi := &file_image_pb_image_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -899,7 +980,7 @@ func (x *Socket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Socket.ProtoReflect.Descriptor instead.
 func (*Socket) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{3}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Socket) GetType() uint32 {
@@ -1092,7 +1173,7 @@ type InetSocket struct {
 
 func (x *InetSocket) Reset() {
 	*x = InetSocket{}
-	mi := &file_image_pb_image_proto_msgTypes[4]
+	mi := &file_image_pb_image_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1104,7 +1185,7 @@ func (x *InetSocket) String() string {
 func (*InetSocket) ProtoMessage() {}
 
 func (x *InetSocket) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[4]
+	mi := &file_image_pb_image_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1117,7 +1198,7 @@ func (x *InetSocket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InetSocket.ProtoReflect.Descriptor instead.
 func (*InetSocket) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{4}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *InetSocket) GetProtocol() uint32 {
@@ -1318,7 +1399,7 @@ type TcpConnection struct {
 
 func (x *TcpConnection) Reset() {
 	*x = TcpConnection{}
-	mi := &file_image_pb_image_proto_msgTypes[5]
+	mi := &file_image_pb_image_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1330,7 +1411,7 @@ func (x *TcpConnection) String() string {
 func (*TcpConnection) ProtoMessage() {}
 
 func (x *TcpConnection) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[5]
+	mi := &file_image_pb_image_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1343,7 +1424,7 @@ func (x *TcpConnection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TcpConnection.ProtoReflect.Descriptor instead.
 func (*TcpConnection) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{5}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TcpConnection) GetSndSeq() uint32 {
@@ -1450,7 +1531,7 @@ type InotifyWatch struct {
 
 func (x *InotifyWatch) Reset() {
 	*x = InotifyWatch{}
-	mi := &file_image_pb_image_proto_msgTypes[6]
+	mi := &file_image_pb_image_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1462,7 +1543,7 @@ func (x *InotifyWatch) String() string {
 func (*InotifyWatch) ProtoMessage() {}
 
 func (x *InotifyWatch) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[6]
+	mi := &file_image_pb_image_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1475,7 +1556,7 @@ func (x *InotifyWatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InotifyWatch.ProtoReflect.Descriptor instead.
 func (*InotifyWatch) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{6}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *InotifyWatch) GetWd() int32 {
@@ -1510,7 +1591,7 @@ type EpollItem struct {
 
 func (x *EpollItem) Reset() {
 	*x = EpollItem{}
-	mi := &file_image_pb_image_proto_msgTypes[7]
+	mi := &file_image_pb_image_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1522,7 +1603,7 @@ func (x *EpollItem) String() string {
 func (*EpollItem) ProtoMessage() {}
 
 func (x *EpollItem) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[7]
+	mi := &file_image_pb_image_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1535,7 +1616,7 @@ func (x *EpollItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EpollItem.ProtoReflect.Descriptor instead.
 func (*EpollItem) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{7}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *EpollItem) GetFd() int32 {
@@ -1599,7 +1680,7 @@ type Vma struct {
 
 func (x *Vma) Reset() {
 	*x = Vma{}
-	mi := &file_image_pb_image_proto_msgTypes[8]
+	mi := &file_image_pb_image_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1611,7 +1692,7 @@ func (x *Vma) String() string {
 func (*Vma) ProtoMessage() {}
 
 func (x *Vma) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[8]
+	mi := &file_image_pb_image_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1624,7 +1705,7 @@ func (x *Vma) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Vma.ProtoReflect.Descriptor instead.
 func (*Vma) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{8}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Vma) GetStart() uint64 {
@@ -1760,7 +1841,7 @@ type Mm struct {
 
 func (x *Mm) Reset() {
 	*x = Mm{}
-	mi := &file_image_pb_image_proto_msgTypes[9]
+	mi := &file_image_pb_image_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1772,7 +1853,7 @@ func (x *Mm) String() string {
 func (*Mm) ProtoMessage() {}
 
 func (x *Mm) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[9]
+	mi := &file_image_pb_image_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1785,7 +1866,7 @@ func (x *Mm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mm.ProtoReflect.Descriptor instead.
 func (*Mm) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{9}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Mm) GetId() uint32 {
@@ -1913,7 +1994,7 @@ type Sigaction struct {
 
 func (x *Sigaction) Reset() {
 	*x = Sigaction{}
-	mi := &file_image_pb_image_proto_msgTypes[10]
+	mi := &file_image_pb_image_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1925,7 +2006,7 @@ func (x *Sigaction) String() string {
 func (*Sigaction) ProtoMessage() {}
 
 func (x *Sigaction) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[10]
+	mi := &file_image_pb_image_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1938,7 +2019,7 @@ func (x *Sigaction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sigaction.ProtoReflect.Descriptor instead.
 func (*Sigaction) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{10}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Sigaction) GetSigno() uint32 {
@@ -1988,7 +2069,7 @@ type Itimer struct {
 
 func (x *Itimer) Reset() {
 	*x = Itimer{}
-	mi := &file_image_pb_image_proto_msgTypes[11]
+	mi := &file_image_pb_image_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2000,7 +2081,7 @@ func (x *Itimer) String() string {
 func (*Itimer) ProtoMessage() {}
 
 func (x *Itimer) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[11]
+	mi := &file_image_pb_image_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2013,7 +2094,7 @@ func (x *Itimer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Itimer.ProtoReflect.Descriptor instead.
 func (*Itimer) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{11}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Itimer) GetWhich() uint32 {
@@ -2064,7 +2145,7 @@ type PosixTimer struct {
 
 func (x *PosixTimer) Reset() {
 	*x = PosixTimer{}
-	mi := &file_image_pb_image_proto_msgTypes[12]
+	mi := &file_image_pb_image_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2076,7 +2157,7 @@ func (x *PosixTimer) String() string {
 func (*PosixTimer) ProtoMessage() {}
 
 func (x *PosixTimer) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[12]
+	mi := &file_image_pb_image_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2089,7 +2170,7 @@ func (x *PosixTimer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PosixTimer.ProtoReflect.Descriptor instead.
 func (*PosixTimer) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{12}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PosixTimer) GetId() int32 {
@@ -2159,7 +2240,7 @@ type Rlimit struct {
 
 func (x *Rlimit) Reset() {
 	*x = Rlimit{}
-	mi := &file_image_pb_image_proto_msgTypes[13]
+	mi := &file_image_pb_image_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2171,7 +2252,7 @@ func (x *Rlimit) String() string {
 func (*Rlimit) ProtoMessage() {}
 
 func (x *Rlimit) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[13]
+	mi := &file_image_pb_image_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2184,7 +2265,7 @@ func (x *Rlimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rlimit.ProtoReflect.Descriptor instead.
 func (*Rlimit) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{13}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Rlimit) GetResource() uint32 {
@@ -2225,7 +2306,7 @@ type SyscallRestart struct {
 
 func (x *SyscallRestart) Reset() {
 	*x = SyscallRestart{}
-	mi := &file_image_pb_image_proto_msgTypes[14]
+	mi := &file_image_pb_image_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2237,7 +2318,7 @@ func (x *SyscallRestart) String() string {
 func (*SyscallRestart) ProtoMessage() {}
 
 func (x *SyscallRestart) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[14]
+	mi := &file_image_pb_image_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2250,7 +2331,7 @@ func (x *SyscallRestart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyscallRestart.ProtoReflect.Descriptor instead.
 func (*SyscallRestart) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{14}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SyscallRestart) GetNr() int64 {
@@ -2318,7 +2399,7 @@ type Thread struct {
 
 func (x *Thread) Reset() {
 	*x = Thread{}
-	mi := &file_image_pb_image_proto_msgTypes[15]
+	mi := &file_image_pb_image_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2330,7 +2411,7 @@ func (x *Thread) String() string {
 func (*Thread) ProtoMessage() {}
 
 func (x *Thread) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[15]
+	mi := &file_image_pb_image_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2343,7 +2424,7 @@ func (x *Thread) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Thread.ProtoReflect.Descriptor instead.
 func (*Thread) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{15}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Thread) GetTid() uint32 {
@@ -2513,7 +2594,7 @@ type Sched struct {
 
 func (x *Sched) Reset() {
 	*x = Sched{}
-	mi := &file_image_pb_image_proto_msgTypes[16]
+	mi := &file_image_pb_image_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2525,7 +2606,7 @@ func (x *Sched) String() string {
 func (*Sched) ProtoMessage() {}
 
 func (x *Sched) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[16]
+	mi := &file_image_pb_image_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2538,7 +2619,7 @@ func (x *Sched) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sched.ProtoReflect.Descriptor instead.
 func (*Sched) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{16}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Sched) GetPolicy() uint32 {
@@ -2615,7 +2696,7 @@ type Fd struct {
 
 func (x *Fd) Reset() {
 	*x = Fd{}
-	mi := &file_image_pb_image_proto_msgTypes[17]
+	mi := &file_image_pb_image_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2627,7 +2708,7 @@ func (x *Fd) String() string {
 func (*Fd) ProtoMessage() {}
 
 func (x *Fd) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[17]
+	mi := &file_image_pb_image_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2640,7 +2721,7 @@ func (x *Fd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fd.ProtoReflect.Descriptor instead.
 func (*Fd) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{17}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Fd) GetFd() int32 {
@@ -2685,7 +2766,7 @@ type Creds struct {
 
 func (x *Creds) Reset() {
 	*x = Creds{}
-	mi := &file_image_pb_image_proto_msgTypes[18]
+	mi := &file_image_pb_image_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2697,7 +2778,7 @@ func (x *Creds) String() string {
 func (*Creds) ProtoMessage() {}
 
 func (x *Creds) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[18]
+	mi := &file_image_pb_image_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2710,7 +2791,7 @@ func (x *Creds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Creds.ProtoReflect.Descriptor instead.
 func (*Creds) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{18}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Creds) GetUid() uint32 {
@@ -2797,7 +2878,7 @@ type Caps struct {
 
 func (x *Caps) Reset() {
 	*x = Caps{}
-	mi := &file_image_pb_image_proto_msgTypes[19]
+	mi := &file_image_pb_image_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2809,7 +2890,7 @@ func (x *Caps) String() string {
 func (*Caps) ProtoMessage() {}
 
 func (x *Caps) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[19]
+	mi := &file_image_pb_image_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2822,7 +2903,7 @@ func (x *Caps) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Caps.ProtoReflect.Descriptor instead.
 func (*Caps) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{19}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Caps) GetInheritable() uint64 {
@@ -2874,7 +2955,7 @@ type SeccompFilter struct {
 
 func (x *SeccompFilter) Reset() {
 	*x = SeccompFilter{}
-	mi := &file_image_pb_image_proto_msgTypes[20]
+	mi := &file_image_pb_image_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2886,7 +2967,7 @@ func (x *SeccompFilter) String() string {
 func (*SeccompFilter) ProtoMessage() {}
 
 func (x *SeccompFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[20]
+	mi := &file_image_pb_image_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2899,7 +2980,7 @@ func (x *SeccompFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeccompFilter.ProtoReflect.Descriptor instead.
 func (*SeccompFilter) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{20}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SeccompFilter) GetProg() []byte {
@@ -2989,7 +3070,7 @@ type Process struct {
 
 func (x *Process) Reset() {
 	*x = Process{}
-	mi := &file_image_pb_image_proto_msgTypes[21]
+	mi := &file_image_pb_image_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3001,7 +3082,7 @@ func (x *Process) String() string {
 func (*Process) ProtoMessage() {}
 
 func (x *Process) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[21]
+	mi := &file_image_pb_image_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3014,7 +3095,7 @@ func (x *Process) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Process.ProtoReflect.Descriptor instead.
 func (*Process) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{21}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Process) GetPid() uint32 {
@@ -3265,7 +3346,7 @@ type PageRun struct {
 
 func (x *PageRun) Reset() {
 	*x = PageRun{}
-	mi := &file_image_pb_image_proto_msgTypes[22]
+	mi := &file_image_pb_image_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3277,7 +3358,7 @@ func (x *PageRun) String() string {
 func (*PageRun) ProtoMessage() {}
 
 func (x *PageRun) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[22]
+	mi := &file_image_pb_image_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3290,7 +3371,7 @@ func (x *PageRun) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PageRun.ProtoReflect.Descriptor instead.
 func (*PageRun) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{22}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PageRun) GetAddr() uint64 {
@@ -3327,7 +3408,7 @@ type PageMap struct {
 
 func (x *PageMap) Reset() {
 	*x = PageMap{}
-	mi := &file_image_pb_image_proto_msgTypes[23]
+	mi := &file_image_pb_image_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3339,7 +3420,7 @@ func (x *PageMap) String() string {
 func (*PageMap) ProtoMessage() {}
 
 func (x *PageMap) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[23]
+	mi := &file_image_pb_image_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3352,7 +3433,7 @@ func (x *PageMap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PageMap.ProtoReflect.Descriptor instead.
 func (*PageMap) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{23}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PageMap) GetMmId() uint32 {
@@ -3401,7 +3482,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_image_pb_image_proto_msgTypes[24]
+	mi := &file_image_pb_image_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3413,7 +3494,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[24]
+	mi := &file_image_pb_image_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3426,7 +3507,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{24}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Error) GetMessage() string {
@@ -3452,7 +3533,7 @@ type Tail struct {
 
 func (x *Tail) Reset() {
 	*x = Tail{}
-	mi := &file_image_pb_image_proto_msgTypes[25]
+	mi := &file_image_pb_image_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3464,7 +3545,7 @@ func (x *Tail) String() string {
 func (*Tail) ProtoMessage() {}
 
 func (x *Tail) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[25]
+	mi := &file_image_pb_image_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3477,7 +3558,7 @@ func (x *Tail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tail.ProtoReflect.Descriptor instead.
 func (*Tail) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{25}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Tail) GetRecords() uint64 {
@@ -3534,7 +3615,7 @@ type NsIds struct {
 
 func (x *NsIds) Reset() {
 	*x = NsIds{}
-	mi := &file_image_pb_image_proto_msgTypes[26]
+	mi := &file_image_pb_image_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3546,7 +3627,7 @@ func (x *NsIds) String() string {
 func (*NsIds) ProtoMessage() {}
 
 func (x *NsIds) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[26]
+	mi := &file_image_pb_image_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3559,7 +3640,7 @@ func (x *NsIds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NsIds.ProtoReflect.Descriptor instead.
 func (*NsIds) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{26}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *NsIds) GetIpc() uint64 {
@@ -3637,7 +3718,7 @@ type Namespace struct {
 
 func (x *Namespace) Reset() {
 	*x = Namespace{}
-	mi := &file_image_pb_image_proto_msgTypes[27]
+	mi := &file_image_pb_image_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3649,7 +3730,7 @@ func (x *Namespace) String() string {
 func (*Namespace) ProtoMessage() {}
 
 func (x *Namespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[27]
+	mi := &file_image_pb_image_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3662,7 +3743,7 @@ func (x *Namespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Namespace.ProtoReflect.Descriptor instead.
 func (*Namespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{27}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Namespace) GetKind() Namespace_Kind {
@@ -3724,7 +3805,7 @@ type Leak struct {
 
 func (x *Leak) Reset() {
 	*x = Leak{}
-	mi := &file_image_pb_image_proto_msgTypes[28]
+	mi := &file_image_pb_image_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3736,7 +3817,7 @@ func (x *Leak) String() string {
 func (*Leak) ProtoMessage() {}
 
 func (x *Leak) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[28]
+	mi := &file_image_pb_image_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3749,7 +3830,7 @@ func (x *Leak) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Leak.ProtoReflect.Descriptor instead.
 func (*Leak) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{28}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Leak) GetPid() uint32 {
@@ -3789,7 +3870,7 @@ type Leaks struct {
 
 func (x *Leaks) Reset() {
 	*x = Leaks{}
-	mi := &file_image_pb_image_proto_msgTypes[29]
+	mi := &file_image_pb_image_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3801,7 +3882,7 @@ func (x *Leaks) String() string {
 func (*Leaks) ProtoMessage() {}
 
 func (x *Leaks) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[29]
+	mi := &file_image_pb_image_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3814,7 +3895,7 @@ func (x *Leaks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Leaks.ProtoReflect.Descriptor instead.
 func (*Leaks) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{29}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Leaks) GetLeaks() []*Leak {
@@ -3842,7 +3923,7 @@ type IpcPerm struct {
 
 func (x *IpcPerm) Reset() {
 	*x = IpcPerm{}
-	mi := &file_image_pb_image_proto_msgTypes[30]
+	mi := &file_image_pb_image_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3854,7 +3935,7 @@ func (x *IpcPerm) String() string {
 func (*IpcPerm) ProtoMessage() {}
 
 func (x *IpcPerm) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[30]
+	mi := &file_image_pb_image_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3867,7 +3948,7 @@ func (x *IpcPerm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpcPerm.ProtoReflect.Descriptor instead.
 func (*IpcPerm) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{30}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *IpcPerm) GetKey() int32 {
@@ -3939,7 +4020,7 @@ type ShmSegment struct {
 
 func (x *ShmSegment) Reset() {
 	*x = ShmSegment{}
-	mi := &file_image_pb_image_proto_msgTypes[31]
+	mi := &file_image_pb_image_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3951,7 +4032,7 @@ func (x *ShmSegment) String() string {
 func (*ShmSegment) ProtoMessage() {}
 
 func (x *ShmSegment) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[31]
+	mi := &file_image_pb_image_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3964,7 +4045,7 @@ func (x *ShmSegment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShmSegment.ProtoReflect.Descriptor instead.
 func (*ShmSegment) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{31}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ShmSegment) GetId() int32 {
@@ -4069,7 +4150,7 @@ type MsgQueue struct {
 
 func (x *MsgQueue) Reset() {
 	*x = MsgQueue{}
-	mi := &file_image_pb_image_proto_msgTypes[32]
+	mi := &file_image_pb_image_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4081,7 +4162,7 @@ func (x *MsgQueue) String() string {
 func (*MsgQueue) ProtoMessage() {}
 
 func (x *MsgQueue) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[32]
+	mi := &file_image_pb_image_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4094,7 +4175,7 @@ func (x *MsgQueue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MsgQueue.ProtoReflect.Descriptor instead.
 func (*MsgQueue) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{32}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *MsgQueue) GetId() int32 {
@@ -4170,7 +4251,7 @@ type Msg struct {
 
 func (x *Msg) Reset() {
 	*x = Msg{}
-	mi := &file_image_pb_image_proto_msgTypes[33]
+	mi := &file_image_pb_image_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4182,7 +4263,7 @@ func (x *Msg) String() string {
 func (*Msg) ProtoMessage() {}
 
 func (x *Msg) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[33]
+	mi := &file_image_pb_image_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4195,7 +4276,7 @@ func (x *Msg) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Msg.ProtoReflect.Descriptor instead.
 func (*Msg) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{33}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Msg) GetType() int64 {
@@ -4227,7 +4308,7 @@ type SemSet struct {
 
 func (x *SemSet) Reset() {
 	*x = SemSet{}
-	mi := &file_image_pb_image_proto_msgTypes[34]
+	mi := &file_image_pb_image_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4239,7 +4320,7 @@ func (x *SemSet) String() string {
 func (*SemSet) ProtoMessage() {}
 
 func (x *SemSet) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[34]
+	mi := &file_image_pb_image_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4252,7 +4333,7 @@ func (x *SemSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SemSet.ProtoReflect.Descriptor instead.
 func (*SemSet) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{34}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SemSet) GetId() int32 {
@@ -4302,7 +4383,7 @@ type SemUndo struct {
 
 func (x *SemUndo) Reset() {
 	*x = SemUndo{}
-	mi := &file_image_pb_image_proto_msgTypes[35]
+	mi := &file_image_pb_image_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4314,7 +4395,7 @@ func (x *SemUndo) String() string {
 func (*SemUndo) ProtoMessage() {}
 
 func (x *SemUndo) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[35]
+	mi := &file_image_pb_image_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4327,7 +4408,7 @@ func (x *SemUndo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SemUndo.ProtoReflect.Descriptor instead.
 func (*SemUndo) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{35}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SemUndo) GetPid() uint32 {
@@ -4355,7 +4436,7 @@ type SemAdj struct {
 
 func (x *SemAdj) Reset() {
 	*x = SemAdj{}
-	mi := &file_image_pb_image_proto_msgTypes[36]
+	mi := &file_image_pb_image_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4367,7 +4448,7 @@ func (x *SemAdj) String() string {
 func (*SemAdj) ProtoMessage() {}
 
 func (x *SemAdj) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[36]
+	mi := &file_image_pb_image_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4380,7 +4461,7 @@ func (x *SemAdj) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SemAdj.ProtoReflect.Descriptor instead.
 func (*SemAdj) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{36}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SemAdj) GetSemid() int32 {
@@ -4415,7 +4496,7 @@ type IpcSysctl struct {
 
 func (x *IpcSysctl) Reset() {
 	*x = IpcSysctl{}
-	mi := &file_image_pb_image_proto_msgTypes[37]
+	mi := &file_image_pb_image_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4427,7 +4508,7 @@ func (x *IpcSysctl) String() string {
 func (*IpcSysctl) ProtoMessage() {}
 
 func (x *IpcSysctl) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[37]
+	mi := &file_image_pb_image_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4440,7 +4521,7 @@ func (x *IpcSysctl) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpcSysctl.ProtoReflect.Descriptor instead.
 func (*IpcSysctl) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{37}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *IpcSysctl) GetName() string {
@@ -4479,7 +4560,7 @@ type IpcNamespace struct {
 
 func (x *IpcNamespace) Reset() {
 	*x = IpcNamespace{}
-	mi := &file_image_pb_image_proto_msgTypes[38]
+	mi := &file_image_pb_image_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4491,7 +4572,7 @@ func (x *IpcNamespace) String() string {
 func (*IpcNamespace) ProtoMessage() {}
 
 func (x *IpcNamespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[38]
+	mi := &file_image_pb_image_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4504,7 +4585,7 @@ func (x *IpcNamespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpcNamespace.ProtoReflect.Descriptor instead.
 func (*IpcNamespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{38}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *IpcNamespace) GetNs() uint64 {
@@ -4575,7 +4656,7 @@ type NetNamespace struct {
 
 func (x *NetNamespace) Reset() {
 	*x = NetNamespace{}
-	mi := &file_image_pb_image_proto_msgTypes[39]
+	mi := &file_image_pb_image_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4587,7 +4668,7 @@ func (x *NetNamespace) String() string {
 func (*NetNamespace) ProtoMessage() {}
 
 func (x *NetNamespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[39]
+	mi := &file_image_pb_image_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4600,7 +4681,7 @@ func (x *NetNamespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetNamespace.ProtoReflect.Descriptor instead.
 func (*NetNamespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{39}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *NetNamespace) GetId() uint64 {
@@ -4661,7 +4742,7 @@ type NetLink struct {
 
 func (x *NetLink) Reset() {
 	*x = NetLink{}
-	mi := &file_image_pb_image_proto_msgTypes[40]
+	mi := &file_image_pb_image_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4673,7 +4754,7 @@ func (x *NetLink) String() string {
 func (*NetLink) ProtoMessage() {}
 
 func (x *NetLink) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[40]
+	mi := &file_image_pb_image_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4686,7 +4767,7 @@ func (x *NetLink) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetLink.ProtoReflect.Descriptor instead.
 func (*NetLink) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{40}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *NetLink) GetIndex() uint32 {
@@ -4789,7 +4870,7 @@ type NetAddr struct {
 
 func (x *NetAddr) Reset() {
 	*x = NetAddr{}
-	mi := &file_image_pb_image_proto_msgTypes[41]
+	mi := &file_image_pb_image_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4801,7 +4882,7 @@ func (x *NetAddr) String() string {
 func (*NetAddr) ProtoMessage() {}
 
 func (x *NetAddr) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[41]
+	mi := &file_image_pb_image_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4814,7 +4895,7 @@ func (x *NetAddr) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetAddr.ProtoReflect.Descriptor instead.
 func (*NetAddr) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{41}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *NetAddr) GetIfindex() uint32 {
@@ -4938,7 +5019,7 @@ type NetRoute struct {
 
 func (x *NetRoute) Reset() {
 	*x = NetRoute{}
-	mi := &file_image_pb_image_proto_msgTypes[42]
+	mi := &file_image_pb_image_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4950,7 +5031,7 @@ func (x *NetRoute) String() string {
 func (*NetRoute) ProtoMessage() {}
 
 func (x *NetRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[42]
+	mi := &file_image_pb_image_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4963,7 +5044,7 @@ func (x *NetRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetRoute.ProtoReflect.Descriptor instead.
 func (*NetRoute) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{42}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *NetRoute) GetFamily() uint32 {
@@ -5103,7 +5184,7 @@ type NetMetric struct {
 
 func (x *NetMetric) Reset() {
 	*x = NetMetric{}
-	mi := &file_image_pb_image_proto_msgTypes[43]
+	mi := &file_image_pb_image_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5115,7 +5196,7 @@ func (x *NetMetric) String() string {
 func (*NetMetric) ProtoMessage() {}
 
 func (x *NetMetric) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[43]
+	mi := &file_image_pb_image_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5128,7 +5209,7 @@ func (x *NetMetric) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetMetric.ProtoReflect.Descriptor instead.
 func (*NetMetric) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{43}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *NetMetric) GetType() uint32 {
@@ -5157,7 +5238,7 @@ type NetSysctl struct {
 
 func (x *NetSysctl) Reset() {
 	*x = NetSysctl{}
-	mi := &file_image_pb_image_proto_msgTypes[44]
+	mi := &file_image_pb_image_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5169,7 +5250,7 @@ func (x *NetSysctl) String() string {
 func (*NetSysctl) ProtoMessage() {}
 
 func (x *NetSysctl) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[44]
+	mi := &file_image_pb_image_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5182,7 +5263,7 @@ func (x *NetSysctl) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetSysctl.ProtoReflect.Descriptor instead.
 func (*NetSysctl) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{44}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *NetSysctl) GetName() string {
@@ -5211,7 +5292,7 @@ type MountNamespace struct {
 
 func (x *MountNamespace) Reset() {
 	*x = MountNamespace{}
-	mi := &file_image_pb_image_proto_msgTypes[45]
+	mi := &file_image_pb_image_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5223,7 +5304,7 @@ func (x *MountNamespace) String() string {
 func (*MountNamespace) ProtoMessage() {}
 
 func (x *MountNamespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[45]
+	mi := &file_image_pb_image_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5236,7 +5317,7 @@ func (x *MountNamespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountNamespace.ProtoReflect.Descriptor instead.
 func (*MountNamespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{45}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *MountNamespace) GetMounts() []*Mount {
@@ -5276,7 +5357,7 @@ type Mount struct {
 
 func (x *Mount) Reset() {
 	*x = Mount{}
-	mi := &file_image_pb_image_proto_msgTypes[46]
+	mi := &file_image_pb_image_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5288,7 +5369,7 @@ func (x *Mount) String() string {
 func (*Mount) ProtoMessage() {}
 
 func (x *Mount) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[46]
+	mi := &file_image_pb_image_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5301,7 +5382,7 @@ func (x *Mount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mount.ProtoReflect.Descriptor instead.
 func (*Mount) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{46}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *Mount) GetId() uint32 {
@@ -5435,7 +5516,7 @@ type MountFile struct {
 
 func (x *MountFile) Reset() {
 	*x = MountFile{}
-	mi := &file_image_pb_image_proto_msgTypes[47]
+	mi := &file_image_pb_image_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5447,7 +5528,7 @@ func (x *MountFile) String() string {
 func (*MountFile) ProtoMessage() {}
 
 func (x *MountFile) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[47]
+	mi := &file_image_pb_image_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5460,7 +5541,7 @@ func (x *MountFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountFile.ProtoReflect.Descriptor instead.
 func (*MountFile) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{47}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *MountFile) GetMountId() uint32 {
@@ -5578,7 +5659,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\bouter_ns\x182 \x01(\v2\x14.ckpt.image.v1.NsIdsR\aouterNs\x12\x1c\n" +
 	"\tcontainer\x183 \x01(\bR\tcontainer\x12$\n" +
 	"\rcheckpoint_id\x18\x82\x01 \x01(\x03R\fcheckpointId\x12\x1a\n" +
-	"\bself_tid\x18\x83\x01 \x01(\rR\aselfTid\"\xa5\t\n" +
+	"\bself_tid\x18\x83\x01 \x01(\rR\aselfTid\"\xef\t\n" +
 	"\x04File\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12,\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x18.ckpt.image.v1.File.KindR\x04kind\x12\x12\n" +
@@ -5614,7 +5695,9 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"deletedGid\x12\x1f\n" +
 	"\vdeleted_dev\x18\x1c \x01(\x04R\n" +
 	"deletedDev\x12-\n" +
-	"\x05locks\x18\x1d \x03(\v2\x17.ckpt.image.v1.FileLockR\x05locks\"\xbb\x01\n" +
+	"\x05locks\x18\x1d \x03(\v2\x17.ckpt.image.v1.FileLockR\x05locks\x12%\n" +
+	"\x0edeleted_chunks\x18\x1e \x01(\bR\rdeletedChunks\x12!\n" +
+	"\fdeleted_size\x18\x1f \x01(\x03R\vdeletedSize\"\xbb\x01\n" +
 	"\x04Kind\x12\v\n" +
 	"\aUNKNOWN\x10\x00\x12\v\n" +
 	"\aREGULAR\x10\x01\x12\r\n" +
@@ -5632,7 +5715,11 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x04FIFO\x10\f\x12\v\n" +
 	"\aINOTIFY\x10\r\x12\n" +
 	"\n" +
-	"\x06SOCKET\x10\x0e\"\xb1\x01\n" +
+	"\x06SOCKET\x10\x0e\"O\n" +
+	"\bFileData\x12\x17\n" +
+	"\afile_id\x18\x01 \x01(\rR\x06fileId\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\"\xb1\x01\n" +
 	"\bFileLock\x120\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1c.ckpt.image.v1.FileLock.KindR\x04kind\x12\x14\n" +
 	"\x05write\x18\x02 \x01(\bR\x05write\x12\x14\n" +
@@ -6136,7 +6223,7 @@ func file_image_pb_image_proto_rawDescGZIP() []byte {
 }
 
 var file_image_pb_image_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_image_pb_image_proto_goTypes = []any{
 	(File_Kind)(0),         // 0: ckpt.image.v1.File.Kind
 	(FileLock_Kind)(0),     // 1: ckpt.image.v1.FileLock.Kind
@@ -6144,96 +6231,97 @@ var file_image_pb_image_proto_goTypes = []any{
 	(Mount_Kind)(0),        // 3: ckpt.image.v1.Mount.Kind
 	(*Header)(nil),         // 4: ckpt.image.v1.Header
 	(*File)(nil),           // 5: ckpt.image.v1.File
-	(*FileLock)(nil),       // 6: ckpt.image.v1.FileLock
-	(*Socket)(nil),         // 7: ckpt.image.v1.Socket
-	(*InetSocket)(nil),     // 8: ckpt.image.v1.InetSocket
-	(*TcpConnection)(nil),  // 9: ckpt.image.v1.TcpConnection
-	(*InotifyWatch)(nil),   // 10: ckpt.image.v1.InotifyWatch
-	(*EpollItem)(nil),      // 11: ckpt.image.v1.EpollItem
-	(*Vma)(nil),            // 12: ckpt.image.v1.Vma
-	(*Mm)(nil),             // 13: ckpt.image.v1.Mm
-	(*Sigaction)(nil),      // 14: ckpt.image.v1.Sigaction
-	(*Itimer)(nil),         // 15: ckpt.image.v1.Itimer
-	(*PosixTimer)(nil),     // 16: ckpt.image.v1.PosixTimer
-	(*Rlimit)(nil),         // 17: ckpt.image.v1.Rlimit
-	(*SyscallRestart)(nil), // 18: ckpt.image.v1.SyscallRestart
-	(*Thread)(nil),         // 19: ckpt.image.v1.Thread
-	(*Sched)(nil),          // 20: ckpt.image.v1.Sched
-	(*Fd)(nil),             // 21: ckpt.image.v1.Fd
-	(*Creds)(nil),          // 22: ckpt.image.v1.Creds
-	(*Caps)(nil),           // 23: ckpt.image.v1.Caps
-	(*SeccompFilter)(nil),  // 24: ckpt.image.v1.SeccompFilter
-	(*Process)(nil),        // 25: ckpt.image.v1.Process
-	(*PageRun)(nil),        // 26: ckpt.image.v1.PageRun
-	(*PageMap)(nil),        // 27: ckpt.image.v1.PageMap
-	(*Error)(nil),          // 28: ckpt.image.v1.Error
-	(*Tail)(nil),           // 29: ckpt.image.v1.Tail
-	(*NsIds)(nil),          // 30: ckpt.image.v1.NsIds
-	(*Namespace)(nil),      // 31: ckpt.image.v1.Namespace
-	(*Leak)(nil),           // 32: ckpt.image.v1.Leak
-	(*Leaks)(nil),          // 33: ckpt.image.v1.Leaks
-	(*IpcPerm)(nil),        // 34: ckpt.image.v1.IpcPerm
-	(*ShmSegment)(nil),     // 35: ckpt.image.v1.ShmSegment
-	(*MsgQueue)(nil),       // 36: ckpt.image.v1.MsgQueue
-	(*Msg)(nil),            // 37: ckpt.image.v1.Msg
-	(*SemSet)(nil),         // 38: ckpt.image.v1.SemSet
-	(*SemUndo)(nil),        // 39: ckpt.image.v1.SemUndo
-	(*SemAdj)(nil),         // 40: ckpt.image.v1.SemAdj
-	(*IpcSysctl)(nil),      // 41: ckpt.image.v1.IpcSysctl
-	(*IpcNamespace)(nil),   // 42: ckpt.image.v1.IpcNamespace
-	(*NetNamespace)(nil),   // 43: ckpt.image.v1.NetNamespace
-	(*NetLink)(nil),        // 44: ckpt.image.v1.NetLink
-	(*NetAddr)(nil),        // 45: ckpt.image.v1.NetAddr
-	(*NetRoute)(nil),       // 46: ckpt.image.v1.NetRoute
-	(*NetMetric)(nil),      // 47: ckpt.image.v1.NetMetric
-	(*NetSysctl)(nil),      // 48: ckpt.image.v1.NetSysctl
-	(*MountNamespace)(nil), // 49: ckpt.image.v1.MountNamespace
-	(*Mount)(nil),          // 50: ckpt.image.v1.Mount
-	(*MountFile)(nil),      // 51: ckpt.image.v1.MountFile
+	(*FileData)(nil),       // 6: ckpt.image.v1.FileData
+	(*FileLock)(nil),       // 7: ckpt.image.v1.FileLock
+	(*Socket)(nil),         // 8: ckpt.image.v1.Socket
+	(*InetSocket)(nil),     // 9: ckpt.image.v1.InetSocket
+	(*TcpConnection)(nil),  // 10: ckpt.image.v1.TcpConnection
+	(*InotifyWatch)(nil),   // 11: ckpt.image.v1.InotifyWatch
+	(*EpollItem)(nil),      // 12: ckpt.image.v1.EpollItem
+	(*Vma)(nil),            // 13: ckpt.image.v1.Vma
+	(*Mm)(nil),             // 14: ckpt.image.v1.Mm
+	(*Sigaction)(nil),      // 15: ckpt.image.v1.Sigaction
+	(*Itimer)(nil),         // 16: ckpt.image.v1.Itimer
+	(*PosixTimer)(nil),     // 17: ckpt.image.v1.PosixTimer
+	(*Rlimit)(nil),         // 18: ckpt.image.v1.Rlimit
+	(*SyscallRestart)(nil), // 19: ckpt.image.v1.SyscallRestart
+	(*Thread)(nil),         // 20: ckpt.image.v1.Thread
+	(*Sched)(nil),          // 21: ckpt.image.v1.Sched
+	(*Fd)(nil),             // 22: ckpt.image.v1.Fd
+	(*Creds)(nil),          // 23: ckpt.image.v1.Creds
+	(*Caps)(nil),           // 24: ckpt.image.v1.Caps
+	(*SeccompFilter)(nil),  // 25: ckpt.image.v1.SeccompFilter
+	(*Process)(nil),        // 26: ckpt.image.v1.Process
+	(*PageRun)(nil),        // 27: ckpt.image.v1.PageRun
+	(*PageMap)(nil),        // 28: ckpt.image.v1.PageMap
+	(*Error)(nil),          // 29: ckpt.image.v1.Error
+	(*Tail)(nil),           // 30: ckpt.image.v1.Tail
+	(*NsIds)(nil),          // 31: ckpt.image.v1.NsIds
+	(*Namespace)(nil),      // 32: ckpt.image.v1.Namespace
+	(*Leak)(nil),           // 33: ckpt.image.v1.Leak
+	(*Leaks)(nil),          // 34: ckpt.image.v1.Leaks
+	(*IpcPerm)(nil),        // 35: ckpt.image.v1.IpcPerm
+	(*ShmSegment)(nil),     // 36: ckpt.image.v1.ShmSegment
+	(*MsgQueue)(nil),       // 37: ckpt.image.v1.MsgQueue
+	(*Msg)(nil),            // 38: ckpt.image.v1.Msg
+	(*SemSet)(nil),         // 39: ckpt.image.v1.SemSet
+	(*SemUndo)(nil),        // 40: ckpt.image.v1.SemUndo
+	(*SemAdj)(nil),         // 41: ckpt.image.v1.SemAdj
+	(*IpcSysctl)(nil),      // 42: ckpt.image.v1.IpcSysctl
+	(*IpcNamespace)(nil),   // 43: ckpt.image.v1.IpcNamespace
+	(*NetNamespace)(nil),   // 44: ckpt.image.v1.NetNamespace
+	(*NetLink)(nil),        // 45: ckpt.image.v1.NetLink
+	(*NetAddr)(nil),        // 46: ckpt.image.v1.NetAddr
+	(*NetRoute)(nil),       // 47: ckpt.image.v1.NetRoute
+	(*NetMetric)(nil),      // 48: ckpt.image.v1.NetMetric
+	(*NetSysctl)(nil),      // 49: ckpt.image.v1.NetSysctl
+	(*MountNamespace)(nil), // 50: ckpt.image.v1.MountNamespace
+	(*Mount)(nil),          // 51: ckpt.image.v1.Mount
+	(*MountFile)(nil),      // 52: ckpt.image.v1.MountFile
 }
 var file_image_pb_image_proto_depIdxs = []int32{
-	30, // 0: ckpt.image.v1.Header.outer_ns:type_name -> ckpt.image.v1.NsIds
+	31, // 0: ckpt.image.v1.Header.outer_ns:type_name -> ckpt.image.v1.NsIds
 	0,  // 1: ckpt.image.v1.File.kind:type_name -> ckpt.image.v1.File.Kind
-	11, // 2: ckpt.image.v1.File.epoll_items:type_name -> ckpt.image.v1.EpollItem
-	10, // 3: ckpt.image.v1.File.inotify_watches:type_name -> ckpt.image.v1.InotifyWatch
-	7,  // 4: ckpt.image.v1.File.socket:type_name -> ckpt.image.v1.Socket
-	6,  // 5: ckpt.image.v1.File.locks:type_name -> ckpt.image.v1.FileLock
+	12, // 2: ckpt.image.v1.File.epoll_items:type_name -> ckpt.image.v1.EpollItem
+	11, // 3: ckpt.image.v1.File.inotify_watches:type_name -> ckpt.image.v1.InotifyWatch
+	8,  // 4: ckpt.image.v1.File.socket:type_name -> ckpt.image.v1.Socket
+	7,  // 5: ckpt.image.v1.File.locks:type_name -> ckpt.image.v1.FileLock
 	1,  // 6: ckpt.image.v1.FileLock.kind:type_name -> ckpt.image.v1.FileLock.Kind
-	8,  // 7: ckpt.image.v1.Socket.inet:type_name -> ckpt.image.v1.InetSocket
-	9,  // 8: ckpt.image.v1.InetSocket.tcp:type_name -> ckpt.image.v1.TcpConnection
-	12, // 9: ckpt.image.v1.Mm.vmas:type_name -> ckpt.image.v1.Vma
-	18, // 10: ckpt.image.v1.Thread.restart:type_name -> ckpt.image.v1.SyscallRestart
-	20, // 11: ckpt.image.v1.Thread.sched:type_name -> ckpt.image.v1.Sched
-	23, // 12: ckpt.image.v1.Creds.caps:type_name -> ckpt.image.v1.Caps
-	21, // 13: ckpt.image.v1.Process.fds:type_name -> ckpt.image.v1.Fd
-	14, // 14: ckpt.image.v1.Process.sigactions:type_name -> ckpt.image.v1.Sigaction
-	15, // 15: ckpt.image.v1.Process.itimers:type_name -> ckpt.image.v1.Itimer
-	17, // 16: ckpt.image.v1.Process.rlimits:type_name -> ckpt.image.v1.Rlimit
-	19, // 17: ckpt.image.v1.Process.threads:type_name -> ckpt.image.v1.Thread
-	22, // 18: ckpt.image.v1.Process.creds:type_name -> ckpt.image.v1.Creds
-	16, // 19: ckpt.image.v1.Process.posix_timers:type_name -> ckpt.image.v1.PosixTimer
-	6,  // 20: ckpt.image.v1.Process.posix_locks:type_name -> ckpt.image.v1.FileLock
-	24, // 21: ckpt.image.v1.Process.seccomp:type_name -> ckpt.image.v1.SeccompFilter
-	30, // 22: ckpt.image.v1.Process.ns:type_name -> ckpt.image.v1.NsIds
-	26, // 23: ckpt.image.v1.PageMap.runs:type_name -> ckpt.image.v1.PageRun
+	9,  // 7: ckpt.image.v1.Socket.inet:type_name -> ckpt.image.v1.InetSocket
+	10, // 8: ckpt.image.v1.InetSocket.tcp:type_name -> ckpt.image.v1.TcpConnection
+	13, // 9: ckpt.image.v1.Mm.vmas:type_name -> ckpt.image.v1.Vma
+	19, // 10: ckpt.image.v1.Thread.restart:type_name -> ckpt.image.v1.SyscallRestart
+	21, // 11: ckpt.image.v1.Thread.sched:type_name -> ckpt.image.v1.Sched
+	24, // 12: ckpt.image.v1.Creds.caps:type_name -> ckpt.image.v1.Caps
+	22, // 13: ckpt.image.v1.Process.fds:type_name -> ckpt.image.v1.Fd
+	15, // 14: ckpt.image.v1.Process.sigactions:type_name -> ckpt.image.v1.Sigaction
+	16, // 15: ckpt.image.v1.Process.itimers:type_name -> ckpt.image.v1.Itimer
+	18, // 16: ckpt.image.v1.Process.rlimits:type_name -> ckpt.image.v1.Rlimit
+	20, // 17: ckpt.image.v1.Process.threads:type_name -> ckpt.image.v1.Thread
+	23, // 18: ckpt.image.v1.Process.creds:type_name -> ckpt.image.v1.Creds
+	17, // 19: ckpt.image.v1.Process.posix_timers:type_name -> ckpt.image.v1.PosixTimer
+	7,  // 20: ckpt.image.v1.Process.posix_locks:type_name -> ckpt.image.v1.FileLock
+	25, // 21: ckpt.image.v1.Process.seccomp:type_name -> ckpt.image.v1.SeccompFilter
+	31, // 22: ckpt.image.v1.Process.ns:type_name -> ckpt.image.v1.NsIds
+	27, // 23: ckpt.image.v1.PageMap.runs:type_name -> ckpt.image.v1.PageRun
 	2,  // 24: ckpt.image.v1.Namespace.kind:type_name -> ckpt.image.v1.Namespace.Kind
-	32, // 25: ckpt.image.v1.Leaks.leaks:type_name -> ckpt.image.v1.Leak
-	34, // 26: ckpt.image.v1.ShmSegment.perm:type_name -> ckpt.image.v1.IpcPerm
-	34, // 27: ckpt.image.v1.MsgQueue.perm:type_name -> ckpt.image.v1.IpcPerm
-	37, // 28: ckpt.image.v1.MsgQueue.messages:type_name -> ckpt.image.v1.Msg
-	34, // 29: ckpt.image.v1.SemSet.perm:type_name -> ckpt.image.v1.IpcPerm
-	40, // 30: ckpt.image.v1.SemUndo.adj:type_name -> ckpt.image.v1.SemAdj
-	35, // 31: ckpt.image.v1.IpcNamespace.shm:type_name -> ckpt.image.v1.ShmSegment
-	36, // 32: ckpt.image.v1.IpcNamespace.msg:type_name -> ckpt.image.v1.MsgQueue
-	38, // 33: ckpt.image.v1.IpcNamespace.sem:type_name -> ckpt.image.v1.SemSet
-	41, // 34: ckpt.image.v1.IpcNamespace.sysctls:type_name -> ckpt.image.v1.IpcSysctl
-	39, // 35: ckpt.image.v1.IpcNamespace.undo:type_name -> ckpt.image.v1.SemUndo
-	44, // 36: ckpt.image.v1.NetNamespace.links:type_name -> ckpt.image.v1.NetLink
-	45, // 37: ckpt.image.v1.NetNamespace.addrs:type_name -> ckpt.image.v1.NetAddr
-	46, // 38: ckpt.image.v1.NetNamespace.routes:type_name -> ckpt.image.v1.NetRoute
-	48, // 39: ckpt.image.v1.NetNamespace.sysctls:type_name -> ckpt.image.v1.NetSysctl
-	47, // 40: ckpt.image.v1.NetRoute.metrics:type_name -> ckpt.image.v1.NetMetric
-	50, // 41: ckpt.image.v1.MountNamespace.mounts:type_name -> ckpt.image.v1.Mount
+	33, // 25: ckpt.image.v1.Leaks.leaks:type_name -> ckpt.image.v1.Leak
+	35, // 26: ckpt.image.v1.ShmSegment.perm:type_name -> ckpt.image.v1.IpcPerm
+	35, // 27: ckpt.image.v1.MsgQueue.perm:type_name -> ckpt.image.v1.IpcPerm
+	38, // 28: ckpt.image.v1.MsgQueue.messages:type_name -> ckpt.image.v1.Msg
+	35, // 29: ckpt.image.v1.SemSet.perm:type_name -> ckpt.image.v1.IpcPerm
+	41, // 30: ckpt.image.v1.SemUndo.adj:type_name -> ckpt.image.v1.SemAdj
+	36, // 31: ckpt.image.v1.IpcNamespace.shm:type_name -> ckpt.image.v1.ShmSegment
+	37, // 32: ckpt.image.v1.IpcNamespace.msg:type_name -> ckpt.image.v1.MsgQueue
+	39, // 33: ckpt.image.v1.IpcNamespace.sem:type_name -> ckpt.image.v1.SemSet
+	42, // 34: ckpt.image.v1.IpcNamespace.sysctls:type_name -> ckpt.image.v1.IpcSysctl
+	40, // 35: ckpt.image.v1.IpcNamespace.undo:type_name -> ckpt.image.v1.SemUndo
+	45, // 36: ckpt.image.v1.NetNamespace.links:type_name -> ckpt.image.v1.NetLink
+	46, // 37: ckpt.image.v1.NetNamespace.addrs:type_name -> ckpt.image.v1.NetAddr
+	47, // 38: ckpt.image.v1.NetNamespace.routes:type_name -> ckpt.image.v1.NetRoute
+	49, // 39: ckpt.image.v1.NetNamespace.sysctls:type_name -> ckpt.image.v1.NetSysctl
+	48, // 40: ckpt.image.v1.NetRoute.metrics:type_name -> ckpt.image.v1.NetMetric
+	51, // 41: ckpt.image.v1.MountNamespace.mounts:type_name -> ckpt.image.v1.Mount
 	3,  // 42: ckpt.image.v1.Mount.kind:type_name -> ckpt.image.v1.Mount.Kind
 	43, // [43:43] is the sub-list for method output_type
 	43, // [43:43] is the sub-list for method input_type
@@ -6247,18 +6335,18 @@ func file_image_pb_image_proto_init() {
 	if File_image_pb_image_proto != nil {
 		return
 	}
-	file_image_pb_image_proto_msgTypes[3].OneofWrappers = []any{}
 	file_image_pb_image_proto_msgTypes[4].OneofWrappers = []any{}
-	file_image_pb_image_proto_msgTypes[9].OneofWrappers = []any{}
-	file_image_pb_image_proto_msgTypes[15].OneofWrappers = []any{}
-	file_image_pb_image_proto_msgTypes[21].OneofWrappers = []any{}
+	file_image_pb_image_proto_msgTypes[5].OneofWrappers = []any{}
+	file_image_pb_image_proto_msgTypes[10].OneofWrappers = []any{}
+	file_image_pb_image_proto_msgTypes[16].OneofWrappers = []any{}
+	file_image_pb_image_proto_msgTypes[22].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_image_pb_image_proto_rawDesc), len(file_image_pb_image_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   48,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -225,9 +225,6 @@ func TestRefusesUnsupported(t *testing.T) {
 		{"capabilities-per-thread", func() *exec.Cmd {
 			return exec.Command("python3", "-c", "import ctypes,threading,time\nlibc=ctypes.CDLL(None)\nev=threading.Event()\ndef drop():\n    libc.prctl(24, 13, 0, 0, 0)\n    ev.set()\n    time.sleep(100)\nthreading.Thread(target=drop, daemon=True).start()\nev.wait()\nprint('READY', flush=True)\ntime.sleep(100)")
 		}, "has capabilities of its own"},
-		{"deleted-large", func() *exec.Cmd {
-			return exec.Command("python3", "-c", "import os,time\nf=open('/tmp/ckpt-e2e-deleted','w')\nf.truncate(40<<20)\nos.unlink('/tmp/ckpt-e2e-deleted')\nprint('READY', flush=True)\ntime.sleep(100)")
-		}, "is the deleted file /tmp/ckpt-e2e-deleted of 40 MiB"},
 		{"file-lease", func() *exec.Cmd {
 			f := filepath.Join(t.TempDir(), "leased")
 			if err := os.WriteFile(f, []byte("x"), 0o644); err != nil {

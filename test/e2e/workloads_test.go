@@ -267,6 +267,9 @@ exec "$0" "$(hostname)" 0 "awk '{print \$5, \$6, \$9, \$10}' /proc/self/mountinf
 		{name: "ipcsem", argv: cWorkload("ipcsem"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},
 		{name: "ipcmsq", argv: cWorkload("ipcmsq"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},
 		{name: "ipcshm", argv: cWorkload("ipcshm"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--ipc"}},
+		// A mount namespace of its own: the deleted files' content waits
+		// for the container's mounts before it has a place.
+		{name: "deleted-files", argv: cWorkload("deleted"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--mount"}},
 		// Like a container runtime's: filters on the init itself.
 		{name: "seccomp", argv: cWorkload("seccomp"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid"}},
 	}

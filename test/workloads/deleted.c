@@ -16,12 +16,18 @@
  *    written through the mapping, the second not;
  *  - an O_TMPFILE file (never had a name), mode 0640, "tmp data";
  *  - "reused": opened, unlinked, and a new file made under the same name
- *    with other content.
+ *    with other content;
+ *  - "big": a sparse file of 40 MiB + 123 bytes (bigger than a metadata
+ *    record may be) with data only in [0, 1 MiB + 77) and [39 MiB + 5,
+ *    the end), opened read-write at offset 777, and mapped shared at
+ *    39 MiB; unlinked.
  * After the checkpoint: contents, offsets, link counts of 0, the mode;
  * a and b share their offset, and a and c their inode (a write through a
  * or the shared mapping shows through c); /proc names them "(deleted)",
  * the executable too; the private mapping keeps its written page and the
- * file's other; the new "reused" file is untouched.
+ * file's other; the new "reused" file is untouched; "big" has its size,
+ * offset, data, zeros in between, and holes there (under 20 MiB of
+ * blocks), and its mapping shows the data.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -57,6 +63,39 @@ static void run_from_deleted_copy(char **argv)
 }
 
 static char linkbuf[256], proc[64];
+
+#define BIG ((40L << 20) + 123)
+#define BIG_A ((1L << 20) + 77) /* first data region: [0, BIG_A) */
+#define BIG_B ((39L << 20) + 5) /* second: [BIG_B, BIG) */
+static unsigned char big_pattern(long i) { return (unsigned char)(i * 7 + i / 4093 + 1); }
+
+/* big_check reads back a data region of "big" through fd */
+static int big_check(int fd, long from, long to)
+{
+	static unsigned char chunk[1 << 16];
+	for (long off = from; off < to; off += sizeof(chunk)) {
+		long n = to - off < (long)sizeof(chunk) ? to - off : (long)sizeof(chunk);
+		if (pread(fd, chunk, n, off) != n)
+			return -1;
+		for (long i = 0; i < n; i++)
+			if (chunk[i] != big_pattern(off + i))
+				return -1;
+	}
+	return 0;
+}
+
+/* big_fill writes a data region of "big" through fd */
+static void big_fill(int fd, long from, long to)
+{
+	static unsigned char chunk[1 << 16];
+	for (long off = from; off < to; off += sizeof(chunk)) {
+		long n = to - off < (long)sizeof(chunk) ? to - off : (long)sizeof(chunk);
+		for (long i = 0; i < n; i++)
+			chunk[i] = big_pattern(off + i);
+		if (pwrite(fd, chunk, n, off) != n)
+			die("fill big");
+	}
+}
 
 int main(int argc, char **argv)
 {
@@ -104,6 +143,15 @@ int main(int argc, char **argv)
 	if (nr < 0 || write(nr, "new content", 11) != 11 || close(nr))
 		die("new reused");
 
+	int g = open("big", O_RDWR | O_CREAT | O_EXCL, 0600);
+	if (g < 0)
+		die("big");
+	big_fill(g, 0, BIG_A);
+	big_fill(g, BIG_B, BIG);
+	char *bigmap = mmap(NULL, 4096, PROT_READ, MAP_SHARED, g, 39L << 20);
+	if (bigmap == MAP_FAILED || unlink("big") || lseek(g, 777, SEEK_SET) != 777)
+		die("big: map or unlink");
+
 	printf("READY\n");
 	while (!got_usr2)
 		pause();
@@ -150,6 +198,21 @@ int main(int argc, char **argv)
 	int nr2 = open("reused", O_RDONLY);
 	if (nr2 < 0 || read(nr2, tb, sizeof(tb)) != 11 || memcmp(tb, "new content", 11))
 		fail("reused: the new file was touched");
+
+	static unsigned char zeros[1 << 16], hole[1 << 16];
+	if (fstat(g, &st) || st.st_nlink != 0 || st.st_size != BIG)
+		fail("big: %ld links, %ld bytes, want 0 and %ld", (long)st.st_nlink, (long)st.st_size, BIG);
+	else if (lseek(g, 0, SEEK_CUR) != 777)
+		fail("big: offset %ld, want 777", (long)lseek(g, 0, SEEK_CUR));
+	else if (big_check(g, 0, BIG_A) || big_check(g, BIG_B, BIG))
+		fail("big: data differs");
+	else if (pread(g, hole, sizeof(hole), 20L << 20) != sizeof(hole) || memcmp(hole, zeros, sizeof(hole)) ||
+		 pread(g, hole, 5, 39L << 20) != 5 || memcmp(hole, zeros, 5))
+		fail("big: the hole is not zeros");
+	else if (st.st_blocks * 512 >= (20L << 20))
+		fail("big: %ld bytes of blocks, the holes were filled", (long)st.st_blocks * 512);
+	else if (memcmp(bigmap, zeros, 5) || bigmap[5] != big_pattern(BIG_B) || bigmap[4095] != big_pattern((39L << 20) + 4095))
+		fail("big: the mapping does not show the data");
 
 	return report();
 }
