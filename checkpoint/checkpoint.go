@@ -1423,8 +1423,18 @@ func newHeader(rootPid uint32, outer *pb.NsIds, container bool) *pb.Header {
 		FormatVersion: image.FormatVersion, Arch: runtime.GOARCH, PageSize: image.PageSize,
 		Kernel:      unix.ByteSliceToString(uts.Release[:]) + " " + unix.ByteSliceToString(uts.Version[:]),
 		ToolVersion: Version, TimeUnixNano: time.Now().UnixNano(), Hostname: host, RootPid: rootPid,
-		OuterNs: outer, Container: container,
+		OuterNs: outer, Container: container, XstateLayout: xstateLayout(),
 	}
+}
+
+// xstateLayout is this CPU's XSAVE layout, for a restart on another CPU
+// to move the threads' vector registers (ptrace.XstateFitter).
+func xstateLayout() []*pb.XstateComponent {
+	var l []*pb.XstateComponent
+	for _, c := range ptrace.XstateLayout() {
+		l = append(l, &pb.XstateComponent{Feature: c.Feature, Offset: c.Offset, Size: c.Size})
+	}
+	return l
 }
 
 // thaw, if set, lets the processes go once everything of theirs is in

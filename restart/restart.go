@@ -367,11 +367,12 @@ func restore(opts *Options) (res *Result, err error) {
 	if err := ipc.finish(); err != nil {
 		return nil, err
 	}
+	xf := ptrace.NewXstateFitter(xstateLayout(r.Header))
 	for _, t := range tasks {
 		if t.p.Zombie {
 			continue
 		}
-		if err := finish(opts, t, files); err != nil {
+		if err := finish(opts, t, files, xf); err != nil {
 			return nil, fmt.Errorf("process %d (%s): %w", t.p.Pid, t.p.Comm, err)
 		}
 	}
@@ -947,7 +948,7 @@ func freeRange(mm *pb.Mm, also []proc.Vma, size uint64) (uint64, error) {
 // finish restores everything but memory contents, creates the other
 // threads and leaves every thread stopped with its final registers; release
 // lets it go.
-func finish(opts *Options, tk *task, files *resource.OpenFiles) error {
+func finish(opts *Options, tk *task, files *resource.OpenFiles, xf *ptrace.XstateFitter) error {
 	s, p, mm, pull := tk.s, tk.p, tk.mm, tk.pull
 	t := s.t
 	if tk.mmOwner == nil {
@@ -1051,8 +1052,8 @@ func finish(opts *Options, tk *task, files *resource.OpenFiles) error {
 		return err
 	}
 	for i, th := range p.Threads {
-		if err := ptrace.SetXstate(targets[i].Inj.Tid, th.Xstate); err != nil {
-			return err
+		if err := xf.Set(targets[i].Inj.Tid, th.Xstate); err != nil {
+			return fmt.Errorf("vector registers: %w", err)
 		}
 	}
 	if err := opts.fault("final"); err != nil {
@@ -1060,6 +1061,16 @@ func finish(opts *Options, tk *task, files *resource.OpenFiles) error {
 	}
 	tk.targets = targets
 	return nil
+}
+
+// xstateLayout is the XSAVE layout of the image's CPU, nil if the image
+// does not say (written before it was recorded).
+func xstateLayout(hdr *pb.Header) []ptrace.XstateComponent {
+	var l []ptrace.XstateComponent
+	for _, c := range hdr.XstateLayout {
+		l = append(l, ptrace.XstateComponent{Feature: c.Feature, Offset: c.Offset, Size: c.Size})
+	}
+	return l
 }
 
 // unmapStub removes the stub's code and scratch from an address space once
