@@ -97,6 +97,9 @@ type Options struct {
 	subtreeLeaks func() ([]*pb.Leak, error)
 	// pre is what preflight read of the tree (set by Run).
 	pre *inspected
+	// vdso waits for the functions of this kernel's vDSO, read on the
+	// side for the header (set by Run).
+	vdso func() []*pb.VdsoSymbol
 	// SelfTid, if not 0, makes this a self-checkpoint (see self.go):
 	// thread SelfTid of Pid is blocked in read() on the pipe whose write
 	// end is ckpt's descriptor SelfFd.
@@ -489,6 +492,7 @@ func Run(opts Options) (*Stats, error) {
 	start := time.Now()
 	stats.Phases.Start()
 	opts.phases = &stats.Phases
+	opts.vdso = resource.VdsoSymbolsAsync()
 	var err error
 	if opts.id, err = newID(); err != nil {
 		return nil, err
@@ -546,8 +550,12 @@ type frozen struct {
 	// PTRACE_O_SUSPEND_SECCOMP once stopped, so that they let ckpt's
 	// calls through, and they are read for the image.
 	suspendSeccomp bool
-	frozenAt       time.Time
-	frozenFor      time.Duration
+	// vdso is the process's vDSO (start, end; 0, 0 if none): a thread
+	// stopped inside it is stepped out (ptrace.StepOut), so that the image
+	// restarts under another kernel's vDSO.
+	vdso      [2]uint64
+	frozenAt  time.Time
+	frozenFor time.Duration
 }
 
 // frozenThread is one stopped thread and what ckpt borrowed from it.
@@ -720,11 +728,14 @@ func (f *frozen) freeze(cpu int) error {
 			break
 		}
 	}
-	return f.readRegs()
+	return f.readRegs(true)
 }
 
-// readRegs records each stopped thread's registers and mask.
-func (f *frozen) readRegs() error {
+// readRegs records each stopped thread's registers and mask; with step,
+// a thread inside the vDSO is first stepped out of it (not in a process
+// stopped by job control, which must not run, nor under a freezer
+// cgroup, where it cannot).
+func (f *frozen) readRegs(step bool) error {
 	if len(f.threads) == 0 || f.threads[0].tid != f.pid {
 		return fmt.Errorf("main thread of %d has exited; processes whose main thread ended are %w", f.pid, resource.ErrUnsupported)
 	}
@@ -735,6 +746,17 @@ func (f *frozen) readRegs() error {
 		}
 		if th.sigmask, err = ptrace.GetSigmask(th.tid); err != nil {
 			return err
+		}
+		if step && f.jobStop == 0 && th.regs.Rip >= f.vdso[0] && th.regs.Rip < f.vdso[1] {
+			if err := ptrace.SetSigmask(th.tid, ^uint64(0)); err != nil {
+				return err
+			}
+			th.maskSet = true
+			r, err := ptrace.StepOut(f.pid, th.tid, f.vdso[0], f.vdso[1])
+			if err != nil {
+				return err
+			}
+			th.regs = r
 		}
 	}
 	return nil
@@ -767,7 +789,7 @@ func (f *frozen) waitStopped() error {
 			return err
 		}
 	}
-	return f.readRegs()
+	return f.readRegs(false)
 }
 
 // waitInterrupted waits for thread tid's interrupt stop and notes
@@ -828,9 +850,27 @@ func (ft *frozenTree) add(pid, root int) (*frozen, error) {
 		ft.zombies = append(ft.zombies, st)
 		return nil, nil
 	}
-	f := &frozen{pid: pid, suspendSeccomp: ft.filtered(pid)}
+	f := &frozen{pid: pid, suspendSeccomp: ft.filtered(pid), vdso: ft.vdsoOf(pid)}
 	ft.procs = append(ft.procs, f)
 	return f, nil
+}
+
+// vdsoOf returns the bounds of process pid's vDSO, as preflight saw them,
+// or for a process started since, as its maps say now.
+func (ft *frozenTree) vdsoOf(pid int) [2]uint64 {
+	vmas, seen := []proc.Vma(nil), false
+	if ft.pre != nil {
+		vmas, seen = ft.pre.areas[pid]
+	}
+	if !seen {
+		vmas, _ = proc.ReadMaps(pid)
+	}
+	for _, v := range vmas {
+		if v.Name == "[vdso]" {
+			return [2]uint64{v.Start, v.End}
+		}
+	}
+	return [2]uint64{}
 }
 
 // filtered reports whether process pid has seccomp filters, as preflight
@@ -1060,6 +1100,9 @@ func dump(opts *Options, stats *Stats) (err error) {
 		rootPid = procs[0].Pid
 	}
 	hdr := newHeader(rootPid, outer, opts.Container)
+	// Without them a restart under another kernel could not tell that its
+	// vDSO differs (only by its size); an image without them is still whole.
+	hdr.VdsoSymbols = opts.vdso()
 	hdr.CheckpointId, hdr.SelfTid = opts.id, uint32(opts.SelfTid)
 
 	out := opts.Out
@@ -1419,12 +1462,13 @@ func newHeader(rootPid uint32, outer *pb.NsIds, container bool) *pb.Header {
 	host, _ := os.Hostname()
 	var uts unix.Utsname
 	unix.Uname(&uts)
-	return &pb.Header{
+	hdr := &pb.Header{
 		FormatVersion: image.FormatVersion, Arch: runtime.GOARCH, PageSize: image.PageSize,
 		Kernel:      unix.ByteSliceToString(uts.Release[:]) + " " + unix.ByteSliceToString(uts.Version[:]),
 		ToolVersion: Version, TimeUnixNano: time.Now().UnixNano(), Hostname: host, RootPid: rootPid,
 		OuterNs: outer, Container: container, XstateLayout: xstateLayout(),
 	}
+	return hdr
 }
 
 // xstateLayout is this CPU's XSAVE layout, for a restart on another CPU

@@ -55,7 +55,13 @@ type Options struct {
 	// waits for it before it creates any process. (Catching them takes a
 	// while, which this lets overlap the reading of the image.)
 	SignalsArmed <-chan struct{}
+	// VdsoProxy, for tests, puts a vDSO proxy in place even when the
+	// image's vDSO is this kernel's (see resource/vdso.go).
+	VdsoProxy bool
 
+	// vdso waits for the functions of this kernel's vDSO, read on the side
+	// (set by Run).
+	vdso func() []*pb.VdsoSymbol
 	// user is the state of an unprivileged restart (nil for root).
 	user *userNS
 	// selfCaps are ckpt's capability sets, which its stubs inherit: read
@@ -91,6 +97,7 @@ func Run(opts Options) (*Result, error) {
 	var phases phase.Phases
 	phases.Start()
 	opts.phases = &phases
+	opts.vdso = resource.VdsoSymbolsAsync()
 	var res *Result
 	err := ptrace.Run(func() error {
 		var err error
@@ -773,11 +780,15 @@ func build(opts *Options, hdr *pb.Header, nss *namespaces, ipc *ipcState, tasks 
 			continue
 		}
 	}
+	vd, err := planVdso(opts, hdr, tasks)
+	if err != nil {
+		return created, err
+	}
 	for _, t := range tasks {
 		if t.p.Zombie {
 			continue
 		}
-		if err := prepare(t, files); err != nil {
+		if err := prepare(t, files, vd); err != nil {
 			return created, fmt.Errorf("process %d (%s): %w", t.p.Pid, t.p.Comm, err)
 		}
 	}
@@ -848,7 +859,7 @@ func cloneInSession(parent *stub, t *task, byPid map[uint32]*task, flags, exitSi
 }
 
 // prepare empties a stub and maps the process's areas, ready for pages.
-func prepare(t *task, files *resource.OpenFiles) error {
+func prepare(t *task, files *resource.OpenFiles, vd *vdsoPlan) error {
 	s, mm := t.s, t.mm
 	if o := t.mmOwner; o != nil {
 		// The owner (prepared before: it is an ancestor) has set up the
@@ -871,17 +882,77 @@ func prepare(t *task, files *resource.OpenFiles) error {
 	for _, v := range specials {
 		specialSize += v.End - v.Start
 	}
+	if vd.proxy {
+		// This kernel's vDSO areas keep their distances: a span, not a sum.
+		lo, hi := ^uint64(0), uint64(0)
+		for _, v := range specials {
+			lo, hi = min(lo, v.Start), max(hi, v.End)
+		}
+		specialSize = hi - lo
+	}
 	tmp, err := freeRange(mm, append(specials, proc.Vma{Start: at, End: at + stubSize}), specialSize)
 	if err != nil {
 		return err
 	}
-	if err := resource.MoveSpecials(s.t, mm, specials, tmp); err != nil {
+	if vd.proxy {
+		err = resource.ProxyVdso(s.t, mm, specials, tmp, vd.old, vd.own)
+	} else {
+		err = resource.MoveSpecials(s.t, mm, specials, tmp)
+	}
+	if err != nil {
 		return err
 	}
 	if err := preparePuller(t); err != nil {
 		return err
 	}
 	return resource.MapVmas(s.t, mm, files, t.pull)
+}
+
+// vdsoPlan says how the image's vDSO is restored: moved into place, the
+// kernel's own, or, when the image's kernel had another, by a proxy.
+type vdsoPlan struct {
+	proxy    bool
+	old, own []*pb.VdsoSymbol
+}
+
+// planVdso compares the image's vDSO with this kernel's. With a proxy no
+// thread may have stopped inside the old one (a checkpoint steps them out;
+// older ones did not).
+func planVdso(opts *Options, hdr *pb.Header, tasks []*task) (*vdsoPlan, error) {
+	vd := &vdsoPlan{old: hdr.VdsoSymbols}
+	if len(vd.old) == 0 && !opts.VdsoProxy {
+		return vd, nil // an older image: the size is all that is compared
+	}
+	if vd.own = opts.vdso(); vd.own == nil {
+		return nil, fmt.Errorf("cannot read this kernel's vDSO, to compare it with the image's")
+	}
+	if len(vd.old) == 0 {
+		vd.old = vd.own
+	}
+	vd.proxy = opts.VdsoProxy || !resource.SameVdso(vd.old, vd.own)
+	if !vd.proxy {
+		return vd, nil
+	}
+	for _, t := range tasks {
+		if t.mm == nil {
+			continue
+		}
+		for _, v := range t.mm.Vmas {
+			if v.Special != "[vdso]" {
+				continue
+			}
+			for _, th := range t.p.Threads {
+				r, err := resource.ThreadRegs(th)
+				if err != nil {
+					return nil, err
+				}
+				if r.Rip >= v.Start && r.Rip < v.End {
+					return nil, fmt.Errorf("thread %d of process %d was stopped inside the vDSO, which this kernel's differs from; restart it on the kernel it was checkpointed on", th.Tid, t.p.Pid)
+				}
+			}
+		}
+	}
+	return vd, nil
 }
 
 // preparePuller empties the stub's descriptor table (unless it shares

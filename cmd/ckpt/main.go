@@ -226,7 +226,7 @@ ckpt restart rebuilds it in new ones.`,
 }
 
 func restartCmd() *cobra.Command {
-	var detach, verbose bool
+	var detach, verbose, vdsoProxy bool
 	c := &cobra.Command{
 		Use:     "restart [--detach] [FILE]",
 		Aliases: []string{"restore"},
@@ -305,7 +305,7 @@ as the process runs.`,
 				}
 			}
 			prog := startProgress("restart", total)
-			res, err := restart.Run(restart.Options{In: in, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Terminal: term, Foreground: !detach, Progress: &prog.count, SignalsArmed: armed})
+			res, err := restart.Run(restart.Options{In: in, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Terminal: term, Foreground: !detach, Progress: &prog.count, SignalsArmed: armed, VdsoProxy: vdsoProxy})
 			prog.finish()
 			close(runDone)
 			<-watcher
@@ -327,6 +327,10 @@ as the process runs.`,
 	}
 	c.Flags().BoolVarP(&detach, "detach", "d", false, "return as soon as the process runs")
 	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "report timing on stderr")
+	// For tests and for trying out an image's move to another kernel:
+	// restart through a vDSO proxy as if this kernel's vDSO differed.
+	c.Flags().BoolVar(&vdsoProxy, "vdso-proxy", false, "restore the vDSO through a proxy even if it is this kernel's")
+	c.Flags().MarkHidden("vdso-proxy")
 	return c
 }
 

@@ -120,7 +120,7 @@ func (x File_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use File_Kind.Descriptor instead.
 func (File_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{2, 0}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{3, 0}
 }
 
 type FileLock_Kind int32
@@ -169,7 +169,7 @@ func (x FileLock_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use FileLock_Kind.Descriptor instead.
 func (FileLock_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{4, 0}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{5, 0}
 }
 
 type Namespace_Kind int32
@@ -230,7 +230,7 @@ func (x Namespace_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Namespace_Kind.Descriptor instead.
 func (Namespace_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{29, 0}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{30, 0}
 }
 
 // Kind says how restart re-creates the mount.
@@ -304,7 +304,7 @@ func (x Mount_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Mount_Kind.Descriptor instead.
 func (Mount_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{48, 0}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{49, 0}
 }
 
 // Header is the first record of every image.
@@ -324,6 +324,11 @@ type Header struct {
 	// so that a restart on a CPU with another layout can move them. Absent
 	// in older images: the restarting CPU's layout is assumed.
 	XstateLayout []*XstateComponent `protobuf:"bytes,9,rep,name=xstate_layout,json=xstateLayout,proto3" json:"xstate_layout,omitempty"`
+	// vdso_symbols are the functions of the checkpointing kernel's vDSO and
+	// their offsets in it, by name: a restart on a kernel whose vDSO
+	// differs puts a proxy there (resource/vdso.go). Absent in older images:
+	// the vDSO is assumed to be this kernel's if its size is.
+	VdsoSymbols []*VdsoSymbol `protobuf:"bytes,10,rep,name=vdso_symbols,json=vdsoSymbols,proto3" json:"vdso_symbols,omitempty"`
 	// outer_ns are ckpt's own namespaces at checkpoint: a process whose
 	// namespace of some kind differs from its parent's (the root's: from
 	// these) had a namespace of its own, which restart re-creates.
@@ -438,6 +443,13 @@ func (x *Header) GetXstateLayout() []*XstateComponent {
 	return nil
 }
 
+func (x *Header) GetVdsoSymbols() []*VdsoSymbol {
+	if x != nil {
+		return x.VdsoSymbols
+	}
+	return nil
+}
+
 func (x *Header) GetOuterNs() *NsIds {
 	if x != nil {
 		return x.OuterNs
@@ -466,6 +478,59 @@ func (x *Header) GetSelfTid() uint32 {
 	return 0
 }
 
+// VdsoSymbol is a function of a vDSO, at offset from its start.
+type VdsoSymbol struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Offset        uint64                 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VdsoSymbol) Reset() {
+	*x = VdsoSymbol{}
+	mi := &file_image_pb_image_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VdsoSymbol) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VdsoSymbol) ProtoMessage() {}
+
+func (x *VdsoSymbol) ProtoReflect() protoreflect.Message {
+	mi := &file_image_pb_image_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VdsoSymbol.ProtoReflect.Descriptor instead.
+func (*VdsoSymbol) Descriptor() ([]byte, []int) {
+	return file_image_pb_image_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *VdsoSymbol) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *VdsoSymbol) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
 // XstateComponent is one XSAVE state component (feature bit) of a CPU:
 // its offset and size in the standard (uncompacted) format.
 type XstateComponent struct {
@@ -479,7 +544,7 @@ type XstateComponent struct {
 
 func (x *XstateComponent) Reset() {
 	*x = XstateComponent{}
-	mi := &file_image_pb_image_proto_msgTypes[1]
+	mi := &file_image_pb_image_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -491,7 +556,7 @@ func (x *XstateComponent) String() string {
 func (*XstateComponent) ProtoMessage() {}
 
 func (x *XstateComponent) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[1]
+	mi := &file_image_pb_image_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -504,7 +569,7 @@ func (x *XstateComponent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use XstateComponent.ProtoReflect.Descriptor instead.
 func (*XstateComponent) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{1}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *XstateComponent) GetFeature() uint32 {
@@ -588,7 +653,7 @@ type File struct {
 
 func (x *File) Reset() {
 	*x = File{}
-	mi := &file_image_pb_image_proto_msgTypes[2]
+	mi := &file_image_pb_image_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -600,7 +665,7 @@ func (x *File) String() string {
 func (*File) ProtoMessage() {}
 
 func (x *File) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[2]
+	mi := &file_image_pb_image_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -613,7 +678,7 @@ func (x *File) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use File.ProtoReflect.Descriptor instead.
 func (*File) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{2}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *File) GetId() uint32 {
@@ -847,7 +912,7 @@ type FileData struct {
 
 func (x *FileData) Reset() {
 	*x = FileData{}
-	mi := &file_image_pb_image_proto_msgTypes[3]
+	mi := &file_image_pb_image_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -859,7 +924,7 @@ func (x *FileData) String() string {
 func (*FileData) ProtoMessage() {}
 
 func (x *FileData) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[3]
+	mi := &file_image_pb_image_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -872,7 +937,7 @@ func (x *FileData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileData.ProtoReflect.Descriptor instead.
 func (*FileData) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{3}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *FileData) GetFileId() uint32 {
@@ -913,7 +978,7 @@ type FileLock struct {
 
 func (x *FileLock) Reset() {
 	*x = FileLock{}
-	mi := &file_image_pb_image_proto_msgTypes[4]
+	mi := &file_image_pb_image_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +990,7 @@ func (x *FileLock) String() string {
 func (*FileLock) ProtoMessage() {}
 
 func (x *FileLock) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[4]
+	mi := &file_image_pb_image_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1003,7 @@ func (x *FileLock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileLock.ProtoReflect.Descriptor instead.
 func (*FileLock) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{4}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *FileLock) GetKind() FileLock_Kind {
@@ -1029,7 +1094,7 @@ type Socket struct {
 
 func (x *Socket) Reset() {
 	*x = Socket{}
-	mi := &file_image_pb_image_proto_msgTypes[5]
+	mi := &file_image_pb_image_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1106,7 @@ func (x *Socket) String() string {
 func (*Socket) ProtoMessage() {}
 
 func (x *Socket) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[5]
+	mi := &file_image_pb_image_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1119,7 @@ func (x *Socket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Socket.ProtoReflect.Descriptor instead.
 func (*Socket) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{5}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Socket) GetType() uint32 {
@@ -1247,7 +1312,7 @@ type InetSocket struct {
 
 func (x *InetSocket) Reset() {
 	*x = InetSocket{}
-	mi := &file_image_pb_image_proto_msgTypes[6]
+	mi := &file_image_pb_image_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1259,7 +1324,7 @@ func (x *InetSocket) String() string {
 func (*InetSocket) ProtoMessage() {}
 
 func (x *InetSocket) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[6]
+	mi := &file_image_pb_image_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1272,7 +1337,7 @@ func (x *InetSocket) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InetSocket.ProtoReflect.Descriptor instead.
 func (*InetSocket) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{6}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *InetSocket) GetProtocol() uint32 {
@@ -1473,7 +1538,7 @@ type TcpConnection struct {
 
 func (x *TcpConnection) Reset() {
 	*x = TcpConnection{}
-	mi := &file_image_pb_image_proto_msgTypes[7]
+	mi := &file_image_pb_image_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1485,7 +1550,7 @@ func (x *TcpConnection) String() string {
 func (*TcpConnection) ProtoMessage() {}
 
 func (x *TcpConnection) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[7]
+	mi := &file_image_pb_image_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1498,7 +1563,7 @@ func (x *TcpConnection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TcpConnection.ProtoReflect.Descriptor instead.
 func (*TcpConnection) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{7}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TcpConnection) GetSndSeq() uint32 {
@@ -1605,7 +1670,7 @@ type InotifyWatch struct {
 
 func (x *InotifyWatch) Reset() {
 	*x = InotifyWatch{}
-	mi := &file_image_pb_image_proto_msgTypes[8]
+	mi := &file_image_pb_image_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1617,7 +1682,7 @@ func (x *InotifyWatch) String() string {
 func (*InotifyWatch) ProtoMessage() {}
 
 func (x *InotifyWatch) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[8]
+	mi := &file_image_pb_image_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1630,7 +1695,7 @@ func (x *InotifyWatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InotifyWatch.ProtoReflect.Descriptor instead.
 func (*InotifyWatch) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{8}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *InotifyWatch) GetWd() int32 {
@@ -1665,7 +1730,7 @@ type EpollItem struct {
 
 func (x *EpollItem) Reset() {
 	*x = EpollItem{}
-	mi := &file_image_pb_image_proto_msgTypes[9]
+	mi := &file_image_pb_image_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1677,7 +1742,7 @@ func (x *EpollItem) String() string {
 func (*EpollItem) ProtoMessage() {}
 
 func (x *EpollItem) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[9]
+	mi := &file_image_pb_image_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1690,7 +1755,7 @@ func (x *EpollItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EpollItem.ProtoReflect.Descriptor instead.
 func (*EpollItem) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{9}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *EpollItem) GetFd() int32 {
@@ -1754,7 +1819,7 @@ type Vma struct {
 
 func (x *Vma) Reset() {
 	*x = Vma{}
-	mi := &file_image_pb_image_proto_msgTypes[10]
+	mi := &file_image_pb_image_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1766,7 +1831,7 @@ func (x *Vma) String() string {
 func (*Vma) ProtoMessage() {}
 
 func (x *Vma) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[10]
+	mi := &file_image_pb_image_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1779,7 +1844,7 @@ func (x *Vma) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Vma.ProtoReflect.Descriptor instead.
 func (*Vma) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{10}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Vma) GetStart() uint64 {
@@ -1915,7 +1980,7 @@ type Mm struct {
 
 func (x *Mm) Reset() {
 	*x = Mm{}
-	mi := &file_image_pb_image_proto_msgTypes[11]
+	mi := &file_image_pb_image_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1927,7 +1992,7 @@ func (x *Mm) String() string {
 func (*Mm) ProtoMessage() {}
 
 func (x *Mm) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[11]
+	mi := &file_image_pb_image_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1940,7 +2005,7 @@ func (x *Mm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mm.ProtoReflect.Descriptor instead.
 func (*Mm) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{11}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Mm) GetId() uint32 {
@@ -2068,7 +2133,7 @@ type Sigaction struct {
 
 func (x *Sigaction) Reset() {
 	*x = Sigaction{}
-	mi := &file_image_pb_image_proto_msgTypes[12]
+	mi := &file_image_pb_image_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2080,7 +2145,7 @@ func (x *Sigaction) String() string {
 func (*Sigaction) ProtoMessage() {}
 
 func (x *Sigaction) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[12]
+	mi := &file_image_pb_image_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2093,7 +2158,7 @@ func (x *Sigaction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sigaction.ProtoReflect.Descriptor instead.
 func (*Sigaction) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{12}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Sigaction) GetSigno() uint32 {
@@ -2143,7 +2208,7 @@ type Itimer struct {
 
 func (x *Itimer) Reset() {
 	*x = Itimer{}
-	mi := &file_image_pb_image_proto_msgTypes[13]
+	mi := &file_image_pb_image_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2155,7 +2220,7 @@ func (x *Itimer) String() string {
 func (*Itimer) ProtoMessage() {}
 
 func (x *Itimer) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[13]
+	mi := &file_image_pb_image_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2168,7 +2233,7 @@ func (x *Itimer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Itimer.ProtoReflect.Descriptor instead.
 func (*Itimer) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{13}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Itimer) GetWhich() uint32 {
@@ -2219,7 +2284,7 @@ type PosixTimer struct {
 
 func (x *PosixTimer) Reset() {
 	*x = PosixTimer{}
-	mi := &file_image_pb_image_proto_msgTypes[14]
+	mi := &file_image_pb_image_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2231,7 +2296,7 @@ func (x *PosixTimer) String() string {
 func (*PosixTimer) ProtoMessage() {}
 
 func (x *PosixTimer) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[14]
+	mi := &file_image_pb_image_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2244,7 +2309,7 @@ func (x *PosixTimer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PosixTimer.ProtoReflect.Descriptor instead.
 func (*PosixTimer) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{14}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PosixTimer) GetId() int32 {
@@ -2314,7 +2379,7 @@ type Rlimit struct {
 
 func (x *Rlimit) Reset() {
 	*x = Rlimit{}
-	mi := &file_image_pb_image_proto_msgTypes[15]
+	mi := &file_image_pb_image_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2326,7 +2391,7 @@ func (x *Rlimit) String() string {
 func (*Rlimit) ProtoMessage() {}
 
 func (x *Rlimit) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[15]
+	mi := &file_image_pb_image_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2339,7 +2404,7 @@ func (x *Rlimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rlimit.ProtoReflect.Descriptor instead.
 func (*Rlimit) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{15}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Rlimit) GetResource() uint32 {
@@ -2380,7 +2445,7 @@ type SyscallRestart struct {
 
 func (x *SyscallRestart) Reset() {
 	*x = SyscallRestart{}
-	mi := &file_image_pb_image_proto_msgTypes[16]
+	mi := &file_image_pb_image_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2392,7 +2457,7 @@ func (x *SyscallRestart) String() string {
 func (*SyscallRestart) ProtoMessage() {}
 
 func (x *SyscallRestart) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[16]
+	mi := &file_image_pb_image_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2405,7 +2470,7 @@ func (x *SyscallRestart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyscallRestart.ProtoReflect.Descriptor instead.
 func (*SyscallRestart) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{16}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SyscallRestart) GetNr() int64 {
@@ -2473,7 +2538,7 @@ type Thread struct {
 
 func (x *Thread) Reset() {
 	*x = Thread{}
-	mi := &file_image_pb_image_proto_msgTypes[17]
+	mi := &file_image_pb_image_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2485,7 +2550,7 @@ func (x *Thread) String() string {
 func (*Thread) ProtoMessage() {}
 
 func (x *Thread) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[17]
+	mi := &file_image_pb_image_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2498,7 +2563,7 @@ func (x *Thread) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Thread.ProtoReflect.Descriptor instead.
 func (*Thread) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{17}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Thread) GetTid() uint32 {
@@ -2668,7 +2733,7 @@ type Sched struct {
 
 func (x *Sched) Reset() {
 	*x = Sched{}
-	mi := &file_image_pb_image_proto_msgTypes[18]
+	mi := &file_image_pb_image_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2680,7 +2745,7 @@ func (x *Sched) String() string {
 func (*Sched) ProtoMessage() {}
 
 func (x *Sched) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[18]
+	mi := &file_image_pb_image_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2693,7 +2758,7 @@ func (x *Sched) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sched.ProtoReflect.Descriptor instead.
 func (*Sched) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{18}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Sched) GetPolicy() uint32 {
@@ -2770,7 +2835,7 @@ type Fd struct {
 
 func (x *Fd) Reset() {
 	*x = Fd{}
-	mi := &file_image_pb_image_proto_msgTypes[19]
+	mi := &file_image_pb_image_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2782,7 +2847,7 @@ func (x *Fd) String() string {
 func (*Fd) ProtoMessage() {}
 
 func (x *Fd) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[19]
+	mi := &file_image_pb_image_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2795,7 +2860,7 @@ func (x *Fd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fd.ProtoReflect.Descriptor instead.
 func (*Fd) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{19}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Fd) GetFd() int32 {
@@ -2840,7 +2905,7 @@ type Creds struct {
 
 func (x *Creds) Reset() {
 	*x = Creds{}
-	mi := &file_image_pb_image_proto_msgTypes[20]
+	mi := &file_image_pb_image_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2852,7 +2917,7 @@ func (x *Creds) String() string {
 func (*Creds) ProtoMessage() {}
 
 func (x *Creds) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[20]
+	mi := &file_image_pb_image_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2865,7 +2930,7 @@ func (x *Creds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Creds.ProtoReflect.Descriptor instead.
 func (*Creds) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{20}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Creds) GetUid() uint32 {
@@ -2952,7 +3017,7 @@ type Caps struct {
 
 func (x *Caps) Reset() {
 	*x = Caps{}
-	mi := &file_image_pb_image_proto_msgTypes[21]
+	mi := &file_image_pb_image_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2964,7 +3029,7 @@ func (x *Caps) String() string {
 func (*Caps) ProtoMessage() {}
 
 func (x *Caps) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[21]
+	mi := &file_image_pb_image_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2977,7 +3042,7 @@ func (x *Caps) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Caps.ProtoReflect.Descriptor instead.
 func (*Caps) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{21}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Caps) GetInheritable() uint64 {
@@ -3029,7 +3094,7 @@ type SeccompFilter struct {
 
 func (x *SeccompFilter) Reset() {
 	*x = SeccompFilter{}
-	mi := &file_image_pb_image_proto_msgTypes[22]
+	mi := &file_image_pb_image_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3041,7 +3106,7 @@ func (x *SeccompFilter) String() string {
 func (*SeccompFilter) ProtoMessage() {}
 
 func (x *SeccompFilter) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[22]
+	mi := &file_image_pb_image_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3054,7 +3119,7 @@ func (x *SeccompFilter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeccompFilter.ProtoReflect.Descriptor instead.
 func (*SeccompFilter) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{22}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SeccompFilter) GetProg() []byte {
@@ -3144,7 +3209,7 @@ type Process struct {
 
 func (x *Process) Reset() {
 	*x = Process{}
-	mi := &file_image_pb_image_proto_msgTypes[23]
+	mi := &file_image_pb_image_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3156,7 +3221,7 @@ func (x *Process) String() string {
 func (*Process) ProtoMessage() {}
 
 func (x *Process) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[23]
+	mi := &file_image_pb_image_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3169,7 +3234,7 @@ func (x *Process) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Process.ProtoReflect.Descriptor instead.
 func (*Process) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{23}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Process) GetPid() uint32 {
@@ -3420,7 +3485,7 @@ type PageRun struct {
 
 func (x *PageRun) Reset() {
 	*x = PageRun{}
-	mi := &file_image_pb_image_proto_msgTypes[24]
+	mi := &file_image_pb_image_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3432,7 +3497,7 @@ func (x *PageRun) String() string {
 func (*PageRun) ProtoMessage() {}
 
 func (x *PageRun) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[24]
+	mi := &file_image_pb_image_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3445,7 +3510,7 @@ func (x *PageRun) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PageRun.ProtoReflect.Descriptor instead.
 func (*PageRun) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{24}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PageRun) GetAddr() uint64 {
@@ -3482,7 +3547,7 @@ type PageMap struct {
 
 func (x *PageMap) Reset() {
 	*x = PageMap{}
-	mi := &file_image_pb_image_proto_msgTypes[25]
+	mi := &file_image_pb_image_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3494,7 +3559,7 @@ func (x *PageMap) String() string {
 func (*PageMap) ProtoMessage() {}
 
 func (x *PageMap) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[25]
+	mi := &file_image_pb_image_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3507,7 +3572,7 @@ func (x *PageMap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PageMap.ProtoReflect.Descriptor instead.
 func (*PageMap) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{25}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PageMap) GetMmId() uint32 {
@@ -3556,7 +3621,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_image_pb_image_proto_msgTypes[26]
+	mi := &file_image_pb_image_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3568,7 +3633,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[26]
+	mi := &file_image_pb_image_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3581,7 +3646,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{26}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Error) GetMessage() string {
@@ -3607,7 +3672,7 @@ type Tail struct {
 
 func (x *Tail) Reset() {
 	*x = Tail{}
-	mi := &file_image_pb_image_proto_msgTypes[27]
+	mi := &file_image_pb_image_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3619,7 +3684,7 @@ func (x *Tail) String() string {
 func (*Tail) ProtoMessage() {}
 
 func (x *Tail) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[27]
+	mi := &file_image_pb_image_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3632,7 +3697,7 @@ func (x *Tail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tail.ProtoReflect.Descriptor instead.
 func (*Tail) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{27}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Tail) GetRecords() uint64 {
@@ -3689,7 +3754,7 @@ type NsIds struct {
 
 func (x *NsIds) Reset() {
 	*x = NsIds{}
-	mi := &file_image_pb_image_proto_msgTypes[28]
+	mi := &file_image_pb_image_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3701,7 +3766,7 @@ func (x *NsIds) String() string {
 func (*NsIds) ProtoMessage() {}
 
 func (x *NsIds) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[28]
+	mi := &file_image_pb_image_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3714,7 +3779,7 @@ func (x *NsIds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NsIds.ProtoReflect.Descriptor instead.
 func (*NsIds) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{28}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *NsIds) GetIpc() uint64 {
@@ -3792,7 +3857,7 @@ type Namespace struct {
 
 func (x *Namespace) Reset() {
 	*x = Namespace{}
-	mi := &file_image_pb_image_proto_msgTypes[29]
+	mi := &file_image_pb_image_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3804,7 +3869,7 @@ func (x *Namespace) String() string {
 func (*Namespace) ProtoMessage() {}
 
 func (x *Namespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[29]
+	mi := &file_image_pb_image_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3817,7 +3882,7 @@ func (x *Namespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Namespace.ProtoReflect.Descriptor instead.
 func (*Namespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{29}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Namespace) GetKind() Namespace_Kind {
@@ -3879,7 +3944,7 @@ type Leak struct {
 
 func (x *Leak) Reset() {
 	*x = Leak{}
-	mi := &file_image_pb_image_proto_msgTypes[30]
+	mi := &file_image_pb_image_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3891,7 +3956,7 @@ func (x *Leak) String() string {
 func (*Leak) ProtoMessage() {}
 
 func (x *Leak) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[30]
+	mi := &file_image_pb_image_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3904,7 +3969,7 @@ func (x *Leak) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Leak.ProtoReflect.Descriptor instead.
 func (*Leak) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{30}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Leak) GetPid() uint32 {
@@ -3944,7 +4009,7 @@ type Leaks struct {
 
 func (x *Leaks) Reset() {
 	*x = Leaks{}
-	mi := &file_image_pb_image_proto_msgTypes[31]
+	mi := &file_image_pb_image_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3956,7 +4021,7 @@ func (x *Leaks) String() string {
 func (*Leaks) ProtoMessage() {}
 
 func (x *Leaks) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[31]
+	mi := &file_image_pb_image_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3969,7 +4034,7 @@ func (x *Leaks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Leaks.ProtoReflect.Descriptor instead.
 func (*Leaks) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{31}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Leaks) GetLeaks() []*Leak {
@@ -3997,7 +4062,7 @@ type IpcPerm struct {
 
 func (x *IpcPerm) Reset() {
 	*x = IpcPerm{}
-	mi := &file_image_pb_image_proto_msgTypes[32]
+	mi := &file_image_pb_image_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4009,7 +4074,7 @@ func (x *IpcPerm) String() string {
 func (*IpcPerm) ProtoMessage() {}
 
 func (x *IpcPerm) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[32]
+	mi := &file_image_pb_image_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4022,7 +4087,7 @@ func (x *IpcPerm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpcPerm.ProtoReflect.Descriptor instead.
 func (*IpcPerm) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{32}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *IpcPerm) GetKey() int32 {
@@ -4094,7 +4159,7 @@ type ShmSegment struct {
 
 func (x *ShmSegment) Reset() {
 	*x = ShmSegment{}
-	mi := &file_image_pb_image_proto_msgTypes[33]
+	mi := &file_image_pb_image_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4106,7 +4171,7 @@ func (x *ShmSegment) String() string {
 func (*ShmSegment) ProtoMessage() {}
 
 func (x *ShmSegment) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[33]
+	mi := &file_image_pb_image_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4119,7 +4184,7 @@ func (x *ShmSegment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShmSegment.ProtoReflect.Descriptor instead.
 func (*ShmSegment) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{33}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ShmSegment) GetId() int32 {
@@ -4224,7 +4289,7 @@ type MsgQueue struct {
 
 func (x *MsgQueue) Reset() {
 	*x = MsgQueue{}
-	mi := &file_image_pb_image_proto_msgTypes[34]
+	mi := &file_image_pb_image_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4236,7 +4301,7 @@ func (x *MsgQueue) String() string {
 func (*MsgQueue) ProtoMessage() {}
 
 func (x *MsgQueue) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[34]
+	mi := &file_image_pb_image_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4249,7 +4314,7 @@ func (x *MsgQueue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MsgQueue.ProtoReflect.Descriptor instead.
 func (*MsgQueue) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{34}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *MsgQueue) GetId() int32 {
@@ -4325,7 +4390,7 @@ type Msg struct {
 
 func (x *Msg) Reset() {
 	*x = Msg{}
-	mi := &file_image_pb_image_proto_msgTypes[35]
+	mi := &file_image_pb_image_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4337,7 +4402,7 @@ func (x *Msg) String() string {
 func (*Msg) ProtoMessage() {}
 
 func (x *Msg) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[35]
+	mi := &file_image_pb_image_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4350,7 +4415,7 @@ func (x *Msg) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Msg.ProtoReflect.Descriptor instead.
 func (*Msg) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{35}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Msg) GetType() int64 {
@@ -4382,7 +4447,7 @@ type SemSet struct {
 
 func (x *SemSet) Reset() {
 	*x = SemSet{}
-	mi := &file_image_pb_image_proto_msgTypes[36]
+	mi := &file_image_pb_image_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4394,7 +4459,7 @@ func (x *SemSet) String() string {
 func (*SemSet) ProtoMessage() {}
 
 func (x *SemSet) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[36]
+	mi := &file_image_pb_image_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4407,7 +4472,7 @@ func (x *SemSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SemSet.ProtoReflect.Descriptor instead.
 func (*SemSet) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{36}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SemSet) GetId() int32 {
@@ -4457,7 +4522,7 @@ type SemUndo struct {
 
 func (x *SemUndo) Reset() {
 	*x = SemUndo{}
-	mi := &file_image_pb_image_proto_msgTypes[37]
+	mi := &file_image_pb_image_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4469,7 +4534,7 @@ func (x *SemUndo) String() string {
 func (*SemUndo) ProtoMessage() {}
 
 func (x *SemUndo) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[37]
+	mi := &file_image_pb_image_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4482,7 +4547,7 @@ func (x *SemUndo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SemUndo.ProtoReflect.Descriptor instead.
 func (*SemUndo) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{37}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SemUndo) GetPid() uint32 {
@@ -4510,7 +4575,7 @@ type SemAdj struct {
 
 func (x *SemAdj) Reset() {
 	*x = SemAdj{}
-	mi := &file_image_pb_image_proto_msgTypes[38]
+	mi := &file_image_pb_image_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4522,7 +4587,7 @@ func (x *SemAdj) String() string {
 func (*SemAdj) ProtoMessage() {}
 
 func (x *SemAdj) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[38]
+	mi := &file_image_pb_image_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4535,7 +4600,7 @@ func (x *SemAdj) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SemAdj.ProtoReflect.Descriptor instead.
 func (*SemAdj) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{38}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SemAdj) GetSemid() int32 {
@@ -4570,7 +4635,7 @@ type IpcSysctl struct {
 
 func (x *IpcSysctl) Reset() {
 	*x = IpcSysctl{}
-	mi := &file_image_pb_image_proto_msgTypes[39]
+	mi := &file_image_pb_image_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4582,7 +4647,7 @@ func (x *IpcSysctl) String() string {
 func (*IpcSysctl) ProtoMessage() {}
 
 func (x *IpcSysctl) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[39]
+	mi := &file_image_pb_image_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4595,7 +4660,7 @@ func (x *IpcSysctl) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpcSysctl.ProtoReflect.Descriptor instead.
 func (*IpcSysctl) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{39}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *IpcSysctl) GetName() string {
@@ -4634,7 +4699,7 @@ type IpcNamespace struct {
 
 func (x *IpcNamespace) Reset() {
 	*x = IpcNamespace{}
-	mi := &file_image_pb_image_proto_msgTypes[40]
+	mi := &file_image_pb_image_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4646,7 +4711,7 @@ func (x *IpcNamespace) String() string {
 func (*IpcNamespace) ProtoMessage() {}
 
 func (x *IpcNamespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[40]
+	mi := &file_image_pb_image_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4659,7 +4724,7 @@ func (x *IpcNamespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IpcNamespace.ProtoReflect.Descriptor instead.
 func (*IpcNamespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{40}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *IpcNamespace) GetNs() uint64 {
@@ -4730,7 +4795,7 @@ type NetNamespace struct {
 
 func (x *NetNamespace) Reset() {
 	*x = NetNamespace{}
-	mi := &file_image_pb_image_proto_msgTypes[41]
+	mi := &file_image_pb_image_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4742,7 +4807,7 @@ func (x *NetNamespace) String() string {
 func (*NetNamespace) ProtoMessage() {}
 
 func (x *NetNamespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[41]
+	mi := &file_image_pb_image_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4755,7 +4820,7 @@ func (x *NetNamespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetNamespace.ProtoReflect.Descriptor instead.
 func (*NetNamespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{41}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *NetNamespace) GetId() uint64 {
@@ -4816,7 +4881,7 @@ type NetLink struct {
 
 func (x *NetLink) Reset() {
 	*x = NetLink{}
-	mi := &file_image_pb_image_proto_msgTypes[42]
+	mi := &file_image_pb_image_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4828,7 +4893,7 @@ func (x *NetLink) String() string {
 func (*NetLink) ProtoMessage() {}
 
 func (x *NetLink) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[42]
+	mi := &file_image_pb_image_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4841,7 +4906,7 @@ func (x *NetLink) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetLink.ProtoReflect.Descriptor instead.
 func (*NetLink) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{42}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *NetLink) GetIndex() uint32 {
@@ -4944,7 +5009,7 @@ type NetAddr struct {
 
 func (x *NetAddr) Reset() {
 	*x = NetAddr{}
-	mi := &file_image_pb_image_proto_msgTypes[43]
+	mi := &file_image_pb_image_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4956,7 +5021,7 @@ func (x *NetAddr) String() string {
 func (*NetAddr) ProtoMessage() {}
 
 func (x *NetAddr) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[43]
+	mi := &file_image_pb_image_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4969,7 +5034,7 @@ func (x *NetAddr) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetAddr.ProtoReflect.Descriptor instead.
 func (*NetAddr) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{43}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *NetAddr) GetIfindex() uint32 {
@@ -5093,7 +5158,7 @@ type NetRoute struct {
 
 func (x *NetRoute) Reset() {
 	*x = NetRoute{}
-	mi := &file_image_pb_image_proto_msgTypes[44]
+	mi := &file_image_pb_image_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5105,7 +5170,7 @@ func (x *NetRoute) String() string {
 func (*NetRoute) ProtoMessage() {}
 
 func (x *NetRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[44]
+	mi := &file_image_pb_image_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5118,7 +5183,7 @@ func (x *NetRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetRoute.ProtoReflect.Descriptor instead.
 func (*NetRoute) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{44}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *NetRoute) GetFamily() uint32 {
@@ -5258,7 +5323,7 @@ type NetMetric struct {
 
 func (x *NetMetric) Reset() {
 	*x = NetMetric{}
-	mi := &file_image_pb_image_proto_msgTypes[45]
+	mi := &file_image_pb_image_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5270,7 +5335,7 @@ func (x *NetMetric) String() string {
 func (*NetMetric) ProtoMessage() {}
 
 func (x *NetMetric) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[45]
+	mi := &file_image_pb_image_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5283,7 +5348,7 @@ func (x *NetMetric) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetMetric.ProtoReflect.Descriptor instead.
 func (*NetMetric) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{45}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *NetMetric) GetType() uint32 {
@@ -5312,7 +5377,7 @@ type NetSysctl struct {
 
 func (x *NetSysctl) Reset() {
 	*x = NetSysctl{}
-	mi := &file_image_pb_image_proto_msgTypes[46]
+	mi := &file_image_pb_image_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5324,7 +5389,7 @@ func (x *NetSysctl) String() string {
 func (*NetSysctl) ProtoMessage() {}
 
 func (x *NetSysctl) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[46]
+	mi := &file_image_pb_image_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5337,7 +5402,7 @@ func (x *NetSysctl) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetSysctl.ProtoReflect.Descriptor instead.
 func (*NetSysctl) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{46}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *NetSysctl) GetName() string {
@@ -5366,7 +5431,7 @@ type MountNamespace struct {
 
 func (x *MountNamespace) Reset() {
 	*x = MountNamespace{}
-	mi := &file_image_pb_image_proto_msgTypes[47]
+	mi := &file_image_pb_image_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5378,7 +5443,7 @@ func (x *MountNamespace) String() string {
 func (*MountNamespace) ProtoMessage() {}
 
 func (x *MountNamespace) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[47]
+	mi := &file_image_pb_image_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5391,7 +5456,7 @@ func (x *MountNamespace) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountNamespace.ProtoReflect.Descriptor instead.
 func (*MountNamespace) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{47}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *MountNamespace) GetMounts() []*Mount {
@@ -5431,7 +5496,7 @@ type Mount struct {
 
 func (x *Mount) Reset() {
 	*x = Mount{}
-	mi := &file_image_pb_image_proto_msgTypes[48]
+	mi := &file_image_pb_image_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5443,7 +5508,7 @@ func (x *Mount) String() string {
 func (*Mount) ProtoMessage() {}
 
 func (x *Mount) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[48]
+	mi := &file_image_pb_image_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5456,7 +5521,7 @@ func (x *Mount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mount.ProtoReflect.Descriptor instead.
 func (*Mount) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{48}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *Mount) GetId() uint32 {
@@ -5590,7 +5655,7 @@ type MountFile struct {
 
 func (x *MountFile) Reset() {
 	*x = MountFile{}
-	mi := &file_image_pb_image_proto_msgTypes[49]
+	mi := &file_image_pb_image_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5602,7 +5667,7 @@ func (x *MountFile) String() string {
 func (*MountFile) ProtoMessage() {}
 
 func (x *MountFile) ProtoReflect() protoreflect.Message {
-	mi := &file_image_pb_image_proto_msgTypes[49]
+	mi := &file_image_pb_image_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5615,7 +5680,7 @@ func (x *MountFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountFile.ProtoReflect.Descriptor instead.
 func (*MountFile) Descriptor() ([]byte, []int) {
-	return file_image_pb_image_proto_rawDescGZIP(), []int{49}
+	return file_image_pb_image_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *MountFile) GetMountId() uint32 {
@@ -5720,7 +5785,7 @@ var File_image_pb_image_proto protoreflect.FileDescriptor
 
 const file_image_pb_image_proto_rawDesc = "" +
 	"\n" +
-	"\x14image/pb/image.proto\x12\rckpt.image.v1\"\xce\x03\n" +
+	"\x14image/pb/image.proto\x12\rckpt.image.v1\"\x8c\x04\n" +
 	"\x06Header\x12%\n" +
 	"\x0eformat_version\x18\x01 \x01(\rR\rformatVersion\x12\x12\n" +
 	"\x04arch\x18\x02 \x01(\tR\x04arch\x12\x1b\n" +
@@ -5730,11 +5795,17 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x0etime_unix_nano\x18\x06 \x01(\x03R\ftimeUnixNano\x12\x1a\n" +
 	"\bhostname\x18\a \x01(\tR\bhostname\x12\x19\n" +
 	"\broot_pid\x18\b \x01(\rR\arootPid\x12C\n" +
-	"\rxstate_layout\x18\t \x03(\v2\x1e.ckpt.image.v1.XstateComponentR\fxstateLayout\x12/\n" +
+	"\rxstate_layout\x18\t \x03(\v2\x1e.ckpt.image.v1.XstateComponentR\fxstateLayout\x12<\n" +
+	"\fvdso_symbols\x18\n" +
+	" \x03(\v2\x19.ckpt.image.v1.VdsoSymbolR\vvdsoSymbols\x12/\n" +
 	"\bouter_ns\x182 \x01(\v2\x14.ckpt.image.v1.NsIdsR\aouterNs\x12\x1c\n" +
 	"\tcontainer\x183 \x01(\bR\tcontainer\x12$\n" +
 	"\rcheckpoint_id\x18\x82\x01 \x01(\x03R\fcheckpointId\x12\x1a\n" +
-	"\bself_tid\x18\x83\x01 \x01(\rR\aselfTid\"W\n" +
+	"\bself_tid\x18\x83\x01 \x01(\rR\aselfTid\"8\n" +
+	"\n" +
+	"VdsoSymbol\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x04R\x06offset\"W\n" +
 	"\x0fXstateComponent\x12\x18\n" +
 	"\afeature\x18\x01 \x01(\rR\afeature\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\rR\x06offset\x12\x12\n" +
@@ -6302,113 +6373,115 @@ func file_image_pb_image_proto_rawDescGZIP() []byte {
 }
 
 var file_image_pb_image_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
+var file_image_pb_image_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_image_pb_image_proto_goTypes = []any{
 	(File_Kind)(0),          // 0: ckpt.image.v1.File.Kind
 	(FileLock_Kind)(0),      // 1: ckpt.image.v1.FileLock.Kind
 	(Namespace_Kind)(0),     // 2: ckpt.image.v1.Namespace.Kind
 	(Mount_Kind)(0),         // 3: ckpt.image.v1.Mount.Kind
 	(*Header)(nil),          // 4: ckpt.image.v1.Header
-	(*XstateComponent)(nil), // 5: ckpt.image.v1.XstateComponent
-	(*File)(nil),            // 6: ckpt.image.v1.File
-	(*FileData)(nil),        // 7: ckpt.image.v1.FileData
-	(*FileLock)(nil),        // 8: ckpt.image.v1.FileLock
-	(*Socket)(nil),          // 9: ckpt.image.v1.Socket
-	(*InetSocket)(nil),      // 10: ckpt.image.v1.InetSocket
-	(*TcpConnection)(nil),   // 11: ckpt.image.v1.TcpConnection
-	(*InotifyWatch)(nil),    // 12: ckpt.image.v1.InotifyWatch
-	(*EpollItem)(nil),       // 13: ckpt.image.v1.EpollItem
-	(*Vma)(nil),             // 14: ckpt.image.v1.Vma
-	(*Mm)(nil),              // 15: ckpt.image.v1.Mm
-	(*Sigaction)(nil),       // 16: ckpt.image.v1.Sigaction
-	(*Itimer)(nil),          // 17: ckpt.image.v1.Itimer
-	(*PosixTimer)(nil),      // 18: ckpt.image.v1.PosixTimer
-	(*Rlimit)(nil),          // 19: ckpt.image.v1.Rlimit
-	(*SyscallRestart)(nil),  // 20: ckpt.image.v1.SyscallRestart
-	(*Thread)(nil),          // 21: ckpt.image.v1.Thread
-	(*Sched)(nil),           // 22: ckpt.image.v1.Sched
-	(*Fd)(nil),              // 23: ckpt.image.v1.Fd
-	(*Creds)(nil),           // 24: ckpt.image.v1.Creds
-	(*Caps)(nil),            // 25: ckpt.image.v1.Caps
-	(*SeccompFilter)(nil),   // 26: ckpt.image.v1.SeccompFilter
-	(*Process)(nil),         // 27: ckpt.image.v1.Process
-	(*PageRun)(nil),         // 28: ckpt.image.v1.PageRun
-	(*PageMap)(nil),         // 29: ckpt.image.v1.PageMap
-	(*Error)(nil),           // 30: ckpt.image.v1.Error
-	(*Tail)(nil),            // 31: ckpt.image.v1.Tail
-	(*NsIds)(nil),           // 32: ckpt.image.v1.NsIds
-	(*Namespace)(nil),       // 33: ckpt.image.v1.Namespace
-	(*Leak)(nil),            // 34: ckpt.image.v1.Leak
-	(*Leaks)(nil),           // 35: ckpt.image.v1.Leaks
-	(*IpcPerm)(nil),         // 36: ckpt.image.v1.IpcPerm
-	(*ShmSegment)(nil),      // 37: ckpt.image.v1.ShmSegment
-	(*MsgQueue)(nil),        // 38: ckpt.image.v1.MsgQueue
-	(*Msg)(nil),             // 39: ckpt.image.v1.Msg
-	(*SemSet)(nil),          // 40: ckpt.image.v1.SemSet
-	(*SemUndo)(nil),         // 41: ckpt.image.v1.SemUndo
-	(*SemAdj)(nil),          // 42: ckpt.image.v1.SemAdj
-	(*IpcSysctl)(nil),       // 43: ckpt.image.v1.IpcSysctl
-	(*IpcNamespace)(nil),    // 44: ckpt.image.v1.IpcNamespace
-	(*NetNamespace)(nil),    // 45: ckpt.image.v1.NetNamespace
-	(*NetLink)(nil),         // 46: ckpt.image.v1.NetLink
-	(*NetAddr)(nil),         // 47: ckpt.image.v1.NetAddr
-	(*NetRoute)(nil),        // 48: ckpt.image.v1.NetRoute
-	(*NetMetric)(nil),       // 49: ckpt.image.v1.NetMetric
-	(*NetSysctl)(nil),       // 50: ckpt.image.v1.NetSysctl
-	(*MountNamespace)(nil),  // 51: ckpt.image.v1.MountNamespace
-	(*Mount)(nil),           // 52: ckpt.image.v1.Mount
-	(*MountFile)(nil),       // 53: ckpt.image.v1.MountFile
+	(*VdsoSymbol)(nil),      // 5: ckpt.image.v1.VdsoSymbol
+	(*XstateComponent)(nil), // 6: ckpt.image.v1.XstateComponent
+	(*File)(nil),            // 7: ckpt.image.v1.File
+	(*FileData)(nil),        // 8: ckpt.image.v1.FileData
+	(*FileLock)(nil),        // 9: ckpt.image.v1.FileLock
+	(*Socket)(nil),          // 10: ckpt.image.v1.Socket
+	(*InetSocket)(nil),      // 11: ckpt.image.v1.InetSocket
+	(*TcpConnection)(nil),   // 12: ckpt.image.v1.TcpConnection
+	(*InotifyWatch)(nil),    // 13: ckpt.image.v1.InotifyWatch
+	(*EpollItem)(nil),       // 14: ckpt.image.v1.EpollItem
+	(*Vma)(nil),             // 15: ckpt.image.v1.Vma
+	(*Mm)(nil),              // 16: ckpt.image.v1.Mm
+	(*Sigaction)(nil),       // 17: ckpt.image.v1.Sigaction
+	(*Itimer)(nil),          // 18: ckpt.image.v1.Itimer
+	(*PosixTimer)(nil),      // 19: ckpt.image.v1.PosixTimer
+	(*Rlimit)(nil),          // 20: ckpt.image.v1.Rlimit
+	(*SyscallRestart)(nil),  // 21: ckpt.image.v1.SyscallRestart
+	(*Thread)(nil),          // 22: ckpt.image.v1.Thread
+	(*Sched)(nil),           // 23: ckpt.image.v1.Sched
+	(*Fd)(nil),              // 24: ckpt.image.v1.Fd
+	(*Creds)(nil),           // 25: ckpt.image.v1.Creds
+	(*Caps)(nil),            // 26: ckpt.image.v1.Caps
+	(*SeccompFilter)(nil),   // 27: ckpt.image.v1.SeccompFilter
+	(*Process)(nil),         // 28: ckpt.image.v1.Process
+	(*PageRun)(nil),         // 29: ckpt.image.v1.PageRun
+	(*PageMap)(nil),         // 30: ckpt.image.v1.PageMap
+	(*Error)(nil),           // 31: ckpt.image.v1.Error
+	(*Tail)(nil),            // 32: ckpt.image.v1.Tail
+	(*NsIds)(nil),           // 33: ckpt.image.v1.NsIds
+	(*Namespace)(nil),       // 34: ckpt.image.v1.Namespace
+	(*Leak)(nil),            // 35: ckpt.image.v1.Leak
+	(*Leaks)(nil),           // 36: ckpt.image.v1.Leaks
+	(*IpcPerm)(nil),         // 37: ckpt.image.v1.IpcPerm
+	(*ShmSegment)(nil),      // 38: ckpt.image.v1.ShmSegment
+	(*MsgQueue)(nil),        // 39: ckpt.image.v1.MsgQueue
+	(*Msg)(nil),             // 40: ckpt.image.v1.Msg
+	(*SemSet)(nil),          // 41: ckpt.image.v1.SemSet
+	(*SemUndo)(nil),         // 42: ckpt.image.v1.SemUndo
+	(*SemAdj)(nil),          // 43: ckpt.image.v1.SemAdj
+	(*IpcSysctl)(nil),       // 44: ckpt.image.v1.IpcSysctl
+	(*IpcNamespace)(nil),    // 45: ckpt.image.v1.IpcNamespace
+	(*NetNamespace)(nil),    // 46: ckpt.image.v1.NetNamespace
+	(*NetLink)(nil),         // 47: ckpt.image.v1.NetLink
+	(*NetAddr)(nil),         // 48: ckpt.image.v1.NetAddr
+	(*NetRoute)(nil),        // 49: ckpt.image.v1.NetRoute
+	(*NetMetric)(nil),       // 50: ckpt.image.v1.NetMetric
+	(*NetSysctl)(nil),       // 51: ckpt.image.v1.NetSysctl
+	(*MountNamespace)(nil),  // 52: ckpt.image.v1.MountNamespace
+	(*Mount)(nil),           // 53: ckpt.image.v1.Mount
+	(*MountFile)(nil),       // 54: ckpt.image.v1.MountFile
 }
 var file_image_pb_image_proto_depIdxs = []int32{
-	5,  // 0: ckpt.image.v1.Header.xstate_layout:type_name -> ckpt.image.v1.XstateComponent
-	32, // 1: ckpt.image.v1.Header.outer_ns:type_name -> ckpt.image.v1.NsIds
-	0,  // 2: ckpt.image.v1.File.kind:type_name -> ckpt.image.v1.File.Kind
-	13, // 3: ckpt.image.v1.File.epoll_items:type_name -> ckpt.image.v1.EpollItem
-	12, // 4: ckpt.image.v1.File.inotify_watches:type_name -> ckpt.image.v1.InotifyWatch
-	9,  // 5: ckpt.image.v1.File.socket:type_name -> ckpt.image.v1.Socket
-	8,  // 6: ckpt.image.v1.File.locks:type_name -> ckpt.image.v1.FileLock
-	1,  // 7: ckpt.image.v1.FileLock.kind:type_name -> ckpt.image.v1.FileLock.Kind
-	10, // 8: ckpt.image.v1.Socket.inet:type_name -> ckpt.image.v1.InetSocket
-	11, // 9: ckpt.image.v1.InetSocket.tcp:type_name -> ckpt.image.v1.TcpConnection
-	14, // 10: ckpt.image.v1.Mm.vmas:type_name -> ckpt.image.v1.Vma
-	20, // 11: ckpt.image.v1.Thread.restart:type_name -> ckpt.image.v1.SyscallRestart
-	22, // 12: ckpt.image.v1.Thread.sched:type_name -> ckpt.image.v1.Sched
-	25, // 13: ckpt.image.v1.Creds.caps:type_name -> ckpt.image.v1.Caps
-	23, // 14: ckpt.image.v1.Process.fds:type_name -> ckpt.image.v1.Fd
-	16, // 15: ckpt.image.v1.Process.sigactions:type_name -> ckpt.image.v1.Sigaction
-	17, // 16: ckpt.image.v1.Process.itimers:type_name -> ckpt.image.v1.Itimer
-	19, // 17: ckpt.image.v1.Process.rlimits:type_name -> ckpt.image.v1.Rlimit
-	21, // 18: ckpt.image.v1.Process.threads:type_name -> ckpt.image.v1.Thread
-	24, // 19: ckpt.image.v1.Process.creds:type_name -> ckpt.image.v1.Creds
-	18, // 20: ckpt.image.v1.Process.posix_timers:type_name -> ckpt.image.v1.PosixTimer
-	8,  // 21: ckpt.image.v1.Process.posix_locks:type_name -> ckpt.image.v1.FileLock
-	26, // 22: ckpt.image.v1.Process.seccomp:type_name -> ckpt.image.v1.SeccompFilter
-	32, // 23: ckpt.image.v1.Process.ns:type_name -> ckpt.image.v1.NsIds
-	28, // 24: ckpt.image.v1.PageMap.runs:type_name -> ckpt.image.v1.PageRun
-	2,  // 25: ckpt.image.v1.Namespace.kind:type_name -> ckpt.image.v1.Namespace.Kind
-	34, // 26: ckpt.image.v1.Leaks.leaks:type_name -> ckpt.image.v1.Leak
-	36, // 27: ckpt.image.v1.ShmSegment.perm:type_name -> ckpt.image.v1.IpcPerm
-	36, // 28: ckpt.image.v1.MsgQueue.perm:type_name -> ckpt.image.v1.IpcPerm
-	39, // 29: ckpt.image.v1.MsgQueue.messages:type_name -> ckpt.image.v1.Msg
-	36, // 30: ckpt.image.v1.SemSet.perm:type_name -> ckpt.image.v1.IpcPerm
-	42, // 31: ckpt.image.v1.SemUndo.adj:type_name -> ckpt.image.v1.SemAdj
-	37, // 32: ckpt.image.v1.IpcNamespace.shm:type_name -> ckpt.image.v1.ShmSegment
-	38, // 33: ckpt.image.v1.IpcNamespace.msg:type_name -> ckpt.image.v1.MsgQueue
-	40, // 34: ckpt.image.v1.IpcNamespace.sem:type_name -> ckpt.image.v1.SemSet
-	43, // 35: ckpt.image.v1.IpcNamespace.sysctls:type_name -> ckpt.image.v1.IpcSysctl
-	41, // 36: ckpt.image.v1.IpcNamespace.undo:type_name -> ckpt.image.v1.SemUndo
-	46, // 37: ckpt.image.v1.NetNamespace.links:type_name -> ckpt.image.v1.NetLink
-	47, // 38: ckpt.image.v1.NetNamespace.addrs:type_name -> ckpt.image.v1.NetAddr
-	48, // 39: ckpt.image.v1.NetNamespace.routes:type_name -> ckpt.image.v1.NetRoute
-	50, // 40: ckpt.image.v1.NetNamespace.sysctls:type_name -> ckpt.image.v1.NetSysctl
-	49, // 41: ckpt.image.v1.NetRoute.metrics:type_name -> ckpt.image.v1.NetMetric
-	52, // 42: ckpt.image.v1.MountNamespace.mounts:type_name -> ckpt.image.v1.Mount
-	3,  // 43: ckpt.image.v1.Mount.kind:type_name -> ckpt.image.v1.Mount.Kind
-	44, // [44:44] is the sub-list for method output_type
-	44, // [44:44] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	6,  // 0: ckpt.image.v1.Header.xstate_layout:type_name -> ckpt.image.v1.XstateComponent
+	5,  // 1: ckpt.image.v1.Header.vdso_symbols:type_name -> ckpt.image.v1.VdsoSymbol
+	33, // 2: ckpt.image.v1.Header.outer_ns:type_name -> ckpt.image.v1.NsIds
+	0,  // 3: ckpt.image.v1.File.kind:type_name -> ckpt.image.v1.File.Kind
+	14, // 4: ckpt.image.v1.File.epoll_items:type_name -> ckpt.image.v1.EpollItem
+	13, // 5: ckpt.image.v1.File.inotify_watches:type_name -> ckpt.image.v1.InotifyWatch
+	10, // 6: ckpt.image.v1.File.socket:type_name -> ckpt.image.v1.Socket
+	9,  // 7: ckpt.image.v1.File.locks:type_name -> ckpt.image.v1.FileLock
+	1,  // 8: ckpt.image.v1.FileLock.kind:type_name -> ckpt.image.v1.FileLock.Kind
+	11, // 9: ckpt.image.v1.Socket.inet:type_name -> ckpt.image.v1.InetSocket
+	12, // 10: ckpt.image.v1.InetSocket.tcp:type_name -> ckpt.image.v1.TcpConnection
+	15, // 11: ckpt.image.v1.Mm.vmas:type_name -> ckpt.image.v1.Vma
+	21, // 12: ckpt.image.v1.Thread.restart:type_name -> ckpt.image.v1.SyscallRestart
+	23, // 13: ckpt.image.v1.Thread.sched:type_name -> ckpt.image.v1.Sched
+	26, // 14: ckpt.image.v1.Creds.caps:type_name -> ckpt.image.v1.Caps
+	24, // 15: ckpt.image.v1.Process.fds:type_name -> ckpt.image.v1.Fd
+	17, // 16: ckpt.image.v1.Process.sigactions:type_name -> ckpt.image.v1.Sigaction
+	18, // 17: ckpt.image.v1.Process.itimers:type_name -> ckpt.image.v1.Itimer
+	20, // 18: ckpt.image.v1.Process.rlimits:type_name -> ckpt.image.v1.Rlimit
+	22, // 19: ckpt.image.v1.Process.threads:type_name -> ckpt.image.v1.Thread
+	25, // 20: ckpt.image.v1.Process.creds:type_name -> ckpt.image.v1.Creds
+	19, // 21: ckpt.image.v1.Process.posix_timers:type_name -> ckpt.image.v1.PosixTimer
+	9,  // 22: ckpt.image.v1.Process.posix_locks:type_name -> ckpt.image.v1.FileLock
+	27, // 23: ckpt.image.v1.Process.seccomp:type_name -> ckpt.image.v1.SeccompFilter
+	33, // 24: ckpt.image.v1.Process.ns:type_name -> ckpt.image.v1.NsIds
+	29, // 25: ckpt.image.v1.PageMap.runs:type_name -> ckpt.image.v1.PageRun
+	2,  // 26: ckpt.image.v1.Namespace.kind:type_name -> ckpt.image.v1.Namespace.Kind
+	35, // 27: ckpt.image.v1.Leaks.leaks:type_name -> ckpt.image.v1.Leak
+	37, // 28: ckpt.image.v1.ShmSegment.perm:type_name -> ckpt.image.v1.IpcPerm
+	37, // 29: ckpt.image.v1.MsgQueue.perm:type_name -> ckpt.image.v1.IpcPerm
+	40, // 30: ckpt.image.v1.MsgQueue.messages:type_name -> ckpt.image.v1.Msg
+	37, // 31: ckpt.image.v1.SemSet.perm:type_name -> ckpt.image.v1.IpcPerm
+	43, // 32: ckpt.image.v1.SemUndo.adj:type_name -> ckpt.image.v1.SemAdj
+	38, // 33: ckpt.image.v1.IpcNamespace.shm:type_name -> ckpt.image.v1.ShmSegment
+	39, // 34: ckpt.image.v1.IpcNamespace.msg:type_name -> ckpt.image.v1.MsgQueue
+	41, // 35: ckpt.image.v1.IpcNamespace.sem:type_name -> ckpt.image.v1.SemSet
+	44, // 36: ckpt.image.v1.IpcNamespace.sysctls:type_name -> ckpt.image.v1.IpcSysctl
+	42, // 37: ckpt.image.v1.IpcNamespace.undo:type_name -> ckpt.image.v1.SemUndo
+	47, // 38: ckpt.image.v1.NetNamespace.links:type_name -> ckpt.image.v1.NetLink
+	48, // 39: ckpt.image.v1.NetNamespace.addrs:type_name -> ckpt.image.v1.NetAddr
+	49, // 40: ckpt.image.v1.NetNamespace.routes:type_name -> ckpt.image.v1.NetRoute
+	51, // 41: ckpt.image.v1.NetNamespace.sysctls:type_name -> ckpt.image.v1.NetSysctl
+	50, // 42: ckpt.image.v1.NetRoute.metrics:type_name -> ckpt.image.v1.NetMetric
+	53, // 43: ckpt.image.v1.MountNamespace.mounts:type_name -> ckpt.image.v1.Mount
+	3,  // 44: ckpt.image.v1.Mount.kind:type_name -> ckpt.image.v1.Mount.Kind
+	45, // [45:45] is the sub-list for method output_type
+	45, // [45:45] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_image_pb_image_proto_init() }
@@ -6416,18 +6489,18 @@ func file_image_pb_image_proto_init() {
 	if File_image_pb_image_proto != nil {
 		return
 	}
-	file_image_pb_image_proto_msgTypes[5].OneofWrappers = []any{}
 	file_image_pb_image_proto_msgTypes[6].OneofWrappers = []any{}
-	file_image_pb_image_proto_msgTypes[11].OneofWrappers = []any{}
-	file_image_pb_image_proto_msgTypes[17].OneofWrappers = []any{}
-	file_image_pb_image_proto_msgTypes[23].OneofWrappers = []any{}
+	file_image_pb_image_proto_msgTypes[7].OneofWrappers = []any{}
+	file_image_pb_image_proto_msgTypes[12].OneofWrappers = []any{}
+	file_image_pb_image_proto_msgTypes[18].OneofWrappers = []any{}
+	file_image_pb_image_proto_msgTypes[24].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_image_pb_image_proto_rawDesc), len(file_image_pb_image_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   50,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

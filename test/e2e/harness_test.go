@@ -129,6 +129,8 @@ type proc struct {
 	// cred, if set, is the user the workload and every ckpt command of it
 	// run as (unprivileged checkpoint/restart).
 	cred *syscall.Credential
+	// restartFlags are extra flags of every `ckpt restart` of it.
+	restartFlags []string
 }
 
 // exited is closed-channel completion with the result, so that any number
@@ -303,7 +305,7 @@ type restarted struct {
 // restart starts `ckpt restart -v IMG` and waits until the process runs.
 func (p *proc) restart(img string, env ...string) *restarted {
 	p.t.Helper()
-	r := &restarted{cmd: exec.Command(ckptBin, "restart", "-v", img)}
+	r := &restarted{cmd: exec.Command(ckptBin, append(append([]string{"restart", "-v"}, p.restartFlags...), img)...)}
 	r.cmd.Env = append(os.Environ(), env...)
 	r.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Credential: p.cred}
 	stderr, err := r.cmd.StderrPipe()

@@ -30,6 +30,10 @@ type workload struct {
 	container []string
 	// user, if set, runs the workload and ckpt as that user (unpriv_test.go).
 	user *syscall.Credential
+	// restartFlags are extra flags of each restart; restored, a line of
+	// the log must be restoredLine.
+	restartFlags []string
+	restoredLine string
 }
 
 func cWorkload(name string, extra ...string) func(t *testing.T) []string {
@@ -52,6 +56,11 @@ func workloads() []workload {
 		{name: "job-stopped", argv: cWorkload("jobstop"), signal: true, settle: 20 * time.Millisecond},
 		{name: "seccomp", argv: cWorkload("seccomp"), signal: true, settle: 20 * time.Millisecond},
 		{name: "deleted-files", argv: cWorkload("deleted"), signal: true, settle: 20 * time.Millisecond},
+		{name: "vdso", argv: cWorkload("vdso"), signal: true, settle: 50 * time.Millisecond, restoredLine: "vdso in place"},
+		// As under another kernel: the program's vDSO functions run from a
+		// proxy that jumps to this kernel's.
+		{name: "vdso-proxy", argv: cWorkload("vdso"), signal: true, settle: 50 * time.Millisecond, restartFlags: []string{"--vdso-proxy"}, restoredLine: "vdso proxied"},
+		{name: "go-vdso-proxy", argv: func(t *testing.T) []string { return []string{compileGo(t, "goprog")} }, signal: true, settle: 200 * time.Millisecond, restartFlags: []string{"--vdso-proxy"}},
 		{name: "file-locks", argv: cWorkload("locks"), signal: true, settle: 20 * time.Millisecond},
 		{name: "capabilities", argv: cWorkload("caps"), signal: true, settle: 50 * time.Millisecond},
 		{name: "threads", argv: cWorkload("threads"), signal: true, settle: 100 * time.Millisecond},
@@ -135,6 +144,7 @@ func runWorkload(t *testing.T, w workload, mode string) {
 	} else {
 		p = startWorkloadAs(t, w.user, argv...)
 	}
+	p.restartFlags = w.restartFlags
 	ready := time.Now()
 	started := ready
 	time.Sleep(w.settle)
@@ -179,6 +189,9 @@ func runWorkload(t *testing.T, w workload, mode string) {
 			}
 		}
 		p.verifyExitOf(r.exit, w, 10*time.Second)
+		if w.restoredLine != "" && !hasLine(p.logText(), w.restoredLine) {
+			t.Errorf("restored, the workload does not say %q; log:\n%s", w.restoredLine, p.logText())
+		}
 		if w.sleep != "" {
 			want := 3*time.Second - ran
 			got := time.Since(started)
