@@ -107,6 +107,26 @@ func (in *Injector) RunBatch(first, end uint64) (uint64, error) {
 	return out.R12, nil
 }
 
+// TileConfig is a 64-byte AMX tile configuration (palette 1, tile 0 of
+// one row of 4 bytes) for TouchTiles.
+var TileConfig = [64]byte{0: 1, 16: 4, 48: 1}
+
+// TouchTiles makes a thread whose code is InjectCode (a restore stub's)
+// use AMX tile data: it loads the configuration at cfg (TileConfig),
+// zeroes a tile and releases the tiles. That first use of tile data in a
+// thread of a process with the permission for AMX is when the kernel
+// gives the thread room for AMX state; until then ptrace cannot set it.
+func (in *Injector) TouchTiles(cfg uint64) error {
+	regs := in.Base
+	regs.Rip = in.SyscallAddr + injectTilesOff
+	regs.Rdi = cfg
+	regs.Orig_rax = ^uint64(0)
+	if _, err := in.runToTrap(&regs); err != nil {
+		return fmt.Errorf("first AMX instruction: %w", err)
+	}
+	return nil
+}
+
 // runToTrap sets regs and resumes the thread until it reaches an int3.
 func (in *Injector) runToTrap(regs *Regs) (*Regs, error) {
 	if err := SetRegs(in.Tid, regs); err != nil {

@@ -1,6 +1,7 @@
 package resource
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -187,28 +188,58 @@ func RestoreOomScoreAdj(pid int, p *pb.Process, warn func(string)) error {
 	return nil
 }
 
+// arch_prctl codes for the XSAVE features a process must ask for
+// (arch/x86/include/uapi/asm/prctl.h), and those features: AMX tile data.
+const (
+	archGetXcompPerm = 0x1022
+	archReqXcompPerm = 0x1023
+	xfeaturesDynamic = 1 << 18
+)
+
 // DumpPrctls reads, in one batch of injected calls, the program break and
 // the process's prctl state that /proc does not show: whether it is
-// dumpable and whether it is a child subreaper.
+// dumpable, whether it is a child subreaper, and which XSAVE features it
+// asked for (AMX: without its permission back, the restored program's
+// next AMX instruction would kill it; a kernel before 5.16 has none).
 func DumpPrctls(t *Target, p *pb.Process) (brk uint64, err error) {
-	res, err := t.Batch([]Call{
+	calls := []Call{
 		{Nr: unix.SYS_BRK, Args: []uint64{0},
 			Err: func(err error) error { return fmt.Errorf("read brk: %w", err) }},
 		{Nr: unix.SYS_PRCTL, Args: []uint64{unix.PR_GET_DUMPABLE},
 			Err: func(err error) error { return fmt.Errorf("read dumpable: %w", err) }},
 		{Nr: unix.SYS_PRCTL, Args: []uint64{unix.PR_GET_CHILD_SUBREAPER, t.Scratch},
 			Err: func(err error) error { return fmt.Errorf("read child subreaper: %w", err) }},
-	})
-	if err != nil {
+		{Nr: unix.SYS_ARCH_PRCTL, Args: []uint64{archGetXcompPerm, t.Scratch + 8}},
+	}
+	res, err := t.Batch(calls)
+	if err != nil && !(len(res) == len(calls)-1 && errors.Is(err, unix.EINVAL)) {
 		return 0, err
 	}
-	var b [4]byte
+	var b [16]byte
 	if err := t.ReadMem(t.Scratch, b[:]); err != nil {
 		return 0, err
 	}
 	p.Dumpable = uint32(res[1]) + 1
-	p.ChildSubreaper = b != [4]byte{}
+	p.ChildSubreaper = [4]byte(b[:4]) != [4]byte{}
+	if len(res) == len(calls) {
+		p.XcompPerm = binary.LittleEndian.Uint64(b[8:]) & xfeaturesDynamic
+	}
 	return res[0], nil
+}
+
+// RestoreXcompPerm asks the kernel again for the XSAVE features the
+// process had asked for, before its threads' registers are set (a thread
+// with AMX state in use needs the permission for that).
+func RestoreXcompPerm(t *Target, p *pb.Process) error {
+	for f := uint64(0); f < 64; f++ {
+		if p.XcompPerm&(1<<f) == 0 {
+			continue
+		}
+		if _, err := t.Syscall(unix.SYS_ARCH_PRCTL, archReqXcompPerm, f); err != nil {
+			return fmt.Errorf("process %d uses XSAVE feature %d (AMX), which this CPU or kernel does not offer (%w): restart it on a machine with it", p.Pid, f, err)
+		}
+	}
+	return nil
 }
 
 // RestoreDumpable makes the process dumpable, or not, as it was. It comes

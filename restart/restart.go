@@ -1122,7 +1122,18 @@ func finish(opts *Options, tk *task, files *resource.OpenFiles, xf *ptrace.Xstat
 	if err := resource.RestoreDumpable(t, p); err != nil {
 		return err
 	}
+	if err := resource.RestoreXcompPerm(t, p); err != nil {
+		return err
+	}
 	for i, th := range p.Threads {
+		if p.XcompPerm&(1<<18) != 0 {
+			if err := targets[i].WriteMem(targets[i].Scratch, ptrace.TileConfig[:]); err != nil {
+				return err
+			}
+			if err := targets[i].Inj.TouchTiles(targets[i].Scratch); err != nil {
+				return fmt.Errorf("thread %d: %w", th.Tid, err)
+			}
+		}
 		if err := xf.Set(targets[i].Inj.Tid, th.Xstate); err != nil {
 			return fmt.Errorf("vector registers: %w", err)
 		}

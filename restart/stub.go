@@ -53,7 +53,7 @@ var initCode = []byte{
 }
 
 // initCodeOff is initCode's offset in the stub executable.
-const initCodeOff = stubCodeOff + 0x50
+const initCodeOff = stubCodeOff + 0x60
 
 // stubELF builds the stub executable.
 func stubELF() []byte {

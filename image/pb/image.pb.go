@@ -3201,6 +3201,11 @@ type Process struct {
 	// thread has the same (checked at checkpoint). Restart installs them
 	// before the threads exist, and they apply from the release on.
 	Seccomp []*SeccompFilter `protobuf:"bytes,33,rep,name=seccomp,proto3" json:"seccomp,omitempty"`
+	// xcomp_perm are the XSAVE features the process asked the kernel for
+	// with ARCH_REQ_XCOMP_PERM (bit n: feature n; AMX tile data is 18),
+	// beyond those every process has. Absent in older images, whose
+	// processes lost them.
+	XcompPerm uint64 `protobuf:"varint,34,opt,name=xcomp_perm,json=xcompPerm,proto3" json:"xcomp_perm,omitempty"`
 	// ns are the namespaces the process is in.
 	Ns            *NsIds `protobuf:"bytes,50,opt,name=ns,proto3" json:"ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -3466,6 +3471,13 @@ func (x *Process) GetSeccomp() []*SeccompFilter {
 		return x.Seccomp
 	}
 	return nil
+}
+
+func (x *Process) GetXcompPerm() uint64 {
+	if x != nil {
+		return x.XcompPerm
+	}
+	return 0
 }
 
 func (x *Process) GetNs() *NsIds {
@@ -6094,7 +6106,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\aambient\x18\x05 \x01(\x04R\aambient\"9\n" +
 	"\rSeccompFilter\x12\x12\n" +
 	"\x04prog\x18\x01 \x01(\fR\x04prog\x12\x14\n" +
-	"\x05flags\x18\x02 \x01(\x04R\x05flags\"\xb0\t\n" +
+	"\x05flags\x18\x02 \x01(\x04R\x05flags\"\xcf\t\n" +
 	"\aProcess\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x12\n" +
 	"\x04ppid\x18\x02 \x01(\rR\x04ppid\x12\x12\n" +
@@ -6135,7 +6147,9 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\vposix_locks\x18\x1f \x03(\v2\x17.ckpt.image.v1.FileLockR\n" +
 	"posixLocks\x12\x19\n" +
 	"\bjob_stop\x18  \x01(\rR\ajobStop\x126\n" +
-	"\aseccomp\x18! \x03(\v2\x1c.ckpt.image.v1.SeccompFilterR\aseccomp\x12$\n" +
+	"\aseccomp\x18! \x03(\v2\x1c.ckpt.image.v1.SeccompFilterR\aseccomp\x12\x1d\n" +
+	"\n" +
+	"xcomp_perm\x18\" \x01(\x04R\txcompPerm\x12$\n" +
 	"\x02ns\x182 \x01(\v2\x14.ckpt.image.v1.NsIdsR\x02nsB\x10\n" +
 	"\x0e_oom_score_adj\"5\n" +
 	"\aPageRun\x12\x12\n" +

@@ -2379,6 +2379,13 @@ func (m *Process) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i--
 		dAtA[i] = 0x92
 	}
+	if m.XcompPerm != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.XcompPerm))
+		i--
+		dAtA[i] = 0x2
+		i--
+		dAtA[i] = 0x90
+	}
 	if len(m.Seccomp) > 0 {
 		for iNdEx := len(m.Seccomp) - 1; iNdEx >= 0; iNdEx-- {
 			size, err := m.Seccomp[iNdEx].MarshalToSizedBufferVT(dAtA[:i])
@@ -5689,6 +5696,9 @@ func (m *Process) SizeVT() (n int) {
 			l = e.SizeVT()
 			n += 2 + l + protohelpers.SizeOfVarint(uint64(l))
 		}
+	}
+	if m.XcompPerm != 0 {
+		n += 2 + protohelpers.SizeOfVarint(uint64(m.XcompPerm))
 	}
 	if m.Ns != nil {
 		l = m.Ns.SizeVT()
@@ -13673,6 +13683,25 @@ func (m *Process) UnmarshalVT(dAtA []byte) error {
 				return err
 			}
 			iNdEx = postIndex
+		case 34:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field XcompPerm", wireType)
+			}
+			m.XcompPerm = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.XcompPerm |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		case 50:
 			if wireType != 2 {
 				return fmt.Errorf("proto: wrong wireType = %d for field Ns", wireType)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -131,6 +132,18 @@ func TestWorkloads(t *testing.T) {
 		for _, mode := range []string{"kill", "running", "twice"} {
 			t.Run(w.name+"/"+mode, func(t *testing.T) { runWorkload(t, w, mode) })
 		}
+	}
+}
+
+// TestAMX checks AMX tile registers and their permission (amx.c) on a CPU
+// that has them.
+func TestAMX(t *testing.T) {
+	if info, _ := os.ReadFile("/proc/cpuinfo"); !strings.Contains(string(info), " amx_tile") {
+		t.Skip("this CPU has no AMX")
+	}
+	w := workload{name: "amx", argv: cWorkload("amx"), signal: true, settle: 20 * time.Millisecond}
+	for _, mode := range []string{"kill", "running", "twice"} {
+		t.Run(mode, func(t *testing.T) { runWorkload(t, w, mode) })
 	}
 }
 
