@@ -17,10 +17,10 @@ import (
 // are not what its credentials give, the credentials are changed with
 // SECBIT_NO_SETUID_FIXUP (the sets stay as they are) after the
 // inheritable set is raised and the bounding set cut down; then the
-// ambient set is raised and capset gives the final sets. The securebits
-// end as 0, the default: ckpt does not read them (that would need an
-// injected prctl), so a process that set SECBIT_KEEP_CAPS or the like
-// gets them back cleared.
+// ambient set is raised, the securebits set to the image's (read with
+// the prctl batch at checkpoint), and capset gives the final sets. A
+// process with securebits takes that path even if its sets need none of
+// it: after the uid change a non-root stub could no longer set them.
 
 // secbitNoSetuidFixup is SECBIT_NO_SETUID_FIXUP (linux/securebits.h),
 // which x/sys/unix does not name.
@@ -158,7 +158,7 @@ func countZero(ids ...uint32) int {
 // capsCalls are the calls that give a stub thread, whose sets are now
 // cur, the sets want around the credential changes ids (root says how
 // many of the new uids are 0): ids alone when they give them.
-func capsCalls(cur, want *pb.Caps, root rootness, ids []Call, d *batchData) ([]Call, error) {
+func capsCalls(cur, want *pb.Caps, root rootness, ids []Call, d *batchData, securebits uint32) ([]Call, error) {
 	if want == nil {
 		return ids, nil
 	}
@@ -173,7 +173,7 @@ func capsCalls(cur, want *pb.Caps, root rootness, ids []Call, d *batchData) ([]C
 	case noRoot:
 		after = &pb.Caps{Inheritable: cur.Inheritable, Bounding: cur.Bounding}
 	}
-	if after != nil && sameCaps(after, want) {
+	if after != nil && sameCaps(after, want) && securebits == 0 {
 		return ids, nil
 	}
 	if drop := want.Bounding &^ cur.Bounding; drop != 0 {
@@ -196,15 +196,15 @@ func capsCalls(cur, want *pb.Caps, root rootness, ids []Call, d *batchData) ([]C
 	}
 	calls = append(calls, ids...)
 	// Then the ambient capabilities (which must be permitted and
-	// inheritable), the securebits back to 0 (still with CAP_SETPCAP),
-	// and the final sets.
+	// inheritable), the image's securebits (still with CAP_SETPCAP), and
+	// the final sets.
 	for amb := want.Ambient; amb != 0; amb &= amb - 1 {
 		n := uint64(bits.TrailingZeros64(amb))
 		calls = append(calls, Call{Nr: unix.SYS_PRCTL, Args: []uint64{unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_RAISE, n},
 			Err: func(err error) error { return fmt.Errorf("raise ambient capability %d: %w", n, err) }})
 	}
-	calls = append(calls, Call{Nr: unix.SYS_PRCTL, Args: []uint64{unix.PR_SET_SECUREBITS, 0},
-		Err: func(err error) error { return fmt.Errorf("clear the securebits: %w", err) }})
+	calls = append(calls, Call{Nr: unix.SYS_PRCTL, Args: []uint64{unix.PR_SET_SECUREBITS, uint64(securebits)},
+		Err: func(err error) error { return fmt.Errorf("set the securebits %#x: %w", securebits, err) }})
 	final, err := capsetCall(d, want, "permitted and effective")
 	if err != nil {
 		return nil, err

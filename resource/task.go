@@ -198,7 +198,7 @@ const (
 
 // DumpPrctls reads, in one batch of injected calls, the program break and
 // the process's prctl state that /proc does not show: whether it is
-// dumpable, whether it is a child subreaper, and which XSAVE features it
+// dumpable, whether it is a child subreaper, its securebits, which XSAVE features it
 // asked for (AMX: without its permission back, the restored program's
 // next AMX instruction would kill it; a kernel before 5.16 has none).
 func DumpPrctls(t *Target, p *pb.Process) (brk uint64, err error) {
@@ -209,6 +209,8 @@ func DumpPrctls(t *Target, p *pb.Process) (brk uint64, err error) {
 			Err: func(err error) error { return fmt.Errorf("read dumpable: %w", err) }},
 		{Nr: unix.SYS_PRCTL, Args: []uint64{unix.PR_GET_CHILD_SUBREAPER, t.Scratch},
 			Err: func(err error) error { return fmt.Errorf("read child subreaper: %w", err) }},
+		{Nr: unix.SYS_PRCTL, Args: []uint64{unix.PR_GET_SECUREBITS},
+			Err: func(err error) error { return fmt.Errorf("read securebits: %w", err) }},
 		{Nr: unix.SYS_ARCH_PRCTL, Args: []uint64{archGetXcompPerm, t.Scratch + 8}},
 	}
 	res, err := t.Batch(calls)
@@ -221,6 +223,7 @@ func DumpPrctls(t *Target, p *pb.Process) (brk uint64, err error) {
 	}
 	p.Dumpable = uint32(res[1]) + 1
 	p.ChildSubreaper = [4]byte(b[:4]) != [4]byte{}
+	p.Securebits = uint32(res[3])
 	if len(res) == len(calls) {
 		p.XcompPerm = binary.LittleEndian.Uint64(b[8:]) & xfeaturesDynamic
 	}
@@ -257,9 +260,9 @@ func RestoreDumpable(t *Target, p *pb.Process) error {
 	return nil
 }
 
-// RestoreCreds gives the stub the process's credentials. It comes after
-// everything that needs ckpt's privileges.
-func RestoreCreds(t *Target, c *pb.Creds, cur *pb.Caps) error {
+// RestoreCreds gives the stub the process's credentials and securebits.
+// It comes after everything that needs ckpt's privileges.
+func RestoreCreds(t *Target, c *pb.Creds, cur *pb.Caps, securebits uint32) error {
 	if c == nil {
 		return nil
 	}
@@ -277,7 +280,7 @@ func RestoreCreds(t *Target, c *pb.Creds, cur *pb.Caps) error {
 	}
 	calls := append([]Call{{Nr: unix.SYS_SETGROUPS, Args: []uint64{uint64(len(c.Groups)), addr},
 		Err: func(err error) error { return fmt.Errorf("set groups: %w", err) }}}, idCalls(c)...)
-	calls, err := capsCalls(cur, c.Caps, rootnessOf(c), calls, d)
+	calls, err := capsCalls(cur, c.Caps, rootnessOf(c), calls, d, securebits)
 	if err != nil {
 		return err
 	}

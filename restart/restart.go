@@ -1089,14 +1089,14 @@ func finish(opts *Options, tk *task, files *resource.OpenFiles, xf *ptrace.Xstat
 	for i, th := range p.Threads {
 		var err error
 		if opts.user != nil {
-			err = restoreUserCreds(targets[i], p.Creds)
+			err = restoreUserCreds(targets[i], p.Creds, p.Securebits)
 		} else {
 			if opts.selfCaps == nil && p.Creds != nil && p.Creds.Caps != nil {
 				if opts.selfCaps, err = resource.ReadSelfCaps(); err != nil {
 					return err
 				}
 			}
-			err = resource.RestoreCreds(targets[i], p.Creds, opts.selfCaps)
+			err = resource.RestoreCreds(targets[i], p.Creds, opts.selfCaps, p.Securebits)
 		}
 		if err != nil {
 			return fmt.Errorf("thread %d: %w", th.Tid, err)

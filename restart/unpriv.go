@@ -151,9 +151,12 @@ var capNone = func() []byte {
 // restoreUserCreds sets the thread's ids (not its groups, see above) and
 // drops the capabilities it had as a stub: a process of a non-root user
 // has none (checkpoint refuses one that has others).
-func restoreUserCreds(t *resource.Target, c *pb.Creds) error {
+func restoreUserCreds(t *resource.Target, c *pb.Creds, securebits uint32) error {
 	if err := resource.CheckUnprivCaps(uint32(t.Pid), c); err != nil {
 		return err
+	}
+	if securebits != 0 {
+		return fmt.Errorf("process %d had the securebits %#x, which only a restart as root can set", t.Pid, securebits)
 	}
 	if err := resource.RestoreIDs(t, c); err != nil {
 		return err

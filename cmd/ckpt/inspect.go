@@ -342,6 +342,9 @@ func processAttrs(p *pb.Process) string {
 	if p.OomScoreAdj != nil && *p.OomScoreAdj != 0 {
 		as = append(as, fmt.Sprintf("oom_score_adj %d", *p.OomScoreAdj))
 	}
+	if p.Securebits != 0 {
+		as = append(as, fmt.Sprintf("securebits %#x", p.Securebits))
+	}
 	if p.XcompPerm&(1<<18) != 0 {
 		as = append(as, "AMX permitted")
 	}

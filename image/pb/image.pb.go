@@ -3206,6 +3206,10 @@ type Process struct {
 	// beyond those every process has. Absent in older images, whose
 	// processes lost them.
 	XcompPerm uint64 `protobuf:"varint,34,opt,name=xcomp_perm,json=xcompPerm,proto3" json:"xcomp_perm,omitempty"`
+	// securebits are the process's (prctl PR_GET_SECUREBITS: SECBIT_NOROOT,
+	// SECBIT_KEEP_CAPS and the like, with their locks), read from its main
+	// thread. Older images have 0, and lost them.
+	Securebits uint32 `protobuf:"varint,35,opt,name=securebits,proto3" json:"securebits,omitempty"`
 	// ns are the namespaces the process is in.
 	Ns            *NsIds `protobuf:"bytes,50,opt,name=ns,proto3" json:"ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -3476,6 +3480,13 @@ func (x *Process) GetSeccomp() []*SeccompFilter {
 func (x *Process) GetXcompPerm() uint64 {
 	if x != nil {
 		return x.XcompPerm
+	}
+	return 0
+}
+
+func (x *Process) GetSecurebits() uint32 {
+	if x != nil {
+		return x.Securebits
 	}
 	return 0
 }
@@ -6106,7 +6117,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\aambient\x18\x05 \x01(\x04R\aambient\"9\n" +
 	"\rSeccompFilter\x12\x12\n" +
 	"\x04prog\x18\x01 \x01(\fR\x04prog\x12\x14\n" +
-	"\x05flags\x18\x02 \x01(\x04R\x05flags\"\xcf\t\n" +
+	"\x05flags\x18\x02 \x01(\x04R\x05flags\"\xef\t\n" +
 	"\aProcess\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x12\n" +
 	"\x04ppid\x18\x02 \x01(\rR\x04ppid\x12\x12\n" +
@@ -6149,7 +6160,10 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\bjob_stop\x18  \x01(\rR\ajobStop\x126\n" +
 	"\aseccomp\x18! \x03(\v2\x1c.ckpt.image.v1.SeccompFilterR\aseccomp\x12\x1d\n" +
 	"\n" +
-	"xcomp_perm\x18\" \x01(\x04R\txcompPerm\x12$\n" +
+	"xcomp_perm\x18\" \x01(\x04R\txcompPerm\x12\x1e\n" +
+	"\n" +
+	"securebits\x18# \x01(\rR\n" +
+	"securebits\x12$\n" +
 	"\x02ns\x182 \x01(\v2\x14.ckpt.image.v1.NsIdsR\x02nsB\x10\n" +
 	"\x0e_oom_score_adj\"5\n" +
 	"\aPageRun\x12\x12\n" +

@@ -2379,6 +2379,13 @@ func (m *Process) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i--
 		dAtA[i] = 0x92
 	}
+	if m.Securebits != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Securebits))
+		i--
+		dAtA[i] = 0x2
+		i--
+		dAtA[i] = 0x98
+	}
 	if m.XcompPerm != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.XcompPerm))
 		i--
@@ -5699,6 +5706,9 @@ func (m *Process) SizeVT() (n int) {
 	}
 	if m.XcompPerm != 0 {
 		n += 2 + protohelpers.SizeOfVarint(uint64(m.XcompPerm))
+	}
+	if m.Securebits != 0 {
+		n += 2 + protohelpers.SizeOfVarint(uint64(m.Securebits))
 	}
 	if m.Ns != nil {
 		l = m.Ns.SizeVT()
@@ -13698,6 +13708,25 @@ func (m *Process) UnmarshalVT(dAtA []byte) error {
 				b := dAtA[iNdEx]
 				iNdEx++
 				m.XcompPerm |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 35:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Securebits", wireType)
+			}
+			m.Securebits = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.Securebits |= uint32(b&0x7F) << shift
 				if b < 0x80 {
 					break
 				}

@@ -10,12 +10,13 @@
  *    its bounding set, keeps CAP_CHOWN, CAP_KILL (to signal its child),
  *    CAP_NET_BIND_SERVICE and CAP_NET_RAW permitted, all but the last
  *    effective, CAP_NET_BIND_SERVICE inheritable and ambient (a
- *    container's root, a daemon that dropped what it does not need);
+ *    container's root, a daemon that dropped what it does not need), and
+ *    sets the securebits SECBIT_NOROOT (locked) and SECBIT_KEEP_CAPS;
  *  - a child becomes uid/gid 65534 keeping CAP_NET_BIND_SERVICE
  *    (permitted, effective, inheritable, ambient), as a service that may
  *    bind a low port without being root.
  * After the checkpoint each compares the five sets in /proc/self/status
- * with what they were; the child also binds port 80 somewhere free (its
+ * with what they were, the root its securebits too; the child also binds port 80 somewhere free (its
  * capability at work) and reports to the root through a pipe.
  */
 #define _GNU_SOURCE
@@ -112,6 +113,10 @@ int main(void)
 
 	if (prctl(PR_CAPBSET_DROP, CAP_SYS_MODULE) || prctl(PR_CAPBSET_DROP, CAP_SYS_BOOT))
 		die("drop from the bounding set");
+	/* SECBIT_NOROOT, SECBIT_NOROOT_LOCKED, SECBIT_KEEP_CAPS */
+	const int secure = 1 << 0 | 1 << 1 | 1 << 4;
+	if (prctl(PR_SET_SECUREBITS, secure))
+		die("securebits");
 	unsigned long long eff = BIT(CAP_CHOWN) | BIT(CAP_KILL) | BIT(CAP_NET_BIND_SERVICE), prm = eff | BIT(CAP_NET_RAW);
 	setcaps(eff, prm, BIT(CAP_NET_BIND_SERVICE));
 	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_NET_BIND_SERVICE, 0, 0))
@@ -124,6 +129,9 @@ int main(void)
 	while (!got_usr2)
 		pause();
 	compare("root", before);
+	int now = prctl(PR_GET_SECUREBITS);
+	if (now != secure)
+		fail("root: securebits %#x, want %#x", now, secure);
 	if (kill(kid, SIGUSR2))
 		fail("signal the child: %s (CAP_KILL lost?)", strerror(errno));
 	take_failures(pfd[0]);
