@@ -459,6 +459,9 @@ type OpenFiles struct {
 	deleted map[[2]uint64]*os.File
 	filling map[[2]uint64]*deletedFill
 	last    *pb.File
+	// inherit maps a pipe (by inode) that InheritStdio replaced to ckpt's
+	// own descriptor.
+	inherit map[uint64]*os.File
 	// sockets are the sockets made again, by their inode in the image.
 	sockets map[uint64]*os.File
 	// repairs are the restored TCP connections still in repair mode.

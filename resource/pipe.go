@@ -74,10 +74,72 @@ type openPipe struct {
 	r, w *os.File
 }
 
+// InheritStdio gives the root process, for each of its descriptors 0, 1
+// and 2 that was one end of a pipe whose other end only processes outside
+// the image held (a member of a shell pipeline: `prog | cat`), ckpt
+// restart's own descriptor of that number instead (stdio[n]; nil: keep
+// the pipe), as a program started from that command line would get it. A
+// pipe made again without its outside reader would kill a writer with
+// SIGPIPE at its next write, and give a reader end of file. Every
+// description of that pipe end, in any process, becomes that descriptor.
+// The pipe's unread bytes stay with the old pipe (its outside reader may
+// still read them); warn says what changed.
+func (o *OpenFiles) InheritStdio(root *pb.Process, stdio [3]*os.File, warn func(string)) {
+	for _, fd := range root.Fds {
+		if fd.Fd < 0 || fd.Fd > 2 || stdio[fd.Fd] == nil {
+			continue
+		}
+		rec := o.recs[fd.FileId]
+		if rec == nil || rec.Kind != pb.File_PIPE || o.inherit[rec.PipeIno] != nil {
+			continue
+		}
+		mode := rec.Flags & unix.O_ACCMODE
+		half, unread := true, 0
+		for _, r := range o.recs {
+			if r.Kind == pb.File_PIPE && r.PipeIno == rec.PipeIno {
+				half = half && r.Flags&unix.O_ACCMODE == mode
+				unread = max(unread, len(r.PipeData))
+			}
+		}
+		if !half {
+			continue
+		}
+		fl, err := unix.FcntlInt(stdio[fd.Fd].Fd(), unix.F_GETFL, 0)
+		if err != nil || (mode == unix.O_WRONLY && fl&unix.O_ACCMODE == unix.O_RDONLY) || (mode == unix.O_RDONLY && fl&unix.O_ACCMODE == unix.O_WRONLY) {
+			continue
+		}
+		if o.inherit == nil {
+			o.inherit = map[uint64]*os.File{}
+		}
+		o.inherit[rec.PipeIno] = stdio[fd.Fd]
+		what := "standard output"
+		switch fd.Fd {
+		case 0:
+			what = "standard input"
+		case 2:
+			what = "standard error"
+		}
+		msg := fmt.Sprintf("fd %d of process %d (%s) was a pipe to processes outside the image; it is now this restart's %s", fd.Fd, root.Pid, root.Comm, what)
+		if unread > 0 {
+			msg += fmt.Sprintf(" (the %d bytes that were waiting in the pipe stay with the old one)", unread)
+		}
+		warn(msg)
+	}
+}
+
 // openPipeEnd returns ckpt's copy of the end rec describes, creating and
 // refilling the pipe on first use. data holds the pipe's unread bytes (from
 // whichever end record carried them).
 func (o *OpenFiles) openPipeEnd(rec *pb.File) (*os.File, error) {
+	if f := o.inherit[rec.PipeIno]; f != nil {
+		// ckpt's own descriptor: a copy of it, its status flags left as
+		// they are (they are shared with whoever else holds it).
+		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("copy ckpt's descriptor for pipe:[%d]: %w", rec.PipeIno, err)
+		}
+		return os.NewFile(uintptr(fd), f.Name()), nil
+	}
 	pp := o.pipes[rec.PipeIno]
 	if pp == nil {
 		var p [2]int

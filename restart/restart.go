@@ -45,6 +45,10 @@ type Options struct {
 	// Terminal, if set, is the terminal descriptors that were on a terminal
 	// are reopened on (the one ckpt restart runs in).
 	Terminal *os.File
+	// Stdio are ckpt's own descriptors 0, 1 and 2 that the root process
+	// may inherit in place of pipes to processes outside the image
+	// (resource.OpenFiles.InheritStdio); nil entries are not given.
+	Stdio [3]*os.File
 	// Foreground makes the restored job the terminal's foreground process
 	// group, if it was the foreground of its terminal at checkpoint.
 	Foreground bool
@@ -567,6 +571,11 @@ func build(opts *Options, hdr *pb.Header, nss *namespaces, ipc *ipcState, tasks 
 		return nil, fmt.Errorf("image damaged: first process %d is not the live root %d", root.p.Pid, hdr.RootPid)
 	}
 	root.root = true
+	warn := opts.Warn
+	if warn == nil {
+		warn = func(string) {}
+	}
+	files.InheritStdio(root.p, opts.Stdio, warn)
 	for _, t := range tasks[1:] {
 		parent := byPid[t.p.Ppid]
 		if parent == nil || parent.p.Zombie {

@@ -305,7 +305,12 @@ as the process runs.`,
 				}
 			}
 			prog := startProgress("restart", total)
-			res, err := restart.Run(restart.Options{In: in, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Terminal: term, Foreground: !detach, Progress: &prog.count, SignalsArmed: armed, VdsoProxy: vdsoProxy})
+			// The image on standard input is no standard input to give.
+			stdio := [3]*os.File{os.Stdin, os.Stdout, os.Stderr}
+			if in == io.Reader(os.Stdin) {
+				stdio[0] = nil
+			}
+			res, err := restart.Run(restart.Options{In: in, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Terminal: term, Stdio: stdio, Foreground: !detach, Progress: &prog.count, SignalsArmed: armed, VdsoProxy: vdsoProxy})
 			prog.finish()
 			close(runDone)
 			<-watcher
