@@ -27,7 +27,7 @@ func TestInheritStdio(t *testing.T) {
 		{Id: 2, Kind: pb.File_PIPE, PipeIno: 20, Flags: unix.O_WRONLY}, // both ends inside
 		{Id: 3, Kind: pb.File_PIPE, PipeIno: 20, Flags: unix.O_RDONLY},
 		{Id: 4, Kind: pb.File_PIPE, PipeIno: 30, Flags: unix.O_RDONLY, PipeData: []byte("x")}, // outside writer
-		{Id: 5, Kind: pb.File_PIPE, PipeIno: 40, Flags: unix.O_WRONLY}, // on fd 3
+		{Id: 5, Kind: pb.File_PIPE, PipeIno: 40, Flags: unix.O_WRONLY},                        // on fd 3
 	} {
 		if err := o.Add(f); err != nil {
 			t.Fatal(err)
