@@ -10,11 +10,12 @@ import (
 // instructions, a retry of its seqlock a few more.
 const maxSteps = 100000
 
-// StepOut single-steps thread tid of process pid, stopped and with every signal it can
-// block blocked, until its instruction pointer leaves [lo, hi), and
-// returns its registers there. A thread stopped by a signal meanwhile
-// (SIGSTOP, which cannot be blocked) gets it queued again and StepOut
-// fails: the caller releases the thread and the signal takes effect.
+// StepOut single-steps thread tid of process pid, stopped and with every
+// signal it can block blocked, until its instruction pointer leaves
+// [lo, hi), and returns its registers there. A thread stopped by a signal
+// meanwhile (SIGSTOP, which cannot be blocked) gets it queued again and
+// StepOut fails: the caller releases the thread and the signal takes
+// effect.
 func StepOut(pid, tid int, lo, hi uint64) (Regs, error) {
 	for range maxSteps {
 		if err := ptrace(unix.PTRACE_SINGLESTEP, tid, 0, 0); err != nil {
