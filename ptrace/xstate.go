@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"strings"
 )
 
 // A thread's extended FPU state travels in the image as the kernel's
@@ -52,8 +53,45 @@ const (
 // xstateNames names the components a user could be told about.
 var xstateNames = map[uint32]string{2: "AVX", 3: "MPX", 4: "MPX", 5: "AVX-512", 6: "AVX-512", 7: "AVX-512", 9: "protection keys", 17: "AMX", 18: "AMX", 19: "APX"}
 
+// exemptFeatures are XSAVE features an image's CPU may have and this one
+// lack without harm to what ran there: MPX (gone from Linux), protection
+// keys (no library uses them unasked), AMX (a process must ask for it,
+// which restart does again and refuses if it cannot).
+var exemptFeatures = map[uint32]bool{3: true, 4: true, featurePKRU: true, 17: true, 18: true}
+
+// CheckFeatures refuses an image whose CPU (layout src) had vector
+// registers this one (dst) lacks: a program that looked at the CPU once
+// at start (glibc picks its string functions so) would run into
+// instructions this CPU does not have. nil src (an older image) passes.
+func CheckFeatures(src, dst []XstateComponent) error {
+	var missing []uint32
+	names := map[string]bool{}
+	var list []string
+	for _, c := range src {
+		if _, ok := findComponent(dst, c.Feature); ok || exemptFeatures[c.Feature] {
+			continue
+		}
+		missing = append(missing, c.Feature)
+		n := xstateNames[c.Feature]
+		if n == "" {
+			n = fmt.Sprintf("feature %d", c.Feature)
+		}
+		if !names[n] {
+			names[n] = true
+			list = append(list, n)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	return fmt.Errorf("the image comes from a CPU with %s registers (XSAVE components %v), which this CPU lacks: programs that chose such code when they started would crash here; restart it on a CPU with them, or pass --ignore-cpu to try anyway", strings.Join(list, ", "), missing)
+}
+
 // XstateFitter sets images' xstate buffers into this CPU's threads.
 type XstateFitter struct {
+	// lax drops the components in use that this CPU lacks instead of
+	// refusing the thread (restart --ignore-cpu).
+	lax      bool
 	src, dst []XstateComponent
 	// cur is a buffer of this CPU's, read from the first thread set: the
 	// size the kernel expects, and its XCR0.
@@ -61,13 +99,13 @@ type XstateFitter struct {
 }
 
 // NewXstateFitter returns a fitter for an image whose CPU had the layout
-// src (nil: unknown, assumed to be this CPU's).
-func NewXstateFitter(src []XstateComponent) *XstateFitter {
+// src (nil: unknown, assumed to be this CPU's); lax: see XstateFitter.
+func NewXstateFitter(src []XstateComponent, lax bool) *XstateFitter {
 	dst := XstateLayout()
 	if src == nil {
 		src = dst
 	}
-	return &XstateFitter{src: src, dst: dst}
+	return &XstateFitter{src: src, dst: dst, lax: lax}
 }
 
 // Set writes x, a thread's xstate from the image, into thread tid, laid
@@ -86,7 +124,7 @@ func (f *XstateFitter) Set(tid int, x []byte) error {
 	if len(x) == len(f.cur) && slices.Equal(f.src, f.dst) && (len(x) < xsaveHeader || bytes.Equal(x[xsaveSwBytes:xsaveHeader], f.cur[xsaveSwBytes:xsaveHeader])) {
 		return SetXstate(tid, x)
 	}
-	y, err := fitXstate(x, f.src, f.cur, f.dst)
+	y, err := fitXstate(x, f.src, f.cur, f.dst, f.lax)
 	if err != nil {
 		return fmt.Errorf("thread %d: %w", tid, err)
 	}
@@ -97,8 +135,9 @@ func (f *XstateFitter) Set(tid int, x []byte) error {
 // a buffer like cur, of a CPU with the layout dst. The legacy area comes
 // as it is; each component x holds (XSTATE_BV) moves to its offset in
 // dst. A component dst lacks fails, except protection keys, whose
-// register (PKRU) a CPU without them has no use for.
-func fitXstate(x []byte, src []XstateComponent, cur []byte, dst []XstateComponent) ([]byte, error) {
+// register (PKRU) a CPU without them has no use for, and except with lax,
+// where it is dropped.
+func fitXstate(x []byte, src []XstateComponent, cur []byte, dst []XstateComponent, lax bool) ([]byte, error) {
 	if len(x) < xsaveMin || len(cur) < xsaveMin {
 		return nil, fmt.Errorf("image damaged: an xstate of %d bytes", len(x))
 	}
@@ -114,7 +153,7 @@ func fitXstate(x []byte, src []XstateComponent, cur []byte, dst []XstateComponen
 		s, sok := findComponent(src, i)
 		d, dok := findComponent(dst, i)
 		switch {
-		case !dok && i == featurePKRU:
+		case !dok && (i == featurePKRU || lax):
 			continue
 		case !dok:
 			name := xstateNames[i]

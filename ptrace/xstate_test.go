@@ -60,7 +60,7 @@ func TestFitXstate(t *testing.T) {
 		{"too short", make([]byte, 100), avxLayout, avxLayout, xbuf(832, avxLayout, 0, 2), nil, "image damaged"},
 	}
 	for _, tc := range tests {
-		got, err := fitXstate(tc.x, tc.src, tc.cur, tc.dst)
+		got, err := fitXstate(tc.x, tc.src, tc.cur, tc.dst, false)
 		switch {
 		case tc.want == nil && (err == nil || !strings.Contains(err.Error(), tc.err)):
 			t.Errorf("%s: err = %v, want %q", tc.name, err, tc.err)
@@ -127,4 +127,31 @@ func selfXstate(t *testing.T) ([]byte, error) {
 		return err
 	})
 	return x, err
+}
+
+func TestCheckFeatures(t *testing.T) {
+	amx := append(append([]XstateComponent(nil), intelLayout...), XstateComponent{17, 2752, 64}, XstateComponent{18, 2816, 8192}, XstateComponent{3, 960, 64})
+	tests := []struct {
+		name     string
+		src, dst []XstateComponent
+		err      string
+	}{
+		{"same CPU", intelLayout, intelLayout, ""},
+		{"older image", nil, avxLayout, ""},
+		{"onto a bigger CPU", avxLayout, intelLayout, ""},
+		{"AVX-512 lost", intelLayout, avxLayout, "a CPU with AVX-512 registers (XSAVE components [5 6 7]), which this CPU lacks"},
+		{"AMX, MPX and protection keys lost", amx, intelLayout[:4], ""},
+		{"AVX lost", avxLayout, nil, "AVX registers"},
+	}
+	for _, tc := range tests {
+		err := CheckFeatures(tc.src, tc.dst)
+		if (tc.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("%s: err = %v, want %q", tc.name, err, tc.err)
+		}
+	}
+	// Allowed anyway (--ignore-cpu), AVX-512 state in use is dropped.
+	got, err := fitXstate(xbuf(2696, intelLayout, 0b1000100111, 1), intelLayout, xbuf(832, avxLayout, 0, 2), avxLayout, true)
+	if err != nil || !bytes.Equal(got, xbuf(832, avxLayout, 0b111, 2)) {
+		t.Errorf("lax: %v", err)
+	}
 }

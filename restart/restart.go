@@ -59,6 +59,9 @@ type Options struct {
 	// waits for it before it creates any process. (Catching them takes a
 	// while, which this lets overlap the reading of the image.)
 	SignalsArmed <-chan struct{}
+	// IgnoreCPU restarts an image from a CPU with vector registers this one
+	// lacks, dropping their state (see ptrace.CheckFeatures).
+	IgnoreCPU bool
 	// VdsoProxy, for tests, puts a vDSO proxy in place even when the
 	// image's vDSO is this kernel's (see resource/vdso.go).
 	VdsoProxy bool
@@ -378,7 +381,7 @@ func restore(opts *Options) (res *Result, err error) {
 	if err := ipc.finish(); err != nil {
 		return nil, err
 	}
-	xf := ptrace.NewXstateFitter(xstateLayout(r.Header))
+	xf := ptrace.NewXstateFitter(xstateLayout(r.Header), opts.IgnoreCPU)
 	for _, t := range tasks {
 		if t.p.Zombie {
 			continue
@@ -538,6 +541,11 @@ func zombieWait(ppid int) time.Duration {
 func build(opts *Options, hdr *pb.Header, nss *namespaces, ipc *ipcState, tasks []*task, files *resource.OpenFiles) (created []*stub, err error) {
 	if len(tasks) == 0 {
 		return nil, fmt.Errorf("image holds no process")
+	}
+	if !opts.IgnoreCPU {
+		if err := ptrace.CheckFeatures(xstateLayout(hdr), ptrace.XstateLayout()); err != nil {
+			return nil, err
+		}
 	}
 	if opts.SignalsArmed != nil {
 		<-opts.SignalsArmed

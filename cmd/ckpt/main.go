@@ -226,7 +226,7 @@ ckpt restart rebuilds it in new ones.`,
 }
 
 func restartCmd() *cobra.Command {
-	var detach, verbose, vdsoProxy bool
+	var detach, verbose, vdsoProxy, ignoreCPU bool
 	c := &cobra.Command{
 		Use:     "restart [--detach] [FILE]",
 		Aliases: []string{"restore"},
@@ -310,7 +310,7 @@ as the process runs.`,
 			if in == io.Reader(os.Stdin) {
 				stdio[0] = nil
 			}
-			res, err := restart.Run(restart.Options{In: in, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Terminal: term, Stdio: stdio, Foreground: !detach, Progress: &prog.count, SignalsArmed: armed, VdsoProxy: vdsoProxy})
+			res, err := restart.Run(restart.Options{In: in, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Terminal: term, Stdio: stdio, Foreground: !detach, Progress: &prog.count, SignalsArmed: armed, VdsoProxy: vdsoProxy, IgnoreCPU: ignoreCPU})
 			prog.finish()
 			close(runDone)
 			<-watcher
@@ -332,6 +332,7 @@ as the process runs.`,
 	}
 	c.Flags().BoolVarP(&detach, "detach", "d", false, "return as soon as the process runs")
 	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "report timing on stderr")
+	c.Flags().BoolVar(&ignoreCPU, "ignore-cpu", false, "restart an image from a CPU with vector registers (e.g. AVX-512) this one lacks, dropping their contents")
 	// For tests and for trying out an image's move to another kernel:
 	// restart through a vDSO proxy as if this kernel's vDSO differed.
 	c.Flags().BoolVar(&vdsoProxy, "vdso-proxy", false, "restore the vDSO through a proxy even if it is this kernel's")
