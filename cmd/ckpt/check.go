@@ -97,6 +97,21 @@ func features() []feature {
 			return unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_REPAIR, unix.TCP_REPAIR_ON)
 		}},
 		{"sock_diag for unix sockets (CONFIG_UNIX_DIAG)", false, "unix sockets cannot be checkpointed", resource.ProbeUnixDiag},
+		{"vDSO functions (restart on another kernel)", false, "images do not record the vDSO, and restart them only under a kernel whose vDSO has the same size", func() error {
+			syms, _, _, err := resource.VdsoSymbols()
+			if err == nil && len(syms) == 0 {
+				err = fmt.Errorf("no functions")
+			}
+			return err
+		}},
+		{"AMX permission (ARCH_REQ_XCOMP_PERM)", false, "processes that use AMX cannot be restarted here", func() error {
+			for _, c := range ptrace.XstateLayout() {
+				if c.Feature == 18 {
+					return nil
+				}
+			}
+			return fmt.Errorf("this CPU has no AMX")
+		}},
 	}
 }
 

@@ -574,7 +574,7 @@ func TestCheck(t *testing.T) {
 	if err != nil {
 		t.Fatalf("check: %v\n%s", err, out)
 	}
-	for _, want := range []string{"ok       ptrace", "ok       POSIX timer IDs", "ok       TCP repair mode"} {
+	for _, want := range []string{"ok       ptrace", "ok       POSIX timer IDs", "ok       TCP repair mode", "ok       vDSO functions"} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("check output lacks %q:\n%s", want, out)
 		}
