@@ -99,6 +99,27 @@ signal.sigwait({signal.SIGUSR2})  # pause() could miss a signal that came just b
 h = socket.gethostname()
 print("PASS" if h == "subtree-uts" else "FAIL: host name " + h, flush=True)`}
 		}, signal: true, settle: 20 * time.Millisecond},
+		{name: "node", argv: func(t *testing.T) []string {
+			node, err := exec.LookPath("node")
+			if err != nil {
+				t.Skip("no node")
+			}
+			return []string{node, filepath.Join(repoRoot, "test", "workloads", "server.js")}
+		}, signal: true, settle: 50 * time.Millisecond},
+		{name: "node-vdso-proxy", argv: func(t *testing.T) []string {
+			node, err := exec.LookPath("node")
+			if err != nil {
+				t.Skip("no node")
+			}
+			return []string{node, filepath.Join(repoRoot, "test", "workloads", "server.js")}
+		}, signal: true, settle: 50 * time.Millisecond, restartFlags: []string{"--vdso-proxy"}},
+		{name: "java", argv: func(t *testing.T) []string {
+			java, err := exec.LookPath("java")
+			if err != nil {
+				t.Skip("no java")
+			}
+			return []string{java, "-Xmx64m", filepath.Join(repoRoot, "test", "workloads", "Counter.java")}
+		}, signal: true, settle: 100 * time.Millisecond},
 		{name: "python3", argv: func(t *testing.T) []string {
 			py, err := exec.LookPath("python3")
 			if err != nil {
