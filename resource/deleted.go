@@ -221,7 +221,7 @@ func (o *OpenFiles) openDeleted(rec *pb.File) (*os.File, error) {
 		}
 		o.deleted[key] = inode
 	}
-	f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", inode.Fd()), reopenFlags(rec)|unix.O_CLOEXEC, 0)
+	f, err := reopenProc(inode, rec, 0)
 	if err != nil {
 		return nil, fmt.Errorf("reopen the deleted file %s: %w", rec.Path, err)
 	}

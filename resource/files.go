@@ -551,8 +551,7 @@ func (o *OpenFiles) open(id uint32, rec *pb.File) (*os.File, error) {
 		}
 		// A new description of the same memfd, with this one's flags and
 		// offset.
-		flags := int(rec.Flags) &^ (unix.O_CREAT | unix.O_TRUNC | unix.O_EXCL | unix.O_CLOEXEC)
-		f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", obj.Fd()), flags|unix.O_CLOEXEC, 0)
+		f, err := reopenProc(obj, rec, 0)
 		if err != nil {
 			return nil, fmt.Errorf("reopen %s: %w", rec.Path, err)
 		}
@@ -567,8 +566,7 @@ func (o *OpenFiles) open(id uint32, rec *pb.File) (*os.File, error) {
 		if o.Terminal == nil {
 			return nil, fmt.Errorf("the process used the terminal %s; run ckpt restart from a terminal, which takes its place", rec.Path)
 		}
-		flags := int(rec.Flags) &^ (unix.O_CREAT | unix.O_TRUNC | unix.O_EXCL | unix.O_CLOEXEC)
-		f, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", o.Terminal.Fd()), flags|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+		f, err := reopenProc(o.Terminal, rec, unix.O_NOCTTY)
 		if err != nil {
 			return nil, fmt.Errorf("open terminal for %s: %w", rec.Path, err)
 		}
@@ -617,6 +615,15 @@ func reopenFlags(rec *pb.File) int {
 		flags &^= unix.O_TMPFILE
 	}
 	return flags
+}
+
+// reopenProc opens a new description of the file ckpt's f holds, through
+// /proc/self/fd, with rec's flags and extra. O_NOFOLLOW is left out: that
+// link is a symbolic link to follow, and a description opened with
+// O_NOFOLLOW (Python's tempfile and multiprocessing open theirs so) would
+// fail with ELOOP. Its loss shows only in F_GETFL.
+func reopenProc(f *os.File, rec *pb.File, extra int) (*os.File, error) {
+	return os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), reopenFlags(rec)&^unix.O_NOFOLLOW|extra|unix.O_CLOEXEC, 0)
 }
 
 // Close closes every file ckpt opened.

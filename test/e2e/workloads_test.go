@@ -99,6 +99,16 @@ signal.sigwait({signal.SIGUSR2})  # pause() could miss a signal that came just b
 h = socket.gethostname()
 print("PASS" if h == "subtree-uts" else "FAIL: host name " + h, flush=True)`}
 		}, signal: true, settle: 20 * time.Millisecond},
+		// POSIX semaphores and an arena file, both unlinked, mapped and
+		// opened with O_NOFOLLOW (which broke their reopen until the
+		// twelfth session), worker processes, pipes.
+		{name: "python-multiprocessing", argv: func(t *testing.T) []string {
+			py, err := exec.LookPath("python3")
+			if err != nil {
+				t.Skip("no python3")
+			}
+			return []string{py, filepath.Join(repoRoot, "test", "workloads", "pool.py")}
+		}, signal: true, settle: 50 * time.Millisecond},
 		{name: "node", argv: func(t *testing.T) []string {
 			node, err := exec.LookPath("node")
 			if err != nil {
