@@ -1175,16 +1175,17 @@ func dump(opts *Options, stats *Stats) (err error) {
 		for _, fd := range pidfds {
 			unix.Syscall(unix.SYS_PROCESS_MRELEASE, uintptr(fd), 0, 0)
 		}
-		// Consume the tracer's exit reports so that parents can reap:
-		// other threads first, a leader is reported only after them;
-		// children before parents, as a dying PID-namespace init waits
-		// for its children to be reaped.
-		for j := len(ft.procs) - 1; j >= 0; j-- {
-			f := ft.procs[j]
-			for i := len(f.threads) - 1; i >= 0; i-- {
-				ptrace.Wait(f.threads[i].tid)
+		// Consume the tracer's exit reports so that parents can reap,
+		// as they come (ptrace.ReapKilled: a dying PID-namespace init
+		// waits for the rest of its namespace to be reaped, ckpt's traced
+		// zombies included).
+		var tids []int
+		for _, f := range ft.procs {
+			for _, th := range f.threads {
+				tids = append(tids, th.tid)
 			}
 		}
+		ptrace.ReapKilled(tids, 10*time.Second)
 		// The processes are dead now, their memory freed. Their parents
 		// reap them in their own time: a restart that follows at once
 		// waits for that (restart's checkPidFree), not ckpt, which thus

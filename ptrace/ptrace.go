@@ -18,7 +18,9 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -329,3 +331,37 @@ func Errno(ret uint64) error {
 }
 
 var errNoStop = errors.New("tracee did not stop at the injected system call")
+
+// ReapKilled consumes the exit reports of tids, traced threads that were
+// sent SIGKILL, in whatever order they come, and gives up after timeout
+// (a thread stuck in the kernel, e.g. on a dead NFS server). No fixed
+// order is safe: the thread of a multi-threaded PID-namespace init that
+// exits last waits (zap_pid_ns_processes) until every other thread of the
+// namespace is released, and a traced thread is released only once its
+// tracer has reaped it.
+func ReapKilled(tids []int, timeout time.Duration) {
+	left := slices.Clone(tids)
+	deadline := time.Now().Add(timeout)
+	for delay := 20 * time.Microsecond; len(left) > 0 && time.Now().Before(deadline); {
+		progress := false
+		for i := 0; i < len(left); {
+			var ws unix.WaitStatus
+			pid, err := unix.Wait4(left[i], &ws, unix.WALL|unix.WNOHANG, nil)
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err != nil || (pid == left[i] && (ws.Exited() || ws.Signaled())):
+				left = slices.Delete(left, i, i+1) // reaped, or not ours to reap
+				progress = true
+				continue
+			case pid == left[i]:
+				progress = true // a stop from before the kill, consumed
+			}
+			i++
+		}
+		if !progress {
+			time.Sleep(delay)
+			delay = min(2*delay, 2*time.Millisecond)
+		}
+	}
+}

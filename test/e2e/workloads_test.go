@@ -327,6 +327,17 @@ exec "$0" "$(hostname)" 0 "awk '{print \$5, \$6, \$9, \$10}' /proc/self/mountinf
 		// A mount namespace of its own: the deleted files' content waits
 		// for the container's mounts before it has a place.
 		{name: "deleted-files", argv: cWorkload("deleted"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid", "--mount"}},
+		// A multi-threaded init: its last thread to die waits for the
+		// rest of the namespace, ckpt's traced zombies included (a
+		// checkpoint --kill hung on it until the twelfth session).
+		{name: "threads", argv: cWorkload("threads"), signal: true, settle: 100 * time.Millisecond, container: []string{"--pid"}},
+		{name: "node", argv: func(t *testing.T) []string {
+			node, err := exec.LookPath("node")
+			if err != nil {
+				t.Skip("no node")
+			}
+			return []string{node, filepath.Join(repoRoot, "test", "workloads", "server.js")}
+		}, signal: true, settle: 50 * time.Millisecond, container: []string{"--pid", "--net", "--mount"}},
 		// Like a container runtime's: filters on the init itself.
 		{name: "seccomp", argv: cWorkload("seccomp"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid"}},
 	}
