@@ -128,7 +128,7 @@ print("PASS" if h == "subtree-uts" else "FAIL: host name " + h, flush=True)`}
 			if err != nil {
 				t.Skip("no java")
 			}
-			return []string{java, "-Xmx64m", filepath.Join(repoRoot, "test", "workloads", "Counter.java")}
+			return []string{java, "-Xmx64m", "-XX:-UsePerfData", filepath.Join(repoRoot, "test", "workloads", "Counter.java")}
 		}, signal: true, settle: 100 * time.Millisecond},
 		{name: "python3", argv: func(t *testing.T) []string {
 			py, err := exec.LookPath("python3")
