@@ -432,6 +432,10 @@ func PreflightTask(pid int, ns *pb.NsIds, self *Self) (filtered bool, err error)
 	if err != nil {
 		return false, err
 	}
+	if t := st["TracerPid"]; t != "" && t != "0" {
+		comm, _ := os.ReadFile("/proc/" + t + "/comm")
+		return false, fmt.Errorf("process %d is traced by process %s (%s), a debugger or strace: a process has one tracer at a time; detach that one first", pid, t, strings.TrimSpace(string(comm)))
+	}
 	switch v := st["Seccomp"]; {
 	case v == "" || v == "0":
 	case v == "2" && self.SuspendsSeccomp():

@@ -781,3 +781,31 @@ func TestCompressed(t *testing.T) {
 	r := p.restart(img)
 	p.verifyExit(r.exit, true, 10*time.Second)
 }
+
+// TestTracedRefused: a process another tracer (a debugger, strace) holds
+// is refused, naming the tracer, and runs on untouched.
+func TestTracedRefused(t *testing.T) {
+	p := startWorkload(t, compile(t, "busy"))
+	// The tracer: a Python process that seizes the workload (PTRACE_SEIZE)
+	// and waits.
+	tracer := exec.Command("python3", "-c", "import ctypes,sys,time\nlibc=ctypes.CDLL(None, use_errno=True)\nif libc.ptrace(0x4206, int(sys.argv[1]), 0, 0) != 0: sys.exit(ctypes.get_errno())\nprint('SEIZED', flush=True)\ntime.sleep(100)", itoa(p.pid))
+	out, err := tracer.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tracer.Start(); err != nil {
+		t.Skip("no python3:", err)
+	}
+	defer func() { tracer.Process.Kill(); tracer.Wait() }()
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	if line != "SEIZED\n" {
+		t.Fatalf("the tracer could not seize %d", p.pid)
+	}
+	msg, err := ckpt(nil, "checkpoint", "-o", filepath.Join(p.dir, "img"), itoa(p.pid))
+	if err == nil || !strings.Contains(msg, "is traced by process "+itoa(tracer.Process.Pid)+" (python3), a debugger or strace") {
+		t.Fatalf("checkpoint of a traced process: %v\n%s", err, msg)
+	}
+	tracer.Process.Kill()
+	tracer.Wait()
+	p.verifyExit(p.exit, true, 10*time.Second)
+}
