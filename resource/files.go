@@ -320,6 +320,9 @@ func describeFile(pid int, ref *FdRef, full bool) (*pb.File, error) {
 			break
 		}
 		path, ok := charDevs[st.Rdev]
+		if !ok && st.Rdev == unix.Mkdev(5, 2) {
+			return nil, fmt.Errorf("fd %d of process %d is a pseudo-terminal master (%s), as tmux, screen, sshd and script hold: %w yet; ckpt keeps only the terminal it is run from", fd, pid, target, ErrUnsupported)
+		}
 		if !ok {
 			return nil, fmt.Errorf("fd %d of process %d is the device %s: %w yet (ckpt handles /dev/null, zero, random, urandom)", fd, pid, target, ErrUnsupported)
 		}

@@ -225,6 +225,9 @@ func TestRefusesUnsupported(t *testing.T) {
 		{"capabilities-per-thread", func() *exec.Cmd {
 			return exec.Command("python3", "-c", "import ctypes,threading,time\nlibc=ctypes.CDLL(None)\nev=threading.Event()\ndef drop():\n    libc.prctl(24, 13, 0, 0, 0)\n    ev.set()\n    time.sleep(100)\nthreading.Thread(target=drop, daemon=True).start()\nev.wait()\nprint('READY', flush=True)\ntime.sleep(100)")
 		}, "has capabilities of its own"},
+		{"pty-master", func() *exec.Cmd {
+			return exec.Command("python3", "-c", "import os,time\nm, s = os.openpty()\nprint('READY', flush=True)\ntime.sleep(100)")
+		}, "is a pseudo-terminal master (/dev/ptmx)"},
 		{"file-lease", func() *exec.Cmd {
 			f := filepath.Join(t.TempDir(), "leased")
 			if err := os.WriteFile(f, []byte("x"), 0o644); err != nil {
