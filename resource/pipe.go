@@ -77,16 +77,19 @@ type openPipe struct {
 // InheritStdio gives the root process, for each of its descriptors 0, 1
 // and 2 that was one end of a pipe whose other end only processes outside
 // the image held (a member of a shell pipeline: `prog | cat`), ckpt
-// restart's own descriptor of that number instead (stdio[n]; nil: keep
-// the pipe), as a program started from that command line would get it. A
-// pipe made again without its outside reader would kill a writer with
-// SIGPIPE at its next write, and give a reader end of file. Every
-// description of that pipe end, in any process, becomes that descriptor.
-// The pipe's unread bytes stay with the old pipe (its outside reader may
-// still read them); warn says what changed.
+// restart's own descriptor of that number instead (stdio[n]), as a
+// program started from that command line would get it. A pipe made again
+// without its outside end kills a writer with SIGPIPE at its next write
+// and gives a reader end of file. Every description of that pipe end, in
+// any process, becomes that descriptor. The pipe's unread bytes stay with
+// the old pipe (its outside reader may still read them). Where stdio[n]
+// is nil (a detached restart, whose caller would wait for a descriptor
+// the restored process keeps open; standard input that the image comes
+// from) or of no use that way, the pipe comes back alone, and warn says
+// so; warn also says what was replaced.
 func (o *OpenFiles) InheritStdio(root *pb.Process, stdio [3]*os.File, warn func(string)) {
 	for _, fd := range root.Fds {
-		if fd.Fd < 0 || fd.Fd > 2 || stdio[fd.Fd] == nil {
+		if fd.Fd < 0 || fd.Fd > 2 {
 			continue
 		}
 		rec := o.recs[fd.FileId]
@@ -104,21 +107,24 @@ func (o *OpenFiles) InheritStdio(root *pb.Process, stdio [3]*os.File, warn func(
 		if !half {
 			continue
 		}
-		fl, err := unix.FcntlInt(stdio[fd.Fd].Fd(), unix.F_GETFL, 0)
-		if err != nil || (mode == unix.O_WRONLY && fl&unix.O_ACCMODE == unix.O_RDONLY) || (mode == unix.O_RDONLY && fl&unix.O_ACCMODE == unix.O_WRONLY) {
+		what := [3]string{"standard input", "standard output", "standard error"}[fd.Fd]
+		usable := stdio[fd.Fd] != nil
+		if usable {
+			fl, err := unix.FcntlInt(stdio[fd.Fd].Fd(), unix.F_GETFL, 0)
+			usable = err == nil && !(mode == unix.O_WRONLY && fl&unix.O_ACCMODE == unix.O_RDONLY) && !(mode == unix.O_RDONLY && fl&unix.O_ACCMODE == unix.O_WRONLY)
+		}
+		if !usable {
+			end := "its next write fails (SIGPIPE)"
+			if mode == unix.O_RDONLY {
+				end = "it reads end of file"
+			}
+			warn(fmt.Sprintf("fd %d of process %d (%s) was a pipe to processes outside the image; it comes back without them, and %s; a restart without --detach gives it the restart's own %s instead", fd.Fd, root.Pid, root.Comm, end, what))
 			continue
 		}
 		if o.inherit == nil {
 			o.inherit = map[uint64]*os.File{}
 		}
 		o.inherit[rec.PipeIno] = stdio[fd.Fd]
-		what := "standard output"
-		switch fd.Fd {
-		case 0:
-			what = "standard input"
-		case 2:
-			what = "standard error"
-		}
 		msg := fmt.Sprintf("fd %d of process %d (%s) was a pipe to processes outside the image; it is now this restart's %s", fd.Fd, root.Pid, root.Comm, what)
 		if unread > 0 {
 			msg += fmt.Sprintf(" (the %d bytes that were waiting in the pipe stay with the old one)", unread)

@@ -40,7 +40,8 @@ func TestInheritStdio(t *testing.T) {
 	if len(o.inherit) != 1 || o.inherit[10] != w {
 		t.Errorf("inherited %v, want pipe 10 only", o.inherit)
 	}
-	if len(said) != 1 || !strings.Contains(said[0], "fd 1 of process 7 (prog) was a pipe to processes outside the image; it is now this restart's standard output") {
+	if len(said) != 2 || !strings.Contains(said[0], "fd 0 of process 7 (prog) was a pipe to processes outside the image; it comes back without them, and it reads end of file") ||
+		!strings.Contains(said[1], "fd 1 of process 7 (prog) was a pipe to processes outside the image; it is now this restart's standard output") {
 		t.Errorf("said %q", said)
 	}
 	f, _, err := o.Get(1)

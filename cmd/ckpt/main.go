@@ -305,10 +305,15 @@ as the process runs.`,
 				}
 			}
 			prog := startProgress("restart", total)
-			// The image on standard input is no standard input to give.
-			stdio := [3]*os.File{os.Stdin, os.Stdout, os.Stderr}
-			if in == io.Reader(os.Stdin) {
-				stdio[0] = nil
+			// The image on standard input is no standard input to give;
+			// a detached restart gives none: whoever runs it would wait
+			// for the end of a pipe the process then keeps open.
+			var stdio [3]*os.File
+			if !detach {
+				stdio = [3]*os.File{os.Stdin, os.Stdout, os.Stderr}
+				if in == io.Reader(os.Stdin) {
+					stdio[0] = nil
+				}
 			}
 			res, err := restart.Run(restart.Options{In: in, Warn: warn, Fault: os.Getenv("CKPT_FAULT"), Terminal: term, Stdio: stdio, Foreground: !detach, Progress: &prog.count, SignalsArmed: armed, VdsoProxy: vdsoProxy, IgnoreCPU: ignoreCPU})
 			prog.finish()
