@@ -63,11 +63,11 @@ int main(void)
 		pause();
 
 	long before[2] = {count[0], count[1]};
-	struct timespec pause_for = {0, 50 * 1000 * 1000};
+	struct timespec pause_for = {0, 200 * 1000 * 1000};
 	nanosleep(&pause_for, NULL);
 	for (int i = 0; i < 2; i++)
-		if (count[i] - before[i] < 1000)
-			fail("thread %d made %ld calls in 50 ms", i, count[i] - before[i]);
+		if (count[i] - before[i] < 100) /* millions when it runs */
+			fail("thread %d made %ld calls in 200 ms", i, count[i] - before[i]);
 	if (backwards)
 		fail("CLOCK_MONOTONIC went back");
 	struct timespec rt, res;
