@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -85,6 +86,12 @@ func DumpTask(pid int, p *pb.Process) error {
 	if p.Cwd, err = os.Readlink(proc.Path(pid, "cwd")); err != nil {
 		return err
 	}
+	if cwd, ok := strings.CutSuffix(p.Cwd, " (deleted)"); ok {
+		var st unix.Stat_t
+		if err := unix.Stat(proc.Path(pid, "cwd"), &st); err == nil && st.Nlink == 0 {
+			p.Cwd, p.CwdDeleted = cwd, true
+		}
+	}
 	if p.Root, err = os.Readlink(proc.Path(pid, "root")); err != nil {
 		return err
 	}
@@ -118,7 +125,13 @@ func RestoreTask(t *Target, p *pb.Process) error {
 		return err
 	}
 	calls = append(calls, name)
-	addr, err := d.putString(p.Cwd)
+	cwd := p.Cwd
+	if p.CwdDeleted {
+		if cwd, err = makeDeletedCwd(t, d, p.Cwd); err != nil {
+			return err
+		}
+	}
+	addr, err := d.putString(cwd)
 	if err != nil {
 		return err
 	}
@@ -126,6 +139,12 @@ func RestoreTask(t *Target, p *pb.Process) error {
 		Err: func(err error) error {
 			return fmt.Errorf("change directory to %s (it must exist at restart): %w", p.Cwd, err)
 		}})
+	if p.CwdDeleted {
+		// Removed again once entered: the process is in a deleted
+		// directory, as it was.
+		calls = append(calls, Call{Nr: unix.SYS_RMDIR, Args: []uint64{addr},
+			Err: func(err error) error { return fmt.Errorf("remove the remade working directory %s: %w", cwd, err) }})
+	}
 	if p.Root != "/" && p.Root != "" {
 		if addr, err = d.putString(p.Root); err != nil {
 			return err
@@ -143,6 +162,31 @@ func RestoreTask(t *Target, p *pb.Process) error {
 	}
 	_, err = t.Batch(calls)
 	return err
+}
+
+// makeDeletedCwd makes, in the stub's view of the filesystem, a directory
+// to stand for the deleted working directory path: at path if that is
+// free (so that /proc shows the same name, " (deleted)"), else beside it.
+// d holds the path strings; what it returns is the directory made.
+func makeDeletedCwd(t *Target, d *batchData, path string) (string, error) {
+	if !filepath.IsAbs(path) || filepath.Clean(path) != path || path == "/" {
+		return "", fmt.Errorf("image damaged: deleted working directory %q", path)
+	}
+	try := path
+	for i := 0; ; i++ {
+		addr, err := d.putString(try)
+		if err != nil {
+			return "", err
+		}
+		_, err = t.Syscall(unix.SYS_MKDIR, addr, 0o700)
+		if err == nil {
+			return try, nil
+		}
+		if !errors.Is(err, unix.EEXIST) || i == 10 {
+			return "", fmt.Errorf("make the deleted working directory %s again: %w (its parent must exist at restart)", path, err)
+		}
+		try = filepath.Join(filepath.Dir(path), fmt.Sprintf(".ckpt-deleted-%d-%s", i, filepath.Base(path)))
+	}
 }
 
 // readProcNumber reads a /proc/PID file that holds one number in base.

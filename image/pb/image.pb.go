@@ -3210,6 +3210,11 @@ type Process struct {
 	// SECBIT_KEEP_CAPS and the like, with their locks), read from its main
 	// thread. Older images have 0, and lost them.
 	Securebits uint32 `protobuf:"varint,35,opt,name=securebits,proto3" json:"securebits,omitempty"`
+	// cwd_deleted says that cwd (then without " (deleted)") was removed
+	// while the process was in it (rmdir of its working directory): restart
+	// makes a directory there, enters it and removes it again. Older images
+	// have cwd with the suffix, which no restart could enter.
+	CwdDeleted bool `protobuf:"varint,36,opt,name=cwd_deleted,json=cwdDeleted,proto3" json:"cwd_deleted,omitempty"`
 	// ns are the namespaces the process is in.
 	Ns            *NsIds `protobuf:"bytes,50,opt,name=ns,proto3" json:"ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -3489,6 +3494,13 @@ func (x *Process) GetSecurebits() uint32 {
 		return x.Securebits
 	}
 	return 0
+}
+
+func (x *Process) GetCwdDeleted() bool {
+	if x != nil {
+		return x.CwdDeleted
+	}
+	return false
 }
 
 func (x *Process) GetNs() *NsIds {
@@ -6117,7 +6129,8 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\aambient\x18\x05 \x01(\x04R\aambient\"9\n" +
 	"\rSeccompFilter\x12\x12\n" +
 	"\x04prog\x18\x01 \x01(\fR\x04prog\x12\x14\n" +
-	"\x05flags\x18\x02 \x01(\x04R\x05flags\"\xef\t\n" +
+	"\x05flags\x18\x02 \x01(\x04R\x05flags\"\x90\n" +
+	"\n" +
 	"\aProcess\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x12\n" +
 	"\x04ppid\x18\x02 \x01(\rR\x04ppid\x12\x12\n" +
@@ -6163,7 +6176,9 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"xcomp_perm\x18\" \x01(\x04R\txcompPerm\x12\x1e\n" +
 	"\n" +
 	"securebits\x18# \x01(\rR\n" +
-	"securebits\x12$\n" +
+	"securebits\x12\x1f\n" +
+	"\vcwd_deleted\x18$ \x01(\bR\n" +
+	"cwdDeleted\x12$\n" +
 	"\x02ns\x182 \x01(\v2\x14.ckpt.image.v1.NsIdsR\x02nsB\x10\n" +
 	"\x0e_oom_score_adj\"5\n" +
 	"\aPageRun\x12\x12\n" +

@@ -2379,6 +2379,18 @@ func (m *Process) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i--
 		dAtA[i] = 0x92
 	}
+	if m.CwdDeleted {
+		i--
+		if m.CwdDeleted {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x2
+		i--
+		dAtA[i] = 0xa0
+	}
 	if m.Securebits != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.Securebits))
 		i--
@@ -5709,6 +5721,9 @@ func (m *Process) SizeVT() (n int) {
 	}
 	if m.Securebits != 0 {
 		n += 2 + protohelpers.SizeOfVarint(uint64(m.Securebits))
+	}
+	if m.CwdDeleted {
+		n += 3
 	}
 	if m.Ns != nil {
 		l = m.Ns.SizeVT()
@@ -13731,6 +13746,26 @@ func (m *Process) UnmarshalVT(dAtA []byte) error {
 					break
 				}
 			}
+		case 36:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field CwdDeleted", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.CwdDeleted = bool(v != 0)
 		case 50:
 			if wireType != 2 {
 				return fmt.Errorf("proto: wrong wireType = %d for field Ns", wireType)

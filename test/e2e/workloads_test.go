@@ -57,6 +57,29 @@ func workloads() []workload {
 		{name: "job-stopped", argv: cWorkload("jobstop"), signal: true, settle: 20 * time.Millisecond},
 		{name: "seccomp", argv: cWorkload("seccomp"), signal: true, settle: 20 * time.Millisecond},
 		{name: "deleted-files", argv: cWorkload("deleted"), signal: true, settle: 20 * time.Millisecond},
+		{name: "deleted-cwd", argv: func(t *testing.T) []string {
+			// Its working directory removed while it is in it.
+			return []string{"python3", "-c", `import errno, os, signal
+os.mkdir("gone")
+os.chdir("gone")
+want = os.getcwd() + " (deleted)"
+os.rmdir("../gone")
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+print("READY", flush=True)
+signal.sigwait({signal.SIGUSR2})
+fails = []
+if os.readlink("/proc/self/cwd") != want:
+    fails.append("cwd is " + os.readlink("/proc/self/cwd") + ", want " + want)
+if os.stat(".").st_nlink != 0:
+    fails.append("cwd has links")
+try:
+    open("x", "w")
+    fails.append("a file could be made in the deleted directory")
+except OSError as e:
+    if e.errno != errno.ENOENT:
+        fails.append("making a file: " + str(e))
+print("FAIL: " + "; ".join(fails) if fails else "PASS", flush=True)`}
+		}, signal: true, settle: 20 * time.Millisecond},
 		{name: "vdso", argv: cWorkload("vdso"), signal: true, settle: 50 * time.Millisecond, restoredLine: "vdso in place"},
 		// As under another kernel: the program's vDSO functions run from a
 		// proxy that jumps to this kernel's.
