@@ -1043,7 +1043,13 @@ func dump(opts *Options, stats *Stats) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := files.CheckSocketPeers(); err != nil {
+	stdio := map[uint32]bool{}
+	for _, fd := range procs[0].Fds {
+		if fd.Fd <= 2 {
+			stdio[fd.FileId] = true
+		}
+	}
+	if err := files.CheckSocketPeers(stdio); err != nil {
 		return err
 	}
 	for _, z := range ft.zombies {

@@ -463,8 +463,8 @@ type OpenFiles struct {
 	filling map[[2]uint64]*deletedFill
 	last    *pb.File
 	// inherit maps a pipe (by inode) that InheritStdio replaced to ckpt's
-	// own descriptor.
-	inherit map[uint64]*os.File
+	// own descriptor, inheritSock an external socket (by inode).
+	inherit, inheritSock map[uint64]*os.File
 	// sockets are the sockets made again, by their inode in the image.
 	sockets map[uint64]*os.File
 	// repairs are the restored TCP connections still in repair mode.

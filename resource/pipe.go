@@ -93,6 +93,10 @@ func (o *OpenFiles) InheritStdio(root *pb.Process, stdio [3]*os.File, warn func(
 			continue
 		}
 		rec := o.recs[fd.FileId]
+		if rec != nil && rec.Kind == pb.File_SOCKET && rec.Socket != nil && rec.Socket.External {
+			o.inheritSocket(root, fd.Fd, rec, stdio[fd.Fd], warn)
+			continue
+		}
 		if rec == nil || rec.Kind != pb.File_PIPE || o.inherit[rec.PipeIno] != nil {
 			continue
 		}
@@ -131,6 +135,41 @@ func (o *OpenFiles) InheritStdio(root *pb.Process, stdio [3]*os.File, warn func(
 		}
 		warn(msg)
 	}
+}
+
+// inheritSocket is InheritStdio for an external socket (pb.Socket), the
+// root's descriptor n: it becomes f if f is open for that use (reading for
+// standard input, writing for the others); otherwise the socket comes
+// back with its other end closed.
+func (o *OpenFiles) inheritSocket(root *pb.Process, n int32, rec *pb.File, f *os.File, warn func(string)) {
+	s := rec.Socket
+	if o.inheritSock[s.Ino] != nil {
+		return
+	}
+	what := [3]string{"standard input", "standard output", "standard error"}[n]
+	usable := f != nil
+	if usable {
+		fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
+		mode := fl & unix.O_ACCMODE
+		usable = err == nil && ((n == 0 && mode != unix.O_WRONLY) || (n > 0 && mode != unix.O_RDONLY))
+	}
+	waiting := 0
+	for _, m := range s.Queue {
+		waiting += len(m)
+	}
+	if !usable {
+		warn(fmt.Sprintf("fd %d of process %d (%s) was a socket connected to a process outside the image; it comes back with its other end closed (its next write fails, reads see the %d bytes that were waiting, then end of file); a restart without --detach gives it the restart's own %s instead", n, root.Pid, root.Comm, waiting, what))
+		return
+	}
+	if o.inheritSock == nil {
+		o.inheritSock = map[uint64]*os.File{}
+	}
+	o.inheritSock[s.Ino] = f
+	msg := fmt.Sprintf("fd %d of process %d (%s) was a socket connected to a process outside the image; it is now this restart's %s", n, root.Pid, root.Comm, what)
+	if waiting > 0 {
+		msg += fmt.Sprintf(" (the %d bytes that were waiting in it are dropped)", waiting)
+	}
+	warn(msg)
 }
 
 // openPipeEnd returns ckpt's copy of the end rec describes, creating and

@@ -509,9 +509,12 @@ func refuseRights(oob []byte) error {
 
 // CheckSocketPeers refuses a pair of which only one end was checkpointed
 // while a process outside holds the other (the pair cannot be made again
-// across the checkpoint's border). sock_diag is asked from the network
-// namespace of the process that holds the checkpointed end.
-func (s *FileSet) CheckSocketPeers() error {
+// across the checkpoint's border), except on the root's standard
+// descriptors (stdio, by file id): those are marked external, for the
+// restart to give the root its own (see OpenFiles.InheritStdio), as it
+// does for pipes. sock_diag is asked from the network namespace of the
+// process that holds the checkpointed end.
+func (s *FileSet) CheckSocketPeers(stdio map[uint32]bool) error {
 	held := map[uint64]bool{}
 	for _, f := range s.Files {
 		if f.Socket != nil {
@@ -529,6 +532,10 @@ func (s *FileSet) CheckSocketPeers() error {
 		}
 		if err != nil {
 			return err
+		}
+		if stdio[uint32(id+1)] && f.Socket.Family == unix.AF_UNIX && f.Socket.Type != unix.SOCK_DGRAM {
+			f.Socket.External = true
+			continue
 		}
 		return fmt.Errorf("fd %d of process %d (socket:[%d]) is connected to socket:[%d], which a process outside the checkpoint holds: %w (checkpoint both, e.g. their common parent's tree)",
 			owner[1], owner[0], f.Socket.Ino, f.Socket.PeerIno, ErrUnsupported)
@@ -582,6 +589,17 @@ func (o *OpenFiles) openSocket(rec *pb.File) (*os.File, error) {
 	s := rec.Socket
 	if f := o.sockets[s.Ino]; f != nil {
 		return f, nil
+	}
+	if f := o.inheritSock[s.Ino]; f != nil && s.External {
+		// ckpt's own descriptor (InheritStdio): a copy, its status flags
+		// left as they are.
+		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("copy ckpt's descriptor for socket:[%d]: %w", s.Ino, err)
+		}
+		nf := os.NewFile(uintptr(fd), f.Name())
+		o.sockets[s.Ino] = nf
+		return nf, nil
 	}
 	if s.Inet != nil {
 		f, err := o.openInet(rec)

@@ -1087,7 +1087,12 @@ type Socket struct {
 	// set itself (1 send, 2 receive); the kernel tunes the others as the
 	// traffic needs. Absent in older images and from older kernels: both
 	// sizes stay as the restart sets them.
-	BufLock       *uint32 `protobuf:"varint,21,opt,name=buf_lock,json=bufLock,proto3,oneof" json:"buf_lock,omitempty"`
+	BufLock *uint32 `protobuf:"varint,21,opt,name=buf_lock,json=bufLock,proto3,oneof" json:"buf_lock,omitempty"`
+	// external marks a unix socket on the root's descriptor 0, 1 or 2 whose
+	// other end (peer_ino) a process outside the image held, e.g. journald's
+	// end of a service's standard output. Restart gives the root its own
+	// descriptor of that number instead, or, detached, this end alone.
+	External      bool `protobuf:"varint,22,opt,name=external,proto3" json:"external,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1267,6 +1272,13 @@ func (x *Socket) GetBufLock() uint32 {
 		return *x.BufLock
 	}
 	return 0
+}
+
+func (x *Socket) GetExternal() bool {
+	if x != nil {
+		return x.External
+	}
+	return false
 }
 
 // InetSocket is a TCP socket that listens or is not connected, or a UDP
@@ -5914,7 +5926,7 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x04Kind\x12\t\n" +
 	"\x05POSIX\x10\x00\x12\t\n" +
 	"\x05FLOCK\x10\x01\x12\a\n" +
-	"\x03OFD\x10\x02\"\xd5\x04\n" +
+	"\x03OFD\x10\x02\"\xf1\x04\n" +
 	"\x06Socket\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\rR\x04type\x12\x10\n" +
 	"\x03ino\x18\x02 \x01(\x04R\x03ino\x12\x19\n" +
@@ -5939,7 +5951,8 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\tname_mode\x18\x12 \x01(\rR\bnameMode\x12\x19\n" +
 	"\bname_uid\x18\x13 \x01(\rR\anameUid\x12\x19\n" +
 	"\bname_gid\x18\x14 \x01(\rR\anameGid\x12\x1e\n" +
-	"\bbuf_lock\x18\x15 \x01(\rH\x00R\abufLock\x88\x01\x01B\v\n" +
+	"\bbuf_lock\x18\x15 \x01(\rH\x00R\abufLock\x88\x01\x01\x12\x1a\n" +
+	"\bexternal\x18\x16 \x01(\bR\bexternalB\v\n" +
 	"\t_buf_lock\"\xc4\x05\n" +
 	"\n" +
 	"InetSocket\x12\x1a\n" +

@@ -664,6 +664,18 @@ func (m *Socket) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.External {
+		i--
+		if m.External {
+			dAtA[i] = 1
+		} else {
+			dAtA[i] = 0
+		}
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xb0
+	}
 	if m.BufLock != nil {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(*m.BufLock))
 		i--
@@ -4930,6 +4942,9 @@ func (m *Socket) SizeVT() (n int) {
 	if m.BufLock != nil {
 		n += 2 + protohelpers.SizeOfVarint(uint64(*m.BufLock))
 	}
+	if m.External {
+		n += 3
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -8678,6 +8693,26 @@ func (m *Socket) UnmarshalVT(dAtA []byte) error {
 				}
 			}
 			m.BufLock = &v
+		case 22:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field External", wireType)
+			}
+			var v int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.External = bool(v != 0)
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])

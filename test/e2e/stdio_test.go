@@ -52,15 +52,35 @@ func (lr *lineReader) waitFor(t *testing.T, n int) []string {
 }
 
 // TestPipelineMember checkpoints the writer of a pipeline whose reader is
-// not in the image (`loop | reader`). Restarted (not detached), it writes
-// to the restart's standard output (a new reader), where its numbers go on
-// from the last the old reader got, none lost or repeated; before, the
-// pipe came back without a reader and the first write killed it
-// (SIGPIPE). A detached restart gives it nothing of its own (its caller,
-// here one that collects the restart's output, would wait for the
-// process's end) and says so.
+// not in the image (`loop | reader`), and a writer whose standard output
+// is a unix socket a process outside holds (a service's output to
+// journald). Restarted (not detached), it writes to the restart's
+// standard output (a new reader), where its numbers go on from the last
+// the old reader got, none lost or repeated; before, the pipe came back
+// without a reader and the first write killed it (SIGPIPE), and the
+// socket was refused. A detached restart gives it nothing of its own (its
+// caller, here one that collects the restart's output, would wait for
+// the process's end) and says so.
 func TestPipelineMember(t *testing.T) {
-	r1, w1, err := os.Pipe()
+	for _, tc := range []struct {
+		name, what, alone string
+		channel           func() (r, w *os.File, err error)
+	}{
+		{"pipe", "was a pipe to processes outside the image", "it comes back without them, and its next write fails (SIGPIPE)", os.Pipe},
+		{"socket", "was a socket connected to a process outside the image", "it comes back with its other end closed", func() (r, w *os.File, err error) {
+			fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return nil, nil, err
+			}
+			return os.NewFile(uintptr(fds[0]), "outside"), os.NewFile(uintptr(fds[1]), "inside"), nil
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { pipelineMember(t, tc.what, tc.alone, tc.channel) })
+	}
+}
+
+func pipelineMember(t *testing.T, what, alone string, channel func() (r, w *os.File, err error)) {
+	r1, w1, err := channel()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,17 +104,17 @@ func TestPipelineMember(t *testing.T) {
 	select {
 	case <-old.done: // every writer gone: the old reader has all there was
 	case <-time.After(5 * time.Second):
-		t.Fatal("the old pipe has a writer left after the checkpoint --kill")
+		t.Fatal("the old channel has a writer left after the checkpoint --kill")
 	}
 	before := old.lines
 
 	// Detached, with the restart's output collected: it returns, and the
-	// process runs on with a pipe of its own.
+	// process runs on with a channel of its own.
 	out, err := exec.Command(ckptBin, "restart", "--detach", img).CombinedOutput()
 	if err != nil {
 		t.Fatalf("restart --detach: %v\n%s", err, out)
 	}
-	if !strings.Contains(string(out), "fd 1 of process "+strconv.Itoa(pid)+" (bash) was a pipe to processes outside the image; it comes back without them, and its next write fails (SIGPIPE); a restart without --detach gives it the restart's own standard output instead") {
+	if !strings.Contains(string(out), "fd 1 of process "+strconv.Itoa(pid)+" (bash) "+what+"; "+alone) {
 		t.Errorf("restart --detach does not say what became of fd 1:\n%s", out)
 	}
 	killTree(pid)
@@ -120,7 +140,7 @@ func TestPipelineMember(t *testing.T) {
 	killTree(pid)
 	msg, _ := io.ReadAll(stderr)
 	rs.Wait()
-	if !strings.Contains(string(msg), "fd 1 of process "+strconv.Itoa(pid)+" (bash) was a pipe to processes outside the image; it is now this restart's standard output") {
+	if !strings.Contains(string(msg), "fd 1 of process "+strconv.Itoa(pid)+" (bash) "+what+"; it is now this restart's standard output") {
 		t.Errorf("restart does not say what became of fd 1:\n%s", msg)
 	}
 	all := append(append([]string(nil), before...), after...)
