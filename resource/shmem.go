@@ -54,7 +54,17 @@ func (s *FileSet) shmemObject(path, name string) (uint32, error) {
 	if id, ok := s.shmem[key]; ok {
 		return id, nil
 	}
-	id := s.add(&pb.File{Kind: pb.File_SHMEM, Path: strings.TrimSuffix(name, " (deleted)"), Size: st.Size, Mode: st.Mode})
+	f := &pb.File{Kind: pb.File_SHMEM, Path: strings.TrimSuffix(name, " (deleted)"), Size: st.Size, Mode: st.Mode}
+	// Its seals: a memfd made with MFD_ALLOW_SEALING may have none yet
+	// (and get some later), any other has F_SEAL_SEAL.
+	if fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+		if seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0); err == nil {
+			v := uint32(seals)
+			f.Seals = &v
+		}
+		unix.Close(fd)
+	}
+	id := s.add(f)
 	s.shmem[key] = id
 	s.shmemSrc[id] = shmemSource{path: path}
 	return id, nil
@@ -131,7 +141,11 @@ func dumpShmemObject(f *pb.File, path string, w *image.Writer, buf []byte) error
 // openShmem creates the memfd standing for a SHMEM object.
 func openShmem(rec *pb.File) (*os.File, error) {
 	name := strings.TrimPrefix(strings.TrimPrefix(rec.Path, "/memfd:"), "/")
-	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC)
+	flags := unix.MFD_CLOEXEC
+	if rec.Seals != nil {
+		flags |= unix.MFD_ALLOW_SEALING // its seals are set by SealShmem
+	}
+	fd, err := unix.MemfdCreate(name, flags)
 	if err != nil {
 		return nil, fmt.Errorf("create shared memory %s: %w", rec.Path, err)
 	}
@@ -145,6 +159,23 @@ func openShmem(rec *pb.File) (*os.File, error) {
 		return nil, fmt.Errorf("size shared memory %s: %w", rec.Path, err)
 	}
 	return f, nil
+}
+
+// SealShmem gives every shared memory object its seals back, once its
+// pages are in and the areas that map it have their final protections. A
+// seal the kernel refuses now (F_SEAL_WRITE while an area maps the object
+// writable) is reported through warn, not fatal: the process runs as
+// before, only without it.
+func (o *OpenFiles) SealShmem(warn func(string)) {
+	for id, rec := range o.recs {
+		f := o.byID[id]
+		if rec.Kind != pb.File_SHMEM || rec.Seals == nil || *rec.Seals == 0 || f == nil {
+			continue
+		}
+		if _, err := unix.FcntlInt(f.Fd(), unix.F_ADD_SEALS, int(*rec.Seals)); err != nil {
+			warn(fmt.Sprintf("shared memory %s: its seals %#x are not set again: %v", rec.Path, *rec.Seals, err))
+		}
+	}
 }
 
 // RestoreShmemPages writes the pages of one PAGES record into the memfd

@@ -390,6 +390,11 @@ func restore(opts *Options) (res *Result, err error) {
 			return nil, fmt.Errorf("process %d (%s): %w", t.p.Pid, t.p.Comm, err)
 		}
 	}
+	files.SealShmem(func(msg string) {
+		if opts.Warn != nil {
+			opts.Warn(msg)
+		}
+	})
 	opts.mark("finish")
 	for _, t := range tasks {
 		if t.p.Zombie || t.mmOwner != nil {

@@ -647,6 +647,10 @@ type File struct {
 	Locks         []*FileLock `protobuf:"bytes,29,rep,name=locks,proto3" json:"locks,omitempty"`
 	DeletedChunks bool        `protobuf:"varint,30,opt,name=deleted_chunks,json=deletedChunks,proto3" json:"deleted_chunks,omitempty"`
 	DeletedSize   int64       `protobuf:"varint,31,opt,name=deleted_size,json=deletedSize,proto3" json:"deleted_size,omitempty"`
+	// seals of a SHMEM object (F_GET_SEALS: F_SEAL_SEAL, SHRINK, GROW,
+	// WRITE, FUTURE_WRITE, ...), set again once its pages are in. Absent in
+	// older images, whose objects came back with sealing not allowed.
+	Seals         *uint32 `protobuf:"varint,32,opt,name=seals,proto3,oneof" json:"seals,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -894,6 +898,13 @@ func (x *File) GetDeletedChunks() bool {
 func (x *File) GetDeletedSize() int64 {
 	if x != nil {
 		return x.DeletedSize
+	}
+	return 0
+}
+
+func (x *File) GetSeals() uint32 {
+	if x != nil && x.Seals != nil {
+		return *x.Seals
 	}
 	return 0
 }
@@ -5856,7 +5867,8 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x0fXstateComponent\x12\x18\n" +
 	"\afeature\x18\x01 \x01(\rR\afeature\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\rR\x06offset\x12\x12\n" +
-	"\x04size\x18\x03 \x01(\rR\x04size\"\xef\t\n" +
+	"\x04size\x18\x03 \x01(\rR\x04size\"\x94\n" +
+	"\n" +
 	"\x04File\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12,\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x18.ckpt.image.v1.File.KindR\x04kind\x12\x12\n" +
@@ -5894,7 +5906,8 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"deletedDev\x12-\n" +
 	"\x05locks\x18\x1d \x03(\v2\x17.ckpt.image.v1.FileLockR\x05locks\x12%\n" +
 	"\x0edeleted_chunks\x18\x1e \x01(\bR\rdeletedChunks\x12!\n" +
-	"\fdeleted_size\x18\x1f \x01(\x03R\vdeletedSize\"\xbb\x01\n" +
+	"\fdeleted_size\x18\x1f \x01(\x03R\vdeletedSize\x12\x19\n" +
+	"\x05seals\x18  \x01(\rH\x00R\x05seals\x88\x01\x01\"\xbb\x01\n" +
 	"\x04Kind\x12\v\n" +
 	"\aUNKNOWN\x10\x00\x12\v\n" +
 	"\aREGULAR\x10\x01\x12\r\n" +
@@ -5912,7 +5925,8 @@ const file_image_pb_image_proto_rawDesc = "" +
 	"\x04FIFO\x10\f\x12\v\n" +
 	"\aINOTIFY\x10\r\x12\n" +
 	"\n" +
-	"\x06SOCKET\x10\x0e\"O\n" +
+	"\x06SOCKET\x10\x0eB\b\n" +
+	"\x06_seals\"O\n" +
 	"\bFileData\x12\x17\n" +
 	"\afile_id\x18\x01 \x01(\rR\x06fileId\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x12\n" +
@@ -6545,6 +6559,7 @@ func file_image_pb_image_proto_init() {
 	if File_image_pb_image_proto != nil {
 		return
 	}
+	file_image_pb_image_proto_msgTypes[3].OneofWrappers = []any{}
 	file_image_pb_image_proto_msgTypes[6].OneofWrappers = []any{}
 	file_image_pb_image_proto_msgTypes[7].OneofWrappers = []any{}
 	file_image_pb_image_proto_msgTypes[12].OneofWrappers = []any{}

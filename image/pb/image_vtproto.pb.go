@@ -284,6 +284,13 @@ func (m *File) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.Seals != nil {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(*m.Seals))
+		i--
+		dAtA[i] = 0x2
+		i--
+		dAtA[i] = 0x80
+	}
 	if m.DeletedSize != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.DeletedSize))
 		i--
@@ -4819,6 +4826,9 @@ func (m *File) SizeVT() (n int) {
 	if m.DeletedSize != 0 {
 		n += 2 + protohelpers.SizeOfVarint(uint64(m.DeletedSize))
 	}
+	if m.Seals != nil {
+		n += 2 + protohelpers.SizeOfVarint(uint64(*m.Seals))
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -7924,6 +7934,26 @@ func (m *File) UnmarshalVT(dAtA []byte) error {
 					break
 				}
 			}
+		case 32:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Seals", wireType)
+			}
+			var v uint32
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				v |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			m.Seals = &v
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])

@@ -102,6 +102,7 @@ print("FAIL: " + "; ".join(fails) if fails else "PASS", flush=True)`}
 		{name: "dead-group-leader", argv: cWorkload("deadleader"), signal: true, settle: 20 * time.Millisecond},
 		{name: "inotify", argv: cWorkload("inotify"), signal: true, settle: 20 * time.Millisecond},
 		{name: "fifo", argv: cWorkload("fifo"), signal: true, settle: 20 * time.Millisecond},
+		{name: "memfd-seals", argv: cWorkload("memfdseal"), signal: true, settle: 20 * time.Millisecond},
 		{name: "shmem", argv: cWorkload("shmem"), signal: true, settle: 50 * time.Millisecond},
 		{name: "tree", argv: cWorkload("tree"), signal: true, settle: 50 * time.Millisecond},
 		{name: "tree-bigmem", argv: func(t *testing.T) []string { return []string{compile(t, "tree"), "big"} }, signal: true, settle: 50 * time.Millisecond},
