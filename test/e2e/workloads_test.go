@@ -37,6 +37,18 @@ type workload struct {
 	restoredLine string
 }
 
+// interp runs the workload test/workloads/script with the interpreter
+// prog (its flags first), skipping the test where prog is missing.
+func interp(prog, script string, flags ...string) func(t *testing.T) []string {
+	return func(t *testing.T) []string {
+		path, err := exec.LookPath(prog)
+		if err != nil {
+			t.Skip("no " + prog)
+		}
+		return append(append([]string{path}, flags...), filepath.Join(repoRoot, "test", "workloads", script))
+	}
+}
+
 func cWorkload(name string, extra ...string) func(t *testing.T) []string {
 	return func(t *testing.T) []string { return []string{compile(t, name, extra...)} }
 }
@@ -126,41 +138,11 @@ print("PASS" if h == "subtree-uts" else "FAIL: host name " + h, flush=True)`}
 		// POSIX semaphores and an arena file, both unlinked, mapped and
 		// opened with O_NOFOLLOW (which broke their reopen until the
 		// twelfth session), worker processes, pipes.
-		{name: "python-multiprocessing", argv: func(t *testing.T) []string {
-			py, err := exec.LookPath("python3")
-			if err != nil {
-				t.Skip("no python3")
-			}
-			return []string{py, filepath.Join(repoRoot, "test", "workloads", "pool.py")}
-		}, signal: true, settle: 50 * time.Millisecond},
-		{name: "node", argv: func(t *testing.T) []string {
-			node, err := exec.LookPath("node")
-			if err != nil {
-				t.Skip("no node")
-			}
-			return []string{node, filepath.Join(repoRoot, "test", "workloads", "server.js")}
-		}, signal: true, settle: 50 * time.Millisecond},
-		{name: "node-vdso-proxy", argv: func(t *testing.T) []string {
-			node, err := exec.LookPath("node")
-			if err != nil {
-				t.Skip("no node")
-			}
-			return []string{node, filepath.Join(repoRoot, "test", "workloads", "server.js")}
-		}, signal: true, settle: 50 * time.Millisecond, restartFlags: []string{"--vdso-proxy"}},
-		{name: "java", argv: func(t *testing.T) []string {
-			java, err := exec.LookPath("java")
-			if err != nil {
-				t.Skip("no java")
-			}
-			return []string{java, "-Xmx64m", "-XX:-UsePerfData", filepath.Join(repoRoot, "test", "workloads", "Counter.java")}
-		}, signal: true, settle: 100 * time.Millisecond},
-		{name: "python3", argv: func(t *testing.T) []string {
-			py, err := exec.LookPath("python3")
-			if err != nil {
-				t.Skip("no python3")
-			}
-			return []string{py, filepath.Join(repoRoot, "test", "workloads", "counter.py")}
-		}, signal: true, settle: 100 * time.Millisecond},
+		{name: "python-multiprocessing", argv: interp("python3", "pool.py"), signal: true, settle: 50 * time.Millisecond},
+		{name: "node", argv: interp("node", "server.js"), signal: true, settle: 50 * time.Millisecond},
+		{name: "node-vdso-proxy", argv: interp("node", "server.js"), signal: true, settle: 50 * time.Millisecond, restartFlags: []string{"--vdso-proxy"}},
+		{name: "java", argv: interp("java", "Counter.java", "-Xmx64m", "-XX:-UsePerfData"), signal: true, settle: 100 * time.Millisecond},
+		{name: "python3", argv: interp("python3", "counter.py"), signal: true, settle: 100 * time.Millisecond},
 	}
 }
 
@@ -355,13 +337,7 @@ exec "$0" "$(hostname)" 0 "awk '{print \$5, \$6, \$9, \$10}' /proc/self/mountinf
 		// rest of the namespace, ckpt's traced zombies included (a
 		// checkpoint --kill hung on it until the twelfth session).
 		{name: "threads", argv: cWorkload("threads"), signal: true, settle: 100 * time.Millisecond, container: []string{"--pid"}},
-		{name: "node", argv: func(t *testing.T) []string {
-			node, err := exec.LookPath("node")
-			if err != nil {
-				t.Skip("no node")
-			}
-			return []string{node, filepath.Join(repoRoot, "test", "workloads", "server.js")}
-		}, signal: true, settle: 50 * time.Millisecond, container: []string{"--pid", "--net", "--mount"}},
+		{name: "node", argv: interp("node", "server.js"), signal: true, settle: 50 * time.Millisecond, container: []string{"--pid", "--net", "--mount"}},
 		// Like a container runtime's: filters on the init itself.
 		{name: "seccomp", argv: cWorkload("seccomp"), signal: true, settle: 20 * time.Millisecond, container: []string{"--pid"}},
 	}
