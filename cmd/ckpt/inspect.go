@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -95,6 +96,13 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 		}
 		if h.SelfTid != 0 {
 			fmt.Fprintf(out, "  self-checkpoint by thread %d\n", h.SelfTid)
+		}
+		if len(h.XstateLayout) > 0 {
+			var fs []string
+			for _, c := range h.XstateLayout {
+				fs = append(fs, strconv.Itoa(int(c.Feature)))
+			}
+			fmt.Fprintf(out, "  CPU's XSAVE components %s; its kernel's vDSO has %d functions\n", strings.Join(fs, " "), len(h.VdsoSymbols))
 		}
 	}
 	var mms []*pb.Mm
@@ -210,6 +218,9 @@ func inspect(in io.Reader, out io.Writer, asJSON bool) error {
 		if s := f.Socket; s != nil {
 			fmt.Fprintf(out, "  %s\n", describeSocket(s))
 		}
+		if f.Seals != nil && *f.Seals != 0 {
+			fmt.Fprintf(out, "  seals %#x\n", *f.Seals)
+		}
 		switch {
 		case f.DeletedChunks:
 			fmt.Fprintf(out, "  deleted file of %d bytes, %d bytes of data stored\n", f.DeletedSize, stored[f.Id])
@@ -263,7 +274,11 @@ func printProcess(out io.Writer, p *pb.Process) {
 	if c := p.Creds; c != nil {
 		fmt.Fprintf(out, "  uid %d/%d/%d gid %d/%d/%d groups %v\n", c.Uid, c.Euid, c.Suid, c.Gid, c.Egid, c.Sgid, c.Groups)
 	}
-	fmt.Fprintf(out, "  cwd %s, root %s, umask %#o, personality %#x\n", p.Cwd, p.Root, p.Umask, p.Personality)
+	cwd := p.Cwd
+	if p.CwdDeleted {
+		cwd += " (removed)"
+	}
+	fmt.Fprintf(out, "  cwd %s, root %s, umask %#o, personality %#x\n", cwd, p.Root, p.Umask, p.Personality)
 	if a := processAttrs(p); a != "" {
 		fmt.Fprintf(out, "  %s\n", a)
 	}
@@ -433,6 +448,9 @@ func describeSocket(s *pb.Socket) string {
 	}
 	if s.PeerIno != 0 {
 		d += fmt.Sprintf(", paired with socket:[%d]", s.PeerIno)
+		if s.External {
+			d += " (held outside the image: restart gives its own descriptor)"
+		}
 	}
 	n := 0
 	for _, m := range s.Queue {
