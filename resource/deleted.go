@@ -200,11 +200,18 @@ func (o *OpenFiles) AddData(d *pb.FileData, inPlace bool) error {
 // openDeleted returns a new description of the deleted file rec names,
 // making the file again on first use of its inode.
 func (o *OpenFiles) openDeleted(rec *pb.File) (*os.File, error) {
-	if !filepath.IsAbs(rec.Path) || filepath.Clean(rec.Path) != rec.Path {
+	if !filepath.IsAbs(rec.Path) || filepath.Clean(rec.Path) != rec.Path || rec.Path == "/" {
 		return nil, fmt.Errorf("image damaged: deleted file at %q", rec.Path)
 	}
 	key := [2]uint64{rec.DeletedDev, rec.DeletedIno}
 	inode := o.deleted[key]
+	if inode == nil && rec.Kind == pb.File_DIRECTORY {
+		var err error
+		if inode, err = o.makeDeletedDir(rec); err != nil {
+			return nil, err
+		}
+		o.deleted[key] = inode
+	}
 	if inode == nil {
 		var first *pb.File
 		for _, r := range o.recs {
@@ -232,6 +239,39 @@ func (o *OpenFiles) openDeleted(rec *pb.File) (*os.File, error) {
 		}
 	}
 	return f, nil
+}
+
+// makeDeletedDir makes a directory removed while a process held it open
+// again: made at its path if free (or beside it), opened, given its owner
+// and mode, and removed. A removed directory is empty, and stays so.
+func (o *OpenFiles) makeDeletedDir(rec *pb.File) (*os.File, error) {
+	path := o.path(rec.Path)
+	err := os.Mkdir(path, 0o700)
+	for i := 0; os.IsExist(err) && i < 100; i++ {
+		path = filepath.Join(filepath.Dir(o.path(rec.Path)), fmt.Sprintf(".ckpt-deleted-%d-%s", i, filepath.Base(rec.Path)))
+		err = os.Mkdir(path, 0o700)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("make the removed directory %s again: %w (its parent must exist at restart)", rec.Path, err)
+	}
+	defer os.Remove(path)
+	d, err := os.OpenFile(path, os.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open the remade directory %s: %w", rec.Path, err)
+	}
+	if err := d.Chown(int(rec.DeletedUid), int(rec.DeletedGid)); err != nil && !(os.IsPermission(err) && os.Geteuid() != 0) {
+		d.Close()
+		return nil, fmt.Errorf("the removed directory %s: %w", rec.Path, err)
+	}
+	if err := unix.Fchmod(int(d.Fd()), rec.Mode&0o7777); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("the removed directory %s: %w", rec.Path, err)
+	}
+	if err := os.Remove(path); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("remove the remade directory %s: %w", path, err)
+	}
+	return d, nil
 }
 
 // createDeleted makes an empty file for the deleted file rec, at its old

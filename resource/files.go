@@ -288,10 +288,15 @@ func describeFile(pid int, ref *FdRef, full bool) (*pb.File, error) {
 		}
 		if strings.HasSuffix(target, " (deleted)") {
 			p, ok := deletedPath(target, st)
-			if !ok || st.Mode&unix.S_IFMT != unix.S_IFREG {
-				return nil, fmt.Errorf("fd %d of process %d is %s, unlinked but with other links left or no regular file: %w yet", fd, pid, target, ErrUnsupported)
+			if !ok {
+				return nil, fmt.Errorf("fd %d of process %d is %s, unlinked but with other links left: %w yet", fd, pid, target, ErrUnsupported)
 			}
 			f.Path, f.Deleted, f.DeletedDev, f.DeletedIno = p, true, st.Dev, st.Ino
+			if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+				// A removed directory: empty, nothing to keep but its
+				// owner and mode (see openDeletedDir).
+				f.DeletedUid, f.DeletedGid = st.Uid, st.Gid
+			}
 		}
 		f.Kind = pb.File_REGULAR
 		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
@@ -396,7 +401,7 @@ func (s *FileSet) addFd(pid, fd int, f *pb.File) (uint32, error) {
 	if id := s.sameDescription(pid, fd, f); id != 0 {
 		return id, nil
 	}
-	if f.Deleted && !s.deleted[[2]uint64{f.DeletedDev, f.DeletedIno}] {
+	if f.Deleted && f.Kind == pb.File_REGULAR && !s.deleted[[2]uint64{f.DeletedDev, f.DeletedIno}] {
 		s.deleted[[2]uint64{f.DeletedDev, f.DeletedIno}] = true
 		if err := s.saveDeleted(proc.Path(pid, "fd/"+strconv.Itoa(fd)), f); err != nil {
 			return 0, fmt.Errorf("fd %d of process %d: %w", fd, pid, err)

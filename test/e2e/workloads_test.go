@@ -70,8 +70,14 @@ func workloads() []workload {
 		{name: "seccomp", argv: cWorkload("seccomp"), signal: true, settle: 20 * time.Millisecond},
 		{name: "deleted-files", argv: cWorkload("deleted"), signal: true, settle: 20 * time.Millisecond},
 		{name: "deleted-cwd", argv: func(t *testing.T) []string {
-			// Its working directory removed while it is in it.
-			return []string{"python3", "-c", `import errno, os, signal
+			// Its working directory removed while it is in it, and
+			// another directory removed while it holds it open.
+			return []string{"python3", "-c", `import errno, os, signal, stat
+os.mkdir("held", 0o751)
+os.chmod("held", 0o751)
+dfd = os.open("held", os.O_RDONLY | os.O_DIRECTORY)
+wantd = os.path.abspath("held") + " (deleted)"
+os.rmdir("held")
 os.mkdir("gone")
 os.chdir("gone")
 want = os.getcwd() + " (deleted)"
@@ -90,6 +96,13 @@ try:
 except OSError as e:
     if e.errno != errno.ENOENT:
         fails.append("making a file: " + str(e))
+st = os.fstat(dfd)
+if not stat.S_ISDIR(st.st_mode) or st.st_nlink != 0 or stat.S_IMODE(st.st_mode) != 0o751:
+    fails.append("the held directory: mode %o, %d links" % (st.st_mode, st.st_nlink))
+if os.readlink("/proc/self/fd/%d" % dfd) != wantd:
+    fails.append("the held directory is " + os.readlink("/proc/self/fd/%d" % dfd))
+if os.listdir(dfd) != []:
+    fails.append("the held directory lists entries")
 print("FAIL: " + "; ".join(fails) if fails else "PASS", flush=True)`}
 		}, signal: true, settle: 20 * time.Millisecond},
 		{name: "vdso", argv: cWorkload("vdso"), signal: true, settle: 50 * time.Millisecond, restoredLine: "vdso in place"},
