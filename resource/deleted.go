@@ -254,22 +254,23 @@ func (o *OpenFiles) makeDeletedDir(rec *pb.File) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("make the removed directory %s again: %w (its parent must exist at restart)", rec.Path, err)
 	}
-	defer os.Remove(path)
 	d, err := os.OpenFile(path, os.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err == nil {
+		if err = d.Chown(int(rec.DeletedUid), int(rec.DeletedGid)); err != nil && os.IsPermission(err) && os.Geteuid() != 0 {
+			err = nil // an unprivileged restart keeps its own
+		}
+	}
+	if err == nil {
+		err = unix.Fchmod(int(d.Fd()), rec.Mode&0o7777)
+	}
+	if rerr := os.Remove(path); err == nil {
+		err = rerr
+	}
 	if err != nil {
-		return nil, fmt.Errorf("open the remade directory %s: %w", rec.Path, err)
-	}
-	if err := d.Chown(int(rec.DeletedUid), int(rec.DeletedGid)); err != nil && !(os.IsPermission(err) && os.Geteuid() != 0) {
-		d.Close()
-		return nil, fmt.Errorf("the removed directory %s: %w", rec.Path, err)
-	}
-	if err := unix.Fchmod(int(d.Fd()), rec.Mode&0o7777); err != nil {
-		d.Close()
-		return nil, fmt.Errorf("the removed directory %s: %w", rec.Path, err)
-	}
-	if err := os.Remove(path); err != nil {
-		d.Close()
-		return nil, fmt.Errorf("remove the remade directory %s: %w", path, err)
+		if d != nil {
+			d.Close()
+		}
+		return nil, fmt.Errorf("remake the removed directory %s: %w", rec.Path, err)
 	}
 	return d, nil
 }
