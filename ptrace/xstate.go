@@ -57,7 +57,11 @@ var xstateNames = map[uint32]string{2: "AVX", 3: "MPX", 4: "MPX", 5: "AVX-512", 
 // lack without harm to what ran there: MPX (gone from Linux), protection
 // keys (no library uses them unasked), AMX (a process must ask for it,
 // which restart does again and refuses if it cannot).
-var exemptFeatures = map[uint32]bool{3: true, 4: true, featurePKRU: true, 17: true, 18: true}
+var exemptFeatures = map[uint32]bool{3: true, 4: true, featurePKRU: true, 17: true, FeatureTileData: true}
+
+// FeatureTileData is AMX tile data's XSAVE feature: the one a process must
+// ask the kernel for (ARCH_REQ_XCOMP_PERM) before it uses it.
+const FeatureTileData = 18
 
 // CheckFeatures refuses an image whose CPU (layout src) had vector
 // registers this one (dst) lacks: a program that looked at the CPU once
@@ -85,6 +89,15 @@ func CheckFeatures(src, dst []XstateComponent) error {
 		return nil
 	}
 	return fmt.Errorf("the image comes from a CPU with %s registers (XSAVE components %v), which this CPU lacks: programs that chose such code when they started would crash here; restart it on a CPU with them, or pass --ignore-cpu to try anyway", strings.Join(list, ", "), missing)
+}
+
+// CheckFeatures is CheckFeatures for the fitter's image and this CPU; a
+// lax fitter passes every image.
+func (f *XstateFitter) CheckFeatures() error {
+	if f.lax {
+		return nil
+	}
+	return CheckFeatures(f.src, f.dst)
 }
 
 // XstateFitter sets images' xstate buffers into this CPU's threads.

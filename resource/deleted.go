@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -245,12 +246,7 @@ func (o *OpenFiles) openDeleted(rec *pb.File) (*os.File, error) {
 // again: made at its path if free (or beside it), opened, given its owner
 // and mode, and removed. A removed directory is empty, and stays so.
 func (o *OpenFiles) makeDeletedDir(rec *pb.File) (*os.File, error) {
-	path := o.path(rec.Path)
-	err := os.Mkdir(path, 0o700)
-	for i := 0; os.IsExist(err) && i < 100; i++ {
-		path = filepath.Join(filepath.Dir(o.path(rec.Path)), fmt.Sprintf(".ckpt-deleted-%d-%s", i, filepath.Base(rec.Path)))
-		err = os.Mkdir(path, 0o700)
-	}
+	path, err := makeBeside(o.path(rec.Path), 100, func(p string) error { return os.Mkdir(p, 0o700) })
 	if err != nil {
 		return nil, fmt.Errorf("make the removed directory %s again: %w (its parent must exist at restart)", rec.Path, err)
 	}
@@ -275,16 +271,34 @@ func (o *OpenFiles) makeDeletedDir(rec *pb.File) (*os.File, error) {
 	return d, nil
 }
 
+// makeBeside calls mk with path and, while what mk makes exists there
+// already, with names beside it (".ckpt-deleted-N-" and the base name),
+// at most siblings of them; it returns the path mk succeeded with. Things
+// ckpt makes again where a removed one was take the old name if they can:
+// /proc shows it, with " (deleted)".
+func makeBeside(path string, siblings int, mk func(string) error) (string, error) {
+	try := path
+	for i := 0; ; i++ {
+		err := mk(try)
+		if err == nil {
+			return try, nil
+		}
+		if !errors.Is(err, fs.ErrExist) || i == siblings {
+			return "", err
+		}
+		try = filepath.Join(filepath.Dir(path), fmt.Sprintf(".ckpt-deleted-%d-%s", i, filepath.Base(path)))
+	}
+}
+
 // createDeleted makes an empty file for the deleted file rec, at its old
 // path if free (so that /proc shows the same name, " (deleted)"),
 // otherwise under a new name in the same directory, and unlinks it.
 func (o *OpenFiles) createDeleted(rec *pb.File) (*os.File, error) {
-	path := o.path(rec.Path)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_CLOEXEC, 0o600)
-	for i := 0; os.IsExist(err) && i < 100; i++ {
-		path = filepath.Join(filepath.Dir(o.path(rec.Path)), fmt.Sprintf(".ckpt-deleted-%d-%s", i, filepath.Base(rec.Path)))
-		f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_CLOEXEC, 0o600)
-	}
+	var f *os.File
+	path, err := makeBeside(o.path(rec.Path), 100, func(p string) (err error) {
+		f, err = os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_CLOEXEC, 0o600)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("make the deleted file %s again: %w (its directory must exist at restart)", rec.Path, err)
 	}

@@ -111,13 +111,8 @@ func (o *OpenFiles) InheritStdio(root *pb.Process, stdio [3]*os.File, warn func(
 		if !half {
 			continue
 		}
-		what := [3]string{"standard input", "standard output", "standard error"}[fd.Fd]
-		usable := stdio[fd.Fd] != nil
-		if usable {
-			fl, err := unix.FcntlInt(stdio[fd.Fd].Fd(), unix.F_GETFL, 0)
-			usable = err == nil && !(mode == unix.O_WRONLY && fl&unix.O_ACCMODE == unix.O_RDONLY) && !(mode == unix.O_RDONLY && fl&unix.O_ACCMODE == unix.O_WRONLY)
-		}
-		if !usable {
+		what := stdioNames[fd.Fd]
+		if !openFor(stdio[fd.Fd], mode == unix.O_RDONLY, mode == unix.O_WRONLY) {
 			end := "its next write fails (SIGPIPE)"
 			if mode == unix.O_RDONLY {
 				end = "it reads end of file"
@@ -137,6 +132,31 @@ func (o *OpenFiles) InheritStdio(root *pb.Process, stdio [3]*os.File, warn func(
 	}
 }
 
+var stdioNames = [3]string{"standard input", "standard output", "standard error"}
+
+// openFor says whether f, one of ckpt's own descriptors, is open (not
+// nil, not closed) and open for reading if read, for writing if write.
+func openFor(f *os.File, read, write bool) bool {
+	if f == nil {
+		return false
+	}
+	fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
+	mode := fl & unix.O_ACCMODE
+	return err == nil && !(read && mode == unix.O_WRONLY) && !(write && mode == unix.O_RDONLY)
+}
+
+// dupOwn returns a copy of f, one of ckpt's own descriptors that
+// InheritStdio gives a restored process (what names the object it stands
+// for), its status flags left as they are: they are shared with whoever
+// else holds it.
+func dupOwn(f *os.File, what string) (*os.File, error) {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("copy ckpt's descriptor for %s: %w", what, err)
+	}
+	return os.NewFile(uintptr(fd), f.Name()), nil
+}
+
 // inheritSocket is InheritStdio for an external socket (pb.Socket), the
 // root's descriptor n: it becomes f if f is open for that use (reading for
 // standard input, writing for the others); otherwise the socket comes
@@ -146,18 +166,12 @@ func (o *OpenFiles) inheritSocket(root *pb.Process, n int32, rec *pb.File, f *os
 	if o.inheritSock[s.Ino] != nil {
 		return
 	}
-	what := [3]string{"standard input", "standard output", "standard error"}[n]
-	usable := f != nil
-	if usable {
-		fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
-		mode := fl & unix.O_ACCMODE
-		usable = err == nil && ((n == 0 && mode != unix.O_WRONLY) || (n > 0 && mode != unix.O_RDONLY))
-	}
+	what := stdioNames[n]
 	waiting := 0
 	for _, m := range s.Queue {
 		waiting += len(m)
 	}
-	if !usable {
+	if !openFor(f, n == 0, n > 0) {
 		warn(fmt.Sprintf("fd %d of process %d (%s) was a socket connected to a process outside the image; it comes back with its other end closed (its next write fails, reads see the %d bytes that were waiting, then end of file); a restart without --detach gives it the restart's own %s instead", n, root.Pid, root.Comm, waiting, what))
 		return
 	}
@@ -177,13 +191,7 @@ func (o *OpenFiles) inheritSocket(root *pb.Process, n int32, rec *pb.File, f *os
 // whichever end record carried them).
 func (o *OpenFiles) openPipeEnd(rec *pb.File) (*os.File, error) {
 	if f := o.inherit[rec.PipeIno]; f != nil {
-		// ckpt's own descriptor: a copy of it, its status flags left as
-		// they are (they are shared with whoever else holds it).
-		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
-		if err != nil {
-			return nil, fmt.Errorf("copy ckpt's descriptor for pipe:[%d]: %w", rec.PipeIno, err)
-		}
-		return os.NewFile(uintptr(fd), f.Name()), nil
+		return dupOwn(f, fmt.Sprintf("pipe:[%d]", rec.PipeIno))
 	}
 	pp := o.pipes[rec.PipeIno]
 	if pp == nil {

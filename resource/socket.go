@@ -591,15 +591,11 @@ func (o *OpenFiles) openSocket(rec *pb.File) (*os.File, error) {
 		return f, nil
 	}
 	if f := o.inheritSock[s.Ino]; f != nil && s.External {
-		// ckpt's own descriptor (InheritStdio): a copy, its status flags
-		// left as they are.
-		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
-		if err != nil {
-			return nil, fmt.Errorf("copy ckpt's descriptor for socket:[%d]: %w", s.Ino, err)
+		nf, err := dupOwn(f, fmt.Sprintf("socket:[%d]", s.Ino))
+		if err == nil {
+			o.sockets[s.Ino] = nf
 		}
-		nf := os.NewFile(uintptr(fd), f.Name())
-		o.sockets[s.Ino] = nf
-		return nf, nil
+		return nf, err
 	}
 	if s.Inet != nil {
 		f, err := o.openInet(rec)

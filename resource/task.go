@@ -14,6 +14,7 @@ import (
 
 	"github.com/ckpt/ckpt/image/pb"
 	"github.com/ckpt/ckpt/proc"
+	"github.com/ckpt/ckpt/ptrace"
 )
 
 // numRlimits is RLIM_NLIMITS on Linux.
@@ -172,21 +173,20 @@ func makeDeletedCwd(t *Target, d *batchData, path string) (string, error) {
 	if !filepath.IsAbs(path) || filepath.Clean(path) != path || path == "/" {
 		return "", fmt.Errorf("image damaged: deleted working directory %q", path)
 	}
-	try := path
-	for i := 0; ; i++ {
-		addr, err := d.putString(try)
+	// Fewer tries than ckpt's own makeBeside callers: each name takes
+	// room in the stub's scratch area.
+	made, err := makeBeside(path, 10, func(p string) error {
+		addr, err := d.putString(p)
 		if err != nil {
-			return "", err
+			return err
 		}
 		_, err = t.Syscall(unix.SYS_MKDIR, addr, 0o700)
-		if err == nil {
-			return try, nil
-		}
-		if !errors.Is(err, unix.EEXIST) || i == 10 {
-			return "", fmt.Errorf("make the deleted working directory %s again: %w (its parent must exist at restart)", path, err)
-		}
-		try = filepath.Join(filepath.Dir(path), fmt.Sprintf(".ckpt-deleted-%d-%s", i, filepath.Base(path)))
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("make the deleted working directory %s again: %w (its parent must exist at restart)", path, err)
 	}
+	return made, nil
 }
 
 // readProcNumber reads a /proc/PID file that holds one number in base.
@@ -237,7 +237,7 @@ func RestoreOomScoreAdj(pid int, p *pb.Process, warn func(string)) error {
 const (
 	archGetXcompPerm = 0x1022
 	archReqXcompPerm = 0x1023
-	xfeaturesDynamic = 1 << 18
+	xfeaturesDynamic = 1 << ptrace.FeatureTileData
 )
 
 // DumpPrctls reads, in one batch of injected calls, the program break and

@@ -66,6 +66,9 @@ type Options struct {
 	// image's vDSO is this kernel's (see resource/vdso.go).
 	VdsoProxy bool
 
+	// xstate lays the image's vector registers out for this CPU (set by
+	// restore once the header is read).
+	xstate *ptrace.XstateFitter
 	// vdso waits for the functions of this kernel's vDSO, read on the side
 	// (set by Run).
 	vdso func() []*pb.VdsoSymbol
@@ -122,6 +125,13 @@ func Run(opts Options) (*Result, error) {
 // mark ends a phase of the restart.
 func (o *Options) mark(name string) { o.phases.Mark(name) }
 
+// warn reports a non-fatal finding through Warn, if set.
+func (o *Options) warn(msg string) {
+	if o.Warn != nil {
+		o.Warn(msg)
+	}
+}
+
 // task is one process of the image during its restore.
 type task struct {
 	p        *pb.Process
@@ -151,6 +161,7 @@ func restore(opts *Options) (res *Result, err error) {
 		return nil, err
 	}
 	r.Progress = opts.Progress
+	opts.xstate = ptrace.NewXstateFitter(xstateLayout(r.Header), opts.IgnoreCPU)
 	// Stubs and the tracer on one CPU: every injected call's resume and
 	// stop is then a context switch, not a cross-CPU wakeup (ptrace/cpu.go).
 	// Without the binding the restart just runs slower.
@@ -381,20 +392,15 @@ func restore(opts *Options) (res *Result, err error) {
 	if err := ipc.finish(); err != nil {
 		return nil, err
 	}
-	xf := ptrace.NewXstateFitter(xstateLayout(r.Header), opts.IgnoreCPU)
 	for _, t := range tasks {
 		if t.p.Zombie {
 			continue
 		}
-		if err := finish(opts, t, files, xf); err != nil {
+		if err := finish(opts, t, files); err != nil {
 			return nil, fmt.Errorf("process %d (%s): %w", t.p.Pid, t.p.Comm, err)
 		}
 	}
-	files.SealShmem(func(msg string) {
-		if opts.Warn != nil {
-			opts.Warn(msg)
-		}
-	})
+	files.SealShmem(opts.warn)
 	opts.mark("finish")
 	for _, t := range tasks {
 		if t.p.Zombie || t.mmOwner != nil {
@@ -547,10 +553,8 @@ func build(opts *Options, hdr *pb.Header, nss *namespaces, ipc *ipcState, tasks 
 	if len(tasks) == 0 {
 		return nil, fmt.Errorf("image holds no process")
 	}
-	if !opts.IgnoreCPU {
-		if err := ptrace.CheckFeatures(xstateLayout(hdr), ptrace.XstateLayout()); err != nil {
-			return nil, err
-		}
+	if err := opts.xstate.CheckFeatures(); err != nil {
+		return nil, err
 	}
 	if opts.SignalsArmed != nil {
 		<-opts.SignalsArmed
@@ -584,11 +588,7 @@ func build(opts *Options, hdr *pb.Header, nss *namespaces, ipc *ipcState, tasks 
 		return nil, fmt.Errorf("image damaged: first process %d is not the live root %d", root.p.Pid, hdr.RootPid)
 	}
 	root.root = true
-	warn := opts.Warn
-	if warn == nil {
-		warn = func(string) {}
-	}
-	files.InheritStdio(root.p, opts.Stdio, warn)
+	files.InheritStdio(root.p, opts.Stdio, opts.warn)
 	for _, t := range tasks[1:] {
 		parent := byPid[t.p.Ppid]
 		if parent == nil || parent.p.Zombie {
@@ -1041,7 +1041,7 @@ func freeRange(mm *pb.Mm, also []proc.Vma, size uint64) (uint64, error) {
 // finish restores everything but memory contents, creates the other
 // threads and leaves every thread stopped with its final registers; release
 // lets it go.
-func finish(opts *Options, tk *task, files *resource.OpenFiles, xf *ptrace.XstateFitter) error {
+func finish(opts *Options, tk *task, files *resource.OpenFiles) error {
 	s, p, mm, pull := tk.s, tk.p, tk.mm, tk.pull
 	t := s.t
 	if tk.mmOwner == nil {
@@ -1148,7 +1148,7 @@ func finish(opts *Options, tk *task, files *resource.OpenFiles, xf *ptrace.Xstat
 		return err
 	}
 	for i, th := range p.Threads {
-		if p.XcompPerm&(1<<18) != 0 {
+		if p.XcompPerm&(1<<ptrace.FeatureTileData) != 0 {
 			if err := targets[i].WriteMem(targets[i].Scratch, ptrace.TileConfig[:]); err != nil {
 				return err
 			}
@@ -1156,7 +1156,7 @@ func finish(opts *Options, tk *task, files *resource.OpenFiles, xf *ptrace.Xstat
 				return fmt.Errorf("thread %d: %w", th.Tid, err)
 			}
 		}
-		if err := xf.Set(targets[i].Inj.Tid, th.Xstate); err != nil {
+		if err := opts.xstate.Set(targets[i].Inj.Tid, th.Xstate); err != nil {
 			return fmt.Errorf("vector registers: %w", err)
 		}
 	}

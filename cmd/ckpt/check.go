@@ -106,7 +106,7 @@ func features() []feature {
 		}},
 		{"AMX permission (ARCH_REQ_XCOMP_PERM)", false, "processes that use AMX cannot be restarted here", func() error {
 			for _, c := range ptrace.XstateLayout() {
-				if c.Feature == 18 {
+				if c.Feature == ptrace.FeatureTileData {
 					return nil
 				}
 			}

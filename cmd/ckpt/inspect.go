@@ -20,6 +20,7 @@ import (
 
 	"github.com/ckpt/ckpt/image"
 	"github.com/ckpt/ckpt/image/pb"
+	"github.com/ckpt/ckpt/ptrace"
 	"github.com/ckpt/ckpt/resource"
 )
 
@@ -360,7 +361,7 @@ func processAttrs(p *pb.Process) string {
 	if p.Securebits != 0 {
 		as = append(as, fmt.Sprintf("securebits %#x", p.Securebits))
 	}
-	if p.XcompPerm&(1<<18) != 0 {
+	if p.XcompPerm&(1<<ptrace.FeatureTileData) != 0 {
 		as = append(as, "AMX permitted")
 	}
 	return strings.Join(as, ", ")
